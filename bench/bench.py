@@ -1,0 +1,133 @@
+"""Speed and memory figures on this machine (a script, not a test): prints a table.
+
+    python bench/bench.py [--data ../shared/data/chest_xray/test] [--model weights/]
+
+Measures: single-image forward latency; predict + compiled Grad-CAM latency for
+1 and 3 layers (and the eager one-layer-at-a-time recipe for reference);
+evaluate throughput on a real folder (decoding included) against bare
+``model(x)`` on pre-decoded tensors; gallery throughput; peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.runtime import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from core.data import scan_dataset  # noqa: E402
+from core.evaluation import Prediction  # noqa: E402
+from core.gallery import render_pages  # noqa: E402
+from core.hub import load_model  # noqa: E402
+from core.images import read_image  # noqa: E402
+from core.inference import Explainer, compile_forward, load_model_input, score_files  # noqa: E402
+from core.paths import REPO_ROOT  # noqa: E402
+
+
+def timed(fn, repeat: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def eager_gradcam(model, layer: str, logits_layer: str, x: np.ndarray) -> np.ndarray:
+    """The Keras tutorial's recipe: an eager tape per layer."""
+    import keras
+
+    grad_model = keras.Model(model.inputs[0], [model.get_layer(layer).output, model.get_layer(logits_layer).output])
+    with tf.GradientTape() as tape:
+        conv, logits = grad_model(x)
+        score = logits[:, int(tf.argmax(logits[0]))]
+    grads = tape.gradient(score, conv)
+    return tf.nn.relu(tf.reduce_sum(conv * tf.reduce_mean(grads, axis=(1, 2), keepdims=True), -1)).numpy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "chest_xray" / "test")
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=20)
+    args = ap.parse_args()
+
+    loaded = load_model(args.model)
+    model, meta = loaded.model, loaded.meta
+    scan = scan_dataset(args.data)
+    paths = [s.path for s in scan.samples]
+    rows: list[tuple[str, str]] = []
+
+    forward = compile_forward(model)
+    x1 = tf.constant(load_model_input(paths[0], meta.input)[None])
+    t_fwd = timed(lambda: forward(x1).numpy(), args.repeat)
+    rows.append(("forward, 1 image (ms)", f"{t_fwd:.1f}"))
+
+    explainer = Explainer(loaded)
+    for n in (1, 3):
+        cam = explainer.cam(meta.last_layers(n))
+        t = timed(lambda cam=cam: cam(x1.numpy()), args.repeat)
+        rows.append((f"predict + Grad-CAM {n} layer(s), compiled (ms)", f"{t:.1f}  ({t / t_fwd:.2f}x forward)"))
+    rgb = read_image(paths[0])
+    t = timed(lambda: explainer.explain([rgb], n_layers=3), args.repeat)
+    rows.append(("explain() 3 layers incl. resize + overlays (ms)", f"{t:.1f}  ({t / t_fwd:.2f}x forward)"))
+    t = timed(
+        lambda: [eager_gradcam(model, name, meta.logits_layer, x1) for name in meta.last_layers(3)],
+        max(3, args.repeat // 4),
+        warmup=1,
+    )
+    rows.append(("eager tutorial recipe, 3 layers (ms)", f"{t:.1f}  ({t / t_fwd:.2f}x forward)"))
+
+    decoded = np.stack([load_model_input(p, meta.input) for p in paths])
+    batches = [tf.constant(decoded[i : i + args.batch_size]) for i in range(0, len(decoded), args.batch_size)]
+    forward(batches[0])
+    t0 = time.perf_counter()
+    for b in batches:
+        forward(b).numpy()
+    bare = len(decoded) / (time.perf_counter() - t0)
+    score_files(model, meta.input, paths[: args.batch_size * 2], args.batch_size)
+    t0 = time.perf_counter()
+    scores = score_files(model, meta.input, paths, args.batch_size)
+    full = len(scores.paths) / (time.perf_counter() - t0)
+    rows.append((f"bare model(x), pre-decoded, batch {args.batch_size} (img/s)", f"{bare:.1f}"))
+    rows.append(
+        (f"evaluate scoring incl. decoding, {len(paths)} files (img/s)", f"{full:.1f}  ({full / bare:.2f}x bare)")
+    )
+
+    preds = [
+        Prediction(
+            str(p.relative_to(scan.root)), "NORMAL", meta.classes[int(np.argmax(pr))], dict(zip(meta.classes, pr))
+        )
+        for p, pr in zip(scores.paths[:24], scores.probabilities[:24])
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        render_pages(explainer, preds, scan.root, Path(tmp), n_layers=3, per_page=6)
+        rate = len(preds) / (time.perf_counter() - t0)
+    rows.append(("gallery, 3 layers, PNG pages (img/s)", f"{rate:.1f}"))
+    rows.append(("peak RSS (MiB)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"))
+
+    print(f"model: {loaded.source}; data: {args.data} ({len(paths)} images); TF threads: default")
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""PneumoCAM's command line (``python -m cli``): a thin Click layer over ``core``."""

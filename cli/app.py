@@ -1,0 +1,437 @@
+"""The ``python -m cli`` commands: argument parsing and printing only; the work is in ``core``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from core.errors import PneumoCAMError
+from core.runtime import import_tensorflow_quietly
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class Command(click.Command):
+    """Imports TensorFlow (quietly) once arguments parsed, so `--help` stays instant and clean."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import_tensorflow_quietly()
+        return super().invoke(ctx)
+
+
+class Group(click.Group):
+    """Turns our errors into one line on stderr and exit code 1, never a traceback."""
+
+    command_class = Command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (PneumoCAMError, ValueError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name=None, version=__import__("core").__version__, prog_name="pneumocam")
+def main() -> None:
+    """PneumoCAM: explainable triage of pediatric chest X-rays (BACTERIA / NORMAL / VIRUS).
+
+    A MobileNetV2 model sorts each X-ray into bacterial pneumonia, normal or viral
+    pneumonia; Grad-CAM heatmaps of the last conv layers show which regions drove
+    the call. Research tool, not a medical device.
+
+    Exit codes: 0 success, 1 an input or model problem (one line on stderr), 2 bad usage.
+    """
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The --model / --repo-id / --revision options, loaded only when the command needs the model."""
+
+    path: Path | None
+    repo_id: str | None
+    revision: str | None
+
+    def load(self) -> Any:
+        from core.hub import load_model
+
+        loaded = load_model(self.path, self.repo_id, self.revision)
+        click.echo(f"model: {loaded.source}", err=True)
+        return loaded
+
+
+def model_options(f: Callable) -> Callable:
+    """Add --model / --repo-id / --revision (resolved by core.hub; default: the bundled weights/)."""
+
+    @click.option(
+        "--model", "model_path", type=click.Path(path_type=Path), help="Model folder (model.keras + model.json)."
+    )
+    @click.option("--repo-id", help="Hugging Face Hub model repo, e.g. org/pneumocam [env: PNEUMOCAM_REPO_ID].")
+    @click.option("--revision", help="Commit hash to pin the Hub download to [env: PNEUMOCAM_REVISION].")
+    @functools.wraps(f)
+    def wrapper(*args: Any, model_path: Path | None, repo_id: str | None, revision: str | None, **kw: Any) -> Any:
+        return f(*args, model=ModelChoice(model_path, repo_id, revision), **kw)
+
+    return wrapper
+
+
+def progress(total: int, label: str):
+    return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True)
+
+
+def _default_out(data_dir: Path, *parts: str) -> Path:
+    return Path("reports", data_dir.resolve().name, *parts)
+
+
+@main.command("prepare-data")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace the class folders of a non-empty DEST.")
+def prepare_data(src: Path, dest: Path, overwrite: bool) -> None:
+    """Lay out a download-layout folder (NORMAL/ PNEUMONIA/) as BACTERIA/ NORMAL/ VIRUS/.
+
+    Files are hard-linked where possible (copied otherwise); bacteria/virus is read
+    from the file names. Prints the counts per class and lists files whose class
+    cannot be told (they are left out).
+
+    \b
+    Example:
+      python -m cli prepare-data ~/Downloads/chest_xray/test data/test
+    """
+    from core.data import prepare_layout
+
+    scan = prepare_layout(src, dest, overwrite=overwrite)
+    for name, n in scan.counts().items():
+        click.echo(f"{name:<9}{n:>6}")
+    click.echo(f"{'total':<9}{len(scan.samples):>6}  -> {dest}")
+    if scan.unlabeled:
+        click.echo(f"{len(scan.unlabeled)} file(s) left out, class not in the name:", err=True)
+        for p in scan.unlabeled:
+            click.echo(f"  {p}", err=True)
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@model_options
+@click.option("--out", type=click.Path(path_type=Path), help="Report folder [default: reports/<DATA_DIR name>/].")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1024))
+@click.option(
+    "--record-as",
+    metavar="SPLIT",
+    help="Also store the metrics in the (local) model's model.json under this name, e.g. test.",
+)
+def evaluate(data_dir: Path, model: ModelChoice, out: Path | None, batch_size: int, record_as: str | None) -> None:
+    """Score every image of a labelled folder and write metrics, predictions and plots.
+
+    DATA_DIR is in either layout (BACTERIA/ NORMAL/ VIRUS/, or the download's
+    NORMAL/ PNEUMONIA/). Writes metrics.json, predictions.csv,
+    confusion_matrix.png and per_class_metrics.png. Unreadable files are skipped
+    and listed in metrics.json.
+
+    \b
+    Example:
+      python -m cli evaluate data/test
+      python -m cli evaluate ../shared/data/chest_xray/test --out reports/test
+    """
+    from core.data import scan_dataset
+    from core.evaluation import evaluate_scan, write_report
+    from core.metrics import format_table
+
+    scan = scan_dataset(data_dir)
+    loaded = model.load()
+    out = out or _default_out(data_dir)
+    with progress(len(scan.samples), "scoring") as bar:
+        result = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update)
+    click.echo(format_table(result.metrics))
+    skipped = result.metrics["skipped"]
+    if skipped:
+        click.echo(f"skipped {len(skipped)} unreadable file(s); see {out / 'metrics.json'}", err=True)
+    write_report(out, result, loaded.meta.classes, title=f"{data_dir.name} ({result.metrics['n_images']} images)")
+    click.echo(f"report written to {out}/")
+    if record_as:
+        from core.artifact import record_metrics
+
+        if loaded.from_hub:
+            raise click.UsageError("--record-as needs a local model folder (--model), not a Hub download")
+        record_metrics(loaded.directory, record_as, {**result.metrics, "data_dir": data_dir.resolve().name})
+        click.echo(f"metrics recorded as {record_as!r} in {loaded.directory}/model.json")
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--class", "cls", required=True, help="Class to look at, e.g. VIRUS.")
+@click.option(
+    "--outcome",
+    required=True,
+    type=click.Choice(["TP", "FP", "FN", "TN"], case_sensitive=False),
+    help="One-vs-rest outcome for that class (FN: VIRUS images called something else).",
+)
+@click.option(
+    "--layers", "n_layers", default=3, show_default=True, type=click.IntRange(1), help="Explain the last N conv layers."
+)
+@click.option("--limit", default=24, show_default=True, type=click.IntRange(1), help="At most this many images.")
+@click.option("--per-page", default=6, show_default=True, type=click.IntRange(1, 50), help="Rows per PNG page.")
+@click.option(
+    "--explain",
+    type=click.Choice(["predicted", "true"]),
+    default="predicted",
+    show_default=True,
+    help="Explain the predicted class or the true class.",
+)
+@click.option("--method", type=click.Choice(["gradcam", "gradcam++"]), default="gradcam", show_default=True)
+@click.option("--alpha", default=0.4, show_default=True, type=click.FloatRange(0, 1), help="Heatmap opacity.")
+@click.option(
+    "--predictions",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="An evaluate run's predictions.csv: reuse it instead of scoring again.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Gallery folder [default: reports/<DATA_DIR name>/gallery/<CLASS>_<OUTCOME>/].",
+)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1024))
+@model_options
+def gallery(
+    data_dir: Path,
+    cls: str,
+    outcome: str,
+    n_layers: int,
+    limit: int,
+    per_page: int,
+    explain: str,
+    method: str,
+    alpha: float,
+    predictions: Path | None,
+    out: Path | None,
+    batch_size: int,
+    model: ModelChoice,
+) -> None:
+    """Grad-CAM gallery of one class's TP / FP / FN / TN: paged PNG grids plus index.html.
+
+    Each row shows the X-ray and one overlay per explained layer, titled with the
+    file name, true and predicted class and probability. Most confident first.
+
+    \b
+    Examples:
+      python -m cli gallery data/test --class VIRUS --outcome FN
+      python -m cli gallery data/test --class BACTERIA --outcome FP --layers 1 \\
+          --predictions reports/test/predictions.csv
+    """
+    from core.data import scan_dataset
+    from core.errors import DataError
+    from core.evaluation import evaluate_scan, read_predictions
+    from core.gallery import render_pages, select, write_index
+    from core.inference import Explainer
+
+    if predictions and not data_dir.is_dir():
+        raise DataError(f"data folder {data_dir} does not exist")
+    scan = None if predictions else scan_dataset(data_dir)
+    loaded = model.load()
+    classes = loaded.meta.classes
+    cls, outcome = cls.upper(), outcome.upper()
+    if cls not in classes:
+        raise click.BadParameter(f"choose one of {', '.join(classes)}", param_hint="--class")
+    if scan is None:
+        preds = read_predictions(predictions, classes)
+        root = data_dir
+    else:
+        root = scan.root
+        with progress(len(scan.samples), "scoring") as bar:
+            preds = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update).predictions
+    chosen = select(preds, classes, cls, outcome)
+    shown = chosen[:limit]
+    out = out or _default_out(data_dir, "gallery", f"{cls}_{outcome}")
+    title = f"{cls} {outcome}: {len(chosen)} image(s), explaining the {explain} class"
+    explainer = Explainer(loaded, method=method)
+    with progress(len(shown), "explaining") as bar:
+        pages, failed = render_pages(
+            explainer, shown, root, out, n_layers, per_page, explain, alpha, title, on_page=bar.update
+        )
+    for name, reason in failed:
+        click.echo(f"skipped {name}: {reason}", err=True)
+    summary = f"{len(chosen)} image(s) with outcome {outcome} for class {cls}; showing {len(shown) - len(failed)}."
+    index = write_index(out, pages, title, summary)
+    click.echo(summary)
+    click.echo(f"{len(pages)} page(s) written; open {index}")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--layers", "n_layers", default=3, show_default=True, type=click.IntRange(1), help="Explain the last N conv layers."
+)
+@click.option(
+    "--cam-out", type=click.Path(path_type=Path, file_okay=False), help="Write <name>_gradcam.png overlays here."
+)
+@click.option("--explain", "target", help="Class to explain [default: the predicted one].")
+@click.option("--method", type=click.Choice(["gradcam", "gradcam++"]), default="gradcam", show_default=True)
+@click.option("--alpha", default=0.4, show_default=True, type=click.FloatRange(0, 1), help="Heatmap opacity.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+@model_options
+def predict(
+    images: tuple[Path, ...],
+    n_layers: int,
+    cam_out: Path | None,
+    target: str | None,
+    method: str,
+    alpha: float,
+    as_json: bool,
+    model: ModelChoice,
+) -> None:
+    """Class probabilities for each image, with Grad-CAM overlays when asked.
+
+    Any image file works: JPEG, PNG (8/16 bit), BMP or DICOM, any size. A file
+    that cannot be read gives a one-line error and exit code 1 (the others are
+    still reported).
+
+    \b
+    Examples:
+      python -m cli predict xray.jpeg
+      python -m cli predict a.png b.dcm --cam-out cams/ --json
+    """
+    from core.errors import ImageLoadError
+    from core.images import read_image
+    from core.inference import Explainer
+    from core.plots import gallery_figure
+    from core.reports import save_figure
+
+    explainer = Explainer(model.load(), method=method)
+    results, failures = [], 0
+    for path in images:
+        try:
+            rgb = read_image(path)
+        except ImageLoadError as exc:
+            click.echo(f"error: {exc}", err=True)
+            failures += 1
+            continue
+        e = explainer.explain([rgb], n_layers=n_layers, target=target, alpha=alpha, max_side=1024)[0]
+        record: dict[str, Any] = {"file": str(path), "predicted": e.predicted, "probabilities": e.probabilities}
+        if cam_out:
+            row = {
+                "image": e.image,
+                "overlays": e.overlays,
+                "layers": e.layer_names,
+                "caption": f"{path.name}\n{e.predicted} ({e.probabilities[e.predicted]:.0%}), explaining {e.explained}",
+            }
+            record["gradcam"] = str(save_figure(gallery_figure([row]), cam_out / f"{path.stem}_gradcam.png"))
+        results.append(record)
+        if not as_json:
+            probs = "  ".join(f"{c} {p:6.1%}" for c, p in e.probabilities.items())
+            click.echo(f"{path}\t{e.predicted}\t{probs}")
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    if failures:
+        sys.exit(EXIT_ERROR)
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Model folder to write.")
+@click.option(
+    "--backbone-weights",
+    envvar="PNEUMOCAM_BACKBONE_WEIGHTS",
+    default="imagenet",
+    show_default=True,
+    help="'imagenet' (Keras download) or a local MobileNetV2 no-top .h5 file [env: PNEUMOCAM_BACKBONE_WEIGHTS].",
+)
+@click.option("--epochs", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--lr", "learning_rate", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--patience", default=5, show_default=True, type=click.IntRange(1), help="Early-stopping patience.")
+@click.option("--pooling", type=click.Choice(["max", "avg"]), default="max", show_default=True)
+@click.option("--dropout", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--dense", "dense_units", default="128", show_default=True, help="Hidden ReLU layer sizes, e.g. 256,64.")
+@click.option("--views", default=3, show_default=True, type=click.IntRange(1), help="Augmented views cached per image.")
+@click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0.05, 0.45))
+@click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 0.5))
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help="Keep backbone features here.")
+def train(
+    data_dir: Path,
+    out: Path,
+    backbone_weights: str,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    patience: int,
+    pooling: str,
+    dropout: float,
+    dense_units: str,
+    views: int,
+    val_fraction: float,
+    label_smoothing: float,
+    seed: int,
+    cache_dir: Path | None,
+) -> None:
+    """Train the classifier's head on a frozen ImageNet MobileNetV2 (features cached once).
+
+    The validation split is taken from DATA_DIR (stratified, grouped by patient);
+    early stopping and the checkpoint use it, never the test split. Writes
+    model.keras, model.json, history.json and training_curves.png into OUT.
+
+    \b
+    Example:
+      python -m cli train ../shared/data/chest_xray/train --out runs/head \\
+          --backbone-weights ../shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5
+    """
+    from core.artifact import save_artifact
+    from core.data import scan_dataset
+    from core.model import ArchConfig
+    from core.plots import training_curves_figure
+    from core.reports import save_figure, write_json
+    from core.training import HeadTrainConfig, train_frozen
+
+    try:
+        units = tuple(int(u) for u in dense_units.split(",") if u.strip())
+    except ValueError:
+        raise click.BadParameter("comma-separated integers, e.g. 256,64", param_hint="--dense") from None
+    if backbone_weights != "imagenet" and not Path(backbone_weights).is_file():
+        raise click.BadParameter(f"{backbone_weights} is not a file", param_hint="--backbone-weights")
+    scan = scan_dataset(data_dir)
+    cfg = HeadTrainConfig(
+        epochs, batch_size, learning_rate, patience, views, val_fraction, seed, "balanced", label_smoothing
+    )
+    arch = ArchConfig(pooling=pooling, dropout=dropout, dense_units=units)
+    with progress(len(scan.samples), "backbone features") as bar:
+        result = train_frozen(
+            scan, cfg, arch, backbone_weights=backbone_weights, cache_dir=cache_dir, on_batch=bar.update
+        )
+    save_artifact(result.model, result.meta, out)
+    write_json(out / "history.json", result.history)
+    save_figure(training_curves_figure(result.history, "frozen backbone"), out / "training_curves.png")
+    val = result.meta.metrics["validation"]
+    click.echo(
+        f"validation accuracy {val['accuracy']:.1%}, macro F1 {val['macro_f1']:.3f} "
+        f"({val['n_images']} images); model written to {out}/"
+    )
+
+
+@main.command("model-card")
+@click.argument("model_dir", type=click.Path(path_type=Path, file_okay=False))
+def model_card_cmd(model_dir: Path) -> None:
+    """Write MODEL_DIR/README.md, the Hugging Face model card, from its model.json.
+
+    Run it after `evaluate --record-as test` so the card carries the test figures.
+
+    \b
+    Example:
+      python -m cli model-card weights/
+    """
+    from core.artifact import read_meta
+    from core.card import model_card
+    from core.reports import write_text
+
+    path = write_text(model_dir / "README.md", model_card(read_meta(model_dir)))
+    click.echo(f"model card written to {path}")

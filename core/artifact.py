@@ -1,0 +1,169 @@
+"""A model on disk: ``model.keras`` plus ``model.json``, its metadata.
+
+The metadata is the one place that says what the model means: class names in
+output order, the input recipe, the conv layers Grad-CAM explains, how it was
+trained, what it scored and on which data. The CLI and the Space read it from
+here and nowhere else. Loading always uses Keras safe mode and checks the
+weights file's SHA-256 against the metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from core.errors import ModelLoadError
+from core.model import LOGITS_LAYER, ArchConfig, conv_layer_names
+from core.preprocess import InputSpec
+from core.reports import write_json
+
+MODEL_FILE = "model.keras"
+META_FILE = "model.json"
+FORMAT_VERSION = 1
+DEFAULT_CLASSES = ("BACTERIA", "NORMAL", "VIRUS")
+
+
+@dataclass
+class ModelMeta:
+    """What travels beside the weights. ``gradcam_layers`` is ordered shallow to deep."""
+
+    classes: list[str]
+    input: InputSpec
+    arch: ArchConfig
+    gradcam_layers: list[str]
+    logits_layer: str = LOGITS_LAYER
+    name: str = "pneumocam-mobilenetv2"
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "classes": list(self.classes),
+            "input": self.input.to_dict(),
+            "arch": self.arch.to_dict(),
+            "logits_layer": self.logits_layer,
+            "gradcam_layers": list(self.gradcam_layers),
+            "weights_file": MODEL_FILE,
+            "weights_sha256": self.weights_sha256,
+            "training": self.training,
+            "metrics": self.metrics,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
+        try:
+            return cls(
+                name=d.get("name", "pneumocam"),
+                classes=list(d["classes"]),
+                input=InputSpec.from_dict(d["input"]),
+                arch=ArchConfig.from_dict(d["arch"]),
+                logits_layer=d.get("logits_layer", LOGITS_LAYER),
+                gradcam_layers=list(d["gradcam_layers"]),
+                weights_sha256=d.get("weights_sha256", ""),
+                training=d.get("training", {}),
+                metrics=d.get("metrics", {}),
+                data=d.get("data", {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"model metadata is incomplete or invalid: {exc}") from None
+
+    def last_layers(self, n: int) -> list[str]:
+        """The last ``n`` conv layers (deepest last), the default Grad-CAM targets."""
+        if n < 1:
+            raise ValueError("number of layers must be at least 1")
+        return self.gradcam_layers[-n:]
+
+
+@dataclass
+class LoadedModel:
+    """A Keras model and its metadata, checked against each other."""
+
+    model: keras.Model
+    meta: ModelMeta
+    source: str
+    directory: Path
+    from_hub: bool = False
+
+
+def new_meta(model: keras.Model, arch: ArchConfig, spec: InputSpec, classes: list[str]) -> ModelMeta:
+    """Metadata for a freshly built model: Grad-CAM candidates read off the model."""
+    return ModelMeta(classes=list(classes), input=spec, arch=arch, gradcam_layers=conv_layer_names(model))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_artifact(model: keras.Model, meta: ModelMeta, directory: str | Path) -> Path:
+    """Write ``model.keras`` and ``model.json`` (with the weights' hash) into a folder."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (MODEL_FILE + ".tmp.keras")
+    model.save(tmp)
+    tmp.replace(out / MODEL_FILE)
+    meta.weights_sha256 = file_sha256(out / MODEL_FILE)
+    write_json(out / META_FILE, meta.to_dict())
+    return out
+
+
+def read_meta(directory: str | Path) -> ModelMeta:
+    path = Path(directory) / META_FILE
+    try:
+        return ModelMeta.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ModelLoadError(f"no {META_FILE} in {directory}") from None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON ({exc.msg})") from None
+
+
+def record_metrics(directory: str | Path, split: str, metrics: dict[str, Any]) -> ModelMeta:
+    """Store measured metrics (e.g. on the test split) in a model folder's metadata."""
+    meta = read_meta(directory)
+    meta.metrics[split] = {k: v for k, v in metrics.items() if k != "skipped"}
+    write_json(Path(directory) / META_FILE, meta.to_dict())
+    return meta
+
+
+def check_consistency(model: keras.Model, meta: ModelMeta) -> None:
+    """Refuse a model whose metadata disagrees with it."""
+    out_dim = model.output_shape[-1]
+    if out_dim != len(meta.classes):
+        raise ModelLoadError(f"model has {out_dim} outputs but metadata lists {len(meta.classes)} classes")
+    if tuple(model.input_shape[1:]) != meta.input.shape:
+        raise ModelLoadError(f"model input {model.input_shape[1:]} differs from metadata {meta.input.shape}")
+    names = {layer.name for layer in model.layers}
+    missing = [n for n in [meta.logits_layer, *meta.gradcam_layers] if n not in names]
+    if missing:
+        raise ModelLoadError(f"metadata names layers the model lacks: {', '.join(missing[:5])}")
+
+
+def load_artifact(directory: str | Path, source: str | None = None, from_hub: bool = False) -> LoadedModel:
+    """Load a model folder in Keras safe mode, verifying hash and metadata."""
+    d = Path(directory)
+    meta = read_meta(d)
+    weights = d / MODEL_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"no {MODEL_FILE} in {d}")
+    if meta.weights_sha256 and file_sha256(weights) != meta.weights_sha256:
+        raise ModelLoadError(f"{weights} does not match the SHA-256 recorded in {META_FILE}")
+    try:
+        model = keras.models.load_model(weights, compile=False, safe_mode=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load {weights}: {first}") from None
+    check_consistency(model, meta)
+    return LoadedModel(model=model, meta=meta, source=source or str(d), directory=d, from_hub=from_hub)

@@ -1,0 +1,145 @@
+"""The Hugging Face model card (``weights/README.md``), written from the model's metadata.
+
+The numbers in the card come from ``model.json`` (which ``evaluate --record-as
+test`` fills in), so the card never disagrees with what the model measured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.artifact import ModelMeta
+
+#: The seed project's published test-split table (Streamlit + MLflow), for comparison.
+SEED = {
+    "baseline": {"accuracy": 0.804, "VIRUS": {"recall": 0.608}},
+    "fine-tuned": {
+        "accuracy": 0.830,
+        "BACTERIA": {"accuracy": 0.878, "precision": 0.819, "recall": 0.880},
+        "NORMAL": {"accuracy": 0.899, "precision": 0.858, "recall": 0.876},
+        "VIRUS": {"accuracy": 0.883, "precision": 0.800, "recall": 0.676},
+    },
+}
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _front_matter(meta: ModelMeta, test: dict[str, Any] | None) -> str:
+    lines = [
+        "---",
+        "license: cc-by-4.0",
+        "library_name: keras",
+        "pipeline_tag: image-classification",
+        "tags: [chest-x-ray, pneumonia, grad-cam, mobilenetv2, medical-imaging, research-only]",
+        "datasets: [kermany-2018-chest-xray]",
+        "base_model: google/mobilenet_v2_1.0_224",
+    ]
+    if test:
+        lines += [
+            "model-index:",
+            f"- name: {meta.name}",
+            "  results:",
+            "  - task: {type: image-classification, name: Pediatric chest X-ray triage (3 classes)}",
+            "    dataset: {name: Kermany et al. 2018 chest X-ray test split (624 images), type: chest-xray}",
+            "    metrics:",
+            f"    - {{type: accuracy, value: {test['accuracy']:.4f}, name: overall accuracy}}",
+            f"    - {{type: f1, value: {test['macro_f1']:.4f}, name: macro F1}}",
+        ]
+        for cls, m in test["per_class"].items():
+            lines.append(f"    - {{type: recall, value: {m['recall']:.4f}, name: {cls} recall}}")
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def per_class_table(metrics: dict[str, Any]) -> str:
+    rows = ["| class | accuracy | precision | recall | F1 | AUC | support |", "|---|---|---|---|---|---|---|"]
+    for cls, m in metrics["per_class"].items():
+        auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
+        rows.append(
+            f"| {cls} | {_pct(m['accuracy'])} | {_pct(m['precision'])} | {_pct(m['recall'])} "
+            f"| {m['f1']:.3f} | {auc} | {m['support']} |"
+        )
+    rows.append(
+        f"| **overall** | **{_pct(metrics['accuracy'])}** | | | macro {metrics['macro_f1']:.3f} | | "
+        f"{metrics['n_images']} |"
+    )
+    return "\n".join(rows)
+
+
+def confusion_table(metrics: dict[str, Any]) -> str:
+    classes = metrics["classes"]
+    rows = ["| true \\ predicted | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+    for cls, row in zip(classes, metrics["confusion_matrix"]):
+        rows.append(f"| {cls} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(rows)
+
+
+def seed_comparison(metrics: dict[str, Any]) -> str:
+    ft = SEED["fine-tuned"]
+    rows = [
+        "| | seed baseline | seed fine-tuned | this model |",
+        "|---|---|---|---|",
+        f"| overall accuracy | 80.4 | 83.0 | {_pct(metrics['accuracy'])} |",
+    ]
+    for cls in ("BACTERIA", "NORMAL", "VIRUS"):
+        for key in ("accuracy", "precision", "recall"):
+            base = "60.8" if (cls, key) == ("VIRUS", "recall") else "–"
+            rows.append(f"| {cls} {key} | {base} | {_pct(ft[cls][key])} | {_pct(metrics['per_class'][cls][key])} |")
+    return "\n".join(rows)
+
+
+def model_card(meta: ModelMeta) -> str:
+    """Markdown with the YAML header Hugging Face reads, from metadata alone."""
+    test = meta.metrics.get("test")
+    val = meta.metrics.get("validation")
+    training = meta.training
+    cfg = training.get("config", {})
+    parts = [
+        _front_matter(meta, test),
+        f"# {meta.name}",
+        "MobileNetV2 transfer-learning classifier that sorts a pediatric chest X-ray into **BACTERIA** "
+        "(bacterial pneumonia), **NORMAL** or **VIRUS** (viral pneumonia), with Grad-CAM heatmaps of its "
+        "last convolutional layers. Part of PneumoCAM (a command line and a Gradio Space).",
+        "## Intended use and limits",
+        "A research and teaching demo of explainable image classification. **Not a medical device**: it must "
+        "not be used for diagnosis or treatment decisions. It was trained on one hospital's pediatric "
+        "(1–5 years) anterior-posterior X-rays (Guangzhou Women and Children's Medical Center); expect it to "
+        "fail silently on adults, other hospitals, lateral views, and non-X-ray images. Bacterial vs viral "
+        "pneumonia is hard even for radiologists; labels in the data set are not perfect.",
+        "## Model",
+        f"- Input: {meta.input.height}x{meta.input.width} RGB (grayscale replicated), resize `{meta.input.resize}`, "
+        "scaled to [-1, 1] inside the model.",
+        f"- Architecture: MobileNetV2 (alpha {meta.arch.alpha}, ImageNet weights, frozen) → global "
+        f"{meta.arch.pooling} pooling → dropout {meta.arch.dropout} → dense {list(meta.arch.dense_units)} ReLU → "
+        f"{len(meta.classes)} logits → softmax. Classes in output order: {', '.join(meta.classes)}.",
+        f"- Grad-CAM layers (deepest last): {', '.join(meta.gradcam_layers[-3:])}.",
+        "- Files: `model.keras` (load with `keras.models.load_model(..., safe_mode=True)`), `model.json` "
+        "(metadata, SHA-256 of the weights).",
+        "## Training data and procedure",
+        f"- Data: {meta.data.get('source', 'n/a')}. Train folder counts: {meta.data.get('counts', 'n/a')}.",
+        f"- Validation: {meta.data.get('split', 'n/a')} ({meta.data.get('n_train', '?')} train / "
+        f"{meta.data.get('n_val', '?')} validation images). The test split was not used for any choice.",
+        f"- Procedure: {training.get('stage', 'n/a')}; {cfg.get('views', '?')} augmented views per image; "
+        f"Adam lr {cfg.get('learning_rate', '?')}, batch {cfg.get('batch_size', '?')}, early stopping "
+        f"(patience {cfg.get('patience', '?')}) on validation loss, {training.get('epochs_run', '?')} epochs run; "
+        f"class weights {cfg.get('class_weight', 'none')}.",
+    ]
+    if val:
+        parts += ["## Validation (from train, grouped by patient)", per_class_table(val)]
+    if test:
+        parts += [
+            "## Test split (624 images, measured with `python -m cli evaluate`)",
+            per_class_table(test),
+            "### Confusion matrix (rows true, columns predicted)",
+            confusion_table(test),
+            "### Against the seed project",
+            seed_comparison(test),
+        ]
+    parts += [
+        "## Citation of the data",
+        "Kermany D, Zhang K, Goldbaum M (2018). Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "
+        "Images for Classification. Mendeley Data, v2. doi:10.17632/rscbjbr9sj.2 (CC BY 4.0).",
+    ]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,107 @@
+"""Grad-CAM for several conv layers at once: one forward, one backward pass.
+
+:class:`BaseCAM` builds a model exposing the chosen conv activations and the
+pre-softmax logits, compiles a single-tape function once (variable batch size,
+so new batch sizes do not retrace), and turns activations into maps. A CAM
+method is a short subclass that only says how to weight the channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core.model import LOGITS_LAYER
+
+
+@dataclass
+class CamResult:
+    """Per image: class probabilities, the explained class, one [0, 1] map per layer."""
+
+    probabilities: np.ndarray  # (B, n_classes)
+    target_classes: np.ndarray  # (B,)
+    layer_names: list[str]
+    maps: list[np.ndarray]  # one (B, h_l, w_l) array per layer, values in [0, 1]
+
+
+def normalize_map(cam: np.ndarray) -> np.ndarray:
+    """Rescale one map to [0, 1]; a flat (e.g. all-zero) map becomes zeros, never NaN."""
+    lo, hi = float(cam.min()), float(cam.max())
+    if not np.isfinite(hi) or hi - lo <= 1e-12:
+        return np.zeros_like(cam, dtype=np.float32)
+    return ((cam - lo) / (hi - lo)).astype(np.float32)
+
+
+class BaseCAM:
+    """Gradient-weighted class activation maps; subclasses override :meth:`channel_weights`."""
+
+    def __init__(self, model: keras.Model, layer_names: list[str], logits_layer: str = LOGITS_LAYER) -> None:
+        if not layer_names:
+            raise ValueError("at least one layer to explain is needed")
+        self.layer_names = list(layer_names)
+        outputs = [model.get_layer(n).output for n in self.layer_names]
+        outputs.append(model.get_layer(logits_layer).output)
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        self._model = keras.Model(inputs, outputs, name="gradcam_probe")
+        spec = [
+            tf.TensorSpec([None, *model.input_shape[1:]], tf.float32),
+            tf.TensorSpec([None], tf.int32),
+        ]
+        self._run = tf.function(self._raw_maps, input_signature=spec)
+
+    @staticmethod
+    def channel_weights(activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        """(B, h, w, C) activations and gradients -> (B, C) channel weights."""
+        raise NotImplementedError
+
+    def _raw_maps(self, images: tf.Tensor, targets: tf.Tensor):
+        with tf.GradientTape() as tape:
+            *acts, logits = self._model(images, training=False)
+            predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            classes = tf.where(targets >= 0, targets, predicted)
+            score = tf.reduce_sum(tf.gather(logits, classes, axis=1, batch_dims=1))
+        grads = tape.gradient(score, acts)
+        maps = []
+        for a, g in zip(acts, grads):
+            w = self.channel_weights(a, g)
+            maps.append(tf.nn.relu(tf.einsum("bhwc,bc->bhw", a, w)))
+        return tf.nn.softmax(logits), classes, maps
+
+    def __call__(self, images: np.ndarray, target: int | np.ndarray | None = None) -> CamResult:
+        """Explain a batch; ``target`` is a class index (or one per image), default the predicted one."""
+        x = np.asarray(images, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[None]
+        if target is None:
+            t = np.full(len(x), -1, dtype=np.int32)
+        else:
+            t = np.broadcast_to(np.asarray(target, dtype=np.int32), (len(x),)).copy()
+        probs, classes, raw = self._run(tf.constant(x), tf.constant(t))
+        maps = [np.stack([normalize_map(m) for m in layer.numpy()]) for layer in raw]
+        return CamResult(probs.numpy(), classes.numpy(), self.layer_names, maps)
+
+
+class GradCAM(BaseCAM):
+    """Selvaraju et al. 2017: channel weight = spatial mean of the gradient."""
+
+    @staticmethod
+    def channel_weights(activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_mean(grads, axis=(1, 2))
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Chattopadhyay et al. 2018: positive gradients weighted by higher-order terms."""
+
+    @staticmethod
+    def channel_weights(activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        g2 = tf.square(grads)
+        g3 = g2 * grads
+        denom = 2.0 * g2 + tf.reduce_sum(activations, axis=(1, 2), keepdims=True) * g3
+        alpha = g2 / tf.where(tf.abs(denom) > 1e-12, denom, tf.ones_like(denom))
+        return tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(1, 2))
+
+
+METHODS: dict[str, type[BaseCAM]] = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}

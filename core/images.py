@@ -1,0 +1,190 @@
+"""Reading X-ray files into RGB arrays: one reader per format, one entry point.
+
+Every entry point (evaluate, gallery, predict, the Space) calls
+:func:`read_image`, so a file is decoded the same way everywhere. Whatever the
+encoding (8/16-bit, grayscale, palette, CMYK, alpha, DICOM), the result is an
+``HxWx3`` ``uint8`` RGB array in display orientation (EXIF applied); anything
+unusable raises :class:`~core.errors.ImageLoadError`.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from core.errors import ImageLoadError
+
+#: Refuse images above this many pixels before decoding them (decompression bombs).
+MAX_PIXELS = 150_000_000
+#: Refuse files above this size before reading them.
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+RASTER_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
+
+_PIL_FORMATS = ("JPEG", "PNG", "BMP")
+_DICOM_MAGIC_OFFSET = 128
+
+
+def is_image_name(path: str | Path) -> bool:
+    """True for names we try to read: a known image suffix and not hidden."""
+    p = Path(path)
+    return not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+
+
+def window_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Stretch any numeric array linearly onto 0..255 (min to 0, max to 255).
+
+    Used for 16-bit PNG exports and DICOM, whose useful range rarely spans the
+    whole integer type. A constant image maps to zeros rather than NaN.
+    """
+    v = values.astype(np.float64, copy=False)
+    lo, hi = float(np.min(v)), float(np.max(v))
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        return np.zeros(v.shape, dtype=np.uint8)
+    return np.round((v - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    """Replicate one channel three times: the backbone expects RGB."""
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def _check_dimensions(path: Path, width: int, height: int) -> None:
+    if width < 1 or height < 1:
+        raise ImageLoadError(path, f"image has no pixels ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise ImageLoadError(
+            path,
+            f"image is {width}x{height} pixels, above the {MAX_PIXELS:,} pixel limit (possible decompression bomb)",
+        )
+
+
+def _pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """Convert any decoded PIL image to RGB uint8, high bit depths windowed."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return gray_to_rgb(window_to_uint8(np.asarray(im)))
+    if mode == "1":
+        im = im.convert("L")
+        mode = "L"
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    if mode == "L":
+        return gray_to_rgb(np.asarray(im))
+    return np.asarray(im.convert("RGB"))
+
+
+def read_raster(path: Path, data: bytes) -> np.ndarray:
+    """JPEG, PNG or BMP through Pillow, dimensions checked before decoding."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as im:
+                _check_dimensions(path, *im.size)
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                rgb = _pil_to_rgb(im)
+        except ImageLoadError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageLoadError(path, f"image above the pixel limit, possible decompression bomb ({exc})") from None
+        except Image.UnidentifiedImageError:
+            raise ImageLoadError(path, "not a JPEG, PNG, BMP or DICOM image") from None
+        except Exception as exc:  # Pillow raises many types for corrupt data
+            raise ImageLoadError(path, f"corrupt or truncated image ({_describe(exc)})") from None
+    return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+def read_dicom(path: Path, data: bytes) -> np.ndarray:
+    """DICOM through pydicom: modality LUT, VOI LUT/window, MONOCHROME1 inverted."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except Exception as exc:
+        raise ImageLoadError(path, f"unreadable DICOM ({_describe(exc)})") from None
+    if "PixelData" not in ds:
+        raise ImageLoadError(path, "DICOM file has no pixel data")
+    _check_dimensions(path, int(ds.get("Columns", 0)), int(ds.get("Rows", 0)))
+    try:
+        pixels = ds.pixel_array
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            pixels = pixels[0]
+        if photometric.startswith("MONOCHROME"):
+            values = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
+            gray = window_to_uint8(values)
+            if photometric == "MONOCHROME1":
+                gray = 255 - gray
+            return gray_to_rgb(gray)
+        if pixels.ndim == 3 and pixels.shape[-1] == 3:
+            return pixels if pixels.dtype == np.uint8 else window_to_uint8(pixels)
+    except ImageLoadError:
+        raise
+    except Exception as exc:
+        raise ImageLoadError(path, f"cannot decode DICOM pixels ({_describe(exc)})") from None
+    raise ImageLoadError(path, f"unsupported DICOM photometric interpretation {photometric}")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_dicom(data: bytes) -> bool:
+    return data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageLoadError(path, f"file is {size:,} bytes, above the {MAX_FILE_BYTES:,} limit")
+        data = path.read_bytes()
+    except ImageLoadError:
+        raise
+    except IsADirectoryError:
+        raise ImageLoadError(path, "is a directory") from None
+    except OSError as exc:
+        raise ImageLoadError(path, f"cannot read file ({exc.strerror or _describe(exc)})") from None
+    if not data:
+        raise ImageLoadError(path, "file is empty")
+    return data
+
+
+Reader = Callable[[Path, bytes], np.ndarray]
+
+
+def pick_reader(data: bytes, path: Path) -> Reader:
+    """Choose the reader from the file's content (magic bytes), not its name."""
+    if _is_dicom(data) or path.suffix.lower() in DICOM_SUFFIXES:
+        return read_dicom
+    return read_raster
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode one file into an ``HxWx3`` uint8 RGB array in display orientation."""
+    p = Path(path)
+    data = _read_bytes(p)
+    return pick_reader(data, p)(p, data)
+
+
+def decode_bytes(data: bytes, name: str = "<upload>") -> np.ndarray:
+    """Same as :func:`read_image` for bytes already in memory (uploads)."""
+    p = Path(name)
+    if not data:
+        raise ImageLoadError(p, "file is empty")
+    return pick_reader(data, p)(p, data)

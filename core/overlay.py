@@ -1,0 +1,31 @@
+"""Turning [0, 1] maps into heatmaps over the X-ray (OpenCV)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear upsampling of the map's values (not of colours) to the image size."""
+    out = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(out, 0.0, 1.0)
+
+
+def colorize(cam: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """[0, 1] map -> RGB uint8 heatmap."""
+    bgr = cv2.applyColorMap(np.round(cam * 255).astype(np.uint8), colormap)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def blend(rgb: np.ndarray, heat_rgb: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """Alpha-blend a heatmap over the image; alpha is the heatmap's weight."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError("alpha must be within [0, 1]")
+    return cv2.addWeighted(heat_rgb, alpha, rgb, 1.0 - alpha, 0.0)
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """The whole recipe: upsample to ``rgb``'s size, colour-map, blend."""
+    h, w = rgb.shape[:2]
+    return blend(rgb, colorize(upsample(cam, h, w)), alpha)

@@ -1,0 +1,19 @@
+"""Where things live by default, and the environment variables that move them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
+
+ENV_BACKBONE_WEIGHTS = "PNEUMOCAM_BACKBONE_WEIGHTS"
+ENV_MODEL_PATH = "PNEUMOCAM_MODEL"
+ENV_REPO_ID = "PNEUMOCAM_REPO_ID"
+ENV_REVISION = "PNEUMOCAM_REVISION"
+
+
+def backbone_weights_default() -> str:
+    """ImageNet weights for the backbone: a local file if configured, else Keras' download."""
+    return os.environ.get(ENV_BACKBONE_WEIGHTS) or "imagenet"

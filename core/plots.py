@@ -1,0 +1,93 @@
+"""The seed's two evaluation figures, plus the Grad-CAM gallery page (matplotlib, no display)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def confusion_matrix_figure(cm: Sequence[Sequence[int]], classes: Sequence[str], title: str = "") -> Figure:
+    """Counts and row percentages (recall per true class), rows true, columns predicted."""
+    m = np.asarray(cm, dtype=float)
+    rows = m.sum(axis=1, keepdims=True)
+    pct = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    im = ax.imshow(pct, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            colour = "white" if pct[i, j] > 0.6 else "black"
+            ax.text(j, i, f"{int(m[i, j])}\n{pct[i, j]:.1%}", ha="center", va="center", color=colour)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    ax.set_title(title or "Confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_figure(metrics: dict[str, Any], title: str = "") -> Figure:
+    """Grouped bars of accuracy, precision, recall and F1 per class."""
+    names = ("accuracy", "precision", "recall", "f1")
+    classes = list(metrics["per_class"])
+    x = np.arange(len(classes))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, key in enumerate(names):
+        vals = [metrics["per_class"][c][key] for c in classes]
+        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=key)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(x, classes)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("score")
+    ax.legend(ncols=4, loc="lower center", bbox_to_anchor=(0.5, -0.28), frameon=False)
+    ax.set_title(title or f"Per-class metrics (overall accuracy {metrics['accuracy']:.1%})")
+    fig.tight_layout()
+    return fig
+
+
+def gallery_figure(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
+    """One row per image: the X-ray, then one overlay per layer.
+
+    Each row is ``{"image": rgb, "overlays": [rgb...], "layers": [...], "caption": str}``.
+    """
+    n_cols = 1 + max(len(r["overlays"]) for r in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.6 * n_cols, 2.9 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        panels = [row["image"], *row["overlays"]]
+        labels = ["", *row["layers"]]
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(panels):
+                ax.imshow(panels[c])
+                ax.set_title(row["caption"] if c == 0 else labels[c], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(history: dict[str, list[float]], title: str = "") -> Figure:
+    """Train vs validation curves for every metric Keras recorded (loss, accuracy, AUC...)."""
+    keys = [k for k in history if not k.startswith("val_") and f"val_{k}" in history]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        epochs = range(1, len(history[key]) + 1)
+        ax.plot(epochs, history[key], label="train")
+        ax.plot(epochs, history[f"val_{key}"], label="validation")
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

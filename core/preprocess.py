@@ -1,0 +1,74 @@
+"""From a decoded RGB image to the model's input tensor.
+
+The recipe (size, resize method) is part of the model's metadata
+(:class:`InputSpec`), so the CLI, the Space and training all resize the same
+way. Scaling to [-1, 1] happens inside the model (a Rescaling layer), so the
+input here stays in 0..255.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+_RESIZE = {
+    "area": cv2.INTER_AREA,
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "nearest": cv2.INTER_NEAREST,
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How images become model input: stored with the model, read everywhere."""
+
+    height: int = 224
+    width: int = 224
+    resize: str = "area"
+    color: str = "rgb"
+    value_range: tuple[float, float] = (0.0, 255.0)
+
+    def __post_init__(self) -> None:
+        if self.resize not in _RESIZE:
+            raise ValueError(f"unknown resize method {self.resize!r}; use one of {sorted(_RESIZE)}")
+        if self.height < 1 or self.width < 1:
+            raise ValueError("input size must be positive")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, 3)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["value_range"] = list(self.value_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputSpec:
+        d = dict(d)
+        if "value_range" in d:
+            d["value_range"] = tuple(d["value_range"])
+        return cls(**d)
+
+
+def to_model_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Resize (whole image, no crop) to the model size; float32 in 0..255."""
+    h, w = rgb.shape[:2]
+    interp = _RESIZE[spec.resize]
+    if spec.resize == "area" and (h < spec.height or w < spec.width):
+        interp = cv2.INTER_LINEAR
+    out = cv2.resize(rgb, (spec.width, spec.height), interpolation=interp)
+    return out.astype(np.float32)
+
+
+def fit_within(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscale for display so the longer side is at most ``max_side``."""
+    h, w = rgb.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)

@@ -1,0 +1,88 @@
+"""Shared fixtures: generated X-ray-like images, tiny real models, and the real data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from core.artifact import DEFAULT_CLASSES, new_meta, save_artifact  # noqa: E402
+from core.model import ArchConfig, build_model  # noqa: E402
+from core.paths import REPO_ROOT  # noqa: E402
+from core.preprocess import InputSpec  # noqa: E402
+
+SHARED = Path(os.environ.get("PNEUMOCAM_SHARED", REPO_ROOT.parent / "shared"))
+SHARED_DATA = SHARED / "data" / "chest_xray"
+SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
+
+requires_shared = pytest.mark.skipif(
+    not (SHARED_DATA / "test").is_dir() or not SHARED_WEIGHTS.is_file(),
+    reason=f"real data/weights not found in {SHARED} (set PNEUMOCAM_SHARED to the shared folder)",
+)
+
+TINY_SPEC = InputSpec(height=64, width=64)
+TINY_ARCH = ArchConfig(alpha=0.35, dense_units=(8,), dropout=0.1)
+
+
+def xray_like(h: int = 96, w: int = 80, seed: int = 0) -> np.ndarray:
+    """A grayscale image with two bright 'lungs' and noise: structure for the model and CAM to see."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = 40 + 60 * (yy / h)
+    for cx in (0.3 * w, 0.7 * w):
+        img += 120 * (((xx - cx) / (0.18 * w)) ** 2 + ((yy - 0.5 * h) / (0.35 * h)) ** 2 < 1)
+    img += rng.normal(0, 12, (h, w))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def save_gray(path: Path, arr: np.ndarray, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, **kw)
+    return path
+
+
+def make_dataset(root: Path, layout: str = "download", per_class: int = 4) -> dict[str, int]:
+    """Write a small labelled folder in either layout; returns the counts per class."""
+    counts = {}
+    for k, cls in enumerate(DEFAULT_CLASSES):
+        for i in range(per_class + k):
+            arr = xray_like(seed=100 * k + i)
+            if layout == "three-folder":
+                path = root / cls / f"img_{cls.lower()}_{i}.jpeg"
+            elif cls == "NORMAL":
+                path = root / "NORMAL" / f"IM-{k}{i:03d}-0001.jpeg"
+            else:
+                path = root / "PNEUMONIA" / f"person{k}{i}_{cls.lower()}_{i}.jpeg"
+            save_gray(path, arr)
+        counts[cls] = per_class + k
+    return counts
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (random-weight) PneumoCAM model at 64x64, saved as an artifact."""
+    keras.utils.set_random_seed(7)
+    model = build_model(TINY_ARCH, TINY_SPEC, backbone_weights=None)
+    meta = new_meta(model, TINY_ARCH, TINY_SPEC, list(DEFAULT_CLASSES))
+    out = tmp_path_factory.mktemp("tiny_model")
+    save_artifact(model, meta, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir: Path):
+    from core.artifact import load_artifact
+
+    return load_artifact(tiny_model_dir)
+
+
+@pytest.fixture()
+def dataset_download(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    root = tmp_path / "data"
+    return root, make_dataset(root, "download")

@@ -1,0 +1,172 @@
+"""The CLI end to end on generated data and a tiny real model: files written, read back, checked."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.app import main
+from conftest import make_dataset, save_gray, xray_like
+from core.paths import REPO_ROOT
+
+CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
+
+
+def run(*args: str) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture()
+def data_with_junk(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    root = tmp_path / "data"
+    counts = make_dataset(root, "download")
+    (root / "PNEUMONIA" / "person77_virus_1.jpeg").write_bytes(b"half a file")
+    (root / "NORMAL" / "readme.txt").write_text("notes beside the images")
+    return root, counts
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_writes_four_consistent_files(data_with_junk, tiny_model_dir: Path, tmp_path: Path) -> None:
+    root, counts = data_with_junk
+    out = tmp_path / "report"
+    result = run("evaluate", root, "--model", tiny_model_dir, "--out", out, "--batch-size", 4)
+    assert result.exit_code == 0, result.output
+    assert "overall" in result.output and "skipped 1" in result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["metrics.json", "predictions.csv", "confusion_matrix.png", "per_class_metrics.png"]
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    n = sum(counts.values())
+    assert m["classes"] == CLASSES and m["n_images"] == n
+    assert set(m["per_class"]["VIRUS"]) == {"accuracy", "precision", "recall", "f1", "auc", "support"}
+    assert [m["per_class"][c]["support"] for c in CLASSES] == [counts[c] for c in CLASSES]
+    assert m["skipped"] == [{"file": "PNEUMONIA/person77_virus_1.jpeg", "reason": m["skipped"][0]["reason"]}]
+    rows = read_csv(out / "predictions.csv")
+    assert list(rows[0]) == ["file", "true", "predicted", "p_BACTERIA", "p_NORMAL", "p_VIRUS"]
+    assert len(rows) == n
+    cm = np.zeros((3, 3), int)
+    for r in rows:
+        probs = [float(r[f"p_{c}"]) for c in CLASSES]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+        assert r["predicted"] == CLASSES[int(np.argmax(probs))]
+        cm[CLASSES.index(r["true"]), CLASSES.index(r["predicted"])] += 1
+    assert cm.tolist() == m["confusion_matrix"]
+    assert m["accuracy"] == pytest.approx(np.trace(cm) / n)
+    for png in ("confusion_matrix.png", "per_class_metrics.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gallery_pages_match_the_outcome_count(data_with_junk, tiny_model_dir: Path, tmp_path: Path) -> None:
+    root, _ = data_with_junk
+    report = tmp_path / "report"
+    assert run("evaluate", root, "--model", tiny_model_dir, "--out", report).exit_code == 0
+    rows = read_csv(report / "predictions.csv")
+    for outcome, keep in (
+        ("FN", lambda r: r["true"] == "VIRUS" and r["predicted"] != "VIRUS"),
+        ("TN", lambda r: r["true"] != "VIRUS" and r["predicted"] != "VIRUS"),
+    ):
+        expected = sum(map(keep, rows))
+        out = tmp_path / f"gallery_{outcome}"
+        args = ["gallery", root, "--class", "virus", "--outcome", outcome, "--model", tiny_model_dir]
+        result = run(*args, "--predictions", report / "predictions.csv", "--out", out, "--per-page", 2, "--layers", 2)
+        assert result.exit_code == 0, result.output
+        assert f"{expected} image(s) with outcome {outcome}" in result.output
+        pages = sorted(out.glob("page_*.png"))
+        assert len(pages) == -(-expected // 2)
+        index = (out / "index.html").read_text()
+        assert all(p.name in index for p in pages)
+
+
+def test_gallery_scores_when_no_predictions_given(dataset_download, tiny_model_dir: Path, tmp_path: Path) -> None:
+    root, _ = dataset_download
+    out = tmp_path / "g"
+    result = run("gallery", root, "--class", "NORMAL", "--outcome", "TP", "--model", tiny_model_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "index.html").exists()
+    bad = run("gallery", root, "--class", "FUNGUS", "--outcome", "TP", "--model", tiny_model_dir, "--out", out)
+    assert bad.exit_code == 2 and "--class" in bad.output and "Traceback" not in bad.output
+
+
+def test_predict_json_and_overlays(tiny_model_dir: Path, tmp_path: Path) -> None:
+    a = save_gray(tmp_path / "a.png", xray_like(300, 200))
+    b = save_gray(tmp_path / "b.jpeg", xray_like(120, 160, seed=2))
+    cams = tmp_path / "cams"
+    result = run("predict", a, b, "--model", tiny_model_dir, "--json", "--cam-out", cams, "--layers", 2)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert [r["file"] for r in out] == [str(a), str(b)]
+    for r in out:
+        assert set(r["probabilities"]) == set(CLASSES)
+        assert r["predicted"] == max(r["probabilities"], key=r["probabilities"].get)
+        assert Path(r["gradcam"]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_bad_image_is_one_line_and_exit_1(tiny_model_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "scan.jpeg"
+    bad.write_text("not an image")
+    good = save_gray(tmp_path / "ok.png", xray_like())
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "predict", str(good), str(bad), "--model", str(tiny_model_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {bad}: not a JPEG, PNG, BMP or DICOM image"]
+    assert str(good) in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "{tmp}/nowhere"], "does not exist"),
+        (["evaluate", "{tmp}/empty"], "no images"),
+        (["evaluate", "{data}", "--model", "{tmp}/no_model"], "model folder"),
+    ],
+)
+def test_evaluate_errors_are_one_line(args, message, dataset_download, tmp_path: Path, tiny_model_dir) -> None:
+    root, _ = dataset_download
+    for c in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "empty" / c).mkdir(parents=True)
+    argv = [a.format(tmp=tmp_path, data=root) for a in args]
+    if "--model" not in argv:
+        argv += ["--model", str(tiny_model_dir)]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()[-1:]) == 1
+
+
+def test_prepare_data_cli(dataset_download, tmp_path: Path) -> None:
+    root, counts = dataset_download
+    save_gray(root / "PNEUMONIA" / "person5_other_1.jpeg", xray_like())
+    dest = tmp_path / "prepared"
+    result = run("prepare-data", root, dest)
+    assert result.exit_code == 0
+    for c in CLASSES:
+        assert f"{c:<9}{counts[c]:>6}" in result.stdout
+        assert len(list((dest / c).iterdir())) == counts[c]
+    assert "person5_other_1.jpeg" in result.stderr
+    again = CliRunner().invoke(main, ["prepare-data", str(root), str(dest)])
+    assert again.exit_code == 1 and "not empty" in again.stderr
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    for cmd in ("evaluate", "gallery", "predict", "prepare-data", "train"):
+        result = run(cmd, "--help")
+        assert result.exit_code == 0 and "Example" in result.output and "python -m cli" in result.output

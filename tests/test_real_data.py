@@ -1,0 +1,93 @@
+"""End to end on the real data set and backbone weights in ../shared (skipped where absent).
+
+These run the committed model over the full 624-image test split, as a user would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli.app import main
+from conftest import SHARED_DATA, SHARED_WEIGHTS, requires_shared
+from core.artifact import read_meta
+from core.model import ArchConfig, build_model
+from core.paths import DEFAULT_WEIGHTS_DIR
+
+pytestmark = [requires_shared, pytest.mark.shared]
+TEST_DIR = SHARED_DATA / "test"
+CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
+
+
+def run(*args: object):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("real_eval")
+    run("evaluate", TEST_DIR, "--out", out)
+    return out
+
+
+def test_local_backbone_weights_match_the_standalone_application() -> None:
+    ours = build_model(ArchConfig(), backbone_weights=str(SHARED_WEIGHTS))
+    ref = keras.applications.MobileNetV2(include_top=False, weights=str(SHARED_WEIGHTS), input_shape=(224, 224, 3))
+    for name in ("Conv1", "block_8_project", "Conv_1"):
+        for a, b in zip(ours.get_layer(name).get_weights(), ref.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_prepare_data_on_the_real_test_split(tmp_path: Path) -> None:
+    result = run("prepare-data", TEST_DIR, tmp_path / "test")
+    for cls, n in (("BACTERIA", 242), ("NORMAL", 234), ("VIRUS", 148)):
+        assert f"{cls:<9}{n:>6}" in result.stdout
+        assert len(list((tmp_path / "test" / cls).iterdir())) == n
+
+
+def test_evaluate_committed_model_on_real_test_split(evaluation: Path) -> None:
+    m = json.loads((evaluation / "metrics.json").read_text())
+    assert m["n_images"] == 624 and m["skipped"] == []
+    with open(evaluation / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 624
+    assert (evaluation / "confusion_matrix.png").stat().st_size > 1000
+    assert (evaluation / "per_class_metrics.png").stat().st_size > 1000
+    recorded = read_meta(DEFAULT_WEIGHTS_DIR).metrics.get("test")
+    assert recorded, "weights/model.json should record the test metrics it was published with"
+    assert m["accuracy"] >= recorded["accuracy"] - 0.005
+    assert m["confusion_matrix"] == recorded["confusion_matrix"]
+
+
+def test_gallery_of_virus_false_negatives(evaluation: Path, tmp_path: Path) -> None:
+    with open(evaluation / "predictions.csv", newline="") as f:
+        fn = sum(r["true"] == "VIRUS" and r["predicted"] != "VIRUS" for r in csv.DictReader(f))
+    out = tmp_path / "gallery"
+    args = ["gallery", TEST_DIR, "--class", "VIRUS", "--outcome", "FN", "--limit", 6]
+    result = run(*args, "--predictions", evaluation / "predictions.csv", "--out", out)
+    assert f"{fn} image(s) with outcome FN" in result.output
+    pages = list(out.glob("page_*.png"))
+    assert len(pages) == (1 if fn else 0)
+    assert "page_001.png" in (out / "index.html").read_text() or fn == 0
+
+
+def test_predict_on_real_image_and_its_large_grayscale_original(tmp_path: Path) -> None:
+    src = next((TEST_DIR / "PNEUMONIA").glob("*virus*"))
+    big = tmp_path / "original.png"
+    Image.open(src).convert("L").resize((1400, 1100), Image.Resampling.BICUBIC).save(big)
+    result = run("predict", src, big, "--json", "--cam-out", tmp_path / "cams")
+    small, large = json.loads(result.stdout)
+    assert set(small["probabilities"]) == set(CLASSES)
+    assert small["predicted"] == large["predicted"]
+    for c in CLASSES:
+        assert small["probabilities"][c] == pytest.approx(large["probabilities"][c], abs=0.1)
+    assert Image.open(large["gradcam"]).size[0] > 500
