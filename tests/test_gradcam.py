@@ -32,7 +32,7 @@ def test_gradcam_equals_class_activation_map(gap_model: keras.Model) -> None:
     x = batch(3)
     cam = GradCAM(gap_model, ["conv_b"])
     result = cam(x)
-    acts = keras.Model(gap_model.inputs, gap_model.get_layer("conv_b").output)(x).numpy()
+    acts = keras.Model(gap_model.inputs[0], gap_model.get_layer("conv_b").output)(x).numpy()
     kernel = gap_model.get_layer("logits").kernel.numpy()
     for i, c in enumerate(result.target_classes):
         expected = normalize_map(np.maximum(np.einsum("hwk,k->hw", acts[i], kernel[:, c]), 0))

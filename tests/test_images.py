@@ -166,3 +166,14 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         read_image(tmp_path / "nope.png")
     with pytest.raises(ImageLoadError):
         read_image(tmp_path)
+
+
+def test_load_xray_gives_display_copy_and_model_input(tmp_path: Path) -> None:
+    from core.inference import load_xray
+    from core.preprocess import InputSpec
+
+    path = save_gray(tmp_path / "big.png", xray_like(900, 700))
+    xray = load_xray(path, InputSpec(224, 224))
+    assert xray.display.shape == (900, 700, 3) and xray.display.dtype == np.uint8
+    assert xray.model_input.shape == (224, 224, 3) and xray.model_input.dtype == np.float32
+    assert 0 <= xray.model_input.min() and xray.model_input.max() <= 255
