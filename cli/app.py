@@ -339,6 +339,7 @@ def predict(
 @main.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Model folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT folder.")
 @click.option(
     "--backbone-weights",
     envvar="PNEUMOCAM_BACKBONE_WEIGHTS",
@@ -346,75 +347,170 @@ def predict(
     show_default=True,
     help="'imagenet' (Keras download) or a local MobileNetV2 no-top .h5 file [env: PNEUMOCAM_BACKBONE_WEIGHTS].",
 )
-@click.option("--epochs", default=50, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--epochs", default=50, show_default=True, type=click.IntRange(1), help="Baseline: at most N epochs.")
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1), help="Baseline batch size.")
 @click.option("--lr", "learning_rate", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--patience", default=5, show_default=True, type=click.IntRange(1), help="Early-stopping patience.")
+@click.option("--patience", default=5, show_default=True, type=click.IntRange(1), help="Baseline early stopping.")
+@click.option(
+    "--fine-tune-from",
+    default="145",
+    show_default=True,
+    help="Unfreeze the backbone from this layer index (as in a standalone MobileNetV2); 'none' skips stage 2.",
+)
+@click.option("--fine-tune-epochs", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--fine-tune-batch-size", default=300, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--fine-tune-lr-divisor",
+    default=100.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Stage-2 lr = lr / this.",
+)
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 1024), help="Model input size.")
+@click.option(
+    "--width-multiplier",
+    "alpha",
+    default="1.0",
+    show_default=True,
+    type=click.Choice(["0.35", "0.5", "0.75", "1.0", "1.3", "1.4"]),
+    help="MobileNetV2 alpha (must match --backbone-weights).",
+)
 @click.option("--pooling", type=click.Choice(["max", "avg"]), default="max", show_default=True)
 @click.option("--dropout", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True))
 @click.option("--dense", "dense_units", default="128", show_default=True, help="Hidden ReLU layer sizes, e.g. 256,64.")
+@click.option(
+    "--rotation", default=0.1, show_default=True, type=click.FloatRange(0, 0.5), help="RandomRotation factor."
+)
 @click.option("--views", default=3, show_default=True, type=click.IntRange(1), help="Augmented views cached per image.")
 @click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0.05, 0.45))
 @click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 0.5))
+@click.option("--class-weight", type=click.Choice(["balanced", "none"]), default="balanced", show_default=True)
 @click.option("--seed", default=42, show_default=True, type=int)
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help="Keep backbone features here.")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help="Keep cached activations here.")
 def train(
     data_dir: Path,
     out: Path,
+    overwrite: bool,
     backbone_weights: str,
     epochs: int,
     batch_size: int,
     learning_rate: float,
     patience: int,
+    fine_tune_from: str,
+    fine_tune_epochs: int,
+    fine_tune_batch_size: int,
+    fine_tune_lr_divisor: float,
+    image_size: int,
+    alpha: str,
     pooling: str,
     dropout: float,
     dense_units: str,
+    rotation: float,
     views: int,
     val_fraction: float,
     label_smoothing: float,
+    class_weight: str,
     seed: int,
     cache_dir: Path | None,
 ) -> None:
-    """Train the classifier's head on a frozen ImageNet MobileNetV2 (features cached once).
+    """Train the classifier: baseline head on a frozen MobileNetV2, then fine-tuning.
 
-    The validation split is taken from DATA_DIR (stratified, grouped by patient);
-    early stopping and the checkpoint use it, never the test split. Writes
-    model.keras, model.json, history.json and training_curves.png into OUT.
+    The defaults are the seed's recipe: (1) backbone frozen, batch 100, dropout
+    0.2, Adam 1e-3, up to 50 epochs with early stopping; (2) backbone unfrozen
+    from layer 145, learning rate / 100, batch 300, 10 epochs. Class imbalance
+    is handled by balanced class weights. The frozen backbone runs once per
+    augmented view and its activations are cached, so both stages fit on a
+    laptop CPU. The validation split is taken from DATA_DIR (stratified, grouped
+    by patient); the checkpoint of each stage is the epoch with the best
+    validation loss. The test split is never used.
+
+    Writes model.keras, model.json, history.json, training_curves.png and
+    train.log into OUT (built in OUT.partial, moved into place at the end).
 
     \b
     Example:
-      python -m cli train ../shared/data/chest_xray/train --out runs/head \\
+      python -m cli train ../shared/data/chest_xray/train --out runs/seed-recipe \\
           --backbone-weights ../shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5
     """
+    import logging
+    import shutil
+    import time
+
     from core.artifact import save_artifact
     from core.data import scan_dataset
     from core.model import ArchConfig
     from core.plots import training_curves_figure
+    from core.preprocess import InputSpec
     from core.reports import save_figure, write_json
-    from core.training import HeadTrainConfig, train_frozen
+    from core.training import EpochLog, TrainConfig, train_model
 
     try:
         units = tuple(int(u) for u in dense_units.split(",") if u.strip())
     except ValueError:
         raise click.BadParameter("comma-separated integers, e.g. 256,64", param_hint="--dense") from None
+    try:
+        ft_from = None if fine_tune_from.lower() == "none" else int(fine_tune_from)
+    except ValueError:
+        raise click.BadParameter("a layer index or 'none'", param_hint="--fine-tune-from") from None
     if backbone_weights != "imagenet" and not Path(backbone_weights).is_file():
         raise click.BadParameter(f"{backbone_weights} is not a file", param_hint="--backbone-weights")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise click.UsageError(f"{out} exists and is not empty; pass --overwrite to replace it")
     scan = scan_dataset(data_dir)
-    cfg = HeadTrainConfig(
-        epochs, batch_size, learning_rate, patience, views, val_fraction, seed, "balanced", label_smoothing
+    cfg = TrainConfig(
+        epochs,
+        batch_size,
+        learning_rate,
+        patience,
+        ft_from,
+        fine_tune_epochs,
+        fine_tune_batch_size,
+        fine_tune_lr_divisor,
+        views,
+        val_fraction,
+        seed,
+        class_weight,
+        label_smoothing,
     )
-    arch = ArchConfig(pooling=pooling, dropout=dropout, dense_units=units)
-    with progress(len(scan.samples), "backbone features") as bar:
-        result = train_frozen(
-            scan, cfg, arch, backbone_weights=backbone_weights, cache_dir=cache_dir, on_batch=bar.update
+    arch = ArchConfig(alpha=float(alpha), pooling=pooling, dropout=dropout, dense_units=units, rotation=rotation)
+    spec = InputSpec(height=image_size, width=image_size)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    log = logging.getLogger("pneumocam")
+    log.setLevel(logging.INFO)
+    handler = logging.FileHandler(partial / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    log.info("train %s -> %s", data_dir, out)
+    log.info("config %s", json.dumps({"train": cfg.to_dict(), "arch": arch.to_dict(), "backbone": backbone_weights}))
+    started = time.perf_counter()
+    with progress(len(scan.samples), "backbone activations (once)") as bar:
+        result = train_model(
+            scan,
+            cfg,
+            arch,
+            spec,
+            backbone_weights=backbone_weights,
+            cache_dir=cache_dir,
+            on_batch=bar.update,
+            callbacks=[EpochLog(log)],
         )
-    save_artifact(result.model, result.meta, out)
-    write_json(out / "history.json", result.history)
-    save_figure(training_curves_figure(result.history, "frozen backbone"), out / "training_curves.png")
+    minutes = (time.perf_counter() - started) / 60
+    result.meta.training["wall_minutes"] = round(minutes, 1)
+    log.info("done in %.1f min", minutes)
+    save_artifact(result.model, result.meta, partial)
+    write_json(partial / "history.json", result.history)
+    save_figure(training_curves_figure(result.history), partial / "training_curves.png")
+    log.removeHandler(handler)
+    handler.close()
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
     val = result.meta.metrics["validation"]
     click.echo(
         f"validation accuracy {val['accuracy']:.1%}, macro F1 {val['macro_f1']:.3f} "
-        f"({val['n_images']} images); model written to {out}/"
+        f"({val['n_images']} images); {minutes:.1f} min; model written to {out}/"
     )
 
 
@@ -435,3 +531,37 @@ def model_card_cmd(model_dir: Path) -> None:
 
     path = write_text(model_dir / "README.md", model_card(read_meta(model_dir)))
     click.echo(f"model card written to {path}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--repo-id", required=True, help="Target model repo, e.g. org/pneumocam (created when missing).")
+@click.option("--revision-message", default="", help="Commit message on the Hub.")
+@click.option("--private", is_flag=True, help="Create the repo as private.")
+@click.option("--dry-run", is_flag=True, help="Check the model and list what would be uploaded; upload nothing.")
+def publish(folder: Path, repo_id: str, revision_message: str, private: bool, dry_run: bool) -> None:
+    """Upload a model folder (model.keras, model.json, model card...) to the Hugging Face Hub.
+
+    The model is loaded first (safe mode, SHA-256 and metadata checked), so a
+    broken model is never published. Prints the commit hash to pin in the Space
+    (PNEUMOCAM_REVISION). Needs network and a token (HF_TOKEN or
+    `huggingface-cli login`).
+
+    \b
+    Example:
+      python -m cli publish weights/ --repo-id org/pneumocam --dry-run
+      python -m cli publish weights/ --repo-id org/pneumocam --revision-message "fine-tuned, 3 views"
+    """
+    from core.artifact import load_artifact
+    from core.publish import model_files, upload
+
+    files = model_files(folder)
+    load_artifact(folder)
+    if dry_run:
+        for f in files:
+            click.echo(f"{f.relative_to(folder).as_posix()}\t{f.stat().st_size:,} bytes")
+        click.echo(f"dry run: {len(files)} file(s) would be uploaded to {repo_id}")
+        return
+    commit = upload(files, folder, repo_id, "model", revision_message, private=private)
+    click.echo(commit)
+    click.echo(f"uploaded {len(files)} file(s) to {repo_id}; pin revision {commit}", err=True)

@@ -15,13 +15,14 @@ from core.data import Scan
 from core.errors import DataError
 from core.inference import score_files
 from core.metrics import classification_metrics
-from core.plots import confusion_matrix_figure, per_class_figure
+from core.plots import confusion_matrix_figure, per_class_figure, reliability_figure
 from core.reports import save_figure, write_csv, write_json
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_FILE = "confusion_matrix.png"
 PER_CLASS_FILE = "per_class_metrics.png"
+RELIABILITY_FILE = "reliability.png"
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def read_predictions(path: str | Path, classes: list[str]) -> list[Prediction]:
 
 
 def write_report(out: str | Path, evaluation: Evaluation, classes: list[str], title: str = "") -> list[Path]:
-    """``metrics.json``, ``predictions.csv`` and the two figures, each written atomically."""
+    """``metrics.json``, ``predictions.csv`` and three figures, each written atomically."""
     out = Path(out)
     m = evaluation.metrics
     return [
@@ -107,4 +108,5 @@ def write_report(out: str | Path, evaluation: Evaluation, classes: list[str], ti
         write_predictions(out / PREDICTIONS_FILE, evaluation.predictions, classes),
         save_figure(confusion_matrix_figure(m["confusion_matrix"], classes, title), out / CONFUSION_FILE),
         save_figure(per_class_figure(m), out / PER_CLASS_FILE),
+        save_figure(reliability_figure(m), out / RELIABILITY_FILE),
     ]

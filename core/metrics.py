@@ -38,14 +38,47 @@ def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray, cla
             "auc": auc,
             "support": int(support[k]),
         }
+    calibration = reliability(y, p) if n else {"ece": 0.0, "bins": []}
     return {
         "classes": list(classes),
         "n_images": n,
         "accuracy": float((pred == y).mean()) if n else 0.0,
+        "ece": calibration["ece"],
+        "calibration_bins": calibration["bins"],
         "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)) if n else 0.0,
         "per_class": per_class,
         "confusion_matrix": cm.astype(int).tolist(),
     }
+
+
+def reliability(y_true: Sequence[int], probabilities: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
+    """Top-label calibration: per confidence bin, mean confidence vs accuracy; ECE = weighted gap.
+
+    ECE (expected calibration error) = sum over bins of (bin share) x |accuracy - confidence|.
+    """
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(probabilities, dtype=float)
+    conf = p.max(axis=1)
+    correct = p.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        m = idx == b
+        if not m.any():
+            continue
+        acc, mean_conf = float(correct[m].mean()), float(conf[m].mean())
+        ece += m.mean() * abs(acc - mean_conf)
+        bins.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "count": int(m.sum()),
+                "accuracy": acc,
+                "confidence": mean_conf,
+            }
+        )
+    return {"ece": float(ece), "bins": bins}
 
 
 def outcome_mask(y_true: np.ndarray, y_pred: np.ndarray, k: int, outcome: str) -> np.ndarray:

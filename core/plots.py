@@ -54,6 +54,27 @@ def per_class_figure(metrics: dict[str, Any], title: str = "") -> Figure:
     return fig
 
 
+def reliability_figure(metrics: dict[str, Any], title: str = "") -> Figure:
+    """Reliability diagram: accuracy against mean confidence per bin, with bin counts."""
+    bins = metrics["calibration_bins"]
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4.8, 5.2), height_ratios=[3, 1], sharex=True)
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    centers = [(b["low"] + b["high"]) / 2 for b in bins]
+    widths = [b["high"] - b["low"] for b in bins]
+    ax.bar(centers, [b["accuracy"] for b in bins], widths, alpha=0.6, edgecolor="black", label="accuracy")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="C3", label="observed")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title or f"Reliability (ECE {metrics['ece']:.3f})")
+    ax_n.bar(centers, [b["count"] for b in bins], widths, edgecolor="black", color="C0")
+    ax_n.set_xlabel("confidence of the predicted class")
+    ax_n.set_ylabel("images")
+    fig.tight_layout()
+    return fig
+
+
 def gallery_figure(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
     """One row per image: the X-ray, then one overlay per layer.
 
@@ -76,18 +97,19 @@ def gallery_figure(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
     return fig
 
 
-def training_curves_figure(history: dict[str, list[float]], title: str = "") -> Figure:
-    """Train vs validation curves for every metric Keras recorded (loss, accuracy, AUC...)."""
-    keys = [k for k in history if not k.startswith("val_") and f"val_{k}" in history]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        epochs = range(1, len(history[key]) + 1)
-        ax.plot(epochs, history[key], label="train")
-        ax.plot(epochs, history[f"val_{key}"], label="validation")
-        ax.set_title(key)
-        ax.set_xlabel("epoch")
-        ax.legend()
-    if title:
-        fig.suptitle(title)
+def training_curves_figure(history: dict[str, dict[str, list[float]]]) -> Figure:
+    """One row per training stage: train vs validation for each metric Keras recorded."""
+    stages = list(history)
+    keys = [k for k in history[stages[0]] if not k.startswith("val_") and f"val_{k}" in history[stages[0]]]
+    fig, axes = plt.subplots(len(stages), len(keys), figsize=(3.4 * len(keys), 2.9 * len(stages)), squeeze=False)
+    for row, stage in zip(axes, stages):
+        h = history[stage]
+        for ax, key in zip(row, keys):
+            epochs = range(1, len(h[key]) + 1)
+            ax.plot(epochs, h[key], label="train")
+            ax.plot(epochs, h[f"val_{key}"], label="validation")
+            ax.set_title(f"{stage}: {key}", fontsize=9)
+            ax.set_xlabel("epoch")
+    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig

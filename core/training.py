@@ -1,10 +1,18 @@
-"""Training the head on cached backbone features (the frozen-backbone stage).
+"""Training on cached activations: the seed's two-stage recipe, fast enough for a laptop CPU.
 
-With the backbone frozen and batch norm in inference mode, each image (and each
-augmented view of it) maps to the same pooled features in every epoch. So we
-compute them once, for a few flip/rotation views per image, and train only the
-layers above on that cache. The head layers are shared with the full model, so
-training them here trains the model that is saved.
+The frozen part of the backbone (batch norm in inference mode) maps each image,
+and each augmented view of it, to the same activations in every epoch. So we
+run it once per view, cache the activations at the *cut* (the input of the
+first layer to be fine-tuned), and train only what lies above:
+
+1. baseline: the head alone, on pooled features computed from the cache by the
+   frozen layers above the cut;
+2. fine-tuning: the backbone layers from ``fine_tune_from`` on plus the head,
+   on the cached activations themselves.
+
+The sub-models share their layers with the full model, so training them trains
+the model that is saved. The result is the same kind of model as training end
+to end with those layers frozen and a fixed set of augmented views.
 """
 
 from __future__ import annotations
@@ -12,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -24,7 +32,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from core.data import Sample, Scan, patient_id
 from core.errors import DataError
 from core.inference import image_dataset
-from core.model import FEATURES_LAYER, backbone_layers
+from core.model import FEATURES_LAYER, backbone_layers, set_fine_tuning
 from core.preprocess import InputSpec
 
 if TYPE_CHECKING:
@@ -33,20 +41,24 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class HeadTrainConfig:
-    """The seed's baseline stage by default: batch 100, Adam 1e-3, early stopping."""
+class TrainConfig:
+    """Both stages; the defaults are the seed's recipe."""
 
     epochs: int = 50
     batch_size: int = 100
     learning_rate: float = 1e-3
     patience: int = 5
+    fine_tune_from: int | None = 145
+    fine_tune_epochs: int = 10
+    fine_tune_batch_size: int = 300
+    fine_tune_lr_divisor: float = 100.0
     views: int = 3
     val_fraction: float = 0.2
     seed: int = 42
     class_weight: str = "balanced"
     label_smoothing: float = 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -70,8 +82,34 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     return {k: float(len(y) / (n_classes * c)) if c else 0.0 for k, c in enumerate(counts)}
 
 
+def cut_layer_name(model: keras.Model, fine_tune_from: int | None) -> str:
+    """The last frozen layer, whose output is cached: just below ``fine_tune_from``, or the pooling."""
+    if fine_tune_from is None:
+        return FEATURES_LAYER
+    layers = backbone_layers(model)
+    if not 1 <= fine_tune_from < len(layers):
+        raise ValueError(f"fine_tune_from must be between 1 and {len(layers) - 1}")
+    return layers[fine_tune_from - 1].name
+
+
+def upper_model(model: keras.Model, cut: str, until: str | None = None, name: str = "upper") -> keras.Model:
+    """The part of ``model`` above layer ``cut`` (to ``until``'s output, default the end), layers shared.
+
+    Fails with a clear message when the cut crosses a residual connection.
+    """
+    out = model.get_layer(until).output if until else model.outputs[0]
+    try:
+        return keras.Model(model.get_layer(cut).output, out, name=name)
+    except ValueError:
+        raise ValueError(
+            f"cannot fine-tune from just above {cut!r}: a residual connection crosses it; "
+            "choose an index at a block boundary (e.g. 125, 134, 143 or 145 for MobileNetV2)"
+        ) from None
+
+
 def _augment_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    aug = [model.get_layer(n) for n in ("augment_flip", "augment_rotation") if n in {x.name for x in model.layers}]
+    names = {x.name for x in model.layers}
+    aug = [model.get_layer(n) for n in ("augment_flip", "augment_rotation") if n in names]
 
     def run(x: tf.Tensor) -> tf.Tensor:
         for layer in aug:
@@ -81,24 +119,25 @@ def _augment_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     return run
 
 
-def extract_features(
+def extract_activations(
     model: keras.Model,
     spec: InputSpec,
     paths: Sequence[str | Path],
+    layer: str = FEATURES_LAYER,
     views: int = 1,
     batch_size: int = 64,
     seed: int = 42,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, list[tuple[Path, str]]]:
-    """Pooled backbone features, shape ``(views, n, d)``; view 0 is the plain image.
+    """Activations of ``layer`` (float16), shape ``(views, n, ...)``; view 0 is the plain image.
 
     Views 1.. are random flips/rotations made by the model's own augmentation
-    layers. Unreadable files are returned separately and get zero features.
+    layers. Unreadable files are returned separately and get zero activations.
     """
     keras.utils.set_random_seed(seed)
-    features = keras.Model(model.inputs[0], model.get_layer(FEATURES_LAYER).output)
+    probe = keras.Model(model.inputs[0], model.get_layer(layer).output)
     sig = [tf.TensorSpec([None, *spec.shape], tf.float32)]
-    forward = tf.function(lambda x: features(x, training=False), input_signature=sig)
+    forward = tf.function(lambda x: tf.cast(probe(x, training=False), tf.float16), input_signature=sig)
     augment = tf.function(_augment_fn(model), input_signature=sig)
     out: list[list[np.ndarray]] = [[] for _ in range(views)]
     skipped: list[tuple[Path, str]] = []
@@ -115,44 +154,46 @@ def extract_features(
     return np.stack([np.concatenate(v) for v in out]), skipped
 
 
-def feature_cache_key(paths: Sequence[str | Path], model: keras.Model, spec: InputSpec, views: int, seed: int) -> str:
-    """Hash of everything the cached features depend on (files, backbone weights, recipe)."""
+def cache_key(
+    paths: Sequence[str | Path], model: keras.Model, spec: InputSpec, layer: str, views: int, seed: int
+) -> str:
+    """Hash of everything cached activations depend on: files, frozen weights, recipe."""
     h = hashlib.sha256()
     h.update(json.dumps([str(p) for p in paths]).encode())
     pooling = type(model.get_layer(FEATURES_LAYER)).__name__
-    h.update(json.dumps([spec.to_dict(), views, seed, pooling]).encode())
-    for layer in backbone_layers(model):
-        for w in layer.weights:
+    h.update(json.dumps([spec.to_dict(), layer, views, seed, pooling]).encode())
+    for lay in backbone_layers(model):
+        for w in lay.weights:
             h.update(np.asarray(w.numpy()).tobytes())
     return h.hexdigest()[:16]
 
 
-def cached_features(
+def cached(
     cache_dir: Path | None, key: str, compute: Callable[[], tuple[np.ndarray, list[tuple[Path, str]]]]
 ) -> tuple[np.ndarray, list[tuple[Path, str]]]:
-    """Load features from ``cache_dir/key.npz`` or compute and store them."""
+    """Load activations from ``cache_dir/activations-<key>.npz`` or compute and store them."""
     if cache_dir is None:
         return compute()
-    path = Path(cache_dir) / f"features-{key}.npz"
+    path = Path(cache_dir) / f"activations-{key}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
-            skipped = [(Path(p), r) for p, r in zip(z["skipped_paths"].tolist(), z["skipped_reasons"].tolist())]
-            return z["features"], skipped
-    feats, skipped = compute()
+            pairs = zip(z["skipped_paths"].tolist(), z["skipped_reasons"].tolist())
+            return z["activations"], [(Path(p), r) for p, r in pairs]
+    acts, skipped = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(
         tmp,
-        features=feats,
+        activations=acts,
         skipped_paths=np.array([str(p) for p, _ in skipped], dtype=str),
         skipped_reasons=np.array([r for _, r in skipped], dtype=str),
     )
     tmp.replace(path)
-    return feats, skipped
+    return acts, skipped
 
 
 def head_model(model: keras.Model) -> keras.Model:
-    """Features -> probabilities, built from the full model's own head layers (shared weights)."""
+    """Pooled features -> probabilities, built from the full model's own head layers (shared weights)."""
     dim = model.get_layer(FEATURES_LAYER).output.shape[-1]
     inp = keras.Input((dim,), name="features")
     names = [layer.name for layer in model.layers]
@@ -162,61 +203,82 @@ def head_model(model: keras.Model) -> keras.Model:
     return keras.Model(inp, x, name="head")
 
 
-def train_head(
-    model: keras.Model,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
+def _metrics() -> list:
+    return [
+        "accuracy",
+        keras.metrics.Precision(name="precision"),
+        keras.metrics.Recall(name="recall"),
+        keras.metrics.AUC(name="auc"),
+    ]
+
+
+def fit(
+    net: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
     x_val: np.ndarray,
     y_val: np.ndarray,
-    cfg: HeadTrainConfig,
-    verbose: int = 2,
+    *,
+    learning_rate: float,
+    epochs: int,
+    batch_size: int,
+    patience: int,
+    weights: dict[int, float] | None,
+    label_smoothing: float,
+    seed: int,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = "auto",
 ) -> dict[str, list[float]]:
-    """Fit the head on cached features; early stopping on validation loss, best weights kept."""
-    n_classes = model.output_shape[-1]
-    if len(x_train) == 0 or len(x_val) == 0:
+    """Adam + cross-entropy; the epoch with the best validation loss is kept (early stopping)."""
+    if len(x) == 0 or len(x_val) == 0:
         raise DataError("training and validation sets must both be non-empty")
-    keras.utils.set_random_seed(cfg.seed)
-    head = head_model(model)
-    head.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=["accuracy", keras.metrics.AUC(name="auc")],
+    n_classes = net.output_shape[-1]
+    keras.utils.set_random_seed(seed)
+    net.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=_metrics(),
     )
-    weights = class_weights(y_train, n_classes) if cfg.class_weight == "balanced" else None
-    history = head.fit(
-        x_train,
-        keras.utils.to_categorical(y_train, n_classes),
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    history = net.fit(
+        x,
+        keras.utils.to_categorical(y, n_classes),
         validation_data=(x_val, keras.utils.to_categorical(y_val, n_classes)),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
+        epochs=epochs,
+        batch_size=batch_size,
         class_weight=weights,
         shuffle=True,
         verbose=verbose,
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)],
+        callbacks=[stop, *callbacks],
     )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
+def _predict(net: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    return net.predict(x, batch_size=batch_size, verbose=0)
+
+
 @dataclass
 class TrainResult:
-    """A trained model, its metadata (validation metrics filled in) and the epoch history."""
+    """A trained model, its metadata (validation metrics filled in) and each stage's history."""
 
     model: keras.Model
     meta: ModelMeta
-    history: dict[str, list[float]]
+    history: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
-def train_frozen(
+def train_model(
     scan: Scan,
-    cfg: HeadTrainConfig = HeadTrainConfig(),
+    cfg: TrainConfig = TrainConfig(),
     arch: ArchConfig | None = None,
     spec: InputSpec = InputSpec(),
     backbone_weights: str | None = "imagenet",
     cache_dir: Path | None = None,
     on_batch: Callable[[int], None] | None = None,
-    verbose: int = 2,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = "auto",
 ) -> TrainResult:
-    """The baseline stage end to end: split by patient, cache features, fit the head, measure on validation."""
+    """Split by patient, cache activations at the cut, train the baseline then fine-tune."""
     from core.artifact import DEFAULT_CLASSES, new_meta
     from core.metrics import classification_metrics
     from core.model import ArchConfig, build_model
@@ -224,31 +286,81 @@ def train_frozen(
     arch = arch or ArchConfig()
     classes = list(DEFAULT_CLASSES)
     model = build_model(arch, spec, backbone_weights)
+    cut = cut_layer_name(model, cfg.fine_tune_from)
+    top = upper_model(model, cut, name="fine_tuning") if cfg.fine_tune_from is not None else None
     train, val = split_by_patient(scan.samples, cfg.val_fraction, cfg.seed)
 
-    def features(samples: list[Sample], views: int) -> tuple[np.ndarray, np.ndarray]:
+    def activations(samples: list[Sample], views: int) -> tuple[np.ndarray, np.ndarray]:
         paths = [s.path for s in samples]
-        key = feature_cache_key(paths, model, spec, views, cfg.seed)
-        feats, skipped = cached_features(
-            cache_dir, key, lambda: extract_features(model, spec, paths, views, 64, cfg.seed, on_batch)
+        key = cache_key(paths, model, spec, cut, views, cfg.seed)
+        acts, skipped = cached(
+            cache_dir, key, lambda: extract_activations(model, spec, paths, cut, views, 64, cfg.seed, on_batch)
         )
         bad = {p for p, _ in skipped}
         keep = np.array([p not in bad for p in paths])
         y = np.array([classes.index(s.label) for s in samples])
-        return feats[:, keep], y[keep]
+        return acts[:, keep], y[keep]
 
-    f_train, y_train = features(train, cfg.views)
-    f_val, y_val = features(val, 1)
-    x_train = f_train.reshape(-1, f_train.shape[-1])
-    history = train_head(model, x_train, np.tile(y_train, cfg.views), f_val[0], y_val, cfg, verbose)
-    val_probs = head_model(model).predict(f_val[0], verbose=0)
+    a_train, y_train = activations(train, cfg.views)
+    a_val, y_val = activations(val, 1)
+    x_train = a_train.reshape(-1, *a_train.shape[2:])
+    y_train_all = np.tile(y_train, cfg.views)
+    x_val = a_val[0]
+    weights = class_weights(y_train, len(classes)) if cfg.class_weight == "balanced" else None
+    common = dict(weights=weights, label_smoothing=cfg.label_smoothing, seed=cfg.seed, callbacks=callbacks)
+
+    if top is None:
+        f_train, f_val = x_train.astype(np.float32), x_val.astype(np.float32)
+    else:
+        pool = upper_model(model, cut, until=FEATURES_LAYER)
+        f_train, f_val = _predict(pool, x_train), _predict(pool, x_val)
+    head = head_model(model)
+    history = {
+        "baseline": fit(
+            head,
+            f_train,
+            y_train_all,
+            f_val,
+            y_val,
+            learning_rate=cfg.learning_rate,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            patience=cfg.patience,
+            verbose=verbose,
+            **common,
+        )
+    }
+    if top is not None:
+        set_fine_tuning(model, cfg.fine_tune_from)
+        history["fine-tuning"] = fit(
+            top,
+            x_train,
+            y_train_all,
+            x_val,
+            y_val,
+            learning_rate=cfg.learning_rate / cfg.fine_tune_lr_divisor,
+            epochs=cfg.fine_tune_epochs,
+            batch_size=cfg.fine_tune_batch_size,
+            patience=cfg.fine_tune_epochs,
+            verbose=verbose,
+            **common,
+        )
+        set_fine_tuning(model, None)
+        val_probs = _predict(top, x_val)
+    else:
+        val_probs = _predict(head, f_val)
+
     meta = new_meta(model, arch, spec, classes)
     meta.training = {
-        "stage": "frozen backbone, head on cached features",
+        "recipe": "two stages on cached activations: head on a frozen backbone, then fine-tuning",
         "config": cfg.to_dict(),
-        "class_weights": class_weights(y_train, len(classes)) if cfg.class_weight == "balanced" else None,
-        "epochs_run": len(history.get("loss", [])),
+        "cached_at": cut,
+        "class_weights": weights,
+        "epochs_run": {stage: len(h.get("loss", [])) for stage, h in history.items()},
+        "best_val_loss": {stage: min(h["val_loss"]) for stage, h in history.items()},
         "backbone_weights": "imagenet" if backbone_weights == "imagenet" else Path(str(backbone_weights)).name,
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
     }
     meta.data = {
         "source": "Kermany et al. 2018, Mendeley Data doi:10.17632/rscbjbr9sj.2 (CC BY 4.0)",
@@ -261,3 +373,18 @@ def train_frozen(
     }
     meta.metrics = {"validation": classification_metrics(y_val, val_probs, classes)}
     return TrainResult(model, meta, history)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Writes one line per epoch (all metrics) to a logger: the training log file."""
+
+    def __init__(self, logger: Any) -> None:
+        super().__init__()
+        self.logger = logger
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.logger.info("stage %s: %d trainable weights", self.model.name, len(self.model.trainable_weights))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        items = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()) if isinstance(v, float | int))
+        self.logger.info("epoch %d %s", epoch + 1, items)

@@ -44,7 +44,7 @@ def test_evaluate_writes_four_consistent_files(data_with_junk, tiny_model_dir: P
     assert result.exit_code == 0, result.output
     assert "overall" in result.output and "skipped 1" in result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["metrics.json", "predictions.csv", "confusion_matrix.png", "per_class_metrics.png"]
+        ["metrics.json", "predictions.csv", "confusion_matrix.png", "per_class_metrics.png", "reliability.png"]
     )
     m = json.loads((out / "metrics.json").read_text())
     n = sum(counts.values())

@@ -88,3 +88,23 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_json(target, {"bad": float("nan")})
     assert json.loads(target.read_text()) == {"run": 1}
+
+
+def test_expected_calibration_error() -> None:
+    from core.metrics import reliability
+
+    # every prediction 90 % confident, half of them right: ECE = |0.5 - 0.9|
+    p = np.tile([0.9, 0.05, 0.05], (100, 1))
+    y = np.array([0] * 50 + [1] * 50)
+    r = reliability(y, p)
+    assert r["ece"] == pytest.approx(0.4)
+    assert len(r["bins"]) == 1 and r["bins"][0]["count"] == 100
+    # confidences matching accuracy bin by bin give ECE near 0
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.4, 1.0, 20000)
+    right = rng.uniform(size=conf.size) < conf
+    probs = np.stack([conf, (1 - conf) / 2, (1 - conf) / 2], axis=1)
+    labels = np.where(right, 0, 1)
+    assert reliability(labels, probs)["ece"] < 0.02
+    m = classification_metrics(labels, probs, CLASSES)
+    assert m["ece"] == pytest.approx(reliability(labels, probs)["ece"])

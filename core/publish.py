@@ -1,0 +1,48 @@
+"""Uploading to the Hugging Face Hub: the model folder (and, later, the Space)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.artifact import META_FILE, MODEL_FILE
+from core.errors import PneumoCAMError
+
+MODEL_CARD = "README.md"
+REQUIRED_MODEL_FILES = (MODEL_FILE, META_FILE, MODEL_CARD)
+OPTIONAL_MODEL_FILES = ("history.json", "training_curves.png", "train.log")
+
+
+class PublishError(PneumoCAMError):
+    """The upload could not be made (no network, no token, refused)."""
+
+
+def model_files(folder: str | Path) -> list[Path]:
+    """Exactly what ``publish`` uploads from a model folder; refuses an incomplete one."""
+    d = Path(folder)
+    missing = [n for n in REQUIRED_MODEL_FILES if not (d / n).is_file()]
+    if missing:
+        raise PublishError(f"{d} lacks {', '.join(missing)} (run train, evaluate --record-as test, model-card)")
+    return [d / n for n in (*REQUIRED_MODEL_FILES, *OPTIONAL_MODEL_FILES) if (d / n).is_file()]
+
+
+def upload(
+    files: Sequence[Path], root: Path, repo_id: str, repo_type: str = "model", message: str = "", **create_kw: object
+) -> str:
+    """Create the repo if missing and upload ``files`` (paths kept relative to ``root``) in one commit.
+
+    Returns the commit hash to pin.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, exist_ok=True, **create_kw)
+        ops = [CommitOperationAdd(path_in_repo=f.relative_to(root).as_posix(), path_or_fileobj=str(f)) for f in files]
+        info = api.create_commit(
+            repo_id, ops, commit_message=message or f"Upload {len(files)} files", repo_type=repo_type
+        )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PublishError(f"cannot upload to the Hugging Face Hub ({repo_id}): {first}") from None
+    return info.oid

@@ -1,0 +1,103 @@
+"""Training on cached activations: equivalence with the full model, both stages, the CLI and publish."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.app import main
+from conftest import TINY_ARCH, TINY_SPEC, make_dataset
+from core.artifact import load_artifact
+from core.data import scan_dataset
+from core.inference import load_model_input
+from core.model import backbone_layers, build_model
+from core.training import TrainConfig, cut_layer_name, extract_activations, train_model, upper_model
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train_data")
+    make_dataset(root, "download", per_class=10)
+    return root
+
+
+def test_cached_activations_reproduce_the_full_model(tiny_data: Path, tiny_backbone_file: Path) -> None:
+    model = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
+    cut = cut_layer_name(model, 145)
+    assert cut == backbone_layers(model)[144].name
+    paths = [s.path for s in scan_dataset(tiny_data).samples[:5]]
+    acts, skipped = extract_activations(model, TINY_SPEC, paths, cut, views=2, batch_size=2)
+    assert acts.shape[:2] == (2, 5) and acts.dtype == np.float16 and not skipped
+    x = np.stack([load_model_input(p, TINY_SPEC) for p in paths])
+    direct = model(x, training=False).numpy()
+    via_cache = upper_model(model, cut)(acts[0].astype(np.float32), training=False).numpy()
+    assert np.abs(acts[0]).max() > 0.5  # realistic magnitudes, not underflowing float16
+    np.testing.assert_allclose(via_cache, direct, atol=2e-3)
+    assert np.abs(acts[0].astype(np.float32) - acts[1]).max() > 0.1  # the augmented view differs
+
+
+def test_cut_across_a_residual_connection_is_refused() -> None:
+    model = build_model(TINY_ARCH, TINY_SPEC, None)
+    with pytest.raises(ValueError, match="block boundary"):
+        upper_model(model, cut_layer_name(model, 142))
+
+
+def test_two_stages_train_only_what_they_should(tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path) -> None:
+    reference = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
+    cfg = TrainConfig(epochs=3, batch_size=16, patience=2, fine_tune_epochs=2, fine_tune_batch_size=16, views=2)
+    scan = scan_dataset(tiny_data)
+    result = train_model(scan, cfg, TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), cache_dir=tmp_path, verbose=0)
+    assert set(result.history) == {"baseline", "fine-tuning"}
+    for h in result.history.values():
+        assert {"loss", "val_loss", "accuracy", "precision", "recall", "auc", "val_auc"} <= set(h)
+    assert len(result.history["fine-tuning"]["loss"]) == 2
+    val = result.meta.metrics["validation"]
+    assert val["n_images"] == result.meta.data["n_val"] > 0
+    assert result.meta.training["config"]["fine_tune_from"] == 145
+    assert result.meta.training["class_weights"] is not None
+    trained = result.model
+    layers = backbone_layers(trained)
+    frozen, tuned = layers[1], next(lay for lay in layers[145:] if lay.weights)
+    np.testing.assert_array_equal(frozen.get_weights()[0], reference.get_layer(frozen.name).get_weights()[0])
+    assert not np.allclose(tuned.get_weights()[0], reference.get_layer(tuned.name).get_weights()[0])
+    assert len(list(tmp_path.glob("activations-*.npz"))) == 2  # train views + validation, reused next time
+
+
+def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
+    args += ["--image-size", "64", "--epochs", "2", "--fine-tune-epochs", "1", "--views", "2", "--batch-size", "16"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["model.keras", "model.json", "history.json", "training_curves.png", "train.log"]
+    )
+    assert not out.with_name("model.partial").exists()
+    loaded = load_artifact(out)
+    assert loaded.meta.input.height == 64 and loaded.meta.arch.alpha == 0.35
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["baseline"]["loss"]) <= 2 and len(history["fine-tuning"]["loss"]) == 1
+    log = (out / "train.log").read_text()
+    assert "stage head" in log and "stage fine_tuning" in log and '"seed": 42' in log
+    again = CliRunner().invoke(main, [str(a) for a in args])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_publish_dry_run_lists_exactly_the_model_files(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "pub"
+    shutil.copytree(tiny_model_dir, folder)
+    incomplete = CliRunner().invoke(main, ["publish", str(folder), "--repo-id", "me/x", "--dry-run"])
+    assert incomplete.exit_code == 1 and "README.md" in incomplete.stderr
+    (folder / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n# card\n")
+    (folder / "notes.txt").write_text("not uploaded")
+    result = CliRunner().invoke(main, ["publish", str(folder), "--repo-id", "me/x", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    listed = [line.split("\t")[0] for line in result.stdout.splitlines() if "\t" in line]
+    assert sorted(listed) == ["README.md", "model.json", "model.keras"]
+    assert "dry run: 3 file(s)" in result.stdout
