@@ -366,6 +366,9 @@ def predict(
     type=click.FloatRange(min=1),
     help="Stage-2 lr = lr / this.",
 )
+@click.option(
+    "--fine-tune-patience", type=click.IntRange(1), help="Stage-2 early stopping [default: none, all epochs run]."
+)
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 1024), help="Model input size.")
 @click.option(
     "--width-multiplier",
@@ -400,6 +403,7 @@ def train(
     fine_tune_epochs: int,
     fine_tune_batch_size: int,
     fine_tune_lr_divisor: float,
+    fine_tune_patience: int | None,
     image_size: int,
     alpha: str,
     pooling: str,
@@ -458,19 +462,20 @@ def train(
         raise click.UsageError(f"{out} exists and is not empty; pass --overwrite to replace it")
     scan = scan_dataset(data_dir)
     cfg = TrainConfig(
-        epochs,
-        batch_size,
-        learning_rate,
-        patience,
-        ft_from,
-        fine_tune_epochs,
-        fine_tune_batch_size,
-        fine_tune_lr_divisor,
-        views,
-        val_fraction,
-        seed,
-        class_weight,
-        label_smoothing,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        patience=patience,
+        fine_tune_from=ft_from,
+        fine_tune_epochs=fine_tune_epochs,
+        fine_tune_batch_size=fine_tune_batch_size,
+        fine_tune_lr_divisor=fine_tune_lr_divisor,
+        fine_tune_patience=fine_tune_patience,
+        views=views,
+        val_fraction=val_fraction,
+        seed=seed,
+        class_weight=class_weight,
+        label_smoothing=label_smoothing,
     )
     arch = ArchConfig(alpha=float(alpha), pooling=pooling, dropout=dropout, dense_units=units, rotation=rotation)
     spec = InputSpec(height=image_size, width=image_size)
@@ -562,6 +567,35 @@ def publish(folder: Path, repo_id: str, revision_message: str, private: bool, dr
             click.echo(f"{f.relative_to(folder).as_posix()}\t{f.stat().st_size:,} bytes")
         click.echo(f"dry run: {len(files)} file(s) would be uploaded to {repo_id}")
         return
-    commit = upload(files, folder, repo_id, "model", revision_message, private=private)
+    pairs = [(f, f.relative_to(folder).as_posix()) for f in files]
+    commit = upload(pairs, repo_id, "model", revision_message, private=private)
     click.echo(commit)
     click.echo(f"uploaded {len(files)} file(s) to {repo_id}; pin revision {commit}", err=True)
+
+
+@main.command("deploy-space")
+@click.option("--space-id", required=True, help="Target Space, e.g. org/pneumocam (created when missing).")
+@click.option("--message", default="", help="Commit message on the Hub.")
+@click.option("--dry-run", is_flag=True, help="List the files that would be uploaded; upload nothing.")
+def deploy_space(space_id: str, message: str, dry_run: bool) -> None:
+    """Upload the Gradio Space: core/, space/app.py and config, requirements.txt, the Space card.
+
+    The Space pulls its model from the Hub repo and revision in space/config.json
+    (set them after `publish`). Needs network and a token (HF_TOKEN or
+    `huggingface-cli login`).
+
+    \b
+    Example:
+      python -m cli deploy-space --space-id org/pneumocam --dry-run
+    """
+    from core.publish import space_files, upload
+
+    pairs = space_files()
+    if dry_run:
+        for local, name in pairs:
+            click.echo(f"{name}\t{local.stat().st_size:,} bytes")
+        click.echo(f"dry run: {len(pairs)} file(s) would be uploaded to Space {space_id}")
+        return
+    commit = upload(pairs, space_id, "space", message, space_sdk="gradio")
+    click.echo(commit)
+    click.echo(f"uploaded {len(pairs)} file(s) to Space {space_id}", err=True)

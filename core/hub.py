@@ -82,9 +82,9 @@ def resolve_model(
             raise ModelLoadError(f"model folder {p} does not exist")
         return ModelSource(p, f"local model {p}")
     if repo_id:
-        if not revision:
-            raise ModelLoadError(f"no revision given for {repo_id}; pin a commit hash")
         try:
+            if not revision:
+                raise ModelLoadError(f"no revision given for {repo_id}; pin a commit hash")
             d = download_from_hub(repo_id, revision, cache_dir=cache_dir, allow_unpinned=allow_unpinned)
             return ModelSource(d, f"Hugging Face Hub {repo_id}@{revision}", from_hub=True)
         except ModelLoadError as exc:

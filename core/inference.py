@@ -156,6 +156,17 @@ class Explainer:
             self._cams[key] = METHODS[self.method](self.loaded.model, list(key), meta.logits_layer)
         return self._cams[key]
 
+    def explain_file(
+        self,
+        path: str | Path,
+        n_layers: int = 3,
+        target: str | None = None,
+        alpha: float = 0.4,
+        max_side: int | None = None,
+    ) -> Explanation:
+        """Read one file (any supported format) and explain it; unreadable files raise ImageLoadError."""
+        return self.explain([read_image(path)], n_layers, target, alpha, max_side)[0]
+
     def explain(
         self,
         images: Sequence[np.ndarray],

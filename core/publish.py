@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.artifact import META_FILE, MODEL_FILE
 from core.errors import PneumoCAMError
+from core.paths import REPO_ROOT
 
 MODEL_CARD = "README.md"
 REQUIRED_MODEL_FILES = (MODEL_FILE, META_FILE, MODEL_CARD)
@@ -26,10 +27,25 @@ def model_files(folder: str | Path) -> list[Path]:
     return [d / n for n in (*REQUIRED_MODEL_FILES, *OPTIONAL_MODEL_FILES) if (d / n).is_file()]
 
 
+def space_files(root: Path = REPO_ROOT) -> list[tuple[Path, str]]:
+    """Exactly what the Space needs, as (local file, path in the Space repo).
+
+    The core package, the app and its config, requirements.txt at the root (where
+    Spaces read it) and the Space card ``space/README.md`` as the root README.md.
+    """
+    pairs = [(p, p.relative_to(root).as_posix()) for p in sorted((root / "core").rglob("*.py"))]
+    pairs += [(root / "space" / n, f"space/{n}") for n in ("app.py", "config.json")]
+    pairs += [(root / "requirements.txt", "requirements.txt"), (root / "space" / "README.md", "README.md")]
+    missing = [str(p) for p, _ in pairs if not p.is_file()]
+    if missing:
+        raise PublishError(f"missing Space files: {', '.join(missing)}")
+    return pairs
+
+
 def upload(
-    files: Sequence[Path], root: Path, repo_id: str, repo_type: str = "model", message: str = "", **create_kw: object
+    files: Sequence[tuple[Path, str]], repo_id: str, repo_type: str = "model", message: str = "", **create_kw: object
 ) -> str:
-    """Create the repo if missing and upload ``files`` (paths kept relative to ``root``) in one commit.
+    """Create the repo if missing and upload ``(local file, path in repo)`` pairs in one commit.
 
     Returns the commit hash to pin.
     """
@@ -38,7 +54,7 @@ def upload(
     api = HfApi()
     try:
         api.create_repo(repo_id, repo_type=repo_type, exist_ok=True, **create_kw)
-        ops = [CommitOperationAdd(path_in_repo=f.relative_to(root).as_posix(), path_or_fileobj=str(f)) for f in files]
+        ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(f)) for f, name in files]
         info = api.create_commit(
             repo_id, ops, commit_message=message or f"Upload {len(files)} files", repo_type=repo_type
         )

@@ -52,6 +52,7 @@ class TrainConfig:
     fine_tune_epochs: int = 10
     fine_tune_batch_size: int = 300
     fine_tune_lr_divisor: float = 100.0
+    fine_tune_patience: int | None = None
     views: int = 3
     val_fraction: float = 0.2
     seed: int = 42

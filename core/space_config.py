@@ -1,0 +1,50 @@
+"""The web demo's settings: ``space/config.json``, overridden by environment variables.
+
+Kept in core so the Space stays a thin UI and the settings are tested like any other code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from core.paths import ENV_REPO_ID, ENV_REVISION, REPO_ROOT
+
+CONFIG_FILE = REPO_ROOT / "space" / "config.json"
+ENV_EXAMPLES = "PNEUMOCAM_EXAMPLES"
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """Which model to serve and how much load to accept."""
+
+    repo_id: str | None = None
+    revision: str | None = None
+    examples_dir: str | None = None
+    max_file_size: str = "25mb"
+    concurrency_limit: int = 2
+    default_layers: int = 3
+    default_opacity: float = 0.4
+
+
+def load_space_config(path: Path = CONFIG_FILE, environ: dict[str, str] | None = None) -> SpaceConfig:
+    """Read the JSON config; ``PNEUMOCAM_REPO_ID``, ``PNEUMOCAM_REVISION``, ``PNEUMOCAM_EXAMPLES`` win."""
+    env = os.environ if environ is None else environ
+    data = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    known = {f.name for f in fields(SpaceConfig)}
+    values = {k: v for k, v in data.items() if k in known}
+    for key, var in (("repo_id", ENV_REPO_ID), ("revision", ENV_REVISION), ("examples_dir", ENV_EXAMPLES)):
+        if env.get(var):
+            values[key] = env[var]
+    return SpaceConfig(**values)
+
+
+def example_files(config: SpaceConfig, limit: int = 12) -> list[str]:
+    """Example X-rays from the configured folder (none are shipped with the code)."""
+    from core.data import list_images
+
+    if not config.examples_dir or not Path(config.examples_dir).is_dir():
+        return []
+    return [str(p) for p in list_images(Path(config.examples_dir))[:limit]]

@@ -1,0 +1,108 @@
+"""PneumoCAM web demo (Gradio): upload a chest X-ray, see the call and where the model looked.
+
+Run locally with ``python space/app.py`` (honours GRADIO_SERVER_PORT / GRADIO_SERVER_NAME).
+The model comes from the Hugging Face Hub repo and pinned revision in
+``space/config.json`` (PNEUMOCAM_REPO_ID / PNEUMOCAM_REVISION override), falling
+back to the bundled ``weights/``. All image and model work is in ``core``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.runtime import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
+
+import gradio as gr  # noqa: E402
+
+from core.errors import ImageLoadError  # noqa: E402
+from core.hub import load_model  # noqa: E402
+from core.inference import Explainer  # noqa: E402
+from core.space_config import SpaceConfig, example_files, load_space_config  # noqa: E402
+
+UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom"]
+PREDICTED = "predicted class"
+
+ABOUT = """
+**How to read the heatmaps.** Each panel is the Grad-CAM of one of the model's last
+convolutional layers (deepest last): red regions raised the score of the explained class
+the most, blue ones barely mattered. Deeper layers are coarser but closer to the decision.
+A heatmap on the lungs is what you hope for; one on text markers, tubes or the image border
+means the call rests on something other than the lungs.
+
+**Research demo, not a medical device.** Trained on pediatric (1-5 years) chest X-rays of one
+hospital (Kermany et al. 2018, CC BY 4.0); it must not be used for diagnosis or treatment.
+"""
+
+
+def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.Blocks:
+    """The page: upload, options, label and one overlay per explained layer."""
+    classes = explainer.classes
+    max_layers = min(8, len(explainer.loaded.meta.gradcam_layers))
+
+    def predict(
+        image: str | None,
+        layers: float = config.default_layers,
+        explain: str = PREDICTED,
+        opacity: float = config.default_opacity,
+    ) -> tuple[dict[str, float], list[tuple[object, str]], str]:
+        if not image:
+            raise gr.Error("Upload a chest X-ray (PNG, JPEG, BMP or DICOM) first.")
+        target = None if explain in (None, "", PREDICTED) else explain
+        try:
+            e = explainer.explain_file(image, n_layers=int(layers), target=target, alpha=float(opacity))
+        except ImageLoadError as exc:
+            raise gr.Error(f"Cannot use this file: {exc.reason}.") from None
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        captions = [*e.layer_names[:-1], f"{e.layer_names[-1]} (deepest)"]
+        summary = (
+            f"Predicted **{e.predicted}** ({e.probabilities[e.predicted]:.0%}); heatmaps explain **{e.explained}**."
+        )
+        return e.probabilities, list(zip(e.overlays, captions)), summary
+
+    with gr.Blocks(title="PneumoCAM", delete_cache=(900, 1800)) as demo:
+        gr.Markdown("# PneumoCAM: explainable pediatric chest X-ray triage")
+        gr.Markdown(f"Serving: {model_line}", elem_id="model-line")
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.File(label="Chest X-ray (PNG, JPEG, BMP or DICOM)", file_types=UPLOAD_TYPES)
+                layers = gr.Slider(1, max_layers, value=config.default_layers, step=1, label="Conv layers to explain")
+                explain = gr.Dropdown([PREDICTED, *classes], value=PREDICTED, label="Class to explain")
+                opacity = gr.Slider(0.0, 1.0, value=config.default_opacity, step=0.05, label="Heatmap opacity")
+                run = gr.Button("Classify and explain", variant="primary", elem_id="run")
+            with gr.Column(scale=2):
+                label = gr.Label(num_top_classes=len(classes), label="Probabilities", elem_id="label")
+                summary = gr.Markdown(elem_id="summary")
+                gallery = gr.Gallery(
+                    label="Grad-CAM per layer", columns=3, object_fit="contain", format="png", elem_id="cams"
+                )
+        examples = example_files(config)
+        if examples:
+            gr.Examples(examples, inputs=[image], label="Example X-rays")
+        gr.Markdown(ABOUT)
+        run.click(predict, [image, layers, explain, opacity], [label, gallery, summary], api_name="predict")
+    return demo
+
+
+def create(config: SpaceConfig | None = None) -> tuple[gr.Blocks, SpaceConfig]:
+    """Load the model once (Hub at the pinned revision, else the bundled weights) and build the page."""
+    config = config or load_space_config()
+    loaded = load_model(repo_id=config.repo_id, revision=config.revision, fallback=True)
+    print(f"PneumoCAM serving: {loaded.source}", flush=True)
+    demo = build_app(Explainer(loaded), config, loaded.source)
+    demo.queue(default_concurrency_limit=config.concurrency_limit, max_size=64)
+    return demo, config
+
+
+def main() -> None:
+    demo, config = create()
+    demo.launch(max_file_size=config.max_file_size, show_error=True)
+
+
+if __name__ == "__main__":
+    main()

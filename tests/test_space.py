@@ -1,0 +1,152 @@
+"""The Gradio Space: launched in-process, called through gradio_client and driven in a real browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli.app import main as cli_main
+from conftest import SHARED_DATA, save_gray, xray_like
+from core.paths import REPO_ROOT
+from core.space_config import SpaceConfig, load_space_config
+
+sys.path.insert(0, str(REPO_ROOT))
+ARTIFACTS = Path(os.environ.get("PNEUMOCAM_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def xray(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real X-ray from ../shared when present, else a generated one (not square, to check sizes)."""
+    real = sorted((SHARED_DATA / "test" / "PNEUMONIA").glob("*virus*")) if SHARED_DATA.is_dir() else []
+    if real:
+        return real[0]
+    return save_gray(tmp_path_factory.mktemp("space") / "xray.png", xray_like(300, 260))
+
+
+@pytest.fixture(scope="module")
+def server() -> str:
+    from space.app import create
+
+    demo, config = create(SpaceConfig(repo_id=None, revision=None))
+    port = free_port()
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        max_file_size=config.max_file_size,
+    )
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_predict_endpoint_through_gradio_client(server: str, xray: Path, tmp_path: Path) -> None:
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server, verbose=False)
+    label, gallery, summary = client.predict(handle_file(str(xray)), 2, "predicted class", 0.5, api_name="/predict")
+    confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
+    assert set(confidences) == {"BACTERIA", "NORMAL", "VIRUS"}
+    assert sum(confidences.values()) == pytest.approx(1.0, abs=1e-4)
+    assert label["label"] == max(confidences, key=confidences.get)
+    assert len(gallery) == 2
+    size = Image.open(xray).size
+    for item in gallery:
+        assert Image.open(item["image"]).size == size
+    assert "Conv_1" in gallery[-1]["caption"]
+    assert label["label"] in summary
+
+    _, three, _ = client.predict(handle_file(str(xray)), api_name="/predict")  # every other input defaulted
+    assert len(three) == 3
+
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(AppError, match="Cannot use this file"):
+        client.predict(handle_file(str(bad)), api_name="/predict")
+    again, _, _ = client.predict(handle_file(str(xray)), 1, "NORMAL", 0.3, api_name="/predict")
+    assert again["label"] == label["label"]
+
+
+def test_config_file_and_environment_override(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"repo_id": "org/model", "revision": "abc", "concurrency_limit": 1, "unknown": 5}')
+    cfg = load_space_config(path, environ={})
+    assert (cfg.repo_id, cfg.revision, cfg.concurrency_limit) == ("org/model", "abc", 1)
+    cfg = load_space_config(path, environ={"PNEUMOCAM_REPO_ID": "x/y", "PNEUMOCAM_REVISION": "f" * 40})
+    assert (cfg.repo_id, cfg.revision) == ("x/y", "f" * 40)
+
+
+def test_space_card_matches_the_pins() -> None:
+    card = (REPO_ROOT / "space" / "README.md").read_text()
+    front = card.split("---")[1]
+    fields = dict(re.findall(r"^(\w+):\s*(.+)$", front, flags=re.M))
+    pins = dict(re.findall(r"^([\w-]+)==([\w.]+)", (REPO_ROOT / "requirements.txt").read_text(), flags=re.M))
+    assert fields["sdk"] == "gradio" and fields["sdk_version"] == pins["gradio"]
+    assert tuple(int(v) for v in fields["python_version"].strip('"').split(".")) >= (3, 11)
+    assert (REPO_ROOT / fields["app_file"]).is_file()
+    config = load_space_config(environ={})
+    assert config.repo_id and config.repo_id in front
+
+
+def test_deploy_space_dry_run_lists_exactly_the_space_files() -> None:
+    result = CliRunner().invoke(cli_main, ["deploy-space", "--space-id", "me/pneumocam", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    listed = [line.split("\t")[0] for line in result.stdout.splitlines() if "\t" in line]
+    expected = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "core").rglob("*.py")}
+    expected |= {"space/app.py", "space/config.json", "requirements.txt", "README.md"}
+    assert set(listed) == expected and len(listed) == len(expected)
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_in_a_real_browser(server: str, xray: Path) -> None:
+    pytest.importorskip("playwright", reason="playwright is not installed (requirements-test.txt)")
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+    ]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server, wait_until="networkidle")
+        expect(page.locator("#model-line")).to_contain_text("Serving:")
+        page.locator("input[type=file]").first.set_input_files(str(xray))
+        page.wait_for_timeout(500)
+        page.locator("#run").click()
+        expect(page.locator("#summary")).to_contain_text("Predicted", timeout=60_000)
+        expect(page.locator("#label")).to_contain_text(re.compile("BACTERIA|NORMAL|VIRUS"))
+        images = page.locator("#cams img")
+        expect(images.first).to_be_visible(timeout=30_000)
+        assert images.count() >= 3
+        page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
+        browser.close()
+    shot = np.asarray(Image.open(ARTIFACTS / "space.png"))
+    assert shot.shape[0] > 500 and shot.std() > 10
