@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,11 @@ from core.errors import PneumoCAMError
 from core.runtime import import_tensorflow_quietly
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so staging folders and temporary files are cleaned up."""
+    sys.exit(128 + signum)
 
 
 class Command(click.Command):
@@ -32,6 +38,7 @@ class Group(click.Group):
     command_class = Command
 
     def invoke(self, ctx: click.Context) -> Any:
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().invoke(ctx)
         except (PneumoCAMError, ValueError) as exc:
@@ -62,11 +69,18 @@ class ModelChoice:
     path: Path | None
     repo_id: str | None
     revision: str | None
+    allow_unpinned: bool = False
 
     def load(self) -> Any:
+        import warnings
+
         from core.hub import load_model
 
-        loaded = load_model(self.path, self.repo_id, self.revision)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded = load_model(self.path, self.repo_id, self.revision, allow_unpinned=self.allow_unpinned)
+        for w in caught:
+            click.echo(f"warning: {w.message}", err=True)
         click.echo(f"model: {loaded.source}", err=True)
         return loaded
 
@@ -79,9 +93,16 @@ def model_options(f: Callable) -> Callable:
     )
     @click.option("--repo-id", help="Hugging Face Hub model repo, e.g. org/pneumocam [env: PNEUMOCAM_REPO_ID].")
     @click.option("--revision", help="Commit hash to pin the Hub download to [env: PNEUMOCAM_REVISION].")
+    @click.option(
+        "--allow-unpinned",
+        is_flag=True,
+        help="Accept a branch or tag as --revision (with a warning): not reproducible.",
+    )
     @functools.wraps(f)
-    def wrapper(*args: Any, model_path: Path | None, repo_id: str | None, revision: str | None, **kw: Any) -> Any:
-        return f(*args, model=ModelChoice(model_path, repo_id, revision), **kw)
+    def wrapper(
+        *args: Any, model_path: Path | None, repo_id: str | None, revision: str | None, allow_unpinned: bool, **kw: Any
+    ) -> Any:
+        return f(*args, model=ModelChoice(model_path, repo_id, revision, allow_unpinned), **kw)
 
     return wrapper
 
@@ -131,7 +152,10 @@ def prepare_data(src: Path, dest: Path, overwrite: bool) -> None:
     metavar="SPLIT",
     help="Also store the metrics in the (local) model's model.json under this name, e.g. test.",
 )
-def evaluate(data_dir: Path, model: ModelChoice, out: Path | None, batch_size: int, record_as: str | None) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace --out even if it holds files that are not a report.")
+def evaluate(
+    data_dir: Path, model: ModelChoice, out: Path | None, batch_size: int, record_as: str | None, overwrite: bool
+) -> None:
     """Score every image of a labelled folder and write metrics, predictions and plots.
 
     DATA_DIR is in either layout (BACTERIA/ NORMAL/ VIRUS/, or the download's
@@ -145,8 +169,9 @@ def evaluate(data_dir: Path, model: ModelChoice, out: Path | None, batch_size: i
       python -m cli evaluate ../shared/data/chest_xray/test --out reports/test
     """
     from core.data import scan_dataset
-    from core.evaluation import evaluate_scan, write_report
+    from core.evaluation import evaluate_scan, is_report_entry, write_report
     from core.metrics import format_table
+    from core.reports import replace_folder
 
     scan = scan_dataset(data_dir)
     loaded = model.load()
@@ -157,7 +182,9 @@ def evaluate(data_dir: Path, model: ModelChoice, out: Path | None, batch_size: i
     skipped = result.metrics["skipped"]
     if skipped:
         click.echo(f"skipped {len(skipped)} unreadable file(s); see {out / 'metrics.json'}", err=True)
-    write_report(out, result, loaded.meta.classes, title=f"{data_dir.name} ({result.metrics['n_images']} images)")
+    with replace_folder(out, is_report_entry, overwrite) as staging:
+        title = f"{data_dir.name} ({result.metrics['n_images']} images)"
+        write_report(staging, result, loaded.meta.classes, title=title)
     click.echo(f"report written to {out}/")
     if record_as:
         from core.artifact import record_metrics
@@ -202,6 +229,7 @@ def evaluate(data_dir: Path, model: ModelChoice, out: Path | None, batch_size: i
     help="Gallery folder [default: reports/<DATA_DIR name>/gallery/<CLASS>_<OUTCOME>/].",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--overwrite", is_flag=True, help="Replace --out even if it holds files that are not a gallery.")
 @model_options
 def gallery(
     data_dir: Path,
@@ -216,6 +244,7 @@ def gallery(
     predictions: Path | None,
     out: Path | None,
     batch_size: int,
+    overwrite: bool,
     model: ModelChoice,
 ) -> None:
     """Grad-CAM gallery of one class's TP / FP / FN / TN: paged PNG grids plus index.html.
@@ -232,8 +261,9 @@ def gallery(
     from core.data import scan_dataset
     from core.errors import DataError
     from core.evaluation import evaluate_scan, read_predictions
-    from core.gallery import render_pages, select, write_index
+    from core.gallery import is_gallery_entry, render_pages, select, write_index
     from core.inference import Explainer
+    from core.reports import replace_folder
 
     if predictions and not data_dir.is_dir():
         raise DataError(f"data folder {data_dir} does not exist")
@@ -255,16 +285,16 @@ def gallery(
     out = out or _default_out(data_dir, "gallery", f"{cls}_{outcome}")
     title = f"{cls} {outcome}: {len(chosen)} image(s), explaining the {explain} class"
     explainer = Explainer(loaded, method=method)
-    with progress(len(shown), "explaining") as bar:
+    with replace_folder(out, is_gallery_entry, overwrite) as staging, progress(len(shown), "explaining") as bar:
         pages, failed = render_pages(
-            explainer, shown, root, out, n_layers, per_page, explain, alpha, title, on_page=bar.update
+            explainer, shown, root, staging, n_layers, per_page, explain, alpha, title, on_page=bar.update
         )
-    for name, reason in failed:
-        click.echo(f"skipped {name}: {reason}", err=True)
-    summary = f"{len(chosen)} image(s) with outcome {outcome} for class {cls}; showing {len(shown) - len(failed)}."
-    index = write_index(out, pages, title, summary)
+        for name, reason in failed:
+            click.echo(f"skipped {name}: {reason}", err=True)
+        summary = f"{len(chosen)} image(s) with outcome {outcome} for class {cls}; showing {len(shown) - len(failed)}."
+        write_index(staging, pages, title, summary)
     click.echo(summary)
-    click.echo(f"{len(pages)} page(s) written; open {index}")
+    click.echo(f"{len(pages)} page(s) written; open {out / 'index.html'}")
 
 
 @main.command()

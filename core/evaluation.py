@@ -23,6 +23,13 @@ PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_FILE = "confusion_matrix.png"
 PER_CLASS_FILE = "per_class_metrics.png"
 RELIABILITY_FILE = "reliability.png"
+REPORT_FILES = (METRICS_FILE, PREDICTIONS_FILE, CONFUSION_FILE, PER_CLASS_FILE, RELIABILITY_FILE)
+GALLERY_DIR = "gallery"
+
+
+def is_report_entry(name: str) -> bool:
+    """Names an evaluate report folder may hold: its files and the galleries drawn from it."""
+    return name in REPORT_FILES or name == GALLERY_DIR
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ def write_predictions(path: Path, predictions: list[Prediction], classes: list[s
 def read_predictions(path: str | Path, classes: list[str]) -> list[Prediction]:
     """Read an evaluate run's ``predictions.csv`` back (for galleries without re-scoring)."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             rows = list(csv.DictReader(f))
     except OSError as exc:
         raise DataError(f"cannot read predictions {path}: {exc.strerror}") from None

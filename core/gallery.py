@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,6 +18,12 @@ from core.plots import gallery_figure
 from core.reports import save_figure, write_text
 
 OUTCOMES = ("TP", "FP", "FN", "TN")
+_PAGE = re.compile(r"^page_\d{3,}\.png$")
+
+
+def is_gallery_entry(name: str) -> bool:
+    """Names a gallery folder may hold."""
+    return name == "index.html" or bool(_PAGE.match(name))
 
 
 def select(predictions: Sequence[Prediction], classes: Sequence[str], cls: str, outcome: str) -> list[Prediction]:

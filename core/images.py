@@ -10,6 +10,7 @@ unusable raises :class:`~core.errors.ImageLoadError`.
 from __future__ import annotations
 
 import io
+import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -150,14 +151,15 @@ def _is_dicom(data: bytes) -> bool:
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageLoadError(path, "is a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file")
+        size = info.st_size
         if size > MAX_FILE_BYTES:
             raise ImageLoadError(path, f"file is {size:,} bytes, above the {MAX_FILE_BYTES:,} limit")
         data = path.read_bytes()
     except ImageLoadError:
         raise
-    except IsADirectoryError:
-        raise ImageLoadError(path, "is a directory") from None
     except OSError as exc:
         raise ImageLoadError(path, f"cannot read file ({exc.strerror or _describe(exc)})") from None
     if not data:

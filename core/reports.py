@@ -9,8 +9,9 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    return write_bytes(path, text.encode("utf-8"))
+    """UTF-8; undecodable bytes of file names (surrogate escapes) are written back as they were."""
+    return write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -72,3 +74,39 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return Path(path)
+
+
+@contextmanager
+def replace_folder(out: str | Path, ours: Callable[[str], bool], overwrite: bool = False) -> Iterator[Path]:
+    """Build a report in a hidden staging folder beside ``out``; on success it replaces ``out`` whole.
+
+    So a folder only ever holds one run's files (an interrupted run leaves the
+    previous report untouched), and a folder holding anything that ``ours``
+    does not recognise is refused unless ``overwrite``.
+    """
+    from core.errors import DataError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder")
+    if out.is_dir() and not overwrite:
+        foreign = sorted(p.name for p in out.iterdir() if not ours(p.name))
+        if foreign:
+            raise DataError(
+                f"{out} holds files that are not part of this kind of report ({', '.join(foreign[:3])}); "
+                "choose another --out or pass --overwrite"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
+    staging.mkdir()
+    try:
+        yield staging
+        old = staging.with_name(staging.name + "-old")
+        if out.exists():
+            out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

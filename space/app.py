@@ -99,9 +99,14 @@ def create(config: SpaceConfig | None = None) -> tuple[gr.Blocks, SpaceConfig]:
     return demo, config
 
 
+def launch_options(config: SpaceConfig) -> dict[str, object]:
+    """Upload size limit, and error messages (never tracebacks) shown to the user."""
+    return {"max_file_size": config.max_file_size, "show_error": True}
+
+
 def main() -> None:
     demo, config = create()
-    demo.launch(max_file_size=config.max_file_size, show_error=True)
+    demo.launch(**launch_options(config))
 
 
 if __name__ == "__main__":

@@ -148,3 +148,28 @@ def test_cli_predicts_offline_through_the_hub_cache(tiny_model_dir: Path, tmp_pa
     assert out[0]["file"] == str(image)
     assert sum(out[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert f"pneumocam/test-model@{COMMIT}" in run.stderr
+
+
+def test_unpinned_revision_needs_the_flag_and_warns(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    fill_hub_cache(cache, "pneumocam/test-model", COMMIT, tiny_model_dir)
+    image = save_gray(tmp_path / "x.png", xray_like())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "predict",
+        str(image),
+        "--repo-id",
+        "pneumocam/test-model",
+        "--revision",
+        "main",
+    ]
+    refused = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and "not a commit hash" in refused.stderr
+    allowed = subprocess.run(
+        [*cmd, "--allow-unpinned"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert "warning: loading pneumocam/test-model at unpinned revision 'main'" in allowed.stderr

@@ -40,16 +40,12 @@ def xray(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server() -> str:
-    from space.app import create
+    from space.app import create, launch_options
 
     demo, config = create(SpaceConfig(repo_id=None, revision=None))
     port = free_port()
     demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        max_file_size=config.max_file_size,
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(config)
     )
     yield f"http://127.0.0.1:{port}/"
     demo.close()
@@ -150,3 +146,18 @@ def test_in_a_real_browser(server: str, xray: Path) -> None:
         browser.close()
     shot = np.asarray(Image.open(ARTIFACTS / "space.png"))
     assert shot.shape[0] > 500 and shot.std() > 10
+
+
+def test_server_never_opens_a_path_sent_by_the_client(server: str, xray: Path) -> None:
+    """A raw API call naming a server-side file (not an upload) is refused, whatever the path."""
+    import json
+    import urllib.request
+
+    call = f"{server}gradio_api/call/predict"
+    for path in ("/etc/passwd", str(xray), "../../etc/hosts"):
+        payload = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 3, "predicted class", 0.4]}
+        req = urllib.request.Request(call, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+        event = json.loads(urllib.request.urlopen(req, timeout=30).read())["event_id"]
+        stream = urllib.request.urlopen(f"{call}/{event}", timeout=60).read().decode()
+        assert "event: error" in stream and "not uploaded by a user" in stream
+        assert "root:" not in stream
