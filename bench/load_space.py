@@ -69,9 +69,13 @@ def main() -> None:
                 return False, 0.0
             layers = 1 + i % 3
             t = time.perf_counter()
-            label, gallery, _ = clients[i % len(clients)].predict(
-                handle_file(str(args.image)), layers, api_name="/predict"
-            )
+            try:
+                label, gallery, _ = clients[i % len(clients)].predict(
+                    handle_file(str(args.image)), layers, api_name="/predict"
+                )
+            except Exception as exc:  # a lost or failed request counts against the run
+                print(f"request {i} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return False, time.perf_counter() - t
             conf = [c["confidence"] for c in label["confidences"]]
             ok = len(conf) == 3 and abs(sum(conf) - 1) < 1e-3 and len(gallery) == layers
             return ok, time.perf_counter() - t

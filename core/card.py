@@ -121,10 +121,16 @@ def model_card(meta: ModelMeta) -> str:
         f"- Data: {meta.data.get('source', 'n/a')}. Train folder counts: {meta.data.get('counts', 'n/a')}.",
         f"- Validation: {meta.data.get('split', 'n/a')} ({meta.data.get('n_train', '?')} train / "
         f"{meta.data.get('n_val', '?')} validation images). The test split was not used for any choice.",
-        f"- Procedure: {training.get('stage', 'n/a')}; {cfg.get('views', '?')} augmented views per image; "
-        f"Adam lr {cfg.get('learning_rate', '?')}, batch {cfg.get('batch_size', '?')}, early stopping "
-        f"(patience {cfg.get('patience', '?')}) on validation loss, {training.get('epochs_run', '?')} epochs run; "
-        f"class weights {cfg.get('class_weight', 'none')}.",
+        f"- Procedure: {training.get('recipe', training.get('stage', 'n/a'))}; {cfg.get('views', '?')} augmented "
+        f"views per image (flip, rotation {meta.arch.rotation}); cached at `{training.get('cached_at', '?')}`.",
+        f"- Baseline: Adam lr {cfg.get('learning_rate', '?')}, batch {cfg.get('batch_size', '?')}, up to "
+        f"{cfg.get('epochs', '?')} epochs, early stopping (patience {cfg.get('patience', '?')}) on validation loss.",
+        f"- Fine-tuning: backbone unfrozen from layer {cfg.get('fine_tune_from', 'n/a')} (batch norm frozen), lr / "
+        f"{cfg.get('fine_tune_lr_divisor', '?')}, batch {cfg.get('fine_tune_batch_size', '?')}, up to "
+        f"{cfg.get('fine_tune_epochs', '?')} epochs, best validation-loss epoch kept.",
+        f"- Epochs run: {training.get('epochs_run', '?')}; class weights {cfg.get('class_weight', 'none')}; label "
+        f"smoothing {cfg.get('label_smoothing', 0)}; seed {cfg.get('seed', '?')}; "
+        f"{training.get('wall_minutes', '?')} min on a 2-core CPU.",
     ]
     if val:
         parts += ["## Validation (from train, grouped by patient)", per_class_table(val)]
@@ -132,6 +138,7 @@ def model_card(meta: ModelMeta) -> str:
         parts += [
             "## Test split (624 images, measured with `python -m cli evaluate`)",
             per_class_table(test),
+            f"Expected calibration error (10 bins, top label): {test.get('ece', float('nan')):.3f}.",
             "### Confusion matrix (rows true, columns predicted)",
             confusion_table(test),
             "### Against the seed project",
@@ -142,4 +149,4 @@ def model_card(meta: ModelMeta) -> str:
         "Kermany D, Zhang K, Goldbaum M (2018). Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "
         "Images for Classification. Mendeley Data, v2. doi:10.17632/rscbjbr9sj.2 (CC BY 4.0).",
     ]
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(parts).replace("\n\n- ", "\n- ") + "\n"

@@ -29,3 +29,11 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
     """The whole recipe: upsample to ``rgb``'s size, colour-map, blend."""
     h, w = rgb.shape[:2]
     return blend(rgb, colorize(upsample(cam, h, w)), alpha)
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """RGB uint8 -> PNG bytes (lossless, for overlays handed to a browser)."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("could not encode the image as PNG")
+    return buf.tobytes()

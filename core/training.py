@@ -342,7 +342,7 @@ def train_model(
             learning_rate=cfg.learning_rate / cfg.fine_tune_lr_divisor,
             epochs=cfg.fine_tune_epochs,
             batch_size=cfg.fine_tune_batch_size,
-            patience=cfg.fine_tune_epochs,
+            patience=cfg.fine_tune_patience or cfg.fine_tune_epochs,
             verbose=verbose,
             **common,
         )

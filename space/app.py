@@ -8,7 +8,10 @@ back to the bundled ``weights/``. All image and model work is in ``core``.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -22,6 +25,8 @@ import gradio as gr  # noqa: E402
 from core.errors import ImageLoadError  # noqa: E402
 from core.hub import load_model  # noqa: E402
 from core.inference import Explainer  # noqa: E402
+from core.overlay import encode_png  # noqa: E402
+from core.reports import write_bytes  # noqa: E402
 from core.space_config import SpaceConfig, example_files, load_space_config  # noqa: E402
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom"]
@@ -39,10 +44,37 @@ hospital (Kermany et al. 2018, CC BY 4.0); it must not be used for diagnosis or 
 """
 
 
+class OverlayFiles:
+    """Overlays as PNG files in per-request folders, removed after ``keep_s`` seconds.
+
+    Handing Gradio finished files (rather than arrays it encodes into one shared,
+    content-addressed path) means two identical concurrent requests never read a
+    half-rewritten image.
+    """
+
+    def __init__(self, keep_s: float = 600.0) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="pneumocam-overlays-"))
+        self.keep_s = keep_s
+
+    def write(self, images: list, names: list[str]) -> list[str]:
+        self.prune()
+        folder = Path(tempfile.mkdtemp(dir=self.root))
+        return [
+            str(write_bytes(folder / f"{i}_{n}.png", encode_png(img))) for i, (img, n) in enumerate(zip(images, names))
+        ]
+
+    def prune(self) -> None:
+        cutoff = time.time() - self.keep_s
+        for d in self.root.iterdir():
+            if d.stat().st_mtime < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
+
+
 def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.Blocks:
     """The page: upload, options, label and one overlay per explained layer."""
     classes = explainer.classes
     max_layers = min(8, len(explainer.loaded.meta.gradcam_layers))
+    overlay_files = OverlayFiles()
 
     def predict(
         image: str | None,
@@ -63,7 +95,8 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
         summary = (
             f"Predicted **{e.predicted}** ({e.probabilities[e.predicted]:.0%}); heatmaps explain **{e.explained}**."
         )
-        return e.probabilities, list(zip(e.overlays, captions)), summary
+        files = overlay_files.write(e.overlays, e.layer_names)
+        return e.probabilities, list(zip(files, captions)), summary
 
     with gr.Blocks(title="PneumoCAM", delete_cache=(900, 1800)) as demo:
         gr.Markdown("# PneumoCAM: explainable pediatric chest X-ray triage")

@@ -31,7 +31,9 @@ def test_round_trip_keeps_predictions_and_metadata(tiny_model_dir: Path, tiny_lo
     assert len(meta.weights_sha256) == 64
     x = np.random.default_rng(0).uniform(0, 255, (2, *TINY_SPEC.shape)).astype("float32")
     again = load_artifact(tiny_model_dir)
-    np.testing.assert_allclose(again.model(x).numpy(), tiny_loaded.model(x).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        again.model(x, training=False).numpy(), tiny_loaded.model(x, training=False).numpy(), rtol=1e-5
+    )
 
 
 def test_backbone_layers_are_top_level_and_fine_tuning_keeps_bn_frozen(tiny_loaded) -> None:

@@ -48,7 +48,9 @@ def test_cut_across_a_residual_connection_is_refused() -> None:
 
 def test_two_stages_train_only_what_they_should(tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path) -> None:
     reference = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
-    cfg = TrainConfig(epochs=3, batch_size=16, patience=2, fine_tune_epochs=2, fine_tune_batch_size=16, views=2)
+    cfg = TrainConfig(
+        epochs=3, batch_size=16, patience=2, fine_tune_epochs=2, fine_tune_batch_size=16, views=2, fine_tune_patience=5
+    )
     scan = scan_dataset(tiny_data)
     result = train_model(scan, cfg, TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), cache_dir=tmp_path, verbose=0)
     assert set(result.history) == {"baseline", "fine-tuning"}
