@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import print_table  # noqa: E402
 
 from core.runtime import import_tensorflow_quietly  # noqa: E402
 
@@ -124,9 +127,7 @@ def main() -> None:
     rows.append(("peak RSS (MiB)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"))
 
     print(f"model: {loaded.source}; data: {args.data} ({len(paths)} images); TF threads: default")
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+    print_table(rows)
 
 
 if __name__ == "__main__":

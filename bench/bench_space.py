@@ -21,6 +21,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import print_table, process_memory_mib  # noqa: E402
+
 DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "chest_xray" / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
 
 
@@ -36,13 +40,6 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
         except OSError:
             time.sleep(0.2)
     raise SystemExit("the app did not answer in time")
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
@@ -82,14 +79,12 @@ def main() -> None:
             rows.append(
                 (f"/predict, 3 layers, {name}: median / max (s)", f"{statistics.median(times):.2f} / {max(times):.2f}")
             )
-        rows.append(("server peak RSS (MiB)", f"{peak_rss_mib(proc.pid):.0f}"))
+        rows.append(("server peak RSS (MiB)", f"{process_memory_mib(proc.pid, 'VmHWM'):.0f}"))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     print(f"image: {args.image}; {args.calls} calls each; total {time.perf_counter() - t0:.0f} s")
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_space import DEFAULT_IMAGE, ROOT, wait_ready  # noqa: E402
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from common import process_memory_mib  # noqa: E402
 
 
 def main() -> None:
@@ -86,7 +80,7 @@ def main() -> None:
 
         t0 = time.perf_counter()
         first = batch(range(20))
-        rss20 = rss_mib(proc.pid)
+        rss20 = process_memory_mib(proc.pid)
         first += batch(range(20, args.requests))
         wall = time.perf_counter() - t0
         ok = sum(r[0] for r in first)
@@ -101,7 +95,7 @@ def main() -> None:
             n = min(args.clients * 5, args.soak - done)
             ok += sum(r[0] for r in batch(range(done, done + n)))
             done += n
-        rss_end = rss_mib(proc.pid)
+        rss_end = process_memory_mib(proc.pid)
         print(
             f"{done} requests in all, {ok} right; server RSS after 20 requests {rss20:.0f} MiB, "
             f"after {done}: {rss_end:.0f} MiB ({100 * (rss_end - rss20) / rss20:+.1f} %)"
