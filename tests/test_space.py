@@ -161,3 +161,14 @@ def test_server_never_opens_a_path_sent_by_the_client(server: str, xray: Path) -
         stream = urllib.request.urlopen(f"{call}/{event}", timeout=60).read().decode()
         assert "event: error" in stream and "not uploaded by a user" in stream
         assert "root:" not in stream
+
+
+def test_uploads_above_the_size_limit_are_refused(server: str, tmp_path: Path) -> None:
+    from gradio_client import Client, handle_file
+
+    big = tmp_path / "huge.png"
+    with open(big, "wb") as f:
+        f.truncate(26 * 1024 * 1024)  # above the 25 MB limit in space/config.json
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception, match="(?i)size|large|413"):
+        client.predict(handle_file(str(big)), api_name="/predict")

@@ -103,3 +103,30 @@ def test_publish_dry_run_lists_exactly_the_model_files(tiny_model_dir: Path, tmp
     listed = [line.split("\t")[0] for line in result.stdout.splitlines() if "\t" in line]
     assert sorted(listed) == ["README.md", "model.json", "model.keras"]
     assert "dry run: 3 file(s)" in result.stdout
+
+
+def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:
+    from core.artifact import read_meta
+    from core.card import model_card
+    from core.paths import DEFAULT_WEIGHTS_DIR
+
+    meta = read_meta(DEFAULT_WEIGHTS_DIR)
+    card = model_card(meta)
+    front = card.split("---")[1]
+    for key in (
+        "license:",
+        "library_name: keras",
+        "pipeline_tag: image-classification",
+        "tags:",
+        "datasets:",
+        "base_model:",
+        "model-index:",
+    ):
+        assert key in front
+    test = meta.metrics["test"]
+    assert f"value: {test['accuracy']:.4f}, name: overall accuracy" in front
+    assert f"**{100 * test['accuracy']:.1f}**" in card
+    row = " | ".join(str(v) for v in test["confusion_matrix"][2])
+    assert f"| VIRUS | {row} |" in card
+    assert "Not a medical device" in card and "| seed baseline | seed fine-tuned | this model |" in card
+    assert (DEFAULT_WEIGHTS_DIR / "README.md").read_text() == card
