@@ -106,12 +106,6 @@ def conv_layer_names(model: keras.Model) -> list[str]:
     return [layer.name for layer in backbone_layers(model) if isinstance(layer, conv_types)]
 
 
-def head_layer_names(model: keras.Model) -> list[str]:
-    """The trainable layers above the backbone."""
-    names = [layer.name for layer in model.layers]
-    return [n for n in names[names.index(FEATURES_LAYER) :] if model.get_layer(n).weights]
-
-
 def set_fine_tuning(model: keras.Model, fine_tune_from: int | None) -> None:
     """Unfreeze the backbone from ``fine_tune_from`` on (None: keep it frozen).
 
