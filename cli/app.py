@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from core.errors import PneumoCAMError
+from core.paths import ENV_BACKBONE_WEIGHTS
 from core.runtime import import_tensorflow_quietly
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -372,7 +373,7 @@ def predict(
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT folder.")
 @click.option(
     "--backbone-weights",
-    envvar="PNEUMOCAM_BACKBONE_WEIGHTS",
+    envvar=ENV_BACKBONE_WEIGHTS,
     default="imagenet",
     show_default=True,
     help="'imagenet' (Keras download) or a local MobileNetV2 no-top .h5 file [env: PNEUMOCAM_BACKBONE_WEIGHTS].",

@@ -17,6 +17,7 @@ from typing import Any
 
 import keras
 
+from core.data import CLASSES
 from core.errors import ModelLoadError
 from core.model import LOGITS_LAYER, ArchConfig, conv_layer_names
 from core.preprocess import InputSpec
@@ -25,7 +26,7 @@ from core.reports import write_json
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
 FORMAT_VERSION = 1
-DEFAULT_CLASSES = ("BACTERIA", "NORMAL", "VIRUS")
+DEFAULT_CLASSES = CLASSES  # the order of the model outputs unless a model says otherwise
 
 
 @dataclass

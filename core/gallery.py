@@ -17,7 +17,6 @@ from core.metrics import outcome_mask
 from core.plots import gallery_figure
 from core.reports import save_figure, write_text
 
-OUTCOMES = ("TP", "FP", "FN", "TN")
 _PAGE = re.compile(r"^page_\d{3,}\.png$")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -12,8 +11,3 @@ ENV_BACKBONE_WEIGHTS = "PNEUMOCAM_BACKBONE_WEIGHTS"
 ENV_MODEL_PATH = "PNEUMOCAM_MODEL"
 ENV_REPO_ID = "PNEUMOCAM_REPO_ID"
 ENV_REVISION = "PNEUMOCAM_REVISION"
-
-
-def backbone_weights_default() -> str:
-    """ImageNet weights for the backbone: a local file if configured, else Keras' download."""
-    return os.environ.get(ENV_BACKBONE_WEIGHTS) or "imagenet"
