@@ -17,7 +17,7 @@ from core.errors import PneumoCAMError
 from core.paths import ENV_BACKBONE_WEIGHTS
 from core.runtime import import_tensorflow_quietly
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_ERROR = 1  # input or model problems; click uses 2 for bad usage
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -261,7 +261,7 @@ def gallery(
     """
     from core.data import scan_dataset
     from core.errors import DataError
-    from core.evaluation import evaluate_scan, read_predictions
+    from core.evaluation import GALLERY_DIR, evaluate_scan, read_predictions
     from core.gallery import is_gallery_entry, render_pages, select, write_index
     from core.inference import Explainer
     from core.reports import replace_folder
@@ -283,7 +283,7 @@ def gallery(
             preds = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update).predictions
     chosen = select(preds, classes, cls, outcome)
     shown = chosen[:limit]
-    out = out or _default_out(data_dir, "gallery", f"{cls}_{outcome}")
+    out = out or _default_out(data_dir, GALLERY_DIR, f"{cls}_{outcome}")
     title = f"{cls} {outcome}: {len(chosen)} image(s), explaining the {explain} class"
     explainer = Explainer(loaded, method=method)
     with replace_folder(out, is_gallery_entry, overwrite) as staging, progress(len(shown), "explaining") as bar:
