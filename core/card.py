@@ -90,6 +90,20 @@ def seed_comparison(metrics: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+_AUGMENT_TEXT = {"acquisition": "; zoom, resolution, blur, gamma, contrast and noise changes"}
+
+
+def shift_table(shift: dict[str, Any]) -> str:
+    rows = shift["perturbations"]
+    classes = list(next(iter(rows.values()))["recall"])
+    lines = ["| perturbation | accuracy | " + " | ".join(f"{c} recall" for c in classes) + " |"]
+    lines.append("|---" * (len(classes) + 2) + "|")
+    for name, r in rows.items():
+        lines.append(f"| {name} | {_pct(r['accuracy'])} | " + " | ".join(_pct(r["recall"][c]) for c in classes) + " |")
+    lines.append(f"| **mean under perturbation** | **{_pct(shift['mean_accuracy'])}** |" + " |" * len(classes))
+    return "\n".join(lines)
+
+
 def model_card(meta: ModelMeta) -> str:
     """Markdown with the YAML header Hugging Face reads, from metadata alone."""
     test = meta.metrics.get("test")
@@ -122,7 +136,8 @@ def model_card(meta: ModelMeta) -> str:
         f"- Validation: {meta.data.get('split', 'n/a')} ({meta.data.get('n_train', '?')} train / "
         f"{meta.data.get('n_val', '?')} validation images). The test split was not used for any choice.",
         f"- Procedure: {training.get('recipe', training.get('stage', 'n/a'))}; {cfg.get('views', '?')} augmented "
-        f"views per image (flip, rotation {meta.arch.rotation}); cached at `{training.get('cached_at', '?')}`.",
+        f"views per image (flip, rotation {meta.arch.rotation}{_AUGMENT_TEXT.get(cfg.get('augment', 'seed'), '')}); "
+        f"cached at `{training.get('cached_at', '?')}`.",
         f"- Baseline: Adam lr {cfg.get('learning_rate', '?')}, batch {cfg.get('batch_size', '?')}, up to "
         f"{cfg.get('epochs', '?')} epochs, early stopping (patience {cfg.get('patience', '?')}) on validation loss.",
         f"- Fine-tuning: backbone unfrozen from layer {cfg.get('fine_tune_from', 'n/a')} (batch norm frozen), lr / "
@@ -134,6 +149,14 @@ def model_card(meta: ModelMeta) -> str:
     ]
     if val:
         parts += ["## Validation (from train, grouped by patient)", per_class_table(val)]
+    shift = meta.metrics.get("validation_shift")
+    if shift:
+        parts += [
+            "## Robustness (validation split under fixed perturbations, `python -m cli stress`)",
+            "How much survives blur, noise, lower resolution, compression, reframing and exposure changes, "
+            "as between scanners and sites:",
+            shift_table(shift),
+        ]
     if test:
         parts += [
             "## Test split (624 images, measured with `python -m cli evaluate`)",

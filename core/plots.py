@@ -113,3 +113,23 @@ def training_curves_figure(history: dict[str, dict[str, list[float]]]) -> Figure
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def shift_figure(shift: dict[str, Any], title: str = "") -> Figure:
+    """Rows: clean then each perturbation; columns: accuracy and recall per class, shaded 0..1."""
+    rows = shift["perturbations"]
+    names = list(rows)
+    classes = list(next(iter(rows.values()))["recall"])
+    cols = ["accuracy", *[f"recall {c}" for c in classes]]
+    m = np.array([[rows[n]["accuracy"], *[rows[n]["recall"][c] for c in classes]] for n in names])
+    fig, ax = plt.subplots(figsize=(1.5 * len(cols) + 2, 0.42 * len(names) + 1.4))
+    im = ax.imshow(m, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    for i in range(len(names)):
+        for j in range(len(cols)):
+            ax.text(j, i, f"{m[i, j]:.1%}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title or f"Under perturbation: mean accuracy {shift['mean_accuracy']:.1%}", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.model_selection import StratifiedGroupKFold
 
+from core.augment import AUGMENTATIONS, AcquisitionAugment, acquisition_augmenter
 from core.data import Sample, Scan, patient_id
 from core.errors import DataError
 from core.inference import image_dataset
@@ -58,6 +59,7 @@ class TrainConfig:
     seed: int = 42
     class_weight: str = "balanced"
     label_smoothing: float = 0.0
+    augment: str = "seed"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,11 +110,17 @@ def upper_model(model: keras.Model, cut: str, until: str | None = None, name: st
         ) from None
 
 
-def _augment_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+def _augment_fn(model: keras.Model, augment: str = "seed", seed: int = 42) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The model's own flips and rotations, after the acquisition changes when ``augment`` asks for them."""
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
     names = {x.name for x in model.layers}
     aug = [model.get_layer(n) for n in ("augment_flip", "augment_rotation") if n in names]
+    acquisition = acquisition_augmenter(AcquisitionAugment(), seed) if augment == "acquisition" else None
 
     def run(x: tf.Tensor) -> tf.Tensor:
+        if acquisition is not None:
+            x = acquisition(x)
         for layer in aug:
             x = layer(x, training=True)
         return x
@@ -129,23 +137,25 @@ def extract_activations(
     batch_size: int = 64,
     seed: int = 42,
     on_batch: Callable[[int], None] | None = None,
+    augment: str = "seed",
 ) -> tuple[np.ndarray, list[tuple[Path, str]]]:
     """Activations of ``layer`` (float16), shape ``(views, n, ...)``; view 0 is the plain image.
 
     Views 1.. are random flips/rotations made by the model's own augmentation
-    layers. Unreadable files are returned separately and get zero activations.
+    layers, after zoom, blur, exposure and noise changes when ``augment`` is
+    ``"acquisition"`` (:mod:`core.augment`). Unreadable files are returned separately and get zero activations.
     """
     keras.utils.set_random_seed(seed)
     probe = keras.Model(model.inputs[0], model.get_layer(layer).output)
     sig = [tf.TensorSpec([None, *spec.shape], tf.float32)]
     forward = tf.function(lambda x: tf.cast(probe(x, training=False), tf.float16), input_signature=sig)
-    augment = tf.function(_augment_fn(model), input_signature=sig)
+    augmenter = tf.function(_augment_fn(model, augment, seed), input_signature=sig)
     out: list[list[np.ndarray]] = [[] for _ in range(views)]
     skipped: list[tuple[Path, str]] = []
     start = 0
     for x, errors in image_dataset(paths, spec, batch_size):
         for v in range(views):
-            out[v].append(forward(x if v == 0 else augment(x)).numpy())
+            out[v].append(forward(x if v == 0 else augmenter(x)).numpy())
         for i, err in enumerate(errors.numpy()):
             if err:
                 skipped.append((Path(paths[start + i]), err.decode("utf-8", "replace")))
@@ -156,13 +166,21 @@ def extract_activations(
 
 
 def cache_key(
-    paths: Sequence[str | Path], model: keras.Model, spec: InputSpec, layer: str, views: int, seed: int
+    paths: Sequence[str | Path],
+    model: keras.Model,
+    spec: InputSpec,
+    layer: str,
+    views: int,
+    seed: int,
+    augment: str = "seed",
 ) -> str:
     """Hash of everything cached activations depend on: files, frozen weights, recipe."""
     h = hashlib.sha256()
     h.update(json.dumps([str(p) for p in paths]).encode())
     pooling = type(model.get_layer(FEATURES_LAYER)).__name__
     h.update(json.dumps([spec.to_dict(), layer, views, seed, pooling]).encode())
+    if augment != "seed":
+        h.update(json.dumps([augment, AcquisitionAugment().to_dict()]).encode())
     for lay in backbone_layers(model):
         for w in lay.weights:
             h.update(np.asarray(w.numpy()).tobytes())
@@ -293,9 +311,11 @@ def train_model(
 
     def activations(samples: list[Sample], views: int) -> tuple[np.ndarray, np.ndarray]:
         paths = [s.path for s in samples]
-        key = cache_key(paths, model, spec, cut, views, cfg.seed)
+        key = cache_key(paths, model, spec, cut, views, cfg.seed, cfg.augment)
         acts, skipped = cached(
-            cache_dir, key, lambda: extract_activations(model, spec, paths, cut, views, 64, cfg.seed, on_batch)
+            cache_dir,
+            key,
+            lambda: extract_activations(model, spec, paths, cut, views, 64, cfg.seed, on_batch, cfg.augment),
         )
         bad = {p for p, _ in skipped}
         keep = np.array([p not in bad for p in paths])
@@ -372,8 +392,20 @@ def train_model(
         "n_train": int(len(y_train)),
         "n_val": int(len(y_val)),
     }
-    meta.metrics = {"validation": classification_metrics(y_val, val_probs, classes)}
+    meta.metrics = {
+        "validation": classification_metrics(y_val, val_probs, classes),
+        "validation_shift": _validation_shift(model, spec, val, classes),
+    }
     return TrainResult(model, meta, history)
+
+
+def _validation_shift(model: keras.Model, spec: InputSpec, val: list[Sample], classes: list[str]) -> dict[str, Any]:
+    """The validation split again under each fixed perturbation of :mod:`core.shift`."""
+    from core.shift import shift_metrics, shifted_probabilities
+
+    label_of = {s.path: s.label for s in val}
+    kept, probs, _ = shifted_probabilities(model, spec, [s.path for s in val])
+    return shift_metrics([classes.index(label_of[p]) for p in kept], probs, classes)
 
 
 class EpochLog(keras.callbacks.Callback):

@@ -15,6 +15,7 @@ from core.artifact import load_artifact
 from core.data import scan_dataset
 from core.inference import load_model_input
 from core.model import backbone_layers, build_model
+from core.shift import CLEAN, PERTURBATIONS
 from core.training import TrainConfig, cut_layer_name, extract_activations, train_model, upper_model
 
 
@@ -49,7 +50,14 @@ def test_cut_across_a_residual_connection_is_refused() -> None:
 def test_two_stages_train_only_what_they_should(tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path) -> None:
     reference = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
     cfg = TrainConfig(
-        epochs=3, batch_size=16, patience=2, fine_tune_epochs=2, fine_tune_batch_size=16, views=2, fine_tune_patience=5
+        epochs=3,
+        batch_size=16,
+        patience=2,
+        fine_tune_epochs=2,
+        fine_tune_batch_size=16,
+        views=2,
+        fine_tune_patience=5,
+        augment="acquisition",
     )
     scan = scan_dataset(tiny_data)
     result = train_model(scan, cfg, TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), cache_dir=tmp_path, verbose=0)
@@ -61,6 +69,10 @@ def test_two_stages_train_only_what_they_should(tiny_data: Path, tiny_backbone_f
     assert val["n_images"] == result.meta.data["n_val"] > 0
     assert result.meta.training["config"]["fine_tune_from"] == 145
     assert result.meta.training["class_weights"] is not None
+    assert result.meta.training["config"]["augment"] == "acquisition"
+    shift = result.meta.metrics["validation_shift"]
+    assert list(shift["perturbations"]) == [CLEAN, *PERTURBATIONS]
+    assert shift["perturbations"][CLEAN]["accuracy"] == pytest.approx(val["accuracy"], abs=1e-6)
     trained = result.model
     layers = backbone_layers(trained)
     frozen, tuned = layers[1], next(lay for lay in layers[145:] if lay.weights)
@@ -129,4 +141,8 @@ def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:
     row = " | ".join(str(v) for v in test["confusion_matrix"][2])
     assert f"| VIRUS | {row} |" in card
     assert "Not a medical device" in card and "| seed baseline | seed fine-tuned | this model |" in card
+    shift = meta.metrics["validation_shift"]
+    assert "## Robustness" in card
+    assert f"| **mean under perturbation** | **{100 * shift['mean_accuracy']:.1f}** |" in card
+    assert meta.training["config"]["augment"] == "acquisition" and "blur, gamma, contrast and noise" in card
     assert (DEFAULT_WEIGHTS_DIR / "README.md").read_text() == card

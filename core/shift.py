@@ -1,0 +1,222 @@
+"""Stress test: the same labelled images, re-acquired a little differently.
+
+A test split from another site or year differs from train in sharpness,
+exposure, framing and noise. Validation drawn from train cannot show how a
+model reacts to that; scoring it again under fixed, deterministic
+perturbations can, without touching the test split. Training records these
+figures on its validation split, and ``python -m cli stress`` runs them on any
+labelled folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import keras
+import numpy as np
+
+from core.artifact import LoadedModel
+from core.data import Scan
+from core.errors import DataError
+from core.inference import compile_forward, image_dataset
+from core.metrics import classification_metrics
+from core.preprocess import InputSpec
+
+Perturbation = Callable[[np.ndarray], np.ndarray]
+CLEAN = "clean"
+
+
+def _gamma(g: float) -> Perturbation:
+    return lambda x: 255.0 * (np.clip(x, 0, 255) / 255.0) ** g
+
+
+def _contrast(c: float) -> Perturbation:
+    return lambda x: x.mean() + c * (x - x.mean())
+
+
+def _blur(sigma: float) -> Perturbation:
+    return lambda x: cv2.GaussianBlur(x, (0, 0), sigma)
+
+
+def _noise(sigma: float) -> Perturbation:
+    def run(x: np.ndarray) -> np.ndarray:
+        grey = np.random.default_rng(0).normal(0.0, sigma, x.shape[:2] + (1,))
+        return x + grey.astype(np.float32)
+
+    return run
+
+
+def _downscale(f: float) -> Perturbation:
+    def run(x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[:2]
+        small = cv2.resize(x, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+    return run
+
+
+def _zoom(f: float) -> Perturbation:
+    """f > 1: crop the centre and enlarge it; f < 1: shrink into a black frame."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[:2]
+        if f >= 1:
+            dh, dw = round(h * (1 - 1 / f) / 2), round(w * (1 - 1 / f) / 2)
+            return cv2.resize(x[dh : h - dh, dw : w - dw], (w, h), interpolation=cv2.INTER_LINEAR)
+        sh, sw = round(h * f), round(w * f)
+        out = np.zeros_like(x)
+        top, left = (h - sh) // 2, (w - sw) // 2
+        out[top : top + sh, left : left + sw] = cv2.resize(x, (sw, sh), interpolation=cv2.INTER_AREA)
+        return out
+
+    return run
+
+
+def _jpeg(quality: int) -> Perturbation:
+    def run(x: np.ndarray) -> np.ndarray:
+        ok, buf = cv2.imencode(".jpg", np.clip(x, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR).astype(np.float32)
+
+    return run
+
+
+def _equalize(x: np.ndarray) -> np.ndarray:
+    grey = cv2.equalizeHist(np.clip(x[..., 0], 0, 255).astype(np.uint8))
+    return np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
+
+
+PERTURBATIONS: dict[str, Perturbation] = {
+    "blur-1.5": _blur(1.5),
+    "blur-3": _blur(3.0),
+    "noise-8": _noise(8.0),
+    "downscale-0.4": _downscale(0.4),
+    "jpeg-30": _jpeg(30),
+    "zoom-in-1.2": _zoom(1.2),
+    "zoom-out-0.85": _zoom(0.85),
+    "gamma-0.6": _gamma(0.6),
+    "gamma-1.6": _gamma(1.6),
+    "contrast-0.6": _contrast(0.6),
+    "equalize": _equalize,
+}
+
+
+def perturb(image: np.ndarray, name: str) -> np.ndarray:
+    """One model-input image (float32, 0..255) under the named perturbation, clipped back to 0..255."""
+    if name == CLEAN:
+        return image
+    if name not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {name!r}; use one of {', '.join(PERTURBATIONS)}")
+    return np.clip(PERTURBATIONS[name](image.astype(np.float32)), 0, 255).astype(np.float32)
+
+
+def shifted_probabilities(
+    model: keras.Model,
+    spec: InputSpec,
+    paths: Sequence[str | Path],
+    names: Sequence[str] = (CLEAN, *PERTURBATIONS),
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[list[Path], dict[str, np.ndarray], list[tuple[Path, str]]]:
+    """Decode each file once and score it under every named perturbation.
+
+    Returns the readable paths, ``{name: probabilities (n, classes)}`` and the
+    skipped files with their reason.
+    """
+    for name in names:
+        perturb(np.zeros((2, 2, 3), np.float32), name)
+    forward = compile_forward(model)
+    paths = [Path(p) for p in paths]
+    kept: list[Path] = []
+    probs: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    skipped: list[tuple[Path, str]] = []
+    start = 0
+    for x, errors in image_dataset(paths, spec, batch_size):
+        ok = [i for i, err in enumerate(errors.numpy()) if not err]
+        skipped += [(paths[start + i], e.decode("utf-8", "replace")) for i, e in enumerate(errors.numpy()) if e]
+        kept += [paths[start + i] for i in ok]
+        batch = x.numpy()[ok]
+        if len(batch):
+            for name in names:
+                probs[name].append(forward(np.stack([perturb(img, name) for img in batch])).numpy())
+        start += len(x)
+        if on_batch:
+            on_batch(len(x))
+    n_classes = model.output_shape[-1]
+    return (
+        kept,
+        {k: np.concatenate(v) if v else np.zeros((0, n_classes), np.float32) for k, v in probs.items()},
+        skipped,
+    )
+
+
+def shift_metrics(
+    y_true: Sequence[int], probabilities: dict[str, np.ndarray], classes: Sequence[str]
+) -> dict[str, Any]:
+    """Per perturbation: accuracy, macro F1 and recall per class; plus the mean and the worst case."""
+    rows = {}
+    for name, p in probabilities.items():
+        m = classification_metrics(y_true, p, classes)
+        rows[name] = {
+            "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"],
+            "recall": {c: m["per_class"][c]["recall"] for c in classes},
+        }
+    shifted = {k: v for k, v in rows.items() if k != CLEAN} or rows
+    worst = min(shifted, key=lambda k: shifted[k]["accuracy"])
+    return {
+        "perturbations": rows,
+        "mean_accuracy": float(np.mean([v["accuracy"] for v in shifted.values()])),
+        "worst": worst,
+        "worst_accuracy": shifted[worst]["accuracy"],
+        "min_recall": {c: min(v["recall"][c] for v in shifted.values()) for c in classes},
+    }
+
+
+def stress_scan(
+    loaded: LoadedModel,
+    scan: Scan,
+    names: Sequence[str] = (CLEAN, *PERTURBATIONS),
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Score a labelled scan under each perturbation and measure it (unreadable files listed)."""
+    classes = loaded.meta.classes
+    unknown = sorted({s.label for s in scan.samples} - set(classes))
+    if unknown:
+        raise DataError(f"data has classes the model does not know: {', '.join(unknown)}")
+    label_of = {s.path: s.label for s in scan.samples}
+    paths = [s.path for s in scan.samples]
+    kept, probs, skipped = shifted_probabilities(loaded.model, loaded.meta.input, paths, names, batch_size, on_batch)
+    if not kept:
+        raise DataError(f"none of the {len(paths)} images in {scan.root} could be read")
+    y = [classes.index(label_of[p]) for p in kept]
+    result = shift_metrics(y, probs, classes)
+    result["n_images"] = len(kept)
+    result["skipped"] = [{"file": str(p), "reason": r} for p, r in skipped]
+    return result
+
+
+STRESS_FILES = ("stress.json", "stress.png")
+
+
+def write_stress_report(out: str | Path, result: dict[str, Any], title: str = "") -> list[Path]:
+    """``stress.json`` and the ``stress.png`` table, each written atomically."""
+    from core.plots import shift_figure
+    from core.reports import save_figure, write_json
+
+    out = Path(out)
+    return [write_json(out / STRESS_FILES[0], result), save_figure(shift_figure(result, title), out / STRESS_FILES[1])]
+
+
+def format_stress(result: dict[str, Any]) -> str:
+    """A plain-text table: one line per perturbation."""
+    rows = result["perturbations"]
+    classes = list(next(iter(rows.values()))["recall"])
+    lines = [f"{'perturbation':<15}{'accuracy':>9}" + "".join(f"{'rec ' + c:>14}" for c in classes)]
+    for name, r in rows.items():
+        lines.append(f"{name:<15}{r['accuracy']:>9.1%}" + "".join(f"{r['recall'][c]:>14.1%}" for c in classes))
+    lines.append(f"mean accuracy under perturbation {result['mean_accuracy']:.1%}; worst {result['worst']}")
+    return "\n".join(lines)

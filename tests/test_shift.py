@@ -1,0 +1,147 @@
+"""Acquisition augmentation and the stress test: real images in, measurable changes out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from cli.app import main
+from conftest import TINY_ARCH, TINY_SPEC, make_dataset, xray_like
+from core.augment import AcquisitionAugment, acquisition_augmenter
+from core.data import scan_dataset
+from core.metrics import classification_metrics
+from core.model import build_model
+from core.shift import CLEAN, PERTURBATIONS, perturb, shift_metrics, shifted_probabilities
+from core.training import extract_activations
+
+
+def batch(n: int = 6, size: int = 64) -> np.ndarray:
+    return np.stack([np.repeat(xray_like(size, size, seed=i)[..., None], 3, -1) for i in range(n)]).astype(np.float32)
+
+
+def sharpness(x: np.ndarray) -> float:
+    """Variance of the Laplacian: falls when an image is blurred."""
+    return float(np.mean([cv2.Laplacian(img[..., 0], cv2.CV_32F).var() for img in x]))
+
+
+IDENTITY = AcquisitionAugment(
+    zoom=(1.0, 1.0), shift=0.0, downscale_prob=0.0, blur_prob=0.0, gamma=(1.0, 1.0), contrast=(1.0, 1.0), noise_prob=0
+)
+
+
+def test_augmenter_with_every_change_off_is_the_identity() -> None:
+    x = batch()
+    out = acquisition_augmenter(IDENTITY, seed=1)(tf.constant(x)).numpy()
+    np.testing.assert_allclose(out, x, atol=0.6)
+
+
+def test_augmenter_is_seeded_bounded_and_changes_images() -> None:
+    x = tf.constant(batch())
+    a = acquisition_augmenter(seed=3)(x).numpy()
+    b = acquisition_augmenter(seed=3)(x).numpy()
+    c = acquisition_augmenter(seed=4)(x).numpy()
+    assert a.shape == x.shape and a.dtype == np.float32
+    assert a.min() >= 0 and a.max() <= 255
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).mean() > 1.0
+    assert np.abs(a - x.numpy()).mean(axis=(1, 2, 3)).min() > 0.5  # every image changed
+
+
+def test_blur_lowers_sharpness_and_keeps_brightness() -> None:
+    from dataclasses import replace
+
+    x = batch()
+    blurred = acquisition_augmenter(replace(IDENTITY, blur_prob=1.0, blur_sigma=2.0), seed=0)(tf.constant(x)).numpy()
+    assert sharpness(blurred) < 0.5 * sharpness(x)
+    np.testing.assert_allclose(blurred.mean(axis=(1, 2, 3)), x.mean(axis=(1, 2, 3)), rtol=0.03)
+
+
+def test_zooming_out_leaves_a_black_frame() -> None:
+    from dataclasses import replace
+
+    x = batch() + 20.0
+    out = acquisition_augmenter(replace(IDENTITY, zoom=(0.7, 0.7)), seed=0)(tf.constant(x)).numpy()
+    assert out[:, :3].max() < 1.0 and out[:, :, -3:].max() < 1.0
+    assert out[:, 28:36, 28:36].min() > 10
+
+
+def test_acquisition_views_differ_from_seed_views(tiny_backbone_file: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_dataset(root, "download", per_class=2)
+    paths = [s.path for s in scan_dataset(root).samples[:4]]
+    model = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
+    seed_views, _ = extract_activations(model, TINY_SPEC, paths, views=2, seed=5)
+    acq_views, _ = extract_activations(model, TINY_SPEC, paths, views=2, seed=5, augment="acquisition")
+    np.testing.assert_allclose(seed_views[0], acq_views[0])  # view 0 is always the plain image
+    assert np.abs(seed_views[1].astype(np.float32) - acq_views[1]).max() > 0.05
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        extract_activations(model, TINY_SPEC, paths, views=2, augment="mixup")
+
+
+@pytest.mark.parametrize("name", list(PERTURBATIONS))
+def test_each_perturbation_keeps_shape_and_range_and_changes_the_image(name: str) -> None:
+    x = batch(1, 96)[0]
+    out = perturb(x, name)
+    again = perturb(x, name)
+    assert out.shape == x.shape and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 255
+    np.testing.assert_array_equal(out, again)  # deterministic
+    assert np.abs(out - x).mean() > 0.5
+
+
+def test_clean_is_untouched_and_unknown_names_are_refused() -> None:
+    x = batch(1)[0]
+    np.testing.assert_array_equal(perturb(x, CLEAN), x)
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        perturb(x, "rain")
+
+
+def test_shift_metrics_summarise_each_perturbation() -> None:
+    y = np.array([0, 0, 1, 1, 2, 2])
+    right = np.eye(3)[y]
+    wrong = np.eye(3)[[0, 0, 2, 2, 2, 2]]  # normals called virus
+    result = shift_metrics(y, {CLEAN: right, "blur-3": wrong, "noise-8": right}, ["BACTERIA", "NORMAL", "VIRUS"])
+    assert result["perturbations"][CLEAN]["accuracy"] == 1.0
+    assert result["worst"] == "blur-3" and result["worst_accuracy"] == pytest.approx(4 / 6)
+    assert result["mean_accuracy"] == pytest.approx((4 / 6 + 1) / 2)
+    assert result["min_recall"] == {"BACTERIA": 1.0, "NORMAL": 0.0, "VIRUS": 1.0}
+
+
+def test_shifted_scores_match_scoring_the_perturbed_files(tiny_loaded, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_dataset(root, "three-folder", per_class=2)
+    paths = [s.path for s in scan_dataset(root).samples]
+    (root / "NORMAL" / "broken.jpeg").write_bytes(b"not a jpeg")
+    kept, probs, skipped = shifted_probabilities(
+        tiny_loaded.model, TINY_SPEC, [*paths, root / "NORMAL" / "broken.jpeg"], [CLEAN, "blur-3"], batch_size=4
+    )
+    assert kept == paths and len(skipped) == 1
+    from core.inference import load_model_input
+
+    x = np.stack([perturb(load_model_input(p, TINY_SPEC), "blur-3") for p in paths])
+    np.testing.assert_allclose(probs["blur-3"], tiny_loaded.model(x, training=False).numpy(), atol=1e-5)
+    assert not np.allclose(probs["blur-3"], probs[CLEAN], atol=1e-4)
+    y = [["BACTERIA", "NORMAL", "VIRUS"].index(p.parent.name) for p in kept]
+    assert classification_metrics(y, probs[CLEAN], tiny_loaded.meta.classes)["n_images"] == len(paths)
+
+
+def test_stress_cli_writes_report_and_refuses_unknown_names(tiny_model_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "val"
+    counts = make_dataset(root, "download", per_class=2)
+    out = tmp_path / "stress"
+    args = ["stress", str(root), "--model", str(tiny_model_dir), "--out", str(out), "--only", "blur-3,gamma-0.6"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "stress.json").read_text())
+    assert list(report["perturbations"]) == [CLEAN, "blur-3", "gamma-0.6"]
+    assert report["n_images"] == sum(counts.values())
+    assert cv2.imread(str(out / "stress.png")) is not None
+    assert "blur-3" in result.output and "mean accuracy" in result.output
+    bad = CliRunner().invoke(main, [*args[:-1], "rain"])
+    assert bad.exit_code == 2 and "unknown 'rain'" in bad.output
