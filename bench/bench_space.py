@@ -11,35 +11,17 @@ peak resident memory (VmHWM).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import print_table, process_memory_mib  # noqa: E402
+from common import ROOT, print_table, process_memory_mib, running_space  # noqa: E402
 
 DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "chest_xray" / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"the app exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return time.perf_counter() - start
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit("the app did not answer in time")
 
 
 def main() -> None:
@@ -54,21 +36,10 @@ def main() -> None:
 
     big = Path(tempfile.mkdtemp()) / "original_like.png"
     Image.open(args.image).convert("L").resize((1600, 1300), Image.Resampling.BICUBIC).save(big)
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(args.port), "GRADIO_ANALYTICS_ENABLED": "False"}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "space" / "app.py")],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{args.port}/"
-        ready = wait_ready(url, proc)
-        client = Client(url, verbose=False)
-        rows = [("start-up to ready (s)", f"{ready:.1f}")]
+    with running_space(args.port) as space:
+        client = Client(space.url, verbose=False)
+        rows = [("start-up to ready (s)", f"{space.ready_s:.1f}")]
         for name, image in (("224 px JPEG", args.image), ("1600x1300 grayscale PNG", big)):
             client.predict(handle_file(str(image)), 3, api_name="/predict")
             times = []
@@ -79,10 +50,7 @@ def main() -> None:
             rows.append(
                 (f"/predict, 3 layers, {name}: median / max (s)", f"{statistics.median(times):.2f} / {max(times):.2f}")
             )
-        rows.append(("server peak RSS (MiB)", f"{process_memory_mib(proc.pid, 'VmHWM'):.0f}"))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        rows.append(("server peak RSS (MiB)", f"{process_memory_mib(space.proc.pid, 'VmHWM'):.0f}"))
     print(f"image: {args.image}; {args.calls} calls each; total {time.perf_counter() - t0:.0f} s")
     print_table(rows)
 

@@ -13,9 +13,7 @@ to 127.0.0.1 only and the run is bounded in count and time.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_space import DEFAULT_IMAGE, ROOT, wait_ready  # noqa: E402
-from common import process_memory_mib  # noqa: E402
+from bench_space import DEFAULT_IMAGE  # noqa: E402
+from common import process_memory_mib, running_space  # noqa: E402
 
 
 def main() -> None:
@@ -39,24 +37,9 @@ def main() -> None:
 
     from gradio_client import Client, handle_file
 
-    env = {
-        **os.environ,
-        "GRADIO_SERVER_PORT": str(args.port),
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "space" / "app.py")],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     started = time.perf_counter()
-    try:
-        url = f"http://127.0.0.1:{args.port}/"
-        wait_ready(url, proc)
-        clients = [Client(url, verbose=False) for _ in range(args.clients)]
+    with running_space(args.port) as space:
+        clients = [Client(space.url, verbose=False) for _ in range(args.clients)]
 
         def call(i: int) -> tuple[bool, float]:
             if time.perf_counter() - started > args.deadline:
@@ -80,7 +63,7 @@ def main() -> None:
 
         t0 = time.perf_counter()
         first = batch(range(20))
-        rss20 = process_memory_mib(proc.pid)
+        rss20 = process_memory_mib(space.proc.pid)
         first += batch(range(20, args.requests))
         wall = time.perf_counter() - t0
         ok = sum(r[0] for r in first)
@@ -95,14 +78,11 @@ def main() -> None:
             n = min(args.clients * 5, args.soak - done)
             ok += sum(r[0] for r in batch(range(done, done + n)))
             done += n
-        rss_end = process_memory_mib(proc.pid)
+        rss_end = process_memory_mib(space.proc.pid)
         print(
             f"{done} requests in all, {ok} right; server RSS after 20 requests {rss20:.0f} MiB, "
             f"after {done}: {rss_end:.0f} MiB ({100 * (rss_end - rss20) / rss20:+.1f} %)"
         )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -227,12 +227,20 @@ def stress(
     """
     from core.data import scan_dataset
     from core.reports import replace_folder
-    from core.shift import CLEAN, PERTURBATIONS, STRESS_FILES, format_stress, stress_scan, write_stress_report
+    from core.shift import (
+        CLEAN,
+        PERTURBATIONS,
+        STRESS_FILES,
+        format_stress,
+        stress_scan,
+        unknown_names,
+        write_stress_report,
+    )
 
     names = [CLEAN, *PERTURBATIONS]
     if only:
         names = [CLEAN, *[n.strip() for n in only.split(",") if n.strip() and n.strip() != CLEAN]]
-        bad = [n for n in names if n != CLEAN and n not in PERTURBATIONS]
+        bad = unknown_names(names)
         if bad:
             raise click.BadParameter(f"unknown {bad[0]!r}; choose from {', '.join(PERTURBATIONS)}", param_hint="--only")
     scan = scan_dataset(data_dir)

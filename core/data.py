@@ -42,6 +42,13 @@ class Scan:
         return {k: c.get(k, 0) for k in CLASSES}
 
 
+def check_labels(scan: Scan, classes: list[str]) -> None:
+    """Refuse data holding a class the model does not know (before any image is scored)."""
+    unknown = sorted({s.label for s in scan.samples} - set(classes))
+    if unknown:
+        raise DataError(f"data has classes the model does not know: {', '.join(unknown)}")
+
+
 def label_from_name(name: str) -> str | None:
     """BACTERIA or VIRUS from a PNEUMONIA file name; None when it says neither."""
     low = name.lower()

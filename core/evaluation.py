@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from core.artifact import LoadedModel
-from core.data import Scan
+from core.data import Scan, check_labels
 from core.errors import DataError
 from core.inference import score_files
 from core.metrics import classification_metrics
@@ -60,9 +60,7 @@ def evaluate_scan(
 ) -> Evaluation:
     """Score every sample of a scan and compute the metrics (skipped files listed in them)."""
     classes = loaded.meta.classes
-    unknown = sorted({s.label for s in scan.samples} - set(classes))
-    if unknown:
-        raise DataError(f"data has classes the model does not know: {', '.join(unknown)}")
+    check_labels(scan, classes)
     label_of = {s.path: s.label for s in scan.samples}
     scores = score_files(loaded.model, loaded.meta.input, [s.path for s in scan.samples], batch_size, on_batch)
     if not scores.paths:

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from core.artifact import LoadedModel
-from core.data import Scan
+from core.data import Scan, check_labels
 from core.errors import DataError
 from core.inference import compile_forward, image_dataset
 from core.metrics import classification_metrics
@@ -103,12 +103,23 @@ PERTURBATIONS: dict[str, Perturbation] = {
 }
 
 
+def unknown_names(names: Sequence[str]) -> list[str]:
+    """The names that are neither ``clean`` nor a known perturbation."""
+    return [n for n in names if n != CLEAN and n not in PERTURBATIONS]
+
+
+def check_names(names: Sequence[str]) -> None:
+    """Refuse, before any work, a name that is neither ``clean`` nor a known perturbation."""
+    bad = unknown_names(names)
+    if bad:
+        raise ValueError(f"unknown perturbation {bad[0]!r}; use one of {', '.join(PERTURBATIONS)}")
+
+
 def perturb(image: np.ndarray, name: str) -> np.ndarray:
     """One model-input image (float32, 0..255) under the named perturbation, clipped back to 0..255."""
+    check_names([name])
     if name == CLEAN:
         return image
-    if name not in PERTURBATIONS:
-        raise ValueError(f"unknown perturbation {name!r}; use one of {', '.join(PERTURBATIONS)}")
     return np.clip(PERTURBATIONS[name](image.astype(np.float32)), 0, 255).astype(np.float32)
 
 
@@ -125,8 +136,7 @@ def shifted_probabilities(
     Returns the readable paths, ``{name: probabilities (n, classes)}`` and the
     skipped files with their reason.
     """
-    for name in names:
-        perturb(np.zeros((2, 2, 3), np.float32), name)
+    check_names(names)
     forward = compile_forward(model)
     paths = [Path(p) for p in paths]
     kept: list[Path] = []
@@ -134,8 +144,9 @@ def shifted_probabilities(
     skipped: list[tuple[Path, str]] = []
     start = 0
     for x, errors in image_dataset(paths, spec, batch_size):
-        ok = [i for i, err in enumerate(errors.numpy()) if not err]
-        skipped += [(paths[start + i], e.decode("utf-8", "replace")) for i, e in enumerate(errors.numpy()) if e]
+        errs = errors.numpy()
+        ok = [i for i, err in enumerate(errs) if not err]
+        skipped += [(paths[start + i], e.decode("utf-8", "replace")) for i, e in enumerate(errs) if e]
         kept += [paths[start + i] for i in ok]
         batch = x.numpy()[ok]
         if len(batch):
@@ -184,9 +195,7 @@ def stress_scan(
 ) -> dict[str, Any]:
     """Score a labelled scan under each perturbation and measure it (unreadable files listed)."""
     classes = loaded.meta.classes
-    unknown = sorted({s.label for s in scan.samples} - set(classes))
-    if unknown:
-        raise DataError(f"data has classes the model does not know: {', '.join(unknown)}")
+    check_labels(scan, classes)
     label_of = {s.path: s.label for s in scan.samples}
     paths = [s.path for s in scan.samples]
     kept, probs, skipped = shifted_probabilities(loaded.model, loaded.meta.input, paths, names, batch_size, on_batch)
