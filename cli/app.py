@@ -14,6 +14,12 @@ from typing import Any
 import click
 
 from core.errors import PneumoCAMError
+from core.options import (
+    ADAPT_METHODS,
+    AUGMENTATIONS,
+    DEFAULT_ADAPT_METHOD,
+    DEFAULT_SPLIT_SEED,
+)
 from core.paths import ENV_BACKBONE_WEIGHTS
 from core.runtime import import_tensorflow_quietly
 
@@ -154,37 +160,75 @@ def prepare_data(src: Path, dest: Path, overwrite: bool) -> None:
     help="Also store the metrics in the (local) model's model.json under this name, e.g. test.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace --out even if it holds files that are not a report.")
+@click.option(
+    "--adapt",
+    is_flag=True,
+    help="Unlabelled site adaptation first: re-standardise the model on DATA_DIR's own images (labels unused; "
+    "transductive), then score.",
+)
+@click.option(
+    "--cross-calibrate",
+    "folds",
+    type=click.IntRange(2, 10),
+    metavar="K",
+    help="Labelled site calibration, cross-fitted: split DATA_DIR into K folds (by class, grouped by patient) "
+    "and score each fold with a temperature and class biases fitted on the others. The benchmark uses K=2.",
+)
+@click.option(
+    "--split-seed", default=DEFAULT_SPLIT_SEED, show_default=True, type=int, help="Seed of the --cross-calibrate split."
+)
 def evaluate(
-    data_dir: Path, model: ModelChoice, out: Path | None, batch_size: int, record_as: str | None, overwrite: bool
+    data_dir: Path,
+    model: ModelChoice,
+    out: Path | None,
+    batch_size: int,
+    record_as: str | None,
+    overwrite: bool,
+    adapt: bool,
+    folds: int | None,
+    split_seed: int,
 ) -> None:
     """Score every image of a labelled folder and write metrics, predictions and plots.
 
     DATA_DIR is in either layout (BACTERIA/ NORMAL/ VIRUS/, or the download's
-    NORMAL/ PNEUMONIA/). Writes metrics.json, predictions.csv,
-    confusion_matrix.png and per_class_metrics.png. Unreadable files are skipped
-    and listed in metrics.json.
+    NORMAL/ PNEUMONIA/). Prints the per-class table with 95 % bootstrap
+    intervals (patients resampled) and writes metrics.json (with ci95 and the
+    protocol), predictions.csv, confusion_matrix.png, per_class_metrics.png and
+    reliability.png. Unreadable files are skipped and listed in metrics.json.
+
+    Three protocols, each its own row in a comparison: as trained (default),
+    --adapt (the site's unlabelled images; transductive) and --cross-calibrate K
+    (a labelled site sample, cross-fitted); --adapt and --cross-calibrate combine.
 
     \b
     Example:
       python -m cli evaluate data/test
-      python -m cli evaluate ../shared/data/chest_xray/test --out reports/test
+      python -m cli evaluate data/test --adapt --out reports/test-adapted
+      python -m cli evaluate data/test --cross-calibrate 2 --out reports/test-calibrated
     """
     from core.data import scan_dataset
-    from core.evaluation import evaluate_scan, is_report_entry, write_report
+    from core.evaluation import Protocol, evaluate_scan, is_report_entry, write_report
     from core.metrics import format_table
     from core.reports import replace_folder
 
     scan = scan_dataset(data_dir)
     loaded = model.load()
     out = out or _default_out(data_dir)
-    with progress(len(scan.samples), "scoring") as bar:
-        result = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update)
+    protocol = Protocol(adapt=adapt, cross_calibrate=folds, split_seed=split_seed)
+    if adapt:
+        from core.adaptation import check_adaptable
+
+        check_adaptable(loaded)
+    label = "adapting, then scoring" if adapt else "scoring"
+    with progress(len(scan.samples) * protocol.passes(), label) as bar:
+        result = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update, protocol=protocol)
+    click.echo(f"protocol: {protocol.name}: {protocol.describe()}")
     click.echo(format_table(result.metrics))
     skipped = result.metrics["skipped"]
     if skipped:
         click.echo(f"skipped {len(skipped)} unreadable file(s); see {out / 'metrics.json'}", err=True)
     with replace_folder(out, is_report_entry, overwrite) as staging:
-        title = f"{data_dir.name} ({result.metrics['n_images']} images)"
+        title = f"{data_dir.name} ({result.metrics['n_images']} images, {protocol.name})"
         write_report(staging, result, loaded.meta.classes, title=title)
     click.echo(f"report written to {out}/")
     if record_as:
@@ -192,8 +236,91 @@ def evaluate(
 
         if loaded.from_hub:
             raise click.UsageError("--record-as needs a local model folder (--model), not a Hub download")
-        record_metrics(loaded.directory, record_as, {**result.metrics, "data_dir": data_dir.resolve().name})
-        click.echo(f"metrics recorded as {record_as!r} in {loaded.directory}/model.json")
+        key = record_as if protocol.name == "train-only" else f"{record_as}:{protocol.name}"
+        record_metrics(loaded.directory, key, {**result.metrics, "data_dir": data_dir.resolve().name})
+        click.echo(f"metrics recorded as {key!r} in {loaded.directory}/model.json")
+
+
+@main.command()
+@click.argument("image_dir", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Model folder to write.")
+@model_options
+@click.option(
+    "--method",
+    type=click.Choice(ADAPT_METHODS),
+    default=DEFAULT_ADAPT_METHOD,
+    show_default=True,
+    help="Re-standardise every batch-norm layer and the pooled features, or the pooled features only.",
+)
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--overwrite", is_flag=True, help="Replace OUT even if it holds other files.")
+def adapt(image_dir: Path, out: Path, model: ModelChoice, method: str, batch_size: int, overwrite: bool) -> None:
+    """Adapt the model to a site from its unlabelled X-rays; write the adapted model to OUT.
+
+    IMAGE_DIR is any folder of the site's images (searched recursively; labels,
+    if its layout has them, are not read). Each batch-norm layer and the pooled
+    features are re-standardised from the site's statistics to the training
+    statistics stored with the model (AdaBN). The result is an ordinary model
+    folder: evaluate, gallery, predict, stress and the Space serve it with
+    --model OUT, and Grad-CAM explains its logits. A few hundred images suffice.
+
+    \b
+    Example:
+      python -m cli adapt /archive/site-b/xrays --out models/site-b
+      python -m cli evaluate data/site-b-labelled --model models/site-b
+    """
+    from core.adaptation import check_adaptable, stat_passes
+    from core.site import adapt_to_site, site_images
+
+    n = len(site_images(image_dir))
+    loaded = model.load()
+    check_adaptable(loaded)
+    with progress(n * stat_passes(method), "measuring site statistics") as bar:
+        meta = adapt_to_site(loaded, image_dir, out, method, batch_size, bar.update, overwrite)
+    info = meta.adaptation["applied"]
+    click.echo(
+        f"adapted to {info['n_images']} image(s) of {image_dir} ({method}, {info['layers']} layers); "
+        f"model written to {out}/"
+    )
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Model folder to write.")
+@model_options
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--overwrite", is_flag=True, help="Replace OUT even if it holds other files.")
+def calibrate(data_dir: Path, out: Path, model: ModelChoice, batch_size: int, overwrite: bool) -> None:
+    """Calibrate the model on a labelled sample of a site; write the calibrated model to OUT.
+
+    Fits a temperature and one logit bias per class (nothing else) by maximum
+    likelihood on DATA_DIR (either layout; every class must be present) and
+    folds them into the logits layer. Prints the sample's figures before and
+    after (in-sample: measure on other images, or use evaluate --cross-calibrate).
+
+    \b
+    Example:
+      python -m cli calibrate data/site-b-sample --out models/site-b-calibrated
+      python -m cli calibrate data/site-b-sample --model models/site-b --out models/site-b-final
+    """
+    from core.data import scan_dataset
+    from core.site import calibrate_to_site
+
+    scan = scan_dataset(data_dir)
+    loaded = model.load()
+    with progress(len(scan.samples), "scoring") as bar:
+        meta = calibrate_to_site(loaded, scan, out, batch_size, bar.update, overwrite)
+    cal = meta.calibration
+    b, a = cal["in_sample"]["before"], cal["in_sample"]["after"]
+    click.echo(
+        f"temperature {cal['temperature']:.3f}, biases "
+        + ", ".join(f"{c} {v:+.3f}" for c, v in zip(meta.classes, cal["biases"]))
+    )
+    click.echo(
+        f"on {cal['n_images']} images (in-sample): accuracy {b['accuracy']:.1%} -> {a['accuracy']:.1%}, "
+        f"ECE {b['ece']:.3f} -> {a['ece']:.3f}"
+    )
+    click.echo(f"model written to {out}/")
 
 
 @main.command()
@@ -478,10 +605,11 @@ def predict(
 @click.option("--views", default=3, show_default=True, type=click.IntRange(1), help="Augmented views cached per image.")
 @click.option(
     "--augment",
-    type=click.Choice(["seed", "acquisition"]),
+    type=click.Choice(AUGMENTATIONS),
     default="seed",
     show_default=True,
-    help="seed: flips and rotations; acquisition: also zoom, resolution, blur, gamma, contrast and noise.",
+    help="seed: flips and rotations; acquisition: also zoom, resolution, blur, gamma, contrast and noise; "
+    "invariance: also resampling filters, scale and JPEG quality.",
 )
 @click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0.05, 0.45))
 @click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 0.5))
@@ -609,7 +737,7 @@ def train(
         json.dumps({k: v for k, v in result.meta.metrics["validation"].items() if k != "calibration_bins"}),
     )
     log.info("validation under perturbation %s", json.dumps(result.meta.metrics["validation_shift"]))
-    save_artifact(result.model, result.meta, partial)
+    save_artifact(result.model, result.meta, partial, source_stats=result.source_stats)
     write_json(partial / "history.json", result.history)
     save_figure(training_curves_figure(result.history), partial / "training_curves.png")
     log.removeHandler(handler)

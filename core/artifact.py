@@ -25,6 +25,7 @@ from core.reports import write_json
 
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
+SOURCE_STATS_FILE = "source_stats.npz"  # training statistics for site adaptation (core.adaptation)
 FORMAT_VERSION = 1
 DEFAULT_CLASSES = CLASSES  # the order of the model outputs unless a model says otherwise
 
@@ -42,6 +43,8 @@ class ModelMeta:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    adaptation: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,6 +61,8 @@ class ModelMeta:
             "training": self.training,
             "metrics": self.metrics,
             "data": self.data,
+            "adaptation": self.adaptation,
+            "calibration": self.calibration,
         }
 
     @classmethod
@@ -74,6 +79,8 @@ class ModelMeta:
                 training=d.get("training", {}),
                 metrics=d.get("metrics", {}),
                 data=d.get("data", {}),
+                adaptation=d.get("adaptation", {}),
+                calibration=d.get("calibration", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"model metadata is incomplete or invalid: {exc}") from None
@@ -109,14 +116,26 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_artifact(model: keras.Model, meta: ModelMeta, directory: str | Path) -> Path:
-    """Write ``model.keras`` and ``model.json`` (with the weights' hash) into a folder."""
+def save_artifact(model: keras.Model, meta: ModelMeta, directory: str | Path, source_stats: Any = None) -> Path:
+    """Write ``model.keras`` and ``model.json`` (with the weights' hash) into a folder.
+
+    ``source_stats`` (a :class:`core.adaptation.LayerStats`) goes beside them as
+    ``source_stats.npz``, its hash and image count recorded in the metadata.
+    """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (MODEL_FILE + ".tmp.keras")
     model.save(tmp)
     tmp.replace(out / MODEL_FILE)
     meta.weights_sha256 = file_sha256(out / MODEL_FILE)
+    if source_stats is not None:
+        path = source_stats.save(out / SOURCE_STATS_FILE)
+        meta.adaptation["source_stats"] = {
+            "file": SOURCE_STATS_FILE,
+            "sha256": file_sha256(path),
+            "n_images": source_stats.n_images,
+            "images": "the training split (validation excluded), clean, no augmentation",
+        }
     write_json(out / META_FILE, meta.to_dict())
     return out
 

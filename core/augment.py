@@ -7,6 +7,11 @@ little noise turns most normal X-rays into "viral pneumonia"
 (:mod:`core.shift` measures this). So the augmented training views also vary
 framing (zoom and shift), resolution, sharpness, exposure (gamma), contrast
 and noise. All of it runs batched in TensorFlow on 0..255 images, seeded.
+
+``invariance`` adds how the digital file was made: an original of another size
+squashed to the model size with another resampling filter, and JPEG
+re-encoding at another quality. On the original-resolution X-rays users
+upload, one call in five differed from the 224 px copy's before it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any
 
 import tensorflow as tf
 
-AUGMENTATIONS = ("seed", "acquisition")
+from core.options import AUGMENTATIONS
+
+RESAMPLE_METHODS = ("bilinear", "area", "bicubic", "nearest", "lanczos3")
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,10 @@ class AcquisitionAugment:
     contrast: tuple[float, float] = (0.7, 1.3)
     noise_prob: float = 0.4
     noise_sigma: float = 10.0
+    resample_prob: float = 0.0
+    resample_scale: tuple[float, float] = (1.5, 4.0)
+    jpeg_prob: float = 0.0
+    jpeg_quality: tuple[int, int] = (30, 95)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +120,45 @@ def _noise(x: tf.Tensor, rng: tf.random.Generator, aug: AcquisitionAugment) -> t
     return x + noise
 
 
+#: ``invariance``: the acquisition changes plus resampling filters, scale and JPEG quality.
+INVARIANCE = AcquisitionAugment(resample_prob=0.5, jpeg_prob=0.5)
+
+
+def augment_params(augment: str) -> AcquisitionAugment | None:
+    """The parameters behind an augmentation name (None: flips and rotations only)."""
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
+    return {"seed": None, "acquisition": AcquisitionAugment(), "invariance": INVARIANCE}[augment]
+
+
+def _resample(x: tf.Tensor, rng: tf.random.Generator, aug: AcquisitionAugment) -> tf.Tensor:
+    """As if made from a larger original with another filter: enlarge, then shrink back with a random method."""
+    size = tf.shape(x)[1:3]
+    factor = rng.uniform([], aug.resample_scale[0], aug.resample_scale[1])
+    big = tf.image.resize(x, tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32), method="bicubic")
+    pick = rng.uniform([], 0, len(RESAMPLE_METHODS), dtype=tf.int32)
+    branches = [(lambda m=m: tf.image.resize(big, size, method=m, antialias=m != "nearest")) for m in RESAMPLE_METHODS]
+    shrunk = tf.switch_case(pick, branches)
+    chosen = tf.reshape(_chance(rng, tf.shape(x)[0], aug.resample_prob), [-1, 1, 1, 1])
+    return chosen * tf.clip_by_value(shrunk, 0.0, 255.0) + (1.0 - chosen) * x
+
+
+def _jpeg(x: tf.Tensor, rng: tf.random.Generator, aug: AcquisitionAugment) -> tf.Tensor:
+    """Re-encode a random subset as JPEG at a random quality (one draw per image)."""
+    n = tf.shape(x)[0]
+    quality = rng.uniform([n], aug.jpeg_quality[0], aug.jpeg_quality[1] + 1, dtype=tf.int32)
+    chosen = _chance(rng, n, aug.jpeg_prob)
+
+    def one(args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        img, q = args
+        encoded = tf.image.adjust_jpeg_quality(tf.cast(tf.clip_by_value(img, 0.0, 255.0), tf.uint8), q)
+        return tf.cast(encoded, tf.float32)
+
+    coded = tf.map_fn(one, (x, quality), fn_output_signature=tf.float32)
+    chosen = tf.reshape(chosen, [-1, 1, 1, 1])
+    return chosen * tf.reshape(coded, tf.shape(x)) + (1.0 - chosen) * x
+
+
 def acquisition_augmenter(
     aug: AcquisitionAugment = AcquisitionAugment(), seed: int = 42
 ) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -116,11 +166,16 @@ def acquisition_augmenter(
     rng = tf.random.Generator.from_seed(seed)
 
     def run(x: tf.Tensor) -> tf.Tensor:
+        if aug.resample_prob > 0:
+            x = _resample(x, rng, aug)
         x = _reframe(x, rng, aug)
         x = _low_resolution(x, rng, aug)
         x = _blur(x, rng, aug)
         x = _exposure(x, rng, aug)
         x = _noise(x, rng, aug)
-        return tf.clip_by_value(x, 0.0, 255.0)
+        x = tf.clip_by_value(x, 0.0, 255.0)
+        if aug.jpeg_prob > 0:
+            x = _jpeg(x, rng, aug)
+        return x
 
     return run

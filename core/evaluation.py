@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 
 from core.artifact import LoadedModel
-from core.data import Scan, check_labels
+from core.data import Scan, check_labels, patient_id
 from core.errors import DataError
 from core.inference import score_files
-from core.metrics import classification_metrics
+from core.metrics import bootstrap_ci, classification_metrics
+from core.options import DEFAULT_SPLIT_SEED
 from core.plots import confusion_matrix_figure, per_class_figure, reliability_figure
 from core.reports import save_figure, write_csv, write_json
 
@@ -55,18 +56,98 @@ def relative_name(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+TRAIN_ONLY = "train-only"
+ADAPTED = "site-adapted"
+CALIBRATED = "site-calibrated"
+PROTOCOL_TEXT = {
+    TRAIN_ONLY: "the model as trained: every choice made on the validation split from train",
+    ADAPTED: "unlabelled site adaptation, transductive: batch-norm and pooled-feature statistics "
+    "re-standardised on this folder's own images (no label read), then scored",
+    CALIBRATED: "labelled site calibration, cross-fitted: a temperature and per-class logit biases fitted on "
+    "K-1 folds (stratified by class, grouped by patient, fixed seed); each image is scored by a calibration "
+    "that never saw it",
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a folder is scored: as is, adapted to it (unlabelled), and/or cross-fitted calibration (labelled)."""
+
+    adapt: bool = False
+    cross_calibrate: int | None = None
+    adapt_method: str | None = None
+    split_seed: int = DEFAULT_SPLIT_SEED
+
+    @property
+    def name(self) -> str:
+        parts = [ADAPTED] * self.adapt + [CALIBRATED] * bool(self.cross_calibrate)
+        return "+".join(parts) or TRAIN_ONLY
+
+    def describe(self) -> str:
+        keys = [k for k in (ADAPTED, CALIBRATED) if k in self.name.split("+")] or [TRAIN_ONLY]
+        text = "; then ".join(PROTOCOL_TEXT[k] for k in keys)
+        return text.replace("K-1", f"{self.cross_calibrate - 1}" if self.cross_calibrate else "K-1")
+
+    def passes(self) -> int:
+        """Passes over the images (for progress bars): adaptation statistics, then scoring."""
+        if not self.adapt:
+            return 1
+        from core.adaptation import DEFAULT_METHOD, stat_passes
+
+        return stat_passes(self.adapt_method or DEFAULT_METHOD) + 1
+
+
 def evaluate_scan(
-    loaded: LoadedModel, scan: Scan, batch_size: int = 32, on_batch: Callable[[int], None] | None = None
+    loaded: LoadedModel,
+    scan: Scan,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+    protocol: Protocol = Protocol(),
 ) -> Evaluation:
-    """Score every sample of a scan and compute the metrics (skipped files listed in them)."""
+    """Score every sample of a scan under a protocol and compute the metrics with 95 % intervals.
+
+    Skipped files are listed in the metrics; ``metrics["protocol"]`` names the
+    protocol and, for cross-fitting, the split and each fold's calibration.
+    """
     classes = loaded.meta.classes
     check_labels(scan, classes)
     label_of = {s.path: s.label for s in scan.samples}
-    scores = score_files(loaded.model, loaded.meta.input, [s.path for s in scan.samples], batch_size, on_batch)
+    paths = [s.path for s in scan.samples]
+    model, block = loaded.model, {"name": protocol.name, "description": protocol.describe()}
+    if protocol.adapt:
+        from core.adaptation import DEFAULT_METHOD, adapted_copy
+
+        method = protocol.adapt_method or DEFAULT_METHOD
+        model, info = adapted_copy(loaded, paths, method, batch_size=batch_size, on_batch=on_batch)
+        block["adaptation"] = info
+    scores = score_files(model, loaded.meta.input, paths, batch_size, on_batch)
     if not scores.paths:
-        raise DataError(f"none of the {len(scan.samples)} images in {scan.root} could be read")
+        reasons = "; ".join(f"{p.name}: {r}" for p, r in scores.skipped[:3])
+        raise DataError(f"none of the {len(scan.samples)} images in {scan.root} could be read ({reasons})")
     y_true = np.array([classes.index(label_of[p]) for p in scores.paths])
-    metrics = classification_metrics(y_true, scores.probabilities, classes)
+    groups = [patient_id(p) for p in scores.paths]
+    probabilities = scores.probabilities
+    if protocol.cross_calibrate:
+        from core import calibration
+
+        fold = calibration.folds(
+            [label_of[p] for p in scores.paths], groups, protocol.cross_calibrate, protocol.split_seed
+        )
+        fitted = calibration.cross_fit(probabilities, y_true, fold)
+        before = classification_metrics(y_true, probabilities, classes)
+        block["split"] = {
+            "k": protocol.cross_calibrate,
+            "seed": protocol.split_seed,
+            "method": "StratifiedGroupKFold by class, grouped by patient",
+            "fold_sizes": np.bincount(fold).tolist(),
+            "folds": {relative_name(p, scan.root): int(f) for p, f in zip(scores.paths, fold)},
+        }
+        block["calibrations"] = [c.to_dict() for c in fitted.calibrations]
+        block["before_calibration"] = {"accuracy": before["accuracy"], "macro_f1": before["macro_f1"]}
+        probabilities = fitted.probabilities
+    metrics = classification_metrics(y_true, probabilities, classes)
+    metrics["ci95"] = bootstrap_ci(y_true, probabilities, classes, groups)
+    metrics["protocol"] = block
     metrics["skipped"] = [{"file": relative_name(p, scan.root), "reason": r} for p, r in scores.skipped]
     preds = [
         Prediction(
@@ -75,7 +156,7 @@ def evaluate_scan(
             predicted=classes[int(np.argmax(pr))],
             probabilities={c: float(v) for c, v in zip(classes, pr)},
         )
-        for p, pr in zip(scores.paths, scores.probabilities)
+        for p, pr in zip(scores.paths, probabilities)
     ]
     return Evaluation(preds, metrics)
 

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.artifact import META_FILE, MODEL_FILE, LoadedModel, load_artifact
+from core.artifact import META_FILE, MODEL_FILE, SOURCE_STATS_FILE, LoadedModel, load_artifact
 from core.errors import ModelLoadError
 from core.paths import DEFAULT_WEIGHTS_DIR, ENV_MODEL_PATH, ENV_REPO_ID, ENV_REVISION
 
@@ -37,8 +37,9 @@ def is_pinned(revision: str | None) -> bool:
 def download_from_hub(
     repo_id: str, revision: str, cache_dir: str | Path | None = None, allow_unpinned: bool = False
 ) -> Path:
-    """Fetch ``model.json`` and ``model.keras`` at ``revision``; returns their folder."""
+    """Fetch ``model.json`` and ``model.keras`` at ``revision`` (and the training statistics, if published)."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
     if not is_pinned(revision):
         if not allow_unpinned:
@@ -53,6 +54,10 @@ def download_from_hub(
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot get {repo_id}@{revision} from the Hugging Face Hub: {first}") from None
+    try:  # optional: only what site adaptation needs
+        hf_hub_download(repo_id, SOURCE_STATS_FILE, revision=revision, cache_dir=cache_dir)
+    except EntryNotFoundError:  # not published, or (offline) not in the cache
+        pass
     return Path(paths[0]).parent
 
 

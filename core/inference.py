@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +83,32 @@ def image_dataset(paths: Sequence[str | Path], spec: InputSpec, batch_size: int)
 
 
 @dataclass
+class Batch:
+    """One batch of readable images, their paths, and the files of the batch that could not be read."""
+
+    images: np.ndarray  # (k, h, w, 3) float32, readable files only
+    paths: list[Path]
+    skipped: list[tuple[Path, str]]
+    size: int  # files in the batch, readable or not (for progress bars)
+
+
+def image_batches(paths: Sequence[str | Path], spec: InputSpec, batch_size: int = 32) -> Iterator[Batch]:
+    """The one walk over image files that every scorer uses: decoded batches, unreadable files named."""
+    paths = [Path(p) for p in paths]
+    start = 0
+    for x, errors in image_dataset(paths, spec, batch_size):
+        errs = errors.numpy()
+        ok = [i for i, e in enumerate(errs) if not e]
+        yield Batch(
+            images=x.numpy()[ok] if len(ok) < len(errs) else x.numpy(),
+            paths=[paths[start + i] for i in ok],
+            skipped=[(paths[start + i], e.decode("utf-8", "replace")) for i, e in enumerate(errs) if e],
+            size=len(errs),
+        )
+        start += len(errs)
+
+
+@dataclass
 class Scores:
     """Probabilities for the files that could be read; the others with their reason."""
 
@@ -100,25 +126,18 @@ def score_files(
 ) -> Scores:
     """Score every file; ``on_batch(n)`` is called after each batch of ``n`` files."""
     forward = compile_forward(model)
-    paths = [Path(p) for p in paths]
     kept: list[Path] = []
     probs: list[np.ndarray] = []
     skipped: list[tuple[Path, str]] = []
-    start = 0
-    for x, errors in image_dataset(paths, spec, batch_size):
-        p = forward(x).numpy()
-        for i, err in enumerate(errors.numpy()):
-            path = paths[start + i]
-            if err:
-                skipped.append((path, err.decode("utf-8", "replace")))
-            else:
-                kept.append(path)
-                probs.append(p[i])
-        start += len(p)
+    for batch in image_batches(paths, spec, batch_size):
+        if len(batch.images):
+            probs.append(forward(batch.images).numpy())
+        kept += batch.paths
+        skipped += batch.skipped
         if on_batch:
-            on_batch(len(p))
+            on_batch(batch.size)
     n_classes = model.output_shape[-1]
-    arr = np.stack(probs) if probs else np.zeros((0, n_classes), np.float32)
+    arr = np.concatenate(probs) if probs else np.zeros((0, n_classes), np.float32)
     return Scores(kept, arr, skipped)
 
 

@@ -51,6 +51,76 @@ def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray, cla
     }
 
 
+N_BOOTSTRAP = 1000
+CI_LEVEL = 0.95
+
+
+def bootstrap_ci(
+    y_true: Sequence[int],
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    groups: Sequence[str],
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+    level: float = CI_LEVEL,
+) -> dict[str, Any]:
+    """Percentile bootstrap intervals, resampling patients (``groups``), shaped like the metrics.
+
+    Images of one patient are not independent, so whole patients are drawn with
+    replacement. Returns ``{"accuracy": [lo, hi], "macro_f1": [...], "per_class":
+    {cls: {"accuracy", "precision", "recall", "f1", "auc"}}, "n_boot", "level", "unit"}``.
+    """
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(probabilities, dtype=float)
+    pred = p.argmax(axis=1)
+    _, patient = np.unique(np.asarray(groups), return_inverse=True)
+    n_patients = int(patient.max()) + 1 if len(patient) else 0
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_patients, size=(n_boot, n_patients))
+    per_patient = np.stack([np.bincount(d, minlength=n_patients) for d in draws])  # (B, patients)
+    w = per_patient[:, patient].astype(float)  # (B, n): how often each image is drawn
+    total = w.sum(axis=1)
+    alpha = (1 - level) / 2
+
+    def interval(values: np.ndarray) -> list[float] | None:
+        v = values[np.isfinite(values)]
+        if not len(v):
+            return None  # undefined in every resample (e.g. AUC of an absent class)
+        return [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))]
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.divide(a, b, out=np.full_like(a, np.nan), where=b > 0)
+
+    per_class, f1s = {}, []
+    for k, name in enumerate(classes):
+        is_k, said_k = y == k, pred == k
+        tp = w @ (is_k & said_k)
+        fp = w @ (~is_k & said_k)
+        fn = w @ (is_k & ~said_k)
+        f1 = ratio(2 * tp, 2 * tp + fp + fn)
+        f1s.append(np.nan_to_num(f1))
+        aucs = np.full(n_boot, np.nan)
+        for b in range(n_boot):
+            pos = (w[b] * is_k).sum()
+            if 0 < pos < total[b]:
+                aucs[b] = roc_auc_score(is_k, p[:, k], sample_weight=w[b])
+        per_class[name] = {
+            "accuracy": interval(ratio(total - fp - fn, total)),
+            "precision": interval(ratio(tp, tp + fp)),
+            "recall": interval(ratio(tp, tp + fn)),
+            "f1": interval(f1),
+            "auc": interval(aucs),
+        }
+    return {
+        "accuracy": interval(ratio(w @ (pred == y), total)),
+        "macro_f1": interval(np.mean(f1s, axis=0)),
+        "per_class": per_class,
+        "n_boot": n_boot,
+        "level": level,
+        "unit": "patient",
+    }
+
+
 def reliability(y_true: Sequence[int], probabilities: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
     """Top-label calibration: per confidence bin, mean confidence vs accuracy; ECE = weighted gap.
 
@@ -91,18 +161,31 @@ def outcome_mask(y_true: np.ndarray, y_pred: np.ndarray, k: int, outcome: str) -
         raise ValueError(f"outcome must be one of {', '.join(masks)}") from None
 
 
+def with_ci(value: float, ci: Sequence[float] | None) -> str:
+    """``83.0 [79.1, 86.4]`` (percent), or just the value when there is no interval."""
+    if ci is None:
+        return f"{100 * value:.1f}"
+    return f"{100 * value:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
 def format_table(metrics: dict[str, Any]) -> str:
-    """The seed's table (per-class accuracy, precision, recall, overall) plus F1 and AUC."""
-    head = f"{'class':<10}{'accuracy':>10}{'precision':>11}{'recall':>9}{'f1':>8}{'auc':>8}{'support':>9}"
+    """The seed's table (per-class one-vs-rest accuracy, precision, recall) plus F1, AUC and 95 % intervals."""
+    ci = metrics.get("ci95") or {}
+    cols = ("accuracy (1-vs-rest)", "precision", "recall")
+    head = f"{'class':<10}" + "".join(f"{c:>22}" for c in cols) + f"{'f1':>7}{'auc':>7}{'n':>6}"
     lines = [head, "-" * len(head)]
     for name, m in metrics["per_class"].items():
         auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
-        lines.append(
-            f"{name:<10}{m['accuracy']:>10.1%}{m['precision']:>11.1%}{m['recall']:>9.1%}"
-            f"{m['f1']:>8.3f}{auc:>8}{m['support']:>9d}"
-        )
+        cells = "".join(f"{with_ci(m[c], ci.get('per_class', {}).get(name, {}).get(c)):>22}" for c in cols[1:])
+        acc = with_ci(m["accuracy"], ci.get("per_class", {}).get(name, {}).get("accuracy"))
+        lines.append(f"{name:<10}{acc:>22}{cells}{m['f1']:>7.3f}{auc:>7}{m['support']:>6d}")
     lines.append("-" * len(head))
     lines.append(
-        f"{'overall':<10}{metrics['accuracy']:>10.1%}   macro F1 {metrics['macro_f1']:.3f}   n = {metrics['n_images']}"
+        f"{'overall':<10}{with_ci(metrics['accuracy'], ci.get('accuracy')):>22}   macro F1 {metrics['macro_f1']:.3f}"
+        f"   ECE {metrics['ece']:.3f}   n = {metrics['n_images']}"
     )
+    if ci:
+        lines.append(
+            f"[low, high]: {100 * ci['level']:.0f} % bootstrap intervals, {ci['n_boot']} resamples of patients"
+        )
     return "\n".join(lines)

@@ -4,6 +4,10 @@ The recipe (size, resize method) is part of the model's metadata
 (:class:`InputSpec`), so the CLI, the Space and training all resize the same
 way. Scaling to [-1, 1] happens inside the model (a Rescaling layer), so the
 input here stays in 0..255.
+
+The default resize, ``pil-bilinear``, is how the data set's 224 px copies were
+made from the originals (Pillow's antialiased bilinear ``resize``): an original
+X-ray uploaded by a user then reaches the model as its training copy did.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
 
+PIL_BILINEAR = "pil-bilinear"
 _RESIZE = {
     "area": cv2.INTER_AREA,
     "bilinear": cv2.INTER_LINEAR,
     "bicubic": cv2.INTER_CUBIC,
     "nearest": cv2.INTER_NEAREST,
+    PIL_BILINEAR: None,
 }
 
 
@@ -27,7 +34,7 @@ class InputSpec:
 
     height: int = 224
     width: int = 224
-    resize: str = "area"
+    resize: str = PIL_BILINEAR
     color: str = "rgb"
     value_range: tuple[float, float] = (0.0, 255.0)
 
@@ -57,6 +64,13 @@ class InputSpec:
 def to_model_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Resize (whole image, no crop) to the model size; float32 in 0..255."""
     h, w = rgb.shape[:2]
+    if spec.resize == PIL_BILINEAR:
+        if (h, w) == (spec.height, spec.width):
+            return rgb.astype(np.float32)
+        resized = Image.fromarray(np.ascontiguousarray(rgb)).resize(
+            (spec.width, spec.height), Image.Resampling.BILINEAR
+        )
+        return np.asarray(resized, dtype=np.float32)
     interp = _RESIZE[spec.resize]
     if spec.resize == "area" and (h < spec.height or w < spec.width):
         interp = cv2.INTER_LINEAR

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.artifact import META_FILE, MODEL_FILE
+from core.artifact import META_FILE, MODEL_FILE, SOURCE_STATS_FILE
 from core.errors import PneumoCAMError
 from core.paths import REPO_ROOT
 
 MODEL_CARD = "README.md"
 REQUIRED_MODEL_FILES = (MODEL_FILE, META_FILE, MODEL_CARD)
-OPTIONAL_MODEL_FILES = ("history.json", "training_curves.png", "train.log")
+OPTIONAL_MODEL_FILES = (SOURCE_STATS_FILE, "history.json", "training_curves.png", "train.log")
 
 
 class PublishError(PneumoCAMError):

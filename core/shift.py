@@ -21,7 +21,7 @@ import numpy as np
 from core.artifact import LoadedModel
 from core.data import Scan, check_labels
 from core.errors import DataError
-from core.inference import compile_forward, image_dataset
+from core.inference import compile_forward, image_batches
 from core.metrics import classification_metrics
 from core.preprocess import InputSpec
 
@@ -83,10 +83,32 @@ def _jpeg(quality: int) -> Perturbation:
     return run
 
 
+def _resample(method: str) -> Perturbation:
+    """As if a larger original (2.7x) had been resized to the model size with another filter."""
+    filters = {
+        "area": lambda im, size: cv2.resize(im, size, interpolation=cv2.INTER_AREA),
+        "linear": lambda im, size: cv2.resize(im, size, interpolation=cv2.INTER_LINEAR),
+        "nearest": lambda im, size: cv2.resize(im, size, interpolation=cv2.INTER_NEAREST),
+        "lanczos": lambda im, size: cv2.resize(im, size, interpolation=cv2.INTER_LANCZOS4),
+    }
+
+    def run(x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[:2]
+        big = cv2.resize(x, (round(2.7 * w), round(2.7 * h)), interpolation=cv2.INTER_CUBIC)
+        return filters[method](big, (w, h))
+
+    return run
+
+
 def _equalize(x: np.ndarray) -> np.ndarray:
     grey = cv2.equalizeHist(np.clip(x[..., 0], 0, 255).astype(np.uint8))
     return np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
 
+
+#: How the digital file was made (re-encoding, resampling): each should change almost no call.
+ENCODING = ("jpeg-50", "jpeg-90", "resample-area", "resample-linear", "resample-nearest", "resample-lanczos")
+#: Invariance target: no encoding perturbation changes the call for more than this share of images.
+MAX_CHANGED = 0.03
 
 PERTURBATIONS: dict[str, Perturbation] = {
     "blur-1.5": _blur(1.5),
@@ -94,6 +116,12 @@ PERTURBATIONS: dict[str, Perturbation] = {
     "noise-8": _noise(8.0),
     "downscale-0.4": _downscale(0.4),
     "jpeg-30": _jpeg(30),
+    "jpeg-50": _jpeg(50),
+    "jpeg-90": _jpeg(90),
+    "resample-area": _resample("area"),
+    "resample-linear": _resample("linear"),
+    "resample-nearest": _resample("nearest"),
+    "resample-lanczos": _resample("lanczos"),
     "zoom-in-1.2": _zoom(1.2),
     "zoom-out-0.85": _zoom(0.85),
     "gamma-0.6": _gamma(0.6),
@@ -138,23 +166,17 @@ def shifted_probabilities(
     """
     check_names(names)
     forward = compile_forward(model)
-    paths = [Path(p) for p in paths]
     kept: list[Path] = []
     probs: dict[str, list[np.ndarray]] = {name: [] for name in names}
     skipped: list[tuple[Path, str]] = []
-    start = 0
-    for x, errors in image_dataset(paths, spec, batch_size):
-        errs = errors.numpy()
-        ok = [i for i, err in enumerate(errs) if not err]
-        skipped += [(paths[start + i], e.decode("utf-8", "replace")) for i, e in enumerate(errs) if e]
-        kept += [paths[start + i] for i in ok]
-        batch = x.numpy()[ok]
-        if len(batch):
+    for batch in image_batches(paths, spec, batch_size):
+        kept += batch.paths
+        skipped += batch.skipped
+        if len(batch.images):
             for name in names:
-                probs[name].append(forward(np.stack([perturb(img, name) for img in batch])).numpy())
-        start += len(x)
+                probs[name].append(forward(np.stack([perturb(img, name) for img in batch.images])).numpy())
         if on_batch:
-            on_batch(len(x))
+            on_batch(batch.size)
     n_classes = model.output_shape[-1]
     return (
         kept,
@@ -166,8 +188,13 @@ def shifted_probabilities(
 def shift_metrics(
     y_true: Sequence[int], probabilities: dict[str, np.ndarray], classes: Sequence[str]
 ) -> dict[str, Any]:
-    """Per perturbation: accuracy, macro F1 and recall per class; plus the mean and the worst case."""
+    """Per perturbation: accuracy, macro F1, recall per class and the share of calls it changed.
+
+    Also the mean and the worst case, and the largest share of changed calls
+    among the encoding perturbations (the invariance target is at most 3 %).
+    """
     rows = {}
+    clean = probabilities.get(CLEAN)
     for name, p in probabilities.items():
         m = classification_metrics(y_true, p, classes)
         rows[name] = {
@@ -175,6 +202,8 @@ def shift_metrics(
             "macro_f1": m["macro_f1"],
             "recall": {c: m["per_class"][c]["recall"] for c in classes},
         }
+        if clean is not None and len(p):
+            rows[name]["changed"] = float(np.mean(p.argmax(1) != clean.argmax(1)))
     shifted = {k: v for k, v in rows.items() if k != CLEAN} or rows
     worst = min(shifted, key=lambda k: shifted[k]["accuracy"])
     return {
@@ -183,6 +212,7 @@ def shift_metrics(
         "worst": worst,
         "worst_accuracy": shifted[worst]["accuracy"],
         "min_recall": {c: min(v["recall"][c] for v in shifted.values()) for c in classes},
+        "max_changed_encoding": max((rows[k].get("changed", 0.0) for k in ENCODING if k in rows), default=None),
     }
 
 
@@ -224,8 +254,14 @@ def format_stress(result: dict[str, Any]) -> str:
     """A plain-text table: one line per perturbation."""
     rows = result["perturbations"]
     classes = list(next(iter(rows.values()))["recall"])
-    lines = [f"{'perturbation':<15}{'accuracy':>9}" + "".join(f"{'rec ' + c:>14}" for c in classes)]
+    lines = [f"{'perturbation':<18}{'accuracy':>9}{'changed':>9}" + "".join(f"{'rec ' + c:>14}" for c in classes)]
     for name, r in rows.items():
-        lines.append(f"{name:<15}{r['accuracy']:>9.1%}" + "".join(f"{r['recall'][c]:>14.1%}" for c in classes))
+        changed = f"{r['changed']:>9.1%}" if "changed" in r else f"{'':>9}"
+        lines.append(f"{name:<18}{r['accuracy']:>9.1%}{changed}" + "".join(f"{r['recall'][c]:>14.1%}" for c in classes))
     lines.append(f"mean accuracy under perturbation {result['mean_accuracy']:.1%}; worst {result['worst']}")
+    if result.get("max_changed_encoding") is not None:
+        lines.append(
+            f"re-encoding/resampling changed at most {result['max_changed_encoding']:.1%} of calls "
+            f"(target <= {MAX_CHANGED:.0%})"
+        )
     return "\n".join(lines)

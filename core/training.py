@@ -29,14 +29,15 @@ import numpy as np
 import tensorflow as tf
 from sklearn.model_selection import StratifiedGroupKFold
 
-from core.augment import AUGMENTATIONS, AcquisitionAugment, acquisition_augmenter
+from core.augment import acquisition_augmenter, augment_params
 from core.data import Sample, Scan, patient_id
 from core.errors import DataError
-from core.inference import image_dataset
+from core.inference import image_batches
 from core.model import FEATURES_LAYER, backbone_layers, set_fine_tuning
 from core.preprocess import InputSpec
 
 if TYPE_CHECKING:
+    from core.adaptation import LayerStats
     from core.artifact import ModelMeta
     from core.model import ArchConfig
 
@@ -112,11 +113,10 @@ def upper_model(model: keras.Model, cut: str, until: str | None = None, name: st
 
 def _augment_fn(model: keras.Model, augment: str = "seed", seed: int = 42) -> Callable[[tf.Tensor], tf.Tensor]:
     """The model's own flips and rotations, after the acquisition changes when ``augment`` asks for them."""
-    if augment not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
+    params = augment_params(augment)
     names = {x.name for x in model.layers}
     aug = [model.get_layer(n) for n in ("augment_flip", "augment_rotation") if n in names]
-    acquisition = acquisition_augmenter(AcquisitionAugment(), seed) if augment == "acquisition" else None
+    acquisition = acquisition_augmenter(params, seed) if params is not None else None
 
     def run(x: tf.Tensor) -> tf.Tensor:
         if acquisition is not None:
@@ -143,7 +143,8 @@ def extract_activations(
 
     Views 1.. are random flips/rotations made by the model's own augmentation
     layers, after zoom, blur, exposure and noise changes when ``augment`` is
-    ``"acquisition"`` (:mod:`core.augment`). Unreadable files are returned separately and get zero activations.
+    ``"acquisition"`` or ``"invariance"`` (:mod:`core.augment`). Unreadable files are left out and
+    returned separately with their reason.
     """
     keras.utils.set_random_seed(seed)
     probe = keras.Model(model.inputs[0], model.get_layer(layer).output)
@@ -152,17 +153,15 @@ def extract_activations(
     augmenter = tf.function(_augment_fn(model, augment, seed), input_signature=sig)
     out: list[list[np.ndarray]] = [[] for _ in range(views)]
     skipped: list[tuple[Path, str]] = []
-    start = 0
-    for x, errors in image_dataset(paths, spec, batch_size):
-        for v in range(views):
-            out[v].append(forward(x if v == 0 else augmenter(x)).numpy())
-        for i, err in enumerate(errors.numpy()):
-            if err:
-                skipped.append((Path(paths[start + i]), err.decode("utf-8", "replace")))
-        start += len(x)
+    for batch in image_batches(paths, spec, batch_size):
+        if len(batch.images):
+            for v in range(views):
+                out[v].append(forward(batch.images if v == 0 else augmenter(batch.images)).numpy())
+        skipped += batch.skipped
         if on_batch:
-            on_batch(len(x))
-    return np.stack([np.concatenate(v) for v in out]), skipped
+            on_batch(batch.size)
+    shape = probe.output_shape[1:]
+    return np.stack([np.concatenate(v) if v else np.zeros((0, *shape), np.float16) for v in out]), skipped
 
 
 def cache_key(
@@ -179,8 +178,9 @@ def cache_key(
     h.update(json.dumps([str(p) for p in paths]).encode())
     pooling = type(model.get_layer(FEATURES_LAYER)).__name__
     h.update(json.dumps([spec.to_dict(), layer, views, seed, pooling]).encode())
-    if augment != "seed":
-        h.update(json.dumps([augment, AcquisitionAugment().to_dict()]).encode())
+    params = augment_params(augment)
+    if params is not None:
+        h.update(json.dumps([augment, params.to_dict()]).encode())
     for lay in backbone_layers(model):
         for w in lay.weights:
             h.update(np.asarray(w.numpy()).tobytes())
@@ -284,6 +284,7 @@ class TrainResult:
     model: keras.Model
     meta: ModelMeta
     history: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    source_stats: LayerStats | None = None
 
 
 def train_model(
@@ -320,7 +321,7 @@ def train_model(
         bad = {p for p, _ in skipped}
         keep = np.array([p not in bad for p in paths])
         y = np.array([classes.index(s.label) for s in samples])
-        return acts[:, keep], y[keep]
+        return acts, y[keep]
 
     a_train, y_train = activations(train, cfg.views)
     a_val, y_val = activations(val, 1)
@@ -375,6 +376,7 @@ def train_model(
     meta.training = {
         "recipe": "two stages on cached activations: head on a frozen backbone, then fine-tuning",
         "config": cfg.to_dict(),
+        "augment_params": asdict(params) if (params := augment_params(cfg.augment)) else None,
         "cached_at": cut,
         "class_weights": weights,
         "epochs_run": {stage: len(h.get("loss", [])) for stage, h in history.items()},
@@ -396,7 +398,14 @@ def train_model(
         "validation": classification_metrics(y_val, val_probs, classes),
         "validation_shift": _validation_shift(model, spec, val, classes),
     }
-    return TrainResult(model, meta, history)
+    return TrainResult(model, meta, history, source_statistics(model, spec, [s.path for s in train]))
+
+
+def source_statistics(model: keras.Model, spec: InputSpec, paths: Sequence[str | Path]) -> LayerStats:
+    """The training images' statistics that site adaptation maps a new site back to (clean images)."""
+    from core.adaptation import layer_statistics, measured_layers
+
+    return layer_statistics(model, spec, paths, measured_layers(model))
 
 
 def _validation_shift(model: keras.Model, spec: InputSpec, val: list[Sample], classes: list[str]) -> dict[str, Any]:
@@ -421,3 +430,30 @@ class EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         items = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()) if isinstance(v, float | int))
         self.logger.info("epoch %d %s", epoch + 1, items)
+
+
+def add_source_stats(loaded: Any, scan: Scan) -> Path:
+    """Measure and store the training statistics of a model trained before they were kept.
+
+    The training split is rebuilt from the configuration in ``model.json``
+    (same fraction and seed, so the same patients), which makes the result what
+    training would have stored.
+    """
+    from core.artifact import META_FILE, SOURCE_STATS_FILE, file_sha256
+    from core.reports import write_json
+
+    cfg = loaded.meta.training.get("config", {})
+    defaults = TrainConfig()
+    train, _ = split_by_patient(
+        scan.samples, cfg.get("val_fraction", defaults.val_fraction), cfg.get("seed", defaults.seed)
+    )
+    stats = source_statistics(loaded.model, loaded.meta.input, [s.path for s in train])
+    path = stats.save(loaded.directory / SOURCE_STATS_FILE)
+    loaded.meta.adaptation["source_stats"] = {
+        "file": SOURCE_STATS_FILE,
+        "sha256": file_sha256(path),
+        "n_images": stats.n_images,
+        "images": "the training split (validation excluded), clean, no augmentation; measured after training",
+    }
+    write_json(loaded.directory / META_FILE, loaded.meta.to_dict())
+    return path

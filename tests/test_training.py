@@ -88,7 +88,7 @@ def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: 
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["model.keras", "model.json", "history.json", "training_curves.png", "train.log"]
+        ["model.keras", "model.json", "history.json", "training_curves.png", "train.log", "source_stats.npz"]
     )
     assert not out.with_name("model.partial").exists()
     loaded = load_artifact(out)
@@ -140,7 +140,7 @@ def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:
     assert f"**{100 * test['accuracy']:.1f}**" in card
     row = " | ".join(str(v) for v in test["confusion_matrix"][2])
     assert f"| VIRUS | {row} |" in card
-    assert "Not a medical device" in card and "| seed baseline | seed fine-tuned | this model |" in card
+    assert "Not a medical device" in card and "| test split (624 images) | seed fine-tuned | train-only |" in card
     shift = meta.metrics["validation_shift"]
     assert "## Robustness" in card
     assert f"| **mean under perturbation** | **{100 * shift['mean_accuracy']:.1f}** |" in card

@@ -1,0 +1,323 @@
+"""Unlabelled site adaptation: re-standardise the model's internal statistics to a new site.
+
+X-rays from another site or period reach each batch-norm layer, and the pooled
+features, with other channel means and spreads than the training images did.
+AdaBN (Li et al. 2016) maps them back: each layer's input is standardised with
+the site's statistics and re-scaled to the training ones. Both are measured
+here, per channel, over every pixel of every image:
+
+* the training statistics once, at training time, stored beside the model
+  (``source_stats.npz``, its SHA-256 in ``model.json``);
+* the site's from a folder of its unlabelled images, no label read.
+
+The correction is folded into the weights (batch-norm mean and scale, the first
+dense layer of the head), so an adapted model is an ordinary model: same
+architecture, same Grad-CAM layers, explained on its own logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core.artifact import LoadedModel
+from core.errors import DataError, ModelLoadError
+from core.inference import image_batches
+from core.model import FEATURES_LAYER
+from core.options import ADAPT_METHODS, DEFAULT_ADAPT_METHOD
+from core.preprocess import InputSpec
+
+METHODS = ADAPT_METHODS
+DEFAULT_METHOD = DEFAULT_ADAPT_METHOD
+_MIN_STD = 1e-3
+
+
+@dataclass
+class LayerStats:
+    """Per-channel mean and standard deviation of some layers' inputs (pooled features: outputs)."""
+
+    mean: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+    n_images: int
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        arrays = {f"mean/{k}": v for k, v in self.mean.items()} | {f"std/{k}": v for k, v in self.std.items()}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, n_images=np.array(self.n_images), **arrays)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LayerStats:
+        with np.load(path, allow_pickle=False) as z:
+            mean = {k[5:]: z[k] for k in z.files if k.startswith("mean/")}
+            std = {k[4:]: z[k] for k in z.files if k.startswith("std/")}
+            return cls(mean, std, int(z["n_images"]))
+
+
+def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def measured_layers(model: keras.Model, method: str = DEFAULT_METHOD) -> list[str]:
+    """The layers a method re-standardises, shallow to deep (pooled features last)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown adaptation method {method!r}; use one of {', '.join(METHODS)}")
+    bns = [layer.name for layer in batchnorm_layers(model)] if method == "bn+features" else []
+    return [*bns, FEATURES_LAYER]
+
+
+def layer_statistics(
+    model: keras.Model,
+    spec: InputSpec,
+    paths: Sequence[str | Path],
+    layer_names: Sequence[str],
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> LayerStats:
+    """Per-channel mean and std of each named layer's input (``pooled_features``: its output).
+
+    Sums are reduced inside the graph, batch by batch, so only two vectors per
+    layer leave it. Unreadable files are left out.
+    """
+    tensors = [model.get_layer(n).output if n == FEATURES_LAYER else model.get_layer(n).input for n in layer_names]
+    probe = keras.Model(model.inputs[0], tensors)
+    return _site_moments(probe, spec, paths, layer_names, batch_size, on_batch)
+
+
+def _ratio(source_std: np.ndarray, target_std: np.ndarray) -> np.ndarray:
+    """target/source spread per channel; 1 where either is degenerate (a dead channel)."""
+    ok = (source_std > _MIN_STD) & (target_std > _MIN_STD)
+    return np.where(ok, target_std / np.where(ok, source_std, 1.0), 1.0).astype(np.float32)
+
+
+def adapt_batchnorm(
+    layer: keras.layers.BatchNormalization,
+    original: list[np.ndarray],
+    source: tuple[np.ndarray, np.ndarray],
+    target: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Make ``layer`` see site inputs as the training inputs: x -> (x - mu_t) * s_s / s_t + mu_s, then the layer.
+
+    Folded exactly: gamma' = gamma / r and mean' = mu_t - (mu_s - mean) * r, r = s_t / s_s.
+    """
+    gamma, beta, mean, var = original
+    r = _ratio(source[1], target[1])
+    layer.set_weights([gamma / r, beta, target[0] - (source[0] - mean) * r, var])
+
+
+def adapt_features(
+    dense: keras.layers.Dense,
+    original: list[np.ndarray],
+    source: tuple[np.ndarray, np.ndarray],
+    target: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Fold f -> (f - mu_t) * s_s / s_t + mu_s (pooled features) into the first dense layer of the head."""
+    kernel, bias = original
+    a = 1.0 / _ratio(source[1], target[1])
+    c = source[0] - a * target[0]
+    dense.set_weights([kernel * a[:, None], bias + c @ kernel])
+
+
+def first_head_dense(model: keras.Model) -> keras.layers.Dense:
+    """The dense layer that reads the pooled features (through dropout only)."""
+    names = [layer.name for layer in model.layers]
+    for layer in model.layers[names.index(FEATURES_LAYER) + 1 :]:
+        if isinstance(layer, keras.layers.Dense):
+            return layer
+    raise ValueError("the model has no dense layer after its pooled features")
+
+
+class _SiteStandardize(keras.layers.Layer):
+    """Standardise a batch-norm input with the batch's own statistics, re-scaled to the training ones.
+
+    Used only inside the measuring pass of :func:`adapt_model` (never saved):
+    like AdaBN's forward in training mode, every deeper layer then sees inputs
+    already corrected for the site, so one pass measures all layers consistently.
+    """
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.source_mean = np.asarray(mean, np.float32)
+        self.source_std = np.asarray(std, np.float32)
+
+    def call(self, x):
+        ops = keras.ops
+        mean = ops.mean(x, axis=(0, 1, 2))
+        var = ops.var(x, axis=(0, 1, 2))
+        ok = ops.logical_and(ops.sqrt(var) > _MIN_STD, self.source_std > _MIN_STD)
+        scale = ops.where(ok, self.source_std / ops.sqrt(var + 1e-12), 1.0)
+        shift = ops.where(ok, self.source_mean - mean * scale, 0.0)
+        return x * scale + shift
+
+
+def _measuring_model(model: keras.Model, source: LayerStats, bn_names: Sequence[str]) -> keras.Model:
+    """The model with each batch norm's input standardised per batch; outputs each raw input and the features."""
+    raw: dict[str, object] = {}
+    wanted = set(bn_names)
+
+    def call(layer: keras.layers.Layer, *args, **kwargs):
+        if layer.name in wanted:
+            x = args[0]
+            raw[layer.name] = x
+            x = _SiteStandardize(source.mean[layer.name], source.std[layer.name])(x)
+            return layer(x, *args[1:], **kwargs)
+        out = layer(*args, **kwargs)
+        if layer.name == FEATURES_LAYER:
+            raw[FEATURES_LAYER] = out
+        return out
+
+    inputs = keras.Input(model.input_shape[1:], name="site_image")
+    keras.models.clone_model(model, inputs, clone_function=lambda layer: layer, call_function=call)
+    return keras.Model(inputs, [raw[n] for n in [*bn_names, FEATURES_LAYER]])
+
+
+def _site_moments(
+    probe: keras.Model,
+    spec: InputSpec,
+    paths: Sequence[str | Path],
+    names: Sequence[str],
+    batch_size: int,
+    on_batch: Callable[[int], None] | None,
+) -> LayerStats:
+    """Per-channel mean and std of each output of ``probe`` over every pixel of every readable image."""
+    sig = [tf.TensorSpec([None, *spec.shape], tf.float32)]
+
+    @tf.function(input_signature=sig)
+    def moments(x: tf.Tensor) -> tuple[list[tf.Tensor], list[tf.Tensor], list[tf.Tensor]]:
+        outs = probe(x, training=False)
+        outs = outs if isinstance(outs, list | tuple) else [outs]
+        flat = [tf.reshape(tf.cast(o, tf.float64), [-1, o.shape[-1]]) for o in outs]
+        counts = [tf.cast(tf.shape(f)[0], tf.float64) for f in flat]
+        return [tf.reduce_sum(f, 0) for f in flat], [tf.reduce_sum(tf.square(f), 0) for f in flat], counts
+
+    total: list = [0.0] * len(names)
+    total_sq: list = [0.0] * len(names)
+    counts = [0.0] * len(names)
+    n_images = 0
+    for batch in image_batches(paths, spec, batch_size):
+        if len(batch.images):
+            sums, squares, seen = moments(batch.images)
+            for i in range(len(names)):
+                total[i] = total[i] + sums[i].numpy()
+                total_sq[i] = total_sq[i] + squares[i].numpy()
+                counts[i] += float(seen[i])
+            n_images += len(batch.images)
+        if on_batch:
+            on_batch(batch.size)
+    if n_images == 0:
+        raise DataError("none of the images could be read, so no statistics could be measured")
+    mean, std = {}, {}
+    for name, s, q, c in zip(names, total, total_sq, counts):
+        m = s / c
+        mean[name] = m.astype(np.float32)
+        std[name] = np.sqrt(np.maximum(q / c - m * m, 0.0)).astype(np.float32)
+    return LayerStats(mean, std, n_images)
+
+
+def adapt_model(
+    model: keras.Model,
+    spec: InputSpec,
+    source: LayerStats,
+    paths: Sequence[str | Path],
+    method: str = DEFAULT_METHOD,
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> LayerStats:
+    """Adapt ``model`` in place to the images in ``paths``; returns the site statistics measured.
+
+    ``bn+features``: one pass in which every batch norm's input is standardised
+    with the batch's statistics and mapped to the training ones (AdaBN), measuring
+    the site's statistics of every layer under the corrected shallower layers;
+    they are folded into the batch norms. Then, for both methods, one pass
+    measures the pooled features of the (adapted) model and folds their
+    re-standardisation into the head's first dense layer.
+    """
+    names = measured_layers(model, method)
+    missing = [n for n in names if n not in source.mean]
+    if missing:
+        raise ValueError(f"the stored training statistics lack layers {', '.join(missing[:3])}")
+    bn_names = names[:-1]
+    target = None
+    if bn_names:
+        target = _site_moments(_measuring_model(model, source, bn_names), spec, paths, names, batch_size, on_batch)
+        for n in bn_names:
+            layer = model.get_layer(n)
+            original = [np.array(w) for w in layer.get_weights()]
+            adapt_batchnorm(layer, original, (source.mean[n], source.std[n]), (target.mean[n], target.std[n]))
+    feats = layer_statistics(model, spec, paths, [FEATURES_LAYER], batch_size, on_batch)
+    dense = first_head_dense(model)
+    original = [np.array(w) for w in dense.get_weights()]
+    src = (source.mean[FEATURES_LAYER], source.std[FEATURES_LAYER])
+    adapt_features(dense, original, src, (feats.mean[FEATURES_LAYER], feats.std[FEATURES_LAYER]))
+    if target is None:
+        return feats
+    return LayerStats(target.mean | feats.mean, target.std | feats.std, feats.n_images)
+
+
+def stat_passes(method: str) -> int:
+    """How many passes over the images :func:`adapt_model` makes (for progress bars)."""
+    return 2 if method == "bn+features" else 1
+
+
+def load_source_stats(directory: str | Path, recorded: dict) -> LayerStats:
+    """The training statistics stored beside a model, checked against the hash in its metadata."""
+    from core.artifact import SOURCE_STATS_FILE, file_sha256
+
+    info = recorded.get("source_stats")
+    path = Path(directory) / SOURCE_STATS_FILE
+    if not info or not path.is_file():
+        raise ModelLoadError(
+            f"the model in {directory} has no training statistics ({SOURCE_STATS_FILE}), so it cannot be adapted; "
+            "retrain it with this version, which stores them"
+        )
+    if file_sha256(path) != info.get("sha256"):
+        raise ModelLoadError(f"{path} does not match the SHA-256 recorded in model.json")
+    return LayerStats.load(path)
+
+
+def check_adaptable(loaded: LoadedModel) -> LayerStats:
+    """Refuse, before any work, a model that cannot be adapted; returns its training statistics."""
+    if loaded.meta.adaptation.get("applied"):
+        raise ModelLoadError(
+            f"{loaded.source} is already adapted to {loaded.meta.adaptation['applied'].get('folder')}; "
+            "adapt the original model instead"
+        )
+    if loaded.meta.calibration:
+        raise ModelLoadError(f"{loaded.source} is calibrated; adapt the uncalibrated model first, then calibrate")
+    return load_source_stats(loaded.directory, loaded.meta.adaptation)
+
+
+def clone(model: keras.Model) -> keras.Model:
+    """A separate copy with the same layers, names and weights (adaptation never touches the loaded model)."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def adapted_copy(
+    loaded: LoadedModel,
+    paths: Sequence[str | Path],
+    method: str = DEFAULT_METHOD,
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[keras.Model, dict]:
+    """A copy of the loaded model adapted to ``paths``, and what was done (for model.json / metrics.json)."""
+    source = check_adaptable(loaded)
+    model = clone(loaded.model)
+    target = adapt_model(model, loaded.meta.input, source, paths, method, batch_size, on_batch)
+    info = {
+        "kind": "unlabelled site adaptation (AdaBN-style re-standardisation)",
+        "method": method,
+        "layers": len(measured_layers(model, method)),
+        "n_images": target.n_images,
+        "source_images": source.n_images,
+        "labels_read": False,
+    }
+    return model, info

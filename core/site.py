@@ -1,0 +1,127 @@
+"""A model for a new site: adapted to its unlabelled images, or calibrated on a labelled sample.
+
+Each writes a new model folder (whole or not at all) whose ``model.json``
+says what was done: the kind, the folder, how many images, when, the
+parameters, and the figures before and after where labels exist. Every entry
+point then serves it like any other model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core import calibration
+from core.adaptation import DEFAULT_METHOD, adapted_copy, clone
+from core.artifact import META_FILE, MODEL_FILE, SOURCE_STATS_FILE, LoadedModel, ModelMeta, save_artifact
+from core.data import Scan, check_labels, list_images
+from core.errors import DataError
+from core.inference import score_files
+from core.metrics import classification_metrics
+from core.reports import replace_folder
+
+MODEL_FOLDER_FILES = (MODEL_FILE, META_FILE, SOURCE_STATS_FILE, "README.md")
+
+
+def is_model_entry(name: str) -> bool:
+    return name in MODEL_FOLDER_FILES
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def site_images(folder: str | Path) -> list[Path]:
+    """Every image under ``folder`` (labels, if any, are not read)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist")
+    paths = list_images(folder)
+    if not paths:
+        raise DataError(f"no images found in {folder}")
+    return paths
+
+
+def _derived_meta(loaded: LoadedModel, suffix: str) -> ModelMeta:
+    """The base model's metadata for a derived model: its test figures no longer apply."""
+    meta = copy.deepcopy(loaded.meta)
+    meta.name = f"{loaded.meta.name}-{suffix}"
+    meta.metrics = {k: v for k, v in meta.metrics.items() if k != "test"}
+    meta.training = {**meta.training, "base_model": {"name": loaded.meta.name, "sha256": loaded.meta.weights_sha256}}
+    return meta
+
+
+def adapt_to_site(
+    loaded: LoadedModel,
+    folder: str | Path,
+    out: str | Path,
+    method: str = DEFAULT_METHOD,
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+    overwrite: bool = False,
+) -> ModelMeta:
+    """Adapt to the images under ``folder`` (no label read) and write the adapted model to ``out``."""
+    paths = site_images(folder)
+    model, info = adapted_copy(loaded, paths, method, batch_size, on_batch)
+    meta = _derived_meta(loaded, "adapted")
+    meta.adaptation = {**meta.adaptation, "applied": {**info, "folder": Path(folder).resolve().name, "date": _now()}}
+    with replace_folder(out, is_model_entry, overwrite) as staging:
+        save_artifact(model, meta, staging)
+    return meta
+
+
+def calibrate_to_site(
+    loaded: LoadedModel,
+    scan: Scan,
+    out: str | Path,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+    overwrite: bool = False,
+) -> ModelMeta:
+    """Fit a temperature and per-class biases on a labelled folder and write the calibrated model to ``out``."""
+    classes = loaded.meta.classes
+    check_labels(scan, classes)
+    counts = scan.counts()
+    missing = [c for c in classes if not counts.get(c)]
+    if missing:
+        raise DataError(f"{scan.root} has no {missing[0]} images; calibration needs every class")
+    label_of = {s.path: s.label for s in scan.samples}
+    scores = score_files(loaded.model, loaded.meta.input, [s.path for s in scan.samples], batch_size, on_batch)
+    if not scores.paths:
+        raise DataError(f"none of the {len(scan.samples)} images in {scan.root} could be read")
+    y = np.array([classes.index(label_of[p]) for p in scores.paths])
+    cal = calibration.fit(scores.probabilities, y, len(classes))
+    model = clone(loaded.model)
+    logits = model.get_layer(loaded.meta.logits_layer)
+    logits.set_weights(list(calibration.fold_into_logits(*[np.array(w) for w in logits.get_weights()], cal)))
+    before = classification_metrics(y, scores.probabilities, classes)
+    after = classification_metrics(y, calibration.apply(scores.probabilities, cal), classes)
+    meta = _derived_meta(loaded, "calibrated")
+    previous = loaded.meta.calibration or None
+    meta.calibration = {
+        "kind": "labelled site calibration (temperature and per-class logit biases)",
+        **cal.to_dict(),
+        "folder": scan.root.resolve().name,
+        "n_images": len(y),
+        "counts": counts,
+        "date": _now(),
+        "in_sample": {"before": _summary(before), "after": _summary(after)},
+        **({"previous": previous} if previous else {}),
+    }
+    with replace_folder(out, is_model_entry, overwrite) as staging:
+        save_artifact(model, meta, staging)
+    return meta
+
+
+def _summary(m: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "ece": m["ece"],
+        "recall": {c: v["recall"] for c, v in m["per_class"].items()},
+    }
