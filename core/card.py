@@ -128,9 +128,14 @@ def protocol_comparison(metrics: dict[str, Any]) -> str:
             cells = " | ".join(_cell(metrics[k], key, cls) for k, _, _ in rows)
             lines.append(f"| {label} | {_pct(ft[cls][key])} | {cells} |")
     notes = [f"- **{title}**: {text}" for _, title, text in rows]
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + (
-        "\n\nBrackets: 95 % bootstrap intervals, patients resampled (1,000 resamples). The seed's figures were "
-        "published without intervals and were probably chosen on test."
+    return (
+        "\n".join(lines)
+        + "\n\n"
+        + "\n".join(notes)
+        + (
+            "\n\nBrackets: 95 % bootstrap intervals, patients resampled (1,000 resamples). The seed's figures were "
+            "published without intervals and were probably chosen on test."
+        )
     )
 
 
