@@ -751,7 +751,10 @@ def train(
         f"({val['n_images']} images); {minutes:.1f} min; model written to {out}/"
     )
     shift = result.meta.metrics["validation_shift"]
-    click.echo(f"validation under perturbation: mean accuracy {shift['mean_accuracy']:.1%}, worst {shift['worst']}")
+    click.echo(
+        f"validation under perturbation: mean accuracy {shift['mean_accuracy']:.1%}, worst {shift['worst']}; "
+        f"re-encoding/resampling changed at most {shift['max_changed_encoding']:.1%} of calls"
+    )
 
 
 @main.command("model-card")

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.artifact import LoadedModel
+from core.artifact import SOURCE_STATS_FILE, LoadedModel
 from core.errors import DataError, ModelLoadError
 from core.inference import image_batches
 from core.model import FEATURES_LAYER
@@ -97,31 +97,22 @@ def _ratio(source_std: np.ndarray, target_std: np.ndarray) -> np.ndarray:
     return np.where(ok, target_std / np.where(ok, source_std, 1.0), 1.0).astype(np.float32)
 
 
-def adapt_batchnorm(
-    layer: keras.layers.BatchNormalization,
-    original: list[np.ndarray],
-    source: tuple[np.ndarray, np.ndarray],
-    target: tuple[np.ndarray, np.ndarray],
-) -> None:
+def adapt_batchnorm(layer: keras.layers.BatchNormalization, source: LayerStats, target: LayerStats) -> None:
     """Make ``layer`` see site inputs as the training inputs: x -> (x - mu_t) * s_s / s_t + mu_s, then the layer.
 
-    Folded exactly: gamma' = gamma / r and mean' = mu_t - (mu_s - mean) * r, r = s_t / s_s.
+    Folded exactly into its weights: gamma' = gamma / r and mean' = mu_t - (mu_s - mean) * r, r = s_t / s_s.
     """
-    gamma, beta, mean, var = original
-    r = _ratio(source[1], target[1])
-    layer.set_weights([gamma / r, beta, target[0] - (source[0] - mean) * r, var])
+    gamma, beta, mean, var = (np.array(w) for w in layer.get_weights())
+    n = layer.name
+    r = _ratio(source.std[n], target.std[n])
+    layer.set_weights([gamma / r, beta, target.mean[n] - (source.mean[n] - mean) * r, var])
 
 
-def adapt_features(
-    dense: keras.layers.Dense,
-    original: list[np.ndarray],
-    source: tuple[np.ndarray, np.ndarray],
-    target: tuple[np.ndarray, np.ndarray],
-) -> None:
+def adapt_features(dense: keras.layers.Dense, source: LayerStats, target: LayerStats) -> None:
     """Fold f -> (f - mu_t) * s_s / s_t + mu_s (pooled features) into the first dense layer of the head."""
-    kernel, bias = original
-    a = 1.0 / _ratio(source[1], target[1])
-    c = source[0] - a * target[0]
+    kernel, bias = (np.array(w) for w in dense.get_weights())
+    a = 1.0 / _ratio(source.std[FEATURES_LAYER], target.std[FEATURES_LAYER])
+    c = source.mean[FEATURES_LAYER] - a * target.mean[FEATURES_LAYER]
     dense.set_weights([kernel * a[:, None], bias + c @ kernel])
 
 
@@ -248,14 +239,9 @@ def adapt_model(
     if bn_names:
         target = _site_moments(_measuring_model(model, source, bn_names), spec, paths, names, batch_size, on_batch)
         for n in bn_names:
-            layer = model.get_layer(n)
-            original = [np.array(w) for w in layer.get_weights()]
-            adapt_batchnorm(layer, original, (source.mean[n], source.std[n]), (target.mean[n], target.std[n]))
+            adapt_batchnorm(model.get_layer(n), source, target)
     feats = layer_statistics(model, spec, paths, [FEATURES_LAYER], batch_size, on_batch)
-    dense = first_head_dense(model)
-    original = [np.array(w) for w in dense.get_weights()]
-    src = (source.mean[FEATURES_LAYER], source.std[FEATURES_LAYER])
-    adapt_features(dense, original, src, (feats.mean[FEATURES_LAYER], feats.std[FEATURES_LAYER]))
+    adapt_features(first_head_dense(model), source, feats)
     if target is None:
         return feats
     return LayerStats(target.mean | feats.mean, target.std | feats.std, feats.n_images)
@@ -268,7 +254,7 @@ def stat_passes(method: str) -> int:
 
 def load_source_stats(directory: str | Path, recorded: dict) -> LayerStats:
     """The training statistics stored beside a model, checked against the hash in its metadata."""
-    from core.artifact import SOURCE_STATS_FILE, file_sha256
+    from core.artifact import file_sha256
 
     info = recorded.get("source_stats")
     path = Path(directory) / SOURCE_STATS_FILE
@@ -291,7 +277,13 @@ def check_adaptable(loaded: LoadedModel) -> LayerStats:
         )
     if loaded.meta.calibration:
         raise ModelLoadError(f"{loaded.source} is calibrated; adapt the uncalibrated model first, then calibrate")
-    return load_source_stats(loaded.directory, loaded.meta.adaptation)
+    directory = loaded.directory
+    if loaded.hub is not None and not (directory / SOURCE_STATS_FILE).is_file():
+        from core.hub import download_optional
+
+        fetched = download_optional(loaded.hub, SOURCE_STATS_FILE)
+        directory = fetched.parent if fetched else directory
+    return load_source_stats(directory, loaded.meta.adaptation)
 
 
 def clone(model: keras.Model) -> keras.Model:

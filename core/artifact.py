@@ -92,6 +92,15 @@ class ModelMeta:
         return self.gradcam_layers[-n:]
 
 
+@dataclass(frozen=True)
+class HubRef:
+    """Where a Hub model came from, to fetch its optional files later."""
+
+    repo_id: str
+    revision: str
+    cache_dir: str | Path | None = None
+
+
 @dataclass
 class LoadedModel:
     """A Keras model and its metadata, checked against each other."""
@@ -100,7 +109,11 @@ class LoadedModel:
     meta: ModelMeta
     source: str
     directory: Path
-    from_hub: bool = False
+    hub: HubRef | None = None
+
+    @property
+    def from_hub(self) -> bool:
+        return self.hub is not None
 
 
 def new_meta(model: keras.Model, arch: ArchConfig, spec: InputSpec, classes: list[str]) -> ModelMeta:
@@ -171,7 +184,7 @@ def check_consistency(model: keras.Model, meta: ModelMeta) -> None:
         raise ModelLoadError(f"metadata names layers the model lacks: {', '.join(missing[:5])}")
 
 
-def load_artifact(directory: str | Path, source: str | None = None, from_hub: bool = False) -> LoadedModel:
+def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef | None = None) -> LoadedModel:
     """Load a model folder in Keras safe mode, verifying hash and metadata."""
     d = Path(directory)
     meta = read_meta(d)
@@ -186,4 +199,4 @@ def load_artifact(directory: str | Path, source: str | None = None, from_hub: bo
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {weights}: {first}") from None
     check_consistency(model, meta)
-    return LoadedModel(model=model, meta=meta, source=source or str(d), directory=d, from_hub=from_hub)
+    return LoadedModel(model=model, meta=meta, source=source or str(d), directory=d, hub=hub)

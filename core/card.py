@@ -130,7 +130,7 @@ def protocol_comparison(metrics: dict[str, Any]) -> str:
     notes = [f"- **{title}**: {text}" for _, title, text in rows]
     return (
         "\n".join(lines)
-        + "\n\n"
+        + "\n\nHow each column was measured:\n"
         + "\n".join(notes)
         + (
             "\n\nBrackets: 95 % bootstrap intervals, patients resampled (1,000 resamples). The seed's figures were "
@@ -149,11 +149,18 @@ _AUGMENT_TEXT = {
 def shift_table(shift: dict[str, Any]) -> str:
     rows = shift["perturbations"]
     classes = list(next(iter(rows.values()))["recall"])
-    lines = ["| perturbation | accuracy | " + " | ".join(f"{c} recall" for c in classes) + " |"]
-    lines.append("|---" * (len(classes) + 2) + "|")
+    lines = ["| perturbation | accuracy | calls changed | " + " | ".join(f"{c} recall" for c in classes) + " |"]
+    lines.append("|---" * (len(classes) + 3) + "|")
     for name, r in rows.items():
-        lines.append(f"| {name} | {_pct(r['accuracy'])} | " + " | ".join(_pct(r["recall"][c]) for c in classes) + " |")
-    lines.append(f"| **mean under perturbation** | **{_pct(shift['mean_accuracy'])}** |" + " |" * len(classes))
+        changed = _pct(r["changed"]) if "changed" in r else "n/a"
+        recalls = " | ".join(_pct(r["recall"][c]) for c in classes)
+        lines.append(f"| {name} | {_pct(r['accuracy'])} | {changed} | {recalls} |")
+    lines.append(f"| **mean under perturbation** | **{_pct(shift['mean_accuracy'])}** | |" + " |" * len(classes))
+    if shift.get("max_changed_encoding") is not None:
+        lines.append(
+            f"\nRe-encoding and resampling (JPEG 50/90, four resampling filters) changed at most "
+            f"{_pct(shift['max_changed_encoding'])} % of the calls (target: at most 3 %)."
+        )
     return "\n".join(lines)
 
 

@@ -63,9 +63,9 @@ PROTOCOL_TEXT = {
     TRAIN_ONLY: "the model as trained: every choice made on the validation split from train",
     ADAPTED: "unlabelled site adaptation, transductive: batch-norm and pooled-feature statistics "
     "re-standardised on this folder's own images (no label read), then scored",
-    CALIBRATED: "labelled site calibration, cross-fitted: a temperature and per-class logit biases fitted on "
-    "K-1 folds (stratified by class, grouped by patient, fixed seed); each image is scored by a calibration "
-    "that never saw it",
+    CALIBRATED: "labelled site calibration, cross-fitted: the folder split into {k} folds (stratified by class, "
+    "grouped by patient, seed {seed}); a temperature and per-class logit biases fitted on the other folds score "
+    "each fold, so no image is scored by a calibration that saw it",
 }
 
 
@@ -86,7 +86,7 @@ class Protocol:
     def describe(self) -> str:
         keys = [k for k in (ADAPTED, CALIBRATED) if k in self.name.split("+")] or [TRAIN_ONLY]
         text = "; then ".join(PROTOCOL_TEXT[k] for k in keys)
-        return text.replace("K-1", f"{self.cross_calibrate - 1}" if self.cross_calibrate else "K-1")
+        return text.format(k=self.cross_calibrate, seed=self.split_seed)
 
     def passes(self) -> int:
         """Passes over the images (for progress bars): adaptation statistics, then scoring."""

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.artifact import META_FILE, MODEL_FILE, SOURCE_STATS_FILE, LoadedModel, load_artifact
+from core.artifact import META_FILE, MODEL_FILE, HubRef, LoadedModel, load_artifact
 from core.errors import ModelLoadError
 from core.paths import DEFAULT_WEIGHTS_DIR, ENV_MODEL_PATH, ENV_REPO_ID, ENV_REVISION
 
@@ -26,7 +26,7 @@ class ModelSource:
 
     directory: Path
     description: str
-    from_hub: bool = False
+    hub: HubRef | None = None
 
 
 def is_pinned(revision: str | None) -> bool:
@@ -37,9 +37,8 @@ def is_pinned(revision: str | None) -> bool:
 def download_from_hub(
     repo_id: str, revision: str, cache_dir: str | Path | None = None, allow_unpinned: bool = False
 ) -> Path:
-    """Fetch ``model.json`` and ``model.keras`` at ``revision`` (and the training statistics, if published)."""
+    """Fetch ``model.json`` and ``model.keras`` at ``revision``; returns their folder."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
 
     if not is_pinned(revision):
         if not allow_unpinned:
@@ -54,11 +53,21 @@ def download_from_hub(
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot get {repo_id}@{revision} from the Hugging Face Hub: {first}") from None
-    try:  # optional: only what site adaptation needs
-        hf_hub_download(repo_id, SOURCE_STATS_FILE, revision=revision, cache_dir=cache_dir)
-    except EntryNotFoundError:  # not published, or (offline) not in the cache
-        pass
     return Path(paths[0]).parent
+
+
+def download_optional(hub: HubRef, name: str) -> Path | None:
+    """One more file of a Hub model (e.g. the training statistics), fetched only when needed; None if absent."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(hub.repo_id, name, revision=hub.revision, cache_dir=hub.cache_dir))
+    except EntryNotFoundError:  # not published, or (offline) not in the cache
+        return None
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot get {name} of {hub.repo_id}@{hub.revision}: {first}") from None
 
 
 def resolve_model(
@@ -91,7 +100,7 @@ def resolve_model(
             if not revision:
                 raise ModelLoadError(f"no revision given for {repo_id}; pin a commit hash")
             d = download_from_hub(repo_id, revision, cache_dir=cache_dir, allow_unpinned=allow_unpinned)
-            return ModelSource(d, f"Hugging Face Hub {repo_id}@{revision}", from_hub=True)
+            return ModelSource(d, f"Hugging Face Hub {repo_id}@{revision}", HubRef(repo_id, revision, cache_dir))
         except ModelLoadError as exc:
             if not fallback:
                 raise
@@ -107,4 +116,4 @@ def load_model(
 ) -> LoadedModel:
     """Resolve and load in one call (what the CLI and the Space do)."""
     source = resolve_model(path, repo_id, revision, **kwargs)
-    return load_artifact(source.directory, source=source.description, from_hub=source.from_hub)
+    return load_artifact(source.directory, source=source.description, hub=source.hub)

@@ -125,7 +125,8 @@ def shift_figure(shift: dict[str, Any], title: str = "") -> Figure:
     fig, ax = plt.subplots(figsize=(1.5 * len(cols) + 2, 0.42 * len(names) + 1.4))
     im = ax.imshow(m, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+    labels = [f"{n}  ({rows[n]['changed']:.1%} calls changed)" if rows[n].get("changed") else n for n in names]
+    ax.set_yticks(range(len(names)), labels, fontsize=8)
     for i in range(len(names)):
         for j in range(len(cols)):
             ax.text(j, i, f"{m[i, j]:.1%}", ha="center", va="center", fontsize=8)

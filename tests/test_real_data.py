@@ -91,3 +91,53 @@ def test_predict_on_real_image_and_its_large_grayscale_original(tmp_path: Path) 
     for c in CLASSES:
         assert small["probabilities"][c] == pytest.approx(large["probabilities"][c], abs=0.1)
     assert Image.open(large["gradcam"]).size[0] > 500
+
+
+PROTOCOL_FLAGS = {
+    "site-adapted": ["--adapt"],
+    "site-calibrated": ["--cross-calibrate", "2"],
+    "site-adapted+site-calibrated": ["--adapt", "--cross-calibrate", "2"],
+}
+README_COLUMNS = {
+    "train-only": "test",
+    "site-adapted": "test:site-adapted",
+    "site-calibrated": "test:site-calibrated",
+    "adapted + calibrated": "test:site-adapted+site-calibrated",
+}
+
+
+def readme_overall_accuracy() -> dict[str, float]:
+    """The overall test accuracy the README states for each protocol column of its comparison table."""
+    from core.paths import REPO_ROOT
+
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| test split (624 images) |"))
+    row = next(line for line in lines[lines.index(header) :] if line.startswith("| overall accuracy |"))
+    titles = [c.strip() for c in header.strip("|").split("|")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    return {README_COLUMNS[t]: float(c.split()[0]) / 100 for t, c in zip(titles, cells) if t in README_COLUMNS}
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOL_FLAGS))
+def test_site_protocol_figures_hold(protocol: str, tmp_path: Path) -> None:
+    """Each protocol's test figure stays within 0.5 points of what the README states and model.json records."""
+    out = tmp_path / protocol
+    run("evaluate", TEST_DIR, "--out", out, *PROTOCOL_FLAGS[protocol])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["protocol"]["name"] == protocol and m["n_images"] == 624
+    key = f"test:{protocol}"
+    stated = readme_overall_accuracy()[key]
+    assert abs(m["accuracy"] - stated) <= 0.005 + 1e-9
+    recorded = read_meta(DEFAULT_WEIGHTS_DIR).metrics[key]
+    assert abs(m["accuracy"] - recorded["accuracy"]) <= 0.005 + 1e-9
+    lo, hi = m["ci95"]["per_class"]["VIRUS"]["recall"]
+    assert lo < m["per_class"]["VIRUS"]["recall"] < hi and hi - lo > 0.05
+    if "calibrated" in protocol:
+        folds = m["protocol"]["split"]["folds"]
+        assert len(folds) == 624 and set(folds.values()) == {0, 1}
+        assert folds == recorded["protocol"]["split"]["folds"]  # the recorded split, reproduced
+
+
+def test_readme_train_only_figure_matches_the_committed_model() -> None:
+    stated = readme_overall_accuracy()["test"]
+    assert stated == pytest.approx(read_meta(DEFAULT_WEIGHTS_DIR).metrics["test"]["accuracy"], abs=0.0005)

@@ -296,3 +296,28 @@ def test_source_stats_are_checked_against_their_hash(adaptable_dir: Path, tmp_pa
     np.savez(copy / SOURCE_STATS_FILE, **arrays)
     with pytest.raises(ModelLoadError, match="SHA-256"):
         load_source_stats(copy, load_artifact(copy).meta.adaptation)
+
+
+def test_a_hub_model_brings_its_training_statistics(adaptable_dir: Path, darker_site: Path, tmp_path: Path) -> None:
+    """hf_hub_download fetches source_stats.npz with the model (here from a pre-filled cache, offline)."""
+    import huggingface_hub.constants
+
+    from core.hub import load_model
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--pneumocam"
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name in ("model.json", "model.keras", SOURCE_STATS_FILE):
+        shutil.copy(adaptable_dir / name, snap / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    try:
+        loaded = load_model(repo_id="org/pneumocam", revision=commit, cache_dir=tmp_path / "hub")
+    finally:
+        mp.undo()
+    assert loaded.from_hub and loaded.directory == snap
+    model, info = adapted_copy(loaded, sorted(darker_site.glob("*.png")), batch_size=6)
+    assert info["n_images"] == 12 and model is not loaded.model

@@ -145,4 +145,9 @@ def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:
     assert "## Robustness" in card
     assert f"| **mean under perturbation** | **{100 * shift['mean_accuracy']:.1f}** |" in card
     assert meta.training["config"]["augment"] == "acquisition" and "blur, gamma, contrast and noise" in card
+    for key in ("test", "test:site-adapted", "test:site-calibrated"):
+        m = meta.metrics[key]
+        lo, hi = m["ci95"]["per_class"]["VIRUS"]["precision"]
+        assert f"{100 * m['per_class']['VIRUS']['precision']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in card
+    assert "the 624 test images themselves, labels unused" in card  # each protocol says what it did
     assert (DEFAULT_WEIGHTS_DIR / "README.md").read_text() == card
