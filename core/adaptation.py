@@ -26,10 +26,10 @@ import numpy as np
 import tensorflow as tf
 
 from core.artifact import SOURCE_STATS_FILE, LoadedModel
-from core.errors import DataError, ModelLoadError
+from core.errors import DataError, InputError, ModelLoadError
 from core.inference import image_batches
 from core.model import FEATURES_LAYER
-from core.options import ADAPT_METHODS, DEFAULT_ADAPT_METHOD
+from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD
 from core.preprocess import InputSpec
 
 METHODS = ADAPT_METHODS
@@ -68,7 +68,7 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
 def measured_layers(model: keras.Model, method: str = DEFAULT_METHOD) -> list[str]:
     """The layers a method re-standardises, shallow to deep (pooled features last)."""
     if method not in METHODS:
-        raise ValueError(f"unknown adaptation method {method!r}; use one of {', '.join(METHODS)}")
+        raise InputError(f"unknown adaptation method {method!r}; use one of {', '.join(METHODS)}")
     bns = [layer.name for layer in batchnorm_layers(model)] if method == "bn+features" else []
     return [*bns, FEATURES_LAYER]
 
@@ -78,7 +78,7 @@ def layer_statistics(
     spec: InputSpec,
     paths: Sequence[str | Path],
     layer_names: Sequence[str],
-    batch_size: int = 16,
+    batch_size: int = ADAPT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> LayerStats:
     """Per-channel mean and std of each named layer's input (``pooled_features``: its output).
@@ -122,7 +122,7 @@ def first_head_dense(model: keras.Model) -> keras.layers.Dense:
     for layer in model.layers[names.index(FEATURES_LAYER) + 1 :]:
         if isinstance(layer, keras.layers.Dense):
             return layer
-    raise ValueError("the model has no dense layer after its pooled features")
+    raise ModelLoadError("the model has no dense layer after its pooled features, so it cannot be adapted")
 
 
 class _SiteStandardize(keras.layers.Layer):
@@ -218,7 +218,7 @@ def adapt_model(
     source: LayerStats,
     paths: Sequence[str | Path],
     method: str = DEFAULT_METHOD,
-    batch_size: int = 16,
+    batch_size: int = ADAPT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> LayerStats:
     """Adapt ``model`` in place to the images in ``paths``; returns the site statistics measured.
@@ -233,7 +233,7 @@ def adapt_model(
     names = measured_layers(model, method)
     missing = [n for n in names if n not in source.mean]
     if missing:
-        raise ValueError(f"the stored training statistics lack layers {', '.join(missing[:3])}")
+        raise ModelLoadError(f"the stored training statistics lack layers {', '.join(missing[:3])}")
     bn_names = names[:-1]
     target = None
     if bn_names:
@@ -297,7 +297,7 @@ def adapted_copy(
     loaded: LoadedModel,
     paths: Sequence[str | Path],
     method: str = DEFAULT_METHOD,
-    batch_size: int = 16,
+    batch_size: int = ADAPT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[keras.Model, dict]:
     """A copy of the loaded model adapted to ``paths``, and what was done (for model.json / metrics.json)."""

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 
 from core.data import CLASSES
-from core.errors import ModelLoadError
+from core.errors import InputError, ModelLoadError
 from core.model import LOGITS_LAYER, ArchConfig, conv_layer_names
 from core.preprocess import InputSpec
 from core.reports import write_json
@@ -26,6 +26,10 @@ from core.reports import write_json
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
 SOURCE_STATS_FILE = "source_stats.npz"  # training statistics for site adaptation (core.adaptation)
+CARD_FILE = "README.md"
+TRAINING_FILES = ("history.json", "training_curves.png", "train.log")  # what training writes beside the model
+#: What a model folder may hold: the model, its metadata and statistics, its card, and what training wrote.
+MODEL_FOLDER_FILES = (MODEL_FILE, META_FILE, SOURCE_STATS_FILE, CARD_FILE, *TRAINING_FILES)
 FORMAT_VERSION = 1
 DEFAULT_CLASSES = CLASSES  # the order of the model outputs unless a model says otherwise
 
@@ -88,7 +92,7 @@ class ModelMeta:
     def last_layers(self, n: int) -> list[str]:
         """The last ``n`` conv layers (deepest last), the default Grad-CAM targets."""
         if n < 1:
-            raise ValueError("number of layers must be at least 1")
+            raise InputError("number of layers must be at least 1")
         return self.gradcam_layers[-n:]
 
 
@@ -151,6 +155,11 @@ def save_artifact(model: keras.Model, meta: ModelMeta, directory: str | Path, so
         }
     write_json(out / META_FILE, meta.to_dict())
     return out
+
+
+def is_model_entry(name: str) -> bool:
+    """Names a model folder may hold (anything else there is someone else's file)."""
+    return name in MODEL_FOLDER_FILES
 
 
 def read_meta(directory: str | Path) -> ModelMeta:

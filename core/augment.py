@@ -23,6 +23,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from core.errors import InputError
 from core.options import AUGMENTATIONS
 
 RESAMPLE_METHODS = ("bilinear", "area", "bicubic", "nearest", "lanczos3")
@@ -127,7 +128,7 @@ INVARIANCE = AcquisitionAugment(resample_prob=0.5, jpeg_prob=0.5)
 def augment_params(augment: str) -> AcquisitionAugment | None:
     """The parameters behind an augmentation name (None: flips and rotations only)."""
     if augment not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
+        raise InputError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
     return {"seed": None, "acquisition": AcquisitionAugment(), "invariance": INVARIANCE}[augment]
 
 

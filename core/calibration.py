@@ -22,7 +22,7 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn.model_selection import StratifiedGroupKFold
 
-from core.errors import DataError
+from core.errors import DataError, InputError
 from core.options import DEFAULT_SPLIT_SEED
 
 _EPS = 1e-12
@@ -84,7 +84,7 @@ def fit(probabilities: np.ndarray, y_true: Sequence[int], n_classes: int | None 
 def folds(labels: Sequence[str], groups: Sequence[str], k: int, seed: int = DEFAULT_SPLIT_SEED) -> np.ndarray:
     """Fold index per image: stratified by class, no patient in two folds."""
     if k < 2:
-        raise ValueError("cross-fitting needs at least 2 folds")
+        raise InputError("cross-fitting needs at least 2 folds")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     fold = np.full(len(labels), -1, dtype=int)
     for i, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):

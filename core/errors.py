@@ -1,4 +1,10 @@
-"""The few error types users see: each carries a one-line, human reason."""
+"""The few error types users see: each carries a one-line, human reason.
+
+The CLI and the Space catch these and nothing else: they print one line (the
+CLI exits 1). Any other exception is a bug, ours or a library's, and surfaces
+as one, with its traceback. ``PNEUMOCAM_DEBUG=1`` shows the traceback of our
+errors too.
+"""
 
 from __future__ import annotations
 
@@ -24,3 +30,14 @@ class ModelLoadError(PneumoCAMError):
 
 class DataError(PneumoCAMError):
     """A data folder that is missing, empty or laid out in a way we cannot read."""
+
+
+class InputError(PneumoCAMError, ValueError):
+    """An argument the user gave that we cannot use (a class the model lacks, a layer count out of range...).
+
+    Also a ``ValueError``, so code that validates values keeps catching it as one.
+    """
+
+
+class PublishError(PneumoCAMError):
+    """The upload could not be made (no network, no token, refused)."""

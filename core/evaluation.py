@@ -15,7 +15,7 @@ from core.data import Scan, check_labels, patient_id
 from core.errors import DataError
 from core.inference import score_files
 from core.metrics import bootstrap_ci, classification_metrics
-from core.options import DEFAULT_SPLIT_SEED
+from core.options import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_SEED
 from core.plots import confusion_matrix_figure, per_class_figure, reliability_figure
 from core.reports import save_figure, write_csv, write_json
 
@@ -100,7 +100,7 @@ class Protocol:
 def evaluate_scan(
     loaded: LoadedModel,
     scan: Scan,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
     protocol: Protocol = Protocol(),
 ) -> Evaluation:

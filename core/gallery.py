@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import ImageLoadError
+from core.errors import ImageLoadError, InputError
 from core.evaluation import Prediction
 from core.images import read_image
 from core.inference import Explainer
 from core.metrics import outcome_mask
+from core.options import DEFAULT_LAYERS, DEFAULT_OPACITY, GALLERY_MAX_SIDE
 from core.plots import gallery_figure
 from core.reports import save_figure, write_text
 
@@ -28,7 +29,7 @@ def is_gallery_entry(name: str) -> bool:
 def select(predictions: Sequence[Prediction], classes: Sequence[str], cls: str, outcome: str) -> list[Prediction]:
     """The predictions of ``cls`` with that one-vs-rest outcome, most confident first."""
     if cls not in classes:
-        raise ValueError(f"unknown class {cls!r}; choose one of {', '.join(classes)}")
+        raise InputError(f"unknown class {cls!r}; choose one of {', '.join(classes)}")
     idx = {c: i for i, c in enumerate(classes)}
     y_true = np.array([idx[p.true] for p in predictions], dtype=int)
     y_pred = np.array([idx[p.predicted] for p in predictions], dtype=int)
@@ -47,10 +48,10 @@ def render_pages(
     chosen: Sequence[Prediction],
     data_dir: Path,
     out: Path,
-    n_layers: int = 3,
+    n_layers: int = DEFAULT_LAYERS,
     per_page: int = 6,
     explain: str = "predicted",
-    alpha: float = 0.4,
+    alpha: float = DEFAULT_OPACITY,
     title: str = "",
     on_page: Callable[[int], None] | None = None,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -68,7 +69,7 @@ def render_pages(
         if not batch:
             continue
         targets = [p.true for p in batch] if explain == "true" else None
-        explained = explainer.explain(images, n_layers=n_layers, target=targets, alpha=alpha, max_side=448)
+        explained = explainer.explain(images, n_layers=n_layers, target=targets, alpha=alpha, max_side=GALLERY_MAX_SIDE)
         rows = [
             {"image": e.image, "overlays": e.overlays, "layers": e.layer_names, "caption": caption(p)}
             for p, e in zip(batch, explained)

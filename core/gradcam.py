@@ -14,7 +14,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from core.errors import InputError
 from core.model import LOGITS_LAYER
+from core.options import CAM_METHODS
 
 
 @dataclass
@@ -40,7 +42,7 @@ class BaseCAM:
 
     def __init__(self, model: keras.Model, layer_names: list[str], logits_layer: str = LOGITS_LAYER) -> None:
         if not layer_names:
-            raise ValueError("at least one layer to explain is needed")
+            raise InputError("at least one layer to explain is needed")
         self.layer_names = list(layer_names)
         outputs = [model.get_layer(n).output for n in self.layer_names]
         outputs.append(model.get_layer(logits_layer).output)
@@ -104,4 +106,4 @@ class GradCAMPlusPlus(BaseCAM):
         return tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(1, 2))
 
 
-METHODS: dict[str, type[BaseCAM]] = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+METHODS: dict[str, type[BaseCAM]] = dict(zip(CAM_METHODS, (GradCAM, GradCAMPlusPlus)))

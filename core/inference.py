@@ -19,9 +19,10 @@ import numpy as np
 import tensorflow as tf
 
 from core.artifact import LoadedModel
-from core.errors import ImageLoadError
+from core.errors import ImageLoadError, InputError
 from core.gradcam import METHODS, BaseCAM
 from core.images import read_image
+from core.options import DEFAULT_BATCH_SIZE, DEFAULT_CAM_METHOD, DEFAULT_LAYERS, DEFAULT_OPACITY
 from core.overlay import blend, colorize, upsample
 from core.preprocess import InputSpec, fit_within, to_model_input
 
@@ -92,7 +93,9 @@ class Batch:
     size: int  # files in the batch, readable or not (for progress bars)
 
 
-def image_batches(paths: Sequence[str | Path], spec: InputSpec, batch_size: int = 32) -> Iterator[Batch]:
+def image_batches(
+    paths: Sequence[str | Path], spec: InputSpec, batch_size: int = DEFAULT_BATCH_SIZE
+) -> Iterator[Batch]:
     """The one walk over image files that every scorer uses: decoded batches, unreadable files named."""
     paths = [Path(p) for p in paths]
     start = 0
@@ -121,7 +124,7 @@ def score_files(
     model: keras.Model,
     spec: InputSpec,
     paths: Sequence[str | Path],
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> Scores:
     """Score every file; ``on_batch(n)`` is called after each batch of ``n`` files."""
@@ -157,9 +160,9 @@ class Explanation:
 class Explainer:
     """A loaded model plus Grad-CAM, compiled once per choice of layers."""
 
-    def __init__(self, loaded: LoadedModel, method: str = "gradcam") -> None:
+    def __init__(self, loaded: LoadedModel, method: str = DEFAULT_CAM_METHOD) -> None:
         if method not in METHODS:
-            raise ValueError(f"unknown CAM method {method!r}; use one of {sorted(METHODS)}")
+            raise InputError(f"unknown CAM method {method!r}; use one of {sorted(METHODS)}")
         self.loaded = loaded
         self.method = method
         self._cams: dict[tuple[str, ...], BaseCAM] = {}
@@ -178,9 +181,9 @@ class Explainer:
     def explain_file(
         self,
         path: str | Path,
-        n_layers: int = 3,
+        n_layers: int = DEFAULT_LAYERS,
         target: str | None = None,
-        alpha: float = 0.4,
+        alpha: float = DEFAULT_OPACITY,
         max_side: int | None = None,
     ) -> Explanation:
         """Read one file (any supported format) and explain it; unreadable files raise ImageLoadError."""
@@ -189,9 +192,9 @@ class Explainer:
     def explain(
         self,
         images: Sequence[np.ndarray],
-        n_layers: int = 3,
+        n_layers: int = DEFAULT_LAYERS,
         target: str | Sequence[str] | None = None,
-        alpha: float = 0.4,
+        alpha: float = DEFAULT_OPACITY,
         max_side: int | None = None,
     ) -> list[Explanation]:
         """Explain RGB images in one batch.
@@ -201,7 +204,7 @@ class Explainer:
         """
         meta = self.loaded.meta
         if n_layers < 1 or n_layers > len(meta.gradcam_layers):
-            raise ValueError(f"number of layers must be between 1 and {len(meta.gradcam_layers)}")
+            raise InputError(f"number of layers must be between 1 and {len(meta.gradcam_layers)}")
         if not images:
             return []
         targets = None
@@ -209,7 +212,7 @@ class Explainer:
             names = [target] * len(images) if isinstance(target, str) else list(target)
             bad = [t for t in names if t not in meta.classes]
             if bad:
-                raise ValueError(f"unknown class {bad[0]!r}; the model knows {', '.join(meta.classes)}")
+                raise InputError(f"unknown class {bad[0]!r}; the model knows {', '.join(meta.classes)}")
             targets = np.array([meta.classes.index(t) for t in names], dtype=np.int32)
         layers = meta.last_layers(n_layers)
         x = np.stack([to_model_input(img, meta.input) for img in images])

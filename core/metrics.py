@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
+from core.errors import InputError
+
 
 def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Overall accuracy, macro F1, per-class accuracy/precision/recall/F1/AUC/support, confusion matrix.
@@ -158,7 +160,7 @@ def outcome_mask(y_true: np.ndarray, y_pred: np.ndarray, k: int, outcome: str) -
     try:
         return masks[outcome.upper()]
     except KeyError:
-        raise ValueError(f"outcome must be one of {', '.join(masks)}") from None
+        raise InputError(f"outcome must be one of {', '.join(masks)}") from None
 
 
 def with_ci(value: float, ci: Sequence[float] | None) -> str:

@@ -12,43 +12,16 @@ inner layers of a nested model).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import keras
 from keras import layers
 
-from core.preprocess import InputSpec
+from core.config import POOLINGS, ArchConfig, InputSpec
+from core.errors import InputError
 
 LOGITS_LAYER = "logits"
 PROBS_LAYER = "probabilities"
 FEATURES_LAYER = "pooled_features"
 _PREPROCESS_LAYERS = ("augment_flip", "augment_rotation", "rescale")
-
-
-@dataclass(frozen=True)
-class ArchConfig:
-    """Everything needed to rebuild the architecture; stored in the metadata."""
-
-    n_classes: int = 3
-    alpha: float = 1.0
-    pooling: str = "max"
-    dropout: float = 0.2
-    dense_units: tuple[int, ...] = (128,)
-    flip: str = "horizontal"
-    rotation: float = 0.1
-    backbone: str = "MobileNetV2"
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["dense_units"] = list(self.dense_units)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ArchConfig:
-        d = dict(d)
-        d["dense_units"] = tuple(d.get("dense_units", ()))
-        return cls(**d)
 
 
 def build_model(
@@ -61,8 +34,8 @@ def build_model(
     ``backbone_weights`` is ``"imagenet"`` (Keras download), a local ``.h5``
     path, or ``None`` (random, for tests).
     """
-    if arch.pooling not in ("max", "avg"):
-        raise ValueError("pooling must be 'max' or 'avg'")
+    if arch.pooling not in POOLINGS:
+        raise InputError("pooling must be 'max' or 'avg'")
     inputs = keras.Input(shape=spec.shape, name="image")
     x = inputs
     if arch.flip:

@@ -1,10 +1,30 @@
-"""Choices and defaults that the command line shows before TensorFlow loads (so: no heavy imports here)."""
+"""Every user-facing default and choice, defined once; light enough to import before TensorFlow.
+
+The command line shows these in ``--help`` before anything heavy loads; core
+functions, the Space and its config take their defaults from here too.
+"""
 
 from __future__ import annotations
+
+#: Grad-CAM: how many of the last conv layers to explain, the heatmap opacity, the method.
+DEFAULT_LAYERS = 3
+DEFAULT_OPACITY = 0.4
+CAM_METHODS = ("gradcam", "gradcam++")
+DEFAULT_CAM_METHOD = "gradcam"
+#: The most layers a page (gallery, predict, Space) shows side by side.
+MAX_SHOWN_LAYERS = 8
+#: Longest side of the X-ray shown beside its heatmaps: gallery pages, predict overlays.
+GALLERY_MAX_SIDE = 448
+PREDICT_MAX_SIDE = 1024
+#: Images per forward pass when scoring a folder.
+DEFAULT_BATCH_SIZE = 32
+MAX_BATCH_SIZE = 1024
 
 #: Site adaptation: re-standardise every batch-norm layer and the pooled features, or the pooled features only.
 ADAPT_METHODS = ("bn+features", "features")
 DEFAULT_ADAPT_METHOD = "bn+features"
+#: Images per batch in adaptation's measuring pass (its batch statistics standardise each layer).
+ADAPT_BATCH_SIZE = 16
 #: Folds of the cross-fitted site calibration in the benchmark, and the seed of its split.
 DEFAULT_CROSS_FOLDS = 2
 DEFAULT_SPLIT_SEED = 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from core.errors import InputError
+from core.options import DEFAULT_OPACITY
+
 
 def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear upsampling of the map's values (not of colours) to the image size."""
@@ -18,14 +21,14 @@ def colorize(cam: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def blend(rgb: np.ndarray, heat_rgb: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+def blend(rgb: np.ndarray, heat_rgb: np.ndarray, alpha: float = DEFAULT_OPACITY) -> np.ndarray:
     """Alpha-blend a heatmap over the image; alpha is the heatmap's weight."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError("alpha must be within [0, 1]")
+        raise InputError("alpha must be within [0, 1]")
     return cv2.addWeighted(heat_rgb, alpha, rgb, 1.0 - alpha, 0.0)
 
 
-def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = DEFAULT_OPACITY) -> np.ndarray:
     """The whole recipe: upsample to ``rgb``'s size, colour-map, blend."""
     h, w = rgb.shape[:2]
     return blend(rgb, colorize(upsample(cam, h, w)), alpha)

@@ -12,13 +12,12 @@ X-ray uploaded by a user then reaches the model as its training copy did.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import cv2
 import numpy as np
 from PIL import Image
 
-PIL_BILINEAR = "pil-bilinear"
+from core.config import PIL_BILINEAR, InputSpec
+
 _RESIZE = {
     "area": cv2.INTER_AREA,
     "bilinear": cv2.INTER_LINEAR,
@@ -26,39 +25,6 @@ _RESIZE = {
     "nearest": cv2.INTER_NEAREST,
     PIL_BILINEAR: None,
 }
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How images become model input: stored with the model, read everywhere."""
-
-    height: int = 224
-    width: int = 224
-    resize: str = PIL_BILINEAR
-    color: str = "rgb"
-    value_range: tuple[float, float] = (0.0, 255.0)
-
-    def __post_init__(self) -> None:
-        if self.resize not in _RESIZE:
-            raise ValueError(f"unknown resize method {self.resize!r}; use one of {sorted(_RESIZE)}")
-        if self.height < 1 or self.width < 1:
-            raise ValueError("input size must be positive")
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.height, self.width, 3)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["value_range"] = list(self.value_range)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> InputSpec:
-        d = dict(d)
-        if "value_range" in d:
-            d["value_range"] = tuple(d["value_range"])
-        return cls(**d)
 
 
 def to_model_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -5,17 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.artifact import META_FILE, MODEL_FILE, SOURCE_STATS_FILE
-from core.errors import PneumoCAMError
+from core.artifact import CARD_FILE, META_FILE, MODEL_FILE, SOURCE_STATS_FILE, TRAINING_FILES
+from core.errors import PublishError
 from core.paths import REPO_ROOT
 
-MODEL_CARD = "README.md"
+MODEL_CARD = CARD_FILE
 REQUIRED_MODEL_FILES = (MODEL_FILE, META_FILE, MODEL_CARD)
-OPTIONAL_MODEL_FILES = (SOURCE_STATS_FILE, "history.json", "training_curves.png", "train.log")
-
-
-class PublishError(PneumoCAMError):
-    """The upload could not be made (no network, no token, refused)."""
+OPTIONAL_MODEL_FILES = (SOURCE_STATS_FILE, *TRAINING_FILES)
 
 
 def model_files(folder: str | Path) -> list[Path]:

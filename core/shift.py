@@ -20,7 +20,7 @@ import numpy as np
 
 from core.artifact import LoadedModel
 from core.data import Scan, check_labels
-from core.errors import DataError
+from core.errors import DataError, InputError
 from core.inference import compile_forward, image_batches
 from core.metrics import classification_metrics
 from core.preprocess import InputSpec
@@ -140,7 +140,7 @@ def check_names(names: Sequence[str]) -> None:
     """Refuse, before any work, a name that is neither ``clean`` nor a known perturbation."""
     bad = unknown_names(names)
     if bad:
-        raise ValueError(f"unknown perturbation {bad[0]!r}; use one of {', '.join(PERTURBATIONS)}")
+        raise InputError(f"unknown perturbation {bad[0]!r}; use one of {', '.join(PERTURBATIONS)}")
 
 
 def perturb(image: np.ndarray, name: str) -> np.ndarray:

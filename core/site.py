@@ -18,18 +18,13 @@ import numpy as np
 
 from core import calibration
 from core.adaptation import DEFAULT_METHOD, adapted_copy, clone
-from core.artifact import META_FILE, MODEL_FILE, SOURCE_STATS_FILE, LoadedModel, ModelMeta, save_artifact
+from core.artifact import LoadedModel, ModelMeta, is_model_entry, save_artifact
 from core.data import Scan, check_labels, list_images
 from core.errors import DataError
 from core.inference import score_files
 from core.metrics import classification_metrics
+from core.options import ADAPT_BATCH_SIZE, DEFAULT_BATCH_SIZE
 from core.reports import replace_folder
-
-MODEL_FOLDER_FILES = (MODEL_FILE, META_FILE, SOURCE_STATS_FILE, "README.md")
-
-
-def is_model_entry(name: str) -> bool:
-    return name in MODEL_FOLDER_FILES
 
 
 def _now() -> str:
@@ -61,7 +56,7 @@ def adapt_to_site(
     folder: str | Path,
     out: str | Path,
     method: str = DEFAULT_METHOD,
-    batch_size: int = 16,
+    batch_size: int = ADAPT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
     overwrite: bool = False,
 ) -> ModelMeta:
@@ -79,7 +74,7 @@ def calibrate_to_site(
     loaded: LoadedModel,
     scan: Scan,
     out: str | Path,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
     overwrite: bool = False,
 ) -> ModelMeta:

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from core.options import DEFAULT_LAYERS, DEFAULT_OPACITY
 from core.paths import ENV_REPO_ID, ENV_REVISION, REPO_ROOT
 
 CONFIG_FILE = REPO_ROOT / "space" / "config.json"
@@ -25,8 +26,8 @@ class SpaceConfig:
     examples_dir: str | None = None
     max_file_size: str = "25mb"
     concurrency_limit: int = 2
-    default_layers: int = 3
-    default_opacity: float = 0.4
+    default_layers: int = DEFAULT_LAYERS
+    default_opacity: float = DEFAULT_OPACITY
 
 
 def load_space_config(path: Path = CONFIG_FILE, environ: dict[str, str] | None = None) -> SpaceConfig:

@@ -30,48 +30,23 @@ import tensorflow as tf
 from sklearn.model_selection import StratifiedGroupKFold
 
 from core.augment import acquisition_augmenter, augment_params
+from core.config import ArchConfig, InputSpec, TrainConfig
 from core.data import Sample, Scan, patient_id
-from core.errors import DataError
+from core.errors import DataError, InputError
 from core.inference import image_batches
 from core.model import FEATURES_LAYER, backbone_layers, set_fine_tuning
-from core.preprocess import InputSpec
 
 if TYPE_CHECKING:
     from core.adaptation import LayerStats
     from core.artifact import ModelMeta
-    from core.model import ArchConfig
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Both stages; the defaults are the seed's recipe."""
-
-    epochs: int = 50
-    batch_size: int = 100
-    learning_rate: float = 1e-3
-    patience: int = 5
-    fine_tune_from: int | None = 145
-    fine_tune_epochs: int = 10
-    fine_tune_batch_size: int = 300
-    fine_tune_lr_divisor: float = 100.0
-    fine_tune_patience: int | None = None
-    views: int = 3
-    val_fraction: float = 0.2
-    seed: int = 42
-    class_weight: str = "balanced"
-    label_smoothing: float = 0.0
-    augment: str = "seed"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def split_by_patient(
-    samples: Sequence[Sample], val_fraction: float = 0.2, seed: int = 42
+    samples: Sequence[Sample], val_fraction: float = TrainConfig.val_fraction, seed: int = TrainConfig.seed
 ) -> tuple[list[Sample], list[Sample]]:
     """Validation split from train: stratified by class, no patient on both sides."""
     if not 0 < val_fraction < 0.5:
-        raise ValueError("val_fraction must be in (0, 0.5)")
+        raise InputError("val_fraction must be in (0, 0.5)")
     n_splits = max(2, round(1 / val_fraction))
     labels = [s.label for s in samples]
     groups = [patient_id(s.path) for s in samples]
@@ -92,7 +67,7 @@ def cut_layer_name(model: keras.Model, fine_tune_from: int | None) -> str:
         return FEATURES_LAYER
     layers = backbone_layers(model)
     if not 1 <= fine_tune_from < len(layers):
-        raise ValueError(f"fine_tune_from must be between 1 and {len(layers) - 1}")
+        raise InputError(f"fine_tune_from must be between 1 and {len(layers) - 1}")
     return layers[fine_tune_from - 1].name
 
 
@@ -105,7 +80,7 @@ def upper_model(model: keras.Model, cut: str, until: str | None = None, name: st
     try:
         return keras.Model(model.get_layer(cut).output, out, name=name)
     except ValueError:
-        raise ValueError(
+        raise InputError(
             f"cannot fine-tune from just above {cut!r}: a residual connection crosses it; "
             "choose an index at a block boundary (e.g. 125, 134, 143 or 145 for MobileNetV2)"
         ) from None
@@ -301,7 +276,7 @@ def train_model(
     """Split by patient, cache activations at the cut, train the baseline then fine-tune."""
     from core.artifact import DEFAULT_CLASSES, new_meta
     from core.metrics import classification_metrics
-    from core.model import ArchConfig, build_model
+    from core.model import build_model
 
     arch = arch or ArchConfig()
     classes = list(DEFAULT_CLASSES)
@@ -457,3 +432,56 @@ def add_source_stats(loaded: Any, scan: Scan) -> Path:
     }
     write_json(loaded.directory / META_FILE, loaded.meta.to_dict())
     return path
+
+
+def train_to_folder(
+    scan: Scan,
+    out: str | Path,
+    cfg: TrainConfig = TrainConfig(),
+    arch: ArchConfig = ArchConfig(),
+    spec: InputSpec = InputSpec(),
+    backbone_weights: str | None = "imagenet",
+    cache_dir: Path | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train and write the whole model folder: model, metadata, statistics, history, curves and log.
+
+    The folder is built beside ``out`` and swapped in at the end, so a failed or
+    interrupted run leaves ``out`` as it was; the log handler is removed either way.
+    """
+    import logging
+    import time
+
+    from core.artifact import TRAINING_FILES, is_model_entry, save_artifact
+    from core.plots import training_curves_figure
+    from core.reports import replace_folder, save_figure, write_json
+
+    log = logging.getLogger("pneumocam")
+    log.setLevel(logging.INFO)
+    with replace_folder(out, is_model_entry, overwrite) as staging:
+        history_file, curves_file, log_file = TRAINING_FILES
+        handler = logging.FileHandler(staging / log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        try:
+            log.info("train %s -> %s", scan.root, out)
+            settings = {"train": cfg.to_dict(), "arch": arch.to_dict(), "backbone": backbone_weights}
+            log.info("config %s", json.dumps(settings))
+            started = time.perf_counter()
+            result = train_model(scan, cfg, arch, spec, backbone_weights, cache_dir, on_batch, [EpochLog(log)])
+            minutes = (time.perf_counter() - started) / 60
+            result.meta.training["wall_minutes"] = round(minutes, 1)
+            metrics = result.meta.metrics
+            log.info("done in %.1f min", minutes)
+            log.info(
+                "validation %s", json.dumps({k: v for k, v in metrics["validation"].items() if k != "calibration_bins"})
+            )
+            log.info("validation under perturbation %s", json.dumps(metrics["validation_shift"]))
+            save_artifact(result.model, result.meta, staging, source_stats=result.source_stats)
+            write_json(staging / history_file, result.history)
+            save_figure(training_curves_figure(result.history), staging / curves_file)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+    return result

@@ -22,9 +22,10 @@ import_tensorflow_quietly()
 
 import gradio as gr  # noqa: E402
 
-from core.errors import ImageLoadError  # noqa: E402
+from core.errors import ImageLoadError, PneumoCAMError  # noqa: E402
 from core.hub import load_model  # noqa: E402
 from core.inference import Explainer  # noqa: E402
+from core.options import MAX_SHOWN_LAYERS  # noqa: E402
 from core.overlay import encode_png  # noqa: E402
 from core.reports import write_bytes  # noqa: E402
 from core.space_config import SpaceConfig, example_files, load_space_config  # noqa: E402
@@ -73,7 +74,7 @@ class OverlayFiles:
 def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.Blocks:
     """The page: upload, options, label and one overlay per explained layer."""
     classes = explainer.classes
-    max_layers = min(8, len(explainer.loaded.meta.gradcam_layers))
+    max_layers = min(MAX_SHOWN_LAYERS, len(explainer.loaded.meta.gradcam_layers))
     overlay_files = OverlayFiles()
 
     def predict(
@@ -89,7 +90,7 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
             e = explainer.explain_file(image, n_layers=int(layers), target=target, alpha=float(opacity))
         except ImageLoadError as exc:
             raise gr.Error(f"Cannot use this file: {exc.reason}.") from None
-        except ValueError as exc:
+        except PneumoCAMError as exc:
             raise gr.Error(str(exc)) from None
         captions = [*e.layer_names[:-1], f"{e.layer_names[-1]} (deepest)"]
         summary = (

@@ -1,0 +1,132 @@
+"""What every command shares: the command class, model selection, the options typed once, progress bars.
+
+Nothing here imports TensorFlow: ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from core.options import (
+    CAM_METHODS,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CAM_METHOD,
+    DEFAULT_LAYERS,
+    DEFAULT_OPACITY,
+    MAX_BATCH_SIZE,
+    MAX_SHOWN_LAYERS,
+)
+from core.runtime import import_tensorflow_quietly
+
+EXIT_ERROR = 1  # input or model problems; click uses 2 for bad usage
+REPORTS_DIR = Path("reports")
+
+
+class Command(click.Command):
+    """Imports TensorFlow (quietly) once arguments parsed, so `--help` stays instant and clean."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import_tensorflow_quietly()
+        return super().invoke(ctx)
+
+
+def command(name: str | None = None) -> Callable:
+    """``@click.command`` with our command class (TensorFlow imported only when the command runs)."""
+    return click.command(name, cls=Command)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The --model / --repo-id / --revision options, loaded only when the command needs the model."""
+
+    path: Path | None
+    repo_id: str | None
+    revision: str | None
+    allow_unpinned: bool = False
+
+    def load(self) -> Any:
+        import warnings
+
+        from core.hub import load_model
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded = load_model(self.path, self.repo_id, self.revision, allow_unpinned=self.allow_unpinned)
+        for w in caught:
+            click.echo(f"warning: {w.message}", err=True)
+        click.echo(f"model: {loaded.source}", err=True)
+        return loaded
+
+
+def model_options(f: Callable) -> Callable:
+    """Add --model / --repo-id / --revision (resolved by core.hub; default: the bundled weights/)."""
+
+    @click.option(
+        "--model", "model_path", type=click.Path(path_type=Path), help="Model folder (model.keras + model.json)."
+    )
+    @click.option("--repo-id", help="Hugging Face Hub model repo, e.g. org/pneumocam [env: PNEUMOCAM_REPO_ID].")
+    @click.option("--revision", help="Commit hash to pin the Hub download to [env: PNEUMOCAM_REVISION].")
+    @click.option(
+        "--allow-unpinned",
+        is_flag=True,
+        help="Accept a branch or tag as --revision (with a warning): not reproducible.",
+    )
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any, model_path: Path | None, repo_id: str | None, revision: str | None, allow_unpinned: bool, **kw: Any
+    ) -> Any:
+        return f(*args, model=ModelChoice(model_path, repo_id, revision, allow_unpinned), **kw)
+
+    return wrapper
+
+
+def batch_size_option(default: int = DEFAULT_BATCH_SIZE) -> Callable:
+    return click.option(
+        "--batch-size",
+        default=default,
+        show_default=True,
+        type=click.IntRange(1, MAX_BATCH_SIZE),
+        help="Images per forward pass.",
+    )
+
+
+def overwrite_option(what: str) -> Callable:
+    return click.option("--overwrite", is_flag=True, help=f"Replace {what} even if it holds other files.")
+
+
+def model_out_option() -> Callable:
+    return click.option(
+        "--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Model folder to write."
+    )
+
+
+layers_option = click.option(
+    "--layers",
+    "n_layers",
+    default=DEFAULT_LAYERS,
+    show_default=True,
+    type=click.IntRange(1, MAX_SHOWN_LAYERS),
+    help=f"Explain the last N conv layers (1 to {MAX_SHOWN_LAYERS}).",
+)
+cam_method_option = click.option(
+    "--method", type=click.Choice(CAM_METHODS), default=DEFAULT_CAM_METHOD, show_default=True, help="CAM method."
+)
+opacity_option = click.option(
+    "--alpha", default=DEFAULT_OPACITY, show_default=True, type=click.FloatRange(0, 1), help="Heatmap opacity."
+)
+
+
+def progress(total: int, label: str) -> Any:
+    return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True)
+
+
+def default_out(data_dir: Path, *parts: str) -> Path:
+    """``reports/<data folder name>/...``: where a report goes without --out."""
+    return REPORTS_DIR.joinpath(data_dir.resolve().name, *parts)

@@ -1,0 +1,273 @@
+"""``evaluate``, ``stress`` and ``gallery``: reports on a labelled folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.common import (
+    ModelChoice,
+    batch_size_option,
+    cam_method_option,
+    command,
+    default_out,
+    layers_option,
+    model_options,
+    opacity_option,
+    overwrite_option,
+    progress,
+)
+from core.options import DEFAULT_SPLIT_SEED
+
+
+@command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@model_options
+@click.option("--out", type=click.Path(path_type=Path), help="Report folder [default: reports/<DATA_DIR name>/].")
+@batch_size_option()
+@click.option(
+    "--record-as",
+    metavar="SPLIT",
+    help="Also store the metrics in the (local) model's model.json under this name, e.g. test.",
+)
+@overwrite_option("--out")
+@click.option(
+    "--adapt",
+    is_flag=True,
+    help="Unlabelled site adaptation first: re-standardise the model on DATA_DIR's own images (labels unused; "
+    "transductive), then score.",
+)
+@click.option(
+    "--cross-calibrate",
+    "folds",
+    type=click.IntRange(2, 10),
+    metavar="K",
+    help="Labelled site calibration, cross-fitted: split DATA_DIR into K folds (by class, grouped by patient) "
+    "and score each fold with a temperature and class biases fitted on the others. The benchmark uses K=2.",
+)
+@click.option(
+    "--split-seed", default=DEFAULT_SPLIT_SEED, show_default=True, type=int, help="Seed of the --cross-calibrate split."
+)
+def evaluate(
+    data_dir: Path,
+    model: ModelChoice,
+    out: Path | None,
+    batch_size: int,
+    record_as: str | None,
+    overwrite: bool,
+    adapt: bool,
+    folds: int | None,
+    split_seed: int,
+) -> None:
+    """Score every image of a labelled folder and write metrics, predictions and plots.
+
+    DATA_DIR is in either layout (BACTERIA/ NORMAL/ VIRUS/, or the download's
+    NORMAL/ PNEUMONIA/). Prints the per-class table with 95 % bootstrap
+    intervals (patients resampled) and writes metrics.json (with ci95 and the
+    protocol), predictions.csv, confusion_matrix.png, per_class_metrics.png and
+    reliability.png. Unreadable files are skipped and listed in metrics.json.
+
+    Three protocols, each its own row in a comparison: as trained (default),
+    --adapt (the site's unlabelled images; transductive) and --cross-calibrate K
+    (a labelled site sample, cross-fitted); --adapt and --cross-calibrate combine.
+
+    \b
+    Example:
+      python -m cli evaluate data/test
+      python -m cli evaluate data/test --adapt --out reports/test-adapted
+      python -m cli evaluate data/test --cross-calibrate 2 --out reports/test-calibrated
+    """
+    from core.data import scan_dataset
+    from core.evaluation import Protocol, evaluate_scan, is_report_entry, write_report
+    from core.metrics import format_table
+    from core.reports import replace_folder
+
+    scan = scan_dataset(data_dir)
+    loaded = model.load()
+    out = out or default_out(data_dir)
+    protocol = Protocol(adapt=adapt, cross_calibrate=folds, split_seed=split_seed)
+    if adapt:
+        from core.adaptation import check_adaptable
+
+        check_adaptable(loaded)
+    label = "adapting, then scoring" if adapt else "scoring"
+    with progress(len(scan.samples) * protocol.passes(), label) as bar:
+        result = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update, protocol=protocol)
+    click.echo(f"protocol: {protocol.name}: {protocol.describe()}")
+    click.echo(format_table(result.metrics))
+    skipped = result.metrics["skipped"]
+    if skipped:
+        click.echo(f"skipped {len(skipped)} unreadable file(s); see {out / 'metrics.json'}", err=True)
+    with replace_folder(out, is_report_entry, overwrite) as staging:
+        title = f"{data_dir.name} ({result.metrics['n_images']} images, {protocol.name})"
+        write_report(staging, result, loaded.meta.classes, title=title)
+    click.echo(f"report written to {out}/")
+    if record_as:
+        from core.artifact import record_metrics
+
+        if loaded.from_hub:
+            raise click.UsageError("--record-as needs a local model folder (--model), not a Hub download")
+        key = record_as if protocol.name == "train-only" else f"{record_as}:{protocol.name}"
+        record_metrics(loaded.directory, key, {**result.metrics, "data_dir": data_dir.resolve().name})
+        click.echo(f"metrics recorded as {key!r} in {loaded.directory}/model.json")
+
+
+@command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@model_options
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Report folder [default: reports/<DATA_DIR name>-stress/]."
+)
+@click.option(
+    "--only",
+    metavar="NAMES",
+    help="Comma-separated perturbations to run (default: all), e.g. blur-3,noise-8.",
+)
+@batch_size_option()
+@overwrite_option("--out")
+def stress(
+    data_dir: Path, model: ModelChoice, out: Path | None, only: str | None, batch_size: int, overwrite: bool
+) -> None:
+    """Score a labelled folder again under blur, noise, zoom, exposure and compression changes.
+
+    Shows how much of the accuracy survives images acquired a little
+    differently (another scanner, site or year), without touching a test split:
+    run it on a validation folder. Every perturbation is fixed and deterministic
+    (see core/shift.py). Writes stress.json and stress.png (accuracy and recall
+    per class for each perturbation).
+
+    \b
+    Example:
+      python -m cli stress data/val
+      python -m cli stress data/val --only blur-3,noise-8,zoom-in-1.2
+    """
+    from core.data import scan_dataset
+    from core.reports import replace_folder
+    from core.shift import (
+        CLEAN,
+        PERTURBATIONS,
+        STRESS_FILES,
+        format_stress,
+        stress_scan,
+        unknown_names,
+        write_stress_report,
+    )
+
+    names = [CLEAN, *PERTURBATIONS]
+    if only:
+        names = [CLEAN, *[n.strip() for n in only.split(",") if n.strip() and n.strip() != CLEAN]]
+        bad = unknown_names(names)
+        if bad:
+            raise click.BadParameter(f"unknown {bad[0]!r}; choose from {', '.join(PERTURBATIONS)}", param_hint="--only")
+    scan = scan_dataset(data_dir)
+    loaded = model.load()
+    out = out or Path("reports", data_dir.resolve().name + "-stress")
+    with progress(len(scan.samples), f"scoring x{len(names)}") as bar:
+        result = stress_scan(loaded, scan, names, batch_size, on_batch=bar.update)
+    click.echo(format_stress(result))
+    if result["skipped"]:
+        click.echo(f"skipped {len(result['skipped'])} unreadable file(s); see {out / STRESS_FILES[0]}", err=True)
+    with replace_folder(out, lambda name: name in STRESS_FILES, overwrite) as staging:
+        write_stress_report(staging, result, title=f"{data_dir.name}: {result['n_images']} images under perturbation")
+    click.echo(f"report written to {out}/")
+
+
+@command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--class", "cls", required=True, help="Class to look at, e.g. VIRUS.")
+@click.option(
+    "--outcome",
+    required=True,
+    type=click.Choice(["TP", "FP", "FN", "TN"], case_sensitive=False),
+    help="One-vs-rest outcome for that class (FN: VIRUS images called something else).",
+)
+@layers_option
+@click.option("--limit", default=24, show_default=True, type=click.IntRange(1), help="At most this many images.")
+@click.option("--per-page", default=6, show_default=True, type=click.IntRange(1, 50), help="Rows per PNG page.")
+@click.option(
+    "--explain",
+    type=click.Choice(["predicted", "true"]),
+    default="predicted",
+    show_default=True,
+    help="Explain the predicted class or the true class.",
+)
+@cam_method_option
+@opacity_option
+@click.option(
+    "--predictions",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="An evaluate run's predictions.csv: reuse it instead of scoring again.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Gallery folder [default: reports/<DATA_DIR name>/gallery/<CLASS>_<OUTCOME>/].",
+)
+@batch_size_option()
+@overwrite_option("--out")
+@model_options
+def gallery(
+    data_dir: Path,
+    cls: str,
+    outcome: str,
+    n_layers: int,
+    limit: int,
+    per_page: int,
+    explain: str,
+    method: str,
+    alpha: float,
+    predictions: Path | None,
+    out: Path | None,
+    batch_size: int,
+    overwrite: bool,
+    model: ModelChoice,
+) -> None:
+    """Grad-CAM gallery of one class's TP / FP / FN / TN: paged PNG grids plus index.html.
+
+    Each row shows the X-ray and one overlay per explained layer, titled with the
+    file name, true and predicted class and probability. Most confident first.
+
+    \b
+    Examples:
+      python -m cli gallery data/test --class VIRUS --outcome FN
+      python -m cli gallery data/test --class BACTERIA --outcome FP --layers 1 \\
+          --predictions reports/test/predictions.csv
+    """
+    from core.data import scan_dataset
+    from core.errors import DataError
+    from core.evaluation import GALLERY_DIR, evaluate_scan, read_predictions
+    from core.gallery import is_gallery_entry, render_pages, select, write_index
+    from core.inference import Explainer
+    from core.reports import replace_folder
+
+    if predictions and not data_dir.is_dir():
+        raise DataError(f"data folder {data_dir} does not exist")
+    scan = None if predictions else scan_dataset(data_dir)
+    loaded = model.load()
+    classes = loaded.meta.classes
+    cls, outcome = cls.upper(), outcome.upper()
+    if cls not in classes:
+        raise click.BadParameter(f"choose one of {', '.join(classes)}", param_hint="--class")
+    if scan is None:
+        preds = read_predictions(predictions, classes)
+        root = data_dir
+    else:
+        root = scan.root
+        with progress(len(scan.samples), "scoring") as bar:
+            preds = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update).predictions
+    chosen = select(preds, classes, cls, outcome)
+    shown = chosen[:limit]
+    out = out or default_out(data_dir, GALLERY_DIR, f"{cls}_{outcome}")
+    title = f"{cls} {outcome}: {len(chosen)} image(s), explaining the {explain} class"
+    explainer = Explainer(loaded, method=method)
+    with replace_folder(out, is_gallery_entry, overwrite) as staging, progress(len(shown), "explaining") as bar:
+        pages, failed = render_pages(
+            explainer, shown, root, staging, n_layers, per_page, explain, alpha, title, on_page=bar.update
+        )
+        for name, reason in failed:
+            click.echo(f"skipped {name}: {reason}", err=True)
+        summary = f"{len(chosen)} image(s) with outcome {outcome} for class {cls}; showing {len(shown) - len(failed)}."
+        write_index(staging, pages, title, summary)
+    click.echo(summary)
+    click.echo(f"{len(pages)} page(s) written; open {out / 'index.html'}")

@@ -1,0 +1,101 @@
+"""The recipes stored with a model: input, architecture, training. Plain dataclasses, no heavy imports.
+
+``model.json`` holds them; the command line shows their defaults in
+``--help`` (so each default is written here once) before TensorFlow loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from core.errors import InputError
+from core.options import AUGMENTATIONS
+
+PIL_BILINEAR = "pil-bilinear"
+#: Resize methods a model's input recipe may name; ``pil-bilinear`` is how the data set's copies were made.
+RESIZE_METHODS = (PIL_BILINEAR, "area", "bilinear", "bicubic", "nearest")
+POOLINGS = ("max", "avg")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How images become model input: stored with the model, read everywhere."""
+
+    height: int = 224
+    width: int = 224
+    resize: str = PIL_BILINEAR
+    color: str = "rgb"
+    value_range: tuple[float, float] = (0.0, 255.0)
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_METHODS:
+            raise InputError(f"unknown resize method {self.resize!r}; use one of {', '.join(RESIZE_METHODS)}")
+        if self.height < 1 or self.width < 1:
+            raise InputError("input size must be positive")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, 3)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["value_range"] = list(self.value_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputSpec:
+        d = dict(d)
+        if "value_range" in d:
+            d["value_range"] = tuple(d["value_range"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Everything needed to rebuild the architecture; stored in the metadata."""
+
+    n_classes: int = 3
+    alpha: float = 1.0
+    pooling: str = "max"
+    dropout: float = 0.2
+    dense_units: tuple[int, ...] = (128,)
+    flip: str = "horizontal"
+    rotation: float = 0.1
+    backbone: str = "MobileNetV2"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["dense_units"] = list(self.dense_units)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ArchConfig:
+        d = dict(d)
+        d["dense_units"] = tuple(d.get("dense_units", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Both stages; the defaults are the seed's recipe."""
+
+    epochs: int = 50
+    batch_size: int = 100
+    learning_rate: float = 1e-3
+    patience: int = 5
+    fine_tune_from: int | None = 145
+    fine_tune_epochs: int = 10
+    fine_tune_batch_size: int = 300
+    fine_tune_lr_divisor: float = 100.0
+    fine_tune_patience: int | None = None
+    views: int = 3
+    val_fraction: float = 0.2
+    seed: int = 42
+    class_weight: str = "balanced"
+    label_smoothing: float = 0.0
+    augment: str = AUGMENTATIONS[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
