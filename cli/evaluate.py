@@ -18,7 +18,7 @@ from cli.common import (
     overwrite_option,
     progress,
 )
-from core.options import DEFAULT_SPLIT_SEED
+from core.options import DEFAULT_SPLIT_SEED, GALLERY_LIMIT, GALLERY_PER_PAGE
 
 
 @command()
@@ -183,8 +183,12 @@ def stress(
     help="One-vs-rest outcome for that class (FN: VIRUS images called something else).",
 )
 @layers_option
-@click.option("--limit", default=24, show_default=True, type=click.IntRange(1), help="At most this many images.")
-@click.option("--per-page", default=6, show_default=True, type=click.IntRange(1, 50), help="Rows per PNG page.")
+@click.option(
+    "--limit", default=GALLERY_LIMIT, show_default=True, type=click.IntRange(1), help="At most this many images."
+)
+@click.option(
+    "--per-page", default=GALLERY_PER_PAGE, show_default=True, type=click.IntRange(1, 50), help="Rows per PNG page."
+)
 @click.option(
     "--explain",
     type=click.Choice(["predicted", "true"]),

@@ -71,6 +71,12 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
+        version = d.get("format_version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelLoadError(
+                f"model.json has format version {version}; this PneumoCAM reads up to {FORMAT_VERSION}: "
+                "upgrade PneumoCAM to use this model"
+            )
         try:
             return cls(
                 name=d.get("name", "pneumocam"),

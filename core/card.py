@@ -10,6 +10,8 @@ from typing import Any
 
 from core.artifact import ModelMeta
 
+#: What each class means, for readers of the card.
+CLASS_TEXT = {"BACTERIA": " (bacterial pneumonia)", "VIRUS": " (viral pneumonia)"}
 #: The seed project's published test-split table (Streamlit + MLflow), for comparison.
 SEED = {
     "baseline": {"accuracy": 0.804, "VIRUS": {"recall": 0.608}},
@@ -41,8 +43,10 @@ def _front_matter(meta: ModelMeta, test: dict[str, Any] | None) -> str:
             "model-index:",
             f"- name: {meta.name}",
             "  results:",
-            "  - task: {type: image-classification, name: Pediatric chest X-ray triage (3 classes)}",
-            "    dataset: {name: Kermany et al. 2018 chest X-ray test split (624 images), type: chest-xray}",
+            "  - task: {type: image-classification, name: Pediatric chest X-ray triage "
+            f"({len(meta.classes)} classes)}}",
+            f"    dataset: {{name: Kermany et al. 2018 chest X-ray test split ({test['n_images']} images), "
+            "type: chest-xray}",
             "    metrics:",
             f"    - {{type: accuracy, value: {test['accuracy']:.4f}, name: overall accuracy}}",
             f"    - {{type: f1, value: {test['macro_f1']:.4f}, name: macro F1}}",
@@ -88,13 +92,13 @@ PROTOCOL_ROWS = (
         "test:site-adapted",
         "site-adapted",
         "Unlabelled site adaptation, transductive: batch-norm and pooled-feature statistics re-standardised on "
-        "the 624 test images themselves, labels unused; `evaluate data/test --adapt`.",
+        "the test images themselves, labels unused; `evaluate data/test --adapt`.",
     ),
     (
         "test:site-calibrated",
         "site-calibrated",
         "Labelled site calibration, cross-fitted (K=2): the test split halved by class and patient (seed 0); a "
-        "temperature and 3 class biases fitted on one half score the other, and vice versa; "
+        "temperature and one logit bias per class fitted on one half score the other, and vice versa; "
         "`evaluate data/test --cross-calibrate 2`.",
     ),
     (
@@ -118,11 +122,15 @@ def protocol_comparison(metrics: dict[str, Any]) -> str:
     rows = [(key, title, text) for key, title, text in PROTOCOL_ROWS if key in metrics]
     ft = SEED["fine-tuned"]
     lines = [
-        "| test split (624 images) | seed fine-tuned | " + " | ".join(t for _, t, _ in rows) + " |",
+        f"| test split ({metrics['test']['n_images']} images) | seed fine-tuned | "
+        + " | ".join(t for _, t, _ in rows)
+        + " |",
         "|---" * (len(rows) + 2) + "|",
-        "| overall accuracy | 83.0 | " + " | ".join(_cell(metrics[k], "accuracy") for k, _, _ in rows) + " |",
+        f"| overall accuracy | {_pct(ft['accuracy'])} | "
+        + " | ".join(_cell(metrics[k], "accuracy") for k, _, _ in rows)
+        + " |",
     ]
-    for cls in ("BACTERIA", "NORMAL", "VIRUS"):
+    for cls in metrics["test"]["classes"]:
         for key in ("accuracy", "precision", "recall"):
             label = f"{cls} {'accuracy (1-vs-rest)' if key == 'accuracy' else key}"
             cells = " | ".join(_cell(metrics[k], key, cls) for k, _, _ in rows)
@@ -173,8 +181,9 @@ def model_card(meta: ModelMeta) -> str:
     parts = [
         _front_matter(meta, test),
         f"# {meta.name}",
-        "MobileNetV2 transfer-learning classifier that sorts a pediatric chest X-ray into **BACTERIA** "
-        "(bacterial pneumonia), **NORMAL** or **VIRUS** (viral pneumonia), with Grad-CAM heatmaps of its "
+        "MobileNetV2 transfer-learning classifier that sorts a pediatric chest X-ray into "
+        + ", ".join(f"**{c}**{CLASS_TEXT.get(c, '')}" for c in meta.classes)
+        + ", with Grad-CAM heatmaps of its "
         "last convolutional layers. Part of PneumoCAM (a command line and a Gradio Space).",
         "## Intended use and limits",
         "A research and teaching demo of explainable image classification. **Not a medical device**: it must "
@@ -219,7 +228,7 @@ def model_card(meta: ModelMeta) -> str:
         ]
     if test:
         parts += [
-            "## Test split (624 images, measured with `python -m cli evaluate`)",
+            f"## Test split ({test['n_images']} images, measured with `python -m cli evaluate`)",
             per_class_table(test),
             f"Expected calibration error (10 bins, top label): {test.get('ece', float('nan')):.3f}.",
             "### Confusion matrix (rows true, columns predicted)",

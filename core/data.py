@@ -11,8 +11,11 @@ import os
 import re
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from core.errors import DataError
 from core.images import is_image_name
@@ -47,6 +50,26 @@ def check_labels(scan: Scan, classes: list[str]) -> None:
     unknown = sorted({s.label for s in scan.samples} - set(classes))
     if unknown:
         raise DataError(f"data has classes the model does not know: {', '.join(unknown)}")
+
+
+def relative_name(path: Path, root: Path) -> str:
+    """How reports name a file: relative to the data folder (posix), or whole when outside it."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def labels_of(samples: Sequence[Sample], paths: Sequence[str | Path]) -> list[str]:
+    """The label of each path, in the order given (e.g. the readable subset of the samples)."""
+    by_path = {s.path: s.label for s in samples}
+    return [by_path[Path(p)] for p in paths]
+
+
+def class_indices(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """Labels as indices into the model's class list (its output order)."""
+    order = {c: i for i, c in enumerate(classes)}
+    return np.array([order[label] for label in labels], dtype=int)
 
 
 def label_from_name(name: str) -> str | None:

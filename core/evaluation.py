@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from core.artifact import LoadedModel
-from core.data import Scan, check_labels, patient_id
+from core.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
 from core.errors import DataError
 from core.inference import score_files
 from core.metrics import bootstrap_ci, classification_metrics
@@ -47,13 +47,6 @@ class Prediction:
 class Evaluation:
     predictions: list[Prediction]
     metrics: dict[str, Any]
-
-
-def relative_name(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
 
 
 TRAIN_ONLY = "train-only"
@@ -111,7 +104,6 @@ def evaluate_scan(
     """
     classes = loaded.meta.classes
     check_labels(scan, classes)
-    label_of = {s.path: s.label for s in scan.samples}
     paths = [s.path for s in scan.samples]
     model, block = loaded.model, {"name": protocol.name, "description": protocol.describe()}
     if protocol.adapt:
@@ -124,15 +116,14 @@ def evaluate_scan(
     if not scores.paths:
         reasons = "; ".join(f"{p.name}: {r}" for p, r in scores.skipped[:3])
         raise DataError(f"none of the {len(scan.samples)} images in {scan.root} could be read ({reasons})")
-    y_true = np.array([classes.index(label_of[p]) for p in scores.paths])
+    labels = labels_of(scan.samples, scores.paths)
+    y_true = class_indices(labels, classes)
     groups = [patient_id(p) for p in scores.paths]
     probabilities = scores.probabilities
     if protocol.cross_calibrate:
         from core import calibration
 
-        fold = calibration.folds(
-            [label_of[p] for p in scores.paths], groups, protocol.cross_calibrate, protocol.split_seed
-        )
+        fold = calibration.folds(labels, groups, protocol.cross_calibrate, protocol.split_seed)
         fitted = calibration.cross_fit(probabilities, y_true, fold)
         before = classification_metrics(y_true, probabilities, classes)
         block["split"] = {
@@ -152,11 +143,11 @@ def evaluate_scan(
     preds = [
         Prediction(
             file=relative_name(p, scan.root),
-            true=label_of[p],
+            true=label,
             predicted=classes[int(np.argmax(pr))],
             probabilities={c: float(v) for c, v in zip(classes, pr)},
         )
-        for p, pr in zip(scores.paths, probabilities)
+        for p, label, pr in zip(scores.paths, labels, probabilities)
     ]
     return Evaluation(preds, metrics)
 

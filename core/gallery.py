@@ -14,7 +14,7 @@ from core.evaluation import Prediction
 from core.images import read_image
 from core.inference import Explainer
 from core.metrics import outcome_mask
-from core.options import DEFAULT_LAYERS, DEFAULT_OPACITY, GALLERY_MAX_SIDE
+from core.options import DEFAULT_LAYERS, DEFAULT_OPACITY, GALLERY_DPI, GALLERY_MAX_SIDE, GALLERY_PER_PAGE
 from core.plots import gallery_figure
 from core.reports import save_figure, write_text
 
@@ -49,7 +49,7 @@ def render_pages(
     data_dir: Path,
     out: Path,
     n_layers: int = DEFAULT_LAYERS,
-    per_page: int = 6,
+    per_page: int = GALLERY_PER_PAGE,
     explain: str = "predicted",
     alpha: float = DEFAULT_OPACITY,
     title: str = "",
@@ -60,13 +60,16 @@ def render_pages(
     failed: list[tuple[str, str]] = []
     for start in range(0, len(chosen), per_page):
         batch, images = [], []
-        for p in chosen[start : start + per_page]:
+        page = chosen[start : start + per_page]
+        for p in page:
             try:
                 images.append(read_image(data_dir / p.file))
                 batch.append(p)
             except ImageLoadError as exc:
                 failed.append((p.file, exc.reason))
         if not batch:
+            if on_page:
+                on_page(len(page))
             continue
         targets = [p.true for p in batch] if explain == "true" else None
         explained = explainer.explain(images, n_layers=n_layers, target=targets, alpha=alpha, max_side=GALLERY_MAX_SIDE)
@@ -75,9 +78,11 @@ def render_pages(
             for p, e in zip(batch, explained)
         ]
         page_title = f"{title} (page {len(pages) + 1})" if title else ""
-        pages.append(save_figure(gallery_figure(rows, page_title), out / f"page_{len(pages) + 1:03d}.png", dpi=110))
+        pages.append(
+            save_figure(gallery_figure(rows, page_title), out / f"page_{len(pages) + 1:03d}.png", dpi=GALLERY_DPI)
+        )
         if on_page:
-            on_page(len(batch))
+            on_page(len(page))  # failed files count as done: the bar reaches its end
     return pages, failed
 
 

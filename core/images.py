@@ -182,11 +182,3 @@ def read_image(path: str | Path) -> np.ndarray:
     p = Path(path)
     data = _read_bytes(p)
     return pick_reader(data, p)(p, data)
-
-
-def decode_bytes(data: bytes, name: str = "<upload>") -> np.ndarray:
-    """Same as :func:`read_image` for bytes already in memory (uploads)."""
-    p = Path(name)
-    if not data:
-        raise ImageLoadError(p, "file is empty")
-    return pick_reader(data, p)(p, data)

@@ -27,20 +27,6 @@ from core.overlay import blend, colorize, upsample
 from core.preprocess import InputSpec, fit_within, to_model_input
 
 
-@dataclass
-class XRay:
-    """One decoded file: the display copy (original size, RGB uint8) and the model input."""
-
-    display: np.ndarray
-    model_input: np.ndarray
-
-
-def load_xray(path: str | Path, spec: InputSpec) -> XRay:
-    """File -> display copy and model input (size and resize method from the model's metadata)."""
-    rgb = read_image(path)
-    return XRay(rgb, to_model_input(rgb, spec))
-
-
 def load_model_input(path: str | Path, spec: InputSpec) -> np.ndarray:
     """File -> model input only (float32, spec size, 0..255), for batch scoring."""
     return to_model_input(read_image(path), spec)

@@ -28,12 +28,6 @@ def blend(rgb: np.ndarray, heat_rgb: np.ndarray, alpha: float = DEFAULT_OPACITY)
     return cv2.addWeighted(heat_rgb, alpha, rgb, 1.0 - alpha, 0.0)
 
 
-def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = DEFAULT_OPACITY) -> np.ndarray:
-    """The whole recipe: upsample to ``rgb``'s size, colour-map, blend."""
-    h, w = rgb.shape[:2]
-    return blend(rgb, colorize(upsample(cam, h, w)), alpha)
-
-
 def encode_png(rgb: np.ndarray) -> bytes:
     """RGB uint8 -> PNG bytes (lossless, for overlays handed to a browser)."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core.options import FIGURE_DPI
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -66,7 +68,7 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[A
     return write_text(path, buf.getvalue())
 
 
-def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+def save_figure(fig: Any, path: str | Path, dpi: int = FIGURE_DPI) -> Path:
     """Save a matplotlib figure atomically and close it."""
     import matplotlib.pyplot as plt
 

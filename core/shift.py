@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from core.artifact import LoadedModel
-from core.data import Scan, check_labels
+from core.data import Scan, check_labels, class_indices, labels_of, relative_name
 from core.errors import DataError, InputError
 from core.inference import compile_forward, image_batches
 from core.metrics import classification_metrics
@@ -226,15 +226,14 @@ def stress_scan(
     """Score a labelled scan under each perturbation and measure it (unreadable files listed)."""
     classes = loaded.meta.classes
     check_labels(scan, classes)
-    label_of = {s.path: s.label for s in scan.samples}
     paths = [s.path for s in scan.samples]
     kept, probs, skipped = shifted_probabilities(loaded.model, loaded.meta.input, paths, names, batch_size, on_batch)
     if not kept:
         raise DataError(f"none of the {len(paths)} images in {scan.root} could be read")
-    y = [classes.index(label_of[p]) for p in kept]
+    y = class_indices(labels_of(scan.samples, kept), classes)
     result = shift_metrics(y, probs, classes)
     result["n_images"] = len(kept)
-    result["skipped"] = [{"file": str(p), "reason": r} for p, r in skipped]
+    result["skipped"] = [{"file": relative_name(p, scan.root), "reason": r} for p, r in skipped]
     return result
 
 

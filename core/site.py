@@ -19,7 +19,7 @@ import numpy as np
 from core import calibration
 from core.adaptation import DEFAULT_METHOD, adapted_copy, clone
 from core.artifact import LoadedModel, ModelMeta, is_model_entry, save_artifact
-from core.data import Scan, check_labels, list_images
+from core.data import Scan, check_labels, class_indices, labels_of, list_images
 from core.errors import DataError
 from core.inference import score_files
 from core.metrics import classification_metrics
@@ -85,11 +85,10 @@ def calibrate_to_site(
     missing = [c for c in classes if not counts.get(c)]
     if missing:
         raise DataError(f"{scan.root} has no {missing[0]} images; calibration needs every class")
-    label_of = {s.path: s.label for s in scan.samples}
     scores = score_files(loaded.model, loaded.meta.input, [s.path for s in scan.samples], batch_size, on_batch)
     if not scores.paths:
         raise DataError(f"none of the {len(scan.samples)} images in {scan.root} could be read")
-    y = np.array([classes.index(label_of[p]) for p in scores.paths])
+    y = class_indices(labels_of(scan.samples, scores.paths), classes)
     cal = calibration.fit(scores.probabilities, y, len(classes))
     model = clone(loaded.model)
     logits = model.get_layer(loaded.meta.logits_layer)

@@ -31,7 +31,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from core.augment import acquisition_augmenter, augment_params
 from core.config import ArchConfig, InputSpec, TrainConfig
-from core.data import Sample, Scan, patient_id
+from core.data import Sample, Scan, class_indices, labels_of, patient_id
 from core.errors import DataError, InputError
 from core.inference import image_batches
 from core.model import FEATURES_LAYER, backbone_layers, set_fine_tuning
@@ -387,9 +387,8 @@ def _validation_shift(model: keras.Model, spec: InputSpec, val: list[Sample], cl
     """The validation split again under each fixed perturbation of :mod:`core.shift`."""
     from core.shift import shift_metrics, shifted_probabilities
 
-    label_of = {s.path: s.label for s in val}
     kept, probs, _ = shifted_probabilities(model, spec, [s.path for s in val])
-    return shift_metrics([classes.index(label_of[p]) for p in kept], probs, classes)
+    return shift_metrics(class_indices(labels_of(val, kept), classes), probs, classes)
 
 
 class EpochLog(keras.callbacks.Callback):

@@ -17,6 +17,35 @@ from core.model import ArchConfig, build_model  # noqa: E402
 from core.paths import REPO_ROOT  # noqa: E402
 from core.preprocess import InputSpec  # noqa: E402
 
+
+def decode_bytes(data: bytes, name: str = "<upload>") -> np.ndarray:
+    """Like ``read_image`` for bytes in memory: the reader chosen from the content, as for a file."""
+    from core.errors import ImageLoadError
+    from core.images import pick_reader
+
+    p = Path(name)
+    if not data:
+        raise ImageLoadError(p, "file is empty")
+    return pick_reader(data, p)(p, data)
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float) -> np.ndarray:
+    """Upsample a map to ``rgb``'s size, colour-map it and blend: what every entry point shows."""
+    from core.overlay import blend, colorize, upsample
+
+    h, w = rgb.shape[:2]
+    return blend(rgb, colorize(upsample(cam, h, w)), alpha)
+
+
+def load_xray(path: Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    """File -> (display copy, model input), as the Explainer prepares one."""
+    from core.images import read_image
+    from core.preprocess import to_model_input
+
+    rgb = read_image(path)
+    return rgb, to_model_input(rgb, spec)
+
+
 SHARED = Path(os.environ.get("PNEUMOCAM_SHARED", REPO_ROOT.parent / "shared"))
 SHARED_DATA = SHARED / "data" / "chest_xray"
 SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"

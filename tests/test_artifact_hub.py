@@ -64,6 +64,24 @@ def test_tampered_weights_are_refused(tiny_model_dir: Path, tmp_path: Path) -> N
         load_artifact(d)
 
 
+def test_a_newer_metadata_format_is_refused_with_a_clear_message(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli.app import main
+    from core.artifact import FORMAT_VERSION
+
+    d = copy_model(tiny_model_dir, tmp_path / "m")
+    meta = json.loads((d / META_FILE).read_text())
+    assert meta["format_version"] == FORMAT_VERSION
+    meta["format_version"] = FORMAT_VERSION + 1
+    (d / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=f"format version {FORMAT_VERSION + 1}.*upgrade PneumoCAM"):
+        load_artifact(d)
+    image = save_gray(tmp_path / "x.png", xray_like())
+    result = CliRunner().invoke(main, ["predict", str(image), "--model", str(d)])
+    assert result.exit_code == 1 and "upgrade PneumoCAM" in result.stderr
+
+
 def test_metadata_disagreeing_with_model_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
     d = copy_model(tiny_model_dir, tmp_path / "m")
     meta = json.loads((d / META_FILE).read_text())

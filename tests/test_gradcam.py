@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from keras import layers
 
-from conftest import TINY_SPEC, xray_like
+from conftest import TINY_SPEC, overlay, xray_like
 from core.gradcam import GradCAM, GradCAMPlusPlus, normalize_map
-from core.overlay import blend, colorize, overlay, upsample
+from core.overlay import blend, colorize, upsample
 
 
 @pytest.fixture(scope="module")

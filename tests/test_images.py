@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import save_gray, xray_like
+from conftest import decode_bytes, save_gray, xray_like
 from core.errors import ImageLoadError
-from core.images import decode_bytes, read_image
+from core.images import read_image
 
 
 def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", window=None, with_pixels=True):
@@ -169,11 +169,11 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
 
 
 def test_load_xray_gives_display_copy_and_model_input(tmp_path: Path) -> None:
-    from core.inference import load_xray
+    from conftest import load_xray
     from core.preprocess import InputSpec
 
     path = save_gray(tmp_path / "big.png", xray_like(900, 700))
-    xray = load_xray(path, InputSpec(224, 224))
-    assert xray.display.shape == (900, 700, 3) and xray.display.dtype == np.uint8
-    assert xray.model_input.shape == (224, 224, 3) and xray.model_input.dtype == np.float32
-    assert 0 <= xray.model_input.min() and xray.model_input.max() <= 255
+    display, model_input = load_xray(path, InputSpec(224, 224))
+    assert display.shape == (900, 700, 3) and display.dtype == np.uint8
+    assert model_input.shape == (224, 224, 3) and model_input.dtype == np.float32
+    assert 0 <= model_input.min() and model_input.max() <= 255

@@ -20,9 +20,9 @@ from PIL import Image
 from test_images import bomb_png, write_dicom
 
 from cli.app import main
-from conftest import make_dataset, save_gray, xray_like
+from conftest import decode_bytes, make_dataset, save_gray, xray_like
 from core.errors import ImageLoadError
-from core.images import decode_bytes, read_image
+from core.images import read_image
 from core.paths import REPO_ROOT
 
 VALID = "valid"
