@@ -33,10 +33,10 @@ import tensorflow as tf  # noqa: E402
 from core.data import scan_dataset  # noqa: E402
 from core.evaluation import Prediction  # noqa: E402
 from core.gallery import render_pages  # noqa: E402
-from core.hub import load_model  # noqa: E402
 from core.images import read_image  # noqa: E402
 from core.inference import Explainer, compile_forward, load_model_input, score_files  # noqa: E402
 from core.paths import REPO_ROOT  # noqa: E402
+from core.resolve import load_model  # noqa: E402
 
 
 def timed(fn, repeat: int, warmup: int = 2) -> float:

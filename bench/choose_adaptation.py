@@ -1,7 +1,7 @@
 """Choose the site-adaptation method on the validation split, never on test.
 
 A validation split drawn from train has no site shift, so we make some: the
-validation images under fixed perturbations of ``core/shift.py`` (sharpness,
+validation images under fixed perturbations of ``core/stress.py`` (sharpness,
 noise, exposure, equalisation), written as lossless PNGs to a scratch folder.
 Each variant is scored as is and after unlabelled adaptation with each method;
 the method with the best mean accuracy over the variants (clean included, where
@@ -33,7 +33,7 @@ from core.data import Sample, Scan, scan_dataset  # noqa: E402
 from core.evaluation import Protocol, evaluate_scan  # noqa: E402
 from core.inference import load_model_input  # noqa: E402
 from core.options import ADAPT_METHODS  # noqa: E402
-from core.shift import CLEAN, perturb  # noqa: E402
+from core.stress import CLEAN, perturb  # noqa: E402
 from core.training import TrainConfig, split_by_patient  # noqa: E402
 
 SHIFTS = (CLEAN, "blur-3", "noise-8", "gamma-1.6", "equalize")

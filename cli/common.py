@@ -54,7 +54,7 @@ class ModelChoice:
     def load(self) -> Any:
         import warnings
 
-        from core.hub import load_model
+        from core.resolve import load_model
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -66,7 +66,7 @@ class ModelChoice:
 
 
 def model_options(f: Callable) -> Callable:
-    """Add --model / --repo-id / --revision (resolved by core.hub; default: the bundled weights/)."""
+    """Add --model / --repo-id / --revision (resolved by core.resolve; default: the bundled weights/)."""
 
     @click.option(
         "--model", "model_path", type=click.Path(path_type=Path), help="Model folder (model.keras + model.json)."

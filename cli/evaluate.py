@@ -78,10 +78,10 @@ def evaluate(
       python -m cli evaluate data/test --adapt --out reports/test-adapted
       python -m cli evaluate data/test --cross-calibrate 2 --out reports/test-calibrated
     """
+    from core.atomic import replace_folder
     from core.data import scan_dataset
     from core.evaluation import Protocol, evaluate_scan, is_report_entry, write_report
     from core.metrics import format_table
-    from core.reports import replace_folder
 
     scan = scan_dataset(data_dir)
     loaded = model.load()
@@ -134,7 +134,7 @@ def stress(
     Shows how much of the accuracy survives images acquired a little
     differently (another scanner, site or year), without touching a test split:
     run it on a validation folder. Every perturbation is fixed and deterministic
-    (see core/shift.py). Writes stress.json and stress.png (accuracy and recall
+    (see core/stress.py). Writes stress.json and stress.png (accuracy and recall
     per class for each perturbation).
 
     \b
@@ -142,9 +142,9 @@ def stress(
       python -m cli stress data/val
       python -m cli stress data/val --only blur-3,noise-8,zoom-in-1.2
     """
+    from core.atomic import replace_folder
     from core.data import scan_dataset
-    from core.reports import replace_folder
-    from core.shift import (
+    from core.stress import (
         CLEAN,
         PERTURBATIONS,
         STRESS_FILES,
@@ -238,12 +238,12 @@ def gallery(
       python -m cli gallery data/test --class BACTERIA --outcome FP --layers 1 \\
           --predictions reports/test/predictions.csv
     """
+    from core.atomic import replace_folder
     from core.data import scan_dataset
     from core.errors import DataError
     from core.evaluation import GALLERY_DIR, evaluate_scan, read_predictions
     from core.gallery import is_gallery_entry, render_pages, select, write_index
     from core.inference import Explainer
-    from core.reports import replace_folder
 
     if predictions and not data_dir.is_dir():
         raise DataError(f"data folder {data_dir} does not exist")

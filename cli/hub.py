@@ -23,8 +23,8 @@ def model_card_cmd(model_dir: Path) -> None:
       python -m cli model-card weights/
     """
     from core.artifact import read_meta
+    from core.atomic import write_text
     from core.card import model_card
-    from core.reports import write_text
 
     path = write_text(model_dir / "README.md", model_card(read_meta(model_dir)))
     click.echo(f"model card written to {path}")

@@ -53,11 +53,11 @@ def predict(
       python -m cli predict xray.jpeg
       python -m cli predict a.png b.dcm --cam-out cams/ --json
     """
+    from core.atomic import save_figure
     from core.errors import ImageLoadError
     from core.images import read_image
     from core.inference import Explainer
     from core.plots import gallery_figure
-    from core.reports import save_figure
 
     explainer = Explainer(model.load(), method=method)
     results, failures = [], 0

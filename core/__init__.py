@@ -1,8 +1,22 @@
-"""PneumoCAM core: everything the CLI and the Space share.
+"""PneumoCAM core: everything the CLI and the Space share; ``cli`` and ``space`` only parse and present.
 
-Model building and loading, image reading, preprocessing, Grad-CAM, data
-scanning, metrics, plots and report writing live here; ``cli`` and ``space``
-only parse arguments and present results.
+Module map, by concept (flat on purpose; this file imports nothing, so ``--help`` stays fast):
+
+* Settings -- ``options`` (every user-facing default and choice), ``config`` (the input,
+  architecture and training recipes stored with a model), ``paths`` (folders, environment
+  variables), ``errors`` (what the user can fix), ``runtime`` (quiet TensorFlow import).
+* Images -- ``images`` (one reader per file format), ``preprocess`` (to the model's input),
+  ``data`` (labelled folders, patients, labels).
+* The model -- ``model`` (architecture), ``artifact`` (model.keras + model.json on disk),
+  ``hub`` (Hugging Face downloads), ``resolve`` (which model to serve), ``card`` (model card),
+  ``publish`` (uploads), ``space_config`` (the Space's settings).
+* Scoring -- ``inference`` (the one batch walk over files, scoring, the Explainer), ``metrics``
+  (figures, bootstrap intervals), ``evaluation`` (evaluate and its protocols), ``stress``
+  (perturbations and the stress test), ``plots``, ``atomic`` (files written whole).
+* Explaining -- ``gradcam`` (CAM methods), ``overlay`` (heatmaps on images), ``gallery``.
+* Training -- ``augment`` (augmented views), ``training`` (two stages on cached activations).
+* A new site -- ``adaptation`` (unlabelled, AdaBN), ``calibration`` (temperature and class
+  biases, cross-fitting), ``site`` (adapted and calibrated model folders).
 """
 
 __version__ = "0.1.0"

@@ -17,11 +17,11 @@ from typing import Any
 
 import keras
 
+from core.atomic import write_json
 from core.data import CLASSES
 from core.errors import InputError, ModelLoadError
 from core.model import LOGITS_LAYER, ArchConfig, conv_layer_names
 from core.preprocess import InputSpec
-from core.reports import write_json
 
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"

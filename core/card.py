@@ -154,7 +154,7 @@ _AUGMENT_TEXT = {
 }
 
 
-def shift_table(shift: dict[str, Any]) -> str:
+def stress_table(shift: dict[str, Any]) -> str:
     rows = shift["perturbations"]
     classes = list(next(iter(rows.values()))["recall"])
     lines = ["| perturbation | accuracy | calls changed | " + " | ".join(f"{c} recall" for c in classes) + " |"]
@@ -224,7 +224,7 @@ def model_card(meta: ModelMeta) -> str:
             "## Robustness (validation split under fixed perturbations, `python -m cli stress`)",
             "How much survives blur, noise, lower resolution, compression, reframing and exposure changes, "
             "as between scanners and sites:",
-            shift_table(shift),
+            stress_table(shift),
         ]
     if test:
         parts += [

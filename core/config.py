@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from core.errors import InputError
@@ -18,8 +18,20 @@ RESIZE_METHODS = (PIL_BILINEAR, "area", "bilinear", "bicubic", "nearest")
 POOLINGS = ("max", "avg")
 
 
+class Stored:
+    """``to_dict`` / ``from_dict`` for a frozen dataclass kept in model.json (tuple fields travel as lists)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        tuples = {f.name for f in fields(cls) if isinstance(f.default, tuple)}
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
+
+
 @dataclass(frozen=True)
-class InputSpec:
+class InputSpec(Stored):
     """How images become model input: stored with the model, read everywhere."""
 
     height: int = 224
@@ -38,21 +50,9 @@ class InputSpec:
     def shape(self) -> tuple[int, int, int]:
         return (self.height, self.width, 3)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["value_range"] = list(self.value_range)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> InputSpec:
-        d = dict(d)
-        if "value_range" in d:
-            d["value_range"] = tuple(d["value_range"])
-        return cls(**d)
-
 
 @dataclass(frozen=True)
-class ArchConfig:
+class ArchConfig(Stored):
     """Everything needed to rebuild the architecture; stored in the metadata."""
 
     n_classes: int = 3
@@ -65,20 +65,9 @@ class ArchConfig:
     backbone: str = "MobileNetV2"
     extra: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["dense_units"] = list(self.dense_units)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ArchConfig:
-        d = dict(d)
-        d["dense_units"] = tuple(d.get("dense_units", ()))
-        return cls(**d)
-
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Stored):
     """Both stages; the defaults are the seed's recipe."""
 
     epochs: int = 50
@@ -96,6 +85,3 @@ class TrainConfig:
     class_weight: str = "balanced"
     label_smoothing: float = 0.0
     augment: str = AUGMENTATIONS[0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 
 from core.artifact import LoadedModel
+from core.atomic import save_figure, write_csv, write_json
 from core.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
 from core.errors import DataError
 from core.inference import score_files
 from core.metrics import bootstrap_ci, classification_metrics
 from core.options import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_SEED
 from core.plots import confusion_matrix_figure, per_class_figure, reliability_figure
-from core.reports import save_figure, write_csv, write_json
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.atomic import save_figure, write_text
 from core.errors import ImageLoadError, InputError
 from core.evaluation import Prediction
 from core.images import read_image
@@ -16,7 +17,6 @@ from core.inference import Explainer
 from core.metrics import outcome_mask
 from core.options import DEFAULT_LAYERS, DEFAULT_OPACITY, GALLERY_DPI, GALLERY_MAX_SIDE, GALLERY_PER_PAGE
 from core.plots import gallery_figure
-from core.reports import save_figure, write_text
 
 _PAGE = re.compile(r"^page_\d{3,}\.png$")
 

@@ -115,7 +115,7 @@ def training_curves_figure(history: dict[str, dict[str, list[float]]]) -> Figure
     return fig
 
 
-def shift_figure(shift: dict[str, Any], title: str = "") -> Figure:
+def stress_figure(shift: dict[str, Any], title: str = "") -> Figure:
     """Rows: clean then each perturbation; columns: accuracy and recall per class, shaded 0..1."""
     rows = shift["perturbations"]
     names = list(rows)

@@ -19,12 +19,12 @@ import numpy as np
 from core import calibration
 from core.adaptation import DEFAULT_METHOD, adapted_copy, clone
 from core.artifact import LoadedModel, ModelMeta, is_model_entry, save_artifact
+from core.atomic import replace_folder
 from core.data import Scan, check_labels, class_indices, labels_of, list_images
 from core.errors import DataError
 from core.inference import score_files
 from core.metrics import classification_metrics
 from core.options import ADAPT_BATCH_SIZE, DEFAULT_BATCH_SIZE
-from core.reports import replace_folder
 
 
 def _now() -> str:

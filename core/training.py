@@ -371,7 +371,7 @@ def train_model(
     }
     meta.metrics = {
         "validation": classification_metrics(y_val, val_probs, classes),
-        "validation_shift": _validation_shift(model, spec, val, classes),
+        "validation_shift": _validation_stress(model, spec, val, classes),
     }
     return TrainResult(model, meta, history, source_statistics(model, spec, [s.path for s in train]))
 
@@ -383,12 +383,12 @@ def source_statistics(model: keras.Model, spec: InputSpec, paths: Sequence[str |
     return layer_statistics(model, spec, paths, measured_layers(model))
 
 
-def _validation_shift(model: keras.Model, spec: InputSpec, val: list[Sample], classes: list[str]) -> dict[str, Any]:
-    """The validation split again under each fixed perturbation of :mod:`core.shift`."""
-    from core.shift import shift_metrics, shifted_probabilities
+def _validation_stress(model: keras.Model, spec: InputSpec, val: list[Sample], classes: list[str]) -> dict[str, Any]:
+    """The validation split again under each fixed perturbation of :mod:`core.stress`."""
+    from core.stress import stress_metrics, stress_probabilities
 
-    kept, probs, _ = shifted_probabilities(model, spec, [s.path for s in val])
-    return shift_metrics(class_indices(labels_of(val, kept), classes), probs, classes)
+    kept, probs, _ = stress_probabilities(model, spec, [s.path for s in val])
+    return stress_metrics(class_indices(labels_of(val, kept), classes), probs, classes)
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -414,7 +414,7 @@ def add_source_stats(loaded: Any, scan: Scan) -> Path:
     training would have stored.
     """
     from core.artifact import META_FILE, SOURCE_STATS_FILE, file_sha256
-    from core.reports import write_json
+    from core.atomic import write_json
 
     cfg = loaded.meta.training.get("config", {})
     defaults = TrainConfig()
@@ -453,8 +453,8 @@ def train_to_folder(
     import time
 
     from core.artifact import TRAINING_FILES, is_model_entry, save_artifact
+    from core.atomic import replace_folder, save_figure, write_json
     from core.plots import training_curves_figure
-    from core.reports import replace_folder, save_figure, write_json
 
     log = logging.getLogger("pneumocam")
     log.setLevel(logging.INFO)

@@ -22,12 +22,12 @@ import_tensorflow_quietly()
 
 import gradio as gr  # noqa: E402
 
+from core.atomic import write_bytes  # noqa: E402
 from core.errors import ImageLoadError, PneumoCAMError  # noqa: E402
-from core.hub import load_model  # noqa: E402
 from core.inference import Explainer  # noqa: E402
 from core.options import MAX_SHOWN_LAYERS  # noqa: E402
 from core.overlay import encode_png  # noqa: E402
-from core.reports import write_bytes  # noqa: E402
+from core.resolve import load_model  # noqa: E402
 from core.space_config import SpaceConfig, example_files, load_space_config  # noqa: E402
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom"]

@@ -16,9 +16,10 @@ import pytest
 from conftest import TINY_ARCH, TINY_SPEC, save_gray, xray_like
 from core.artifact import META_FILE, MODEL_FILE, load_artifact, new_meta, read_meta, save_artifact
 from core.errors import ModelLoadError
-from core.hub import is_pinned, resolve_model
+from core.hub import is_pinned
 from core.model import backbone_layers, build_model, conv_layer_names, set_fine_tuning
 from core.paths import REPO_ROOT
+from core.resolve import resolve_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

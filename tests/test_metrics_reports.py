@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.atomic import atomic_path, save_figure, write_json
 from core.metrics import classification_metrics, format_table, outcome_mask
 from core.plots import confusion_matrix_figure, per_class_figure
-from core.reports import atomic_path, save_figure, write_json
 
 CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
 

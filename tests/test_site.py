@@ -302,7 +302,7 @@ def test_a_hub_model_brings_its_training_statistics(adaptable_dir: Path, darker_
     """hf_hub_download fetches source_stats.npz with the model (here from a pre-filled cache, offline)."""
     import huggingface_hub.constants
 
-    from core.hub import load_model
+    from core.resolve import load_model
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--org--pneumocam"

@@ -15,7 +15,7 @@ from core.artifact import load_artifact
 from core.data import scan_dataset
 from core.inference import load_model_input
 from core.model import backbone_layers, build_model
-from core.shift import CLEAN, PERTURBATIONS
+from core.stress import CLEAN, PERTURBATIONS
 from core.training import TrainConfig, cut_layer_name, extract_activations, train_model, upper_model
 
 
@@ -149,5 +149,5 @@ def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:
         m = meta.metrics[key]
         lo, hi = m["ci95"]["per_class"]["VIRUS"]["precision"]
         assert f"{100 * m['per_class']['VIRUS']['precision']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in card
-    assert "the 624 test images themselves, labels unused" in card  # each protocol says what it did
+    assert "the test images themselves, labels unused" in card  # each protocol says what it did
     assert (DEFAULT_WEIGHTS_DIR / "README.md").read_text() == card

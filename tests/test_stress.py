@@ -17,7 +17,7 @@ from core.augment import AcquisitionAugment, acquisition_augmenter
 from core.data import scan_dataset
 from core.metrics import classification_metrics
 from core.model import build_model
-from core.shift import CLEAN, PERTURBATIONS, perturb, shift_metrics, shifted_probabilities
+from core.stress import CLEAN, PERTURBATIONS, perturb, stress_metrics, stress_probabilities
 from core.training import extract_activations
 
 
@@ -92,7 +92,7 @@ def test_each_perturbation_keeps_shape_and_range_and_changes_the_image(name: str
     assert out.shape == x.shape and out.dtype == np.float32
     assert out.min() >= 0 and out.max() <= 255
     np.testing.assert_array_equal(out, again)  # deterministic
-    from core.shift import ENCODING
+    from core.stress import ENCODING
 
     assert np.abs(out - x).mean() > (0.05 if name in ENCODING else 0.5)  # re-encoding is subtle by design
 
@@ -104,11 +104,11 @@ def test_clean_is_untouched_and_unknown_names_are_refused() -> None:
         perturb(x, "rain")
 
 
-def test_shift_metrics_summarise_each_perturbation() -> None:
+def test_stress_metrics_summarise_each_perturbation() -> None:
     y = np.array([0, 0, 1, 1, 2, 2])
     right = np.eye(3)[y]
     wrong = np.eye(3)[[0, 0, 2, 2, 2, 2]]  # normals called virus
-    result = shift_metrics(y, {CLEAN: right, "blur-3": wrong, "noise-8": right}, ["BACTERIA", "NORMAL", "VIRUS"])
+    result = stress_metrics(y, {CLEAN: right, "blur-3": wrong, "noise-8": right}, ["BACTERIA", "NORMAL", "VIRUS"])
     assert result["perturbations"][CLEAN]["accuracy"] == 1.0
     assert result["worst"] == "blur-3" and result["worst_accuracy"] == pytest.approx(4 / 6)
     assert result["mean_accuracy"] == pytest.approx((4 / 6 + 1) / 2)
@@ -120,7 +120,7 @@ def test_shifted_scores_match_scoring_the_perturbed_files(tiny_loaded, tmp_path:
     make_dataset(root, "three-folder", per_class=2)
     paths = [s.path for s in scan_dataset(root).samples]
     (root / "NORMAL" / "broken.jpeg").write_bytes(b"not a jpeg")
-    kept, probs, skipped = shifted_probabilities(
+    kept, probs, skipped = stress_probabilities(
         tiny_loaded.model, TINY_SPEC, [*paths, root / "NORMAL" / "broken.jpeg"], [CLEAN, "blur-3"], batch_size=4
     )
     assert kept == paths and len(skipped) == 1
@@ -186,7 +186,7 @@ def test_invariance_augmentation_trains_its_views(tmp_path: Path, tiny_backbone_
 
 
 def test_encoding_perturbations_report_the_share_of_changed_calls() -> None:
-    from core.shift import ENCODING
+    from core.stress import ENCODING
 
     x = batch(4, 96)[0]
     for name in ENCODING:
@@ -195,7 +195,7 @@ def test_encoding_perturbations_report_the_share_of_changed_calls() -> None:
     y = [0, 1, 2, 0]
     clean = np.eye(3)[[0, 1, 2, 0]] * 0.8 + 0.05
     flipped = np.eye(3)[[0, 1, 2, 1]] * 0.8 + 0.05
-    m = shift_metrics(y, {CLEAN: clean, "jpeg-50": flipped, "resample-area": clean}, ["B", "N", "V"])
+    m = stress_metrics(y, {CLEAN: clean, "jpeg-50": flipped, "resample-area": clean}, ["B", "N", "V"])
     assert m["perturbations"]["jpeg-50"]["changed"] == pytest.approx(0.25)
     assert m["perturbations"]["resample-area"]["changed"] == 0.0
     assert m["max_changed_encoding"] == pytest.approx(0.25)

@@ -151,7 +151,7 @@ def perturb(image: np.ndarray, name: str) -> np.ndarray:
     return np.clip(PERTURBATIONS[name](image.astype(np.float32)), 0, 255).astype(np.float32)
 
 
-def shifted_probabilities(
+def stress_probabilities(
     model: keras.Model,
     spec: InputSpec,
     paths: Sequence[str | Path],
@@ -185,7 +185,7 @@ def shifted_probabilities(
     )
 
 
-def shift_metrics(
+def stress_metrics(
     y_true: Sequence[int], probabilities: dict[str, np.ndarray], classes: Sequence[str]
 ) -> dict[str, Any]:
     """Per perturbation: accuracy, macro F1, recall per class and the share of calls it changed.
@@ -227,11 +227,11 @@ def stress_scan(
     classes = loaded.meta.classes
     check_labels(scan, classes)
     paths = [s.path for s in scan.samples]
-    kept, probs, skipped = shifted_probabilities(loaded.model, loaded.meta.input, paths, names, batch_size, on_batch)
+    kept, probs, skipped = stress_probabilities(loaded.model, loaded.meta.input, paths, names, batch_size, on_batch)
     if not kept:
         raise DataError(f"none of the {len(paths)} images in {scan.root} could be read")
     y = class_indices(labels_of(scan.samples, kept), classes)
-    result = shift_metrics(y, probs, classes)
+    result = stress_metrics(y, probs, classes)
     result["n_images"] = len(kept)
     result["skipped"] = [{"file": relative_name(p, scan.root), "reason": r} for p, r in skipped]
     return result
@@ -242,11 +242,11 @@ STRESS_FILES = ("stress.json", "stress.png")
 
 def write_stress_report(out: str | Path, result: dict[str, Any], title: str = "") -> list[Path]:
     """``stress.json`` and the ``stress.png`` table, each written atomically."""
-    from core.plots import shift_figure
-    from core.reports import save_figure, write_json
+    from core.atomic import save_figure, write_json
+    from core.plots import stress_figure
 
     out = Path(out)
-    return [write_json(out / STRESS_FILES[0], result), save_figure(shift_figure(result, title), out / STRESS_FILES[1])]
+    return [write_json(out / STRESS_FILES[0], result), save_figure(stress_figure(result, title), out / STRESS_FILES[1])]
 
 
 def format_stress(result: dict[str, Any]) -> str:
