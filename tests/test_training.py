@@ -151,3 +151,16 @@ def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:
         assert f"{100 * m['per_class']['VIRUS']['precision']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in card
     assert "the test images themselves, labels unused" in card  # each protocol says what it did
     assert (DEFAULT_WEIGHTS_DIR / "README.md").read_text() == card
+
+
+def test_a_failed_training_leaves_no_folder_and_no_log_handler(tiny_data: Path, tiny_backbone_file: Path, tmp_path):
+    import logging
+
+    out = tmp_path / "model"
+    args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
+    args += ["--image-size", "64", "--fine-tune-from", "142"]  # crosses a residual connection: refused in core
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 1 and "block boundary" in result.output
+    assert not out.exists() and not list(tmp_path.glob(".model.staging-*"))
+    handlers = logging.getLogger("pneumocam").handlers
+    assert not any(isinstance(h, logging.FileHandler) for h in handlers)
