@@ -171,3 +171,16 @@ def test_every_command_has_help_with_an_example() -> None:
     for cmd in main.commands:
         result = run(cmd, "--help")
         assert result.exit_code == 0 and "Example" in result.output and "python -m cli" in result.output
+
+
+def test_debug_variable_shows_the_traceback_of_our_errors(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from core.errors import InputError
+
+    image = save_gray(tmp_path / "x.png", xray_like())
+    args = ["predict", str(image), "--model", str(tiny_model_dir), "--explain", "PNEUMONIA"]
+    quiet = CliRunner().invoke(main, args)
+    assert quiet.exit_code == 1 and "error: unknown class 'PNEUMONIA'" in quiet.stderr
+    assert isinstance(quiet.exception, SystemExit)
+    monkeypatch.setenv("PNEUMOCAM_DEBUG", "1")
+    loud = CliRunner().invoke(main, args)
+    assert isinstance(loud.exception, InputError) and loud.exc_info[2] is not None
