@@ -80,7 +80,7 @@ def evaluate(
     """
     from core.atomic import replace_folder
     from core.data import scan_dataset
-    from core.evaluation import Protocol, evaluate_scan, is_report_entry, write_report
+    from core.evaluation import GALLERY_DIR, Protocol, evaluate_scan, is_report_entry, write_report
     from core.metrics import format_table
 
     scan = scan_dataset(data_dir)
@@ -99,7 +99,7 @@ def evaluate(
     skipped = result.metrics["skipped"]
     if skipped:
         click.echo(f"skipped {len(skipped)} unreadable file(s); see {out / 'metrics.json'}", err=True)
-    with replace_folder(out, is_report_entry, overwrite) as staging:
+    with replace_folder(out, is_report_entry, overwrite, keep=lambda name: name == GALLERY_DIR) as staging:
         title = f"{data_dir.name} ({result.metrics['n_images']} images, {protocol.name})"
         write_report(staging, result, loaded.meta.classes, title=title)
     click.echo(f"report written to {out}/")

@@ -79,12 +79,19 @@ def save_figure(fig: Any, path: str | Path, dpi: int = FIGURE_DPI) -> Path:
 
 
 @contextmanager
-def replace_folder(out: str | Path, ours: Callable[[str], bool], overwrite: bool = False) -> Iterator[Path]:
+def replace_folder(
+    out: str | Path,
+    ours: Callable[[str], bool],
+    overwrite: bool = False,
+    keep: Callable[[str], bool] = lambda name: False,
+) -> Iterator[Path]:
     """Build a report in a hidden staging folder beside ``out``; on success it replaces ``out`` whole.
 
     So a folder only ever holds one run's files (an interrupted run leaves the
     previous report untouched), and a folder holding anything that ``ours``
-    does not recognise is refused unless ``overwrite``.
+    does not recognise is refused unless ``overwrite``. Entries of the old
+    folder that ``keep`` names (what other commands wrote there, such as an
+    evaluate report's galleries) move into the new one unless it has its own.
     """
     from core.errors import DataError
 
@@ -109,6 +116,10 @@ def replace_folder(out: str | Path, ours: Callable[[str], bool], overwrite: bool
         if out.exists():
             out.rename(old)
         staging.rename(out)
+        if old.exists():
+            for entry in old.iterdir():
+                if keep(entry.name) and not (out / entry.name).exists():
+                    entry.rename(out / entry.name)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -184,3 +184,21 @@ def test_debug_variable_shows_the_traceback_of_our_errors(tiny_model_dir: Path, 
     monkeypatch.setenv("PNEUMOCAM_DEBUG", "1")
     loud = CliRunner().invoke(main, args)
     assert isinstance(loud.exception, InputError) and loud.exc_info[2] is not None
+
+
+def test_evaluating_again_keeps_the_galleries_drawn_from_the_report(
+    dataset_download, tiny_model_dir, tmp_path, monkeypatch
+):
+    root, _ = dataset_download
+    monkeypatch.chdir(tmp_path)  # default folders: reports/<data>/ and reports/<data>/gallery/
+    assert run("evaluate", root, "--model", tiny_model_dir).exit_code == 0
+    report = tmp_path / "reports" / root.name
+    gallery = run("gallery", root, "--class", "NORMAL", "--outcome", "TP", "--model", tiny_model_dir)
+    assert gallery.exit_code == 0
+    index = report / "gallery" / "NORMAL_TP" / "index.html"
+    assert index.is_file()
+    before = (report / "metrics.json").stat().st_mtime_ns
+    assert run("evaluate", root, "--model", tiny_model_dir, "--batch-size", 3).exit_code == 0
+    assert (report / "metrics.json").stat().st_mtime_ns != before  # a new report...
+    assert index.is_file()  # ...that kept the gallery
+    assert not list((tmp_path / "reports").glob(".*staging*"))
