@@ -33,6 +33,28 @@ def is_report_entry(name: str) -> bool:
     return name in REPORT_FILES or name == GALLERY_DIR
 
 
+def provenance(loaded: LoadedModel, data_dir: Path) -> dict[str, Any]:
+    """What a report was made from and with: the model, the data folder, when, and the software."""
+    from datetime import UTC, datetime
+    from importlib.metadata import version
+
+    import core
+
+    packages = {name: version(name) for name in ("keras", "numpy", "scikit-learn", "pillow", "pydicom")}
+    return {
+        "model": {"name": loaded.meta.name, "sha256": loaded.meta.weights_sha256, "source": loaded.source},
+        "data_dir": Path(data_dir).resolve().name,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": {"pneumocam": core.__version__, "tensorflow": _tf_version(), **packages},
+    }
+
+
+def _tf_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One scored file; ``file`` is relative to the data folder (posix)."""
@@ -140,6 +162,7 @@ def evaluate_scan(
     metrics["ci95"] = bootstrap_ci(y_true, probabilities, classes, groups)
     metrics["protocol"] = block
     metrics["skipped"] = [{"file": relative_name(p, scan.root), "reason": r} for p, r in scores.skipped]
+    metrics["provenance"] = provenance(loaded, scan.root)
     preds = [
         Prediction(
             file=relative_name(p, scan.root),

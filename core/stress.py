@@ -21,6 +21,7 @@ import numpy as np
 from core.artifact import LoadedModel
 from core.data import Scan, check_labels, class_indices, labels_of, relative_name
 from core.errors import DataError, InputError
+from core.evaluation import provenance
 from core.inference import compile_forward, image_batches
 from core.metrics import classification_metrics
 from core.preprocess import InputSpec
@@ -234,6 +235,7 @@ def stress_scan(
     result = stress_metrics(y, probs, classes)
     result["n_images"] = len(kept)
     result["skipped"] = [{"file": relative_name(p, scan.root), "reason": r} for p, r in skipped]
+    result["provenance"] = provenance(loaded, scan.root)
     return result
 
 

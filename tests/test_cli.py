@@ -63,6 +63,11 @@ def test_evaluate_writes_four_consistent_files(data_with_junk, tiny_model_dir: P
         cm[CLASSES.index(r["true"]), CLASSES.index(r["predicted"])] += 1
     assert cm.tolist() == m["confusion_matrix"]
     assert m["accuracy"] == pytest.approx(np.trace(cm) / n)
+    from core.artifact import read_meta
+
+    prov = m["provenance"]
+    assert prov["model"]["sha256"] == read_meta(tiny_model_dir).weights_sha256 and prov["data_dir"] == root.name
+    assert prov["date"].startswith("20") and {"tensorflow", "keras", "pneumocam"} <= set(prov["versions"])
     for png in ("confusion_matrix.png", "per_class_metrics.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
