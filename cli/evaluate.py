@@ -124,26 +124,40 @@ def evaluate(
     metavar="NAMES",
     help="Comma-separated perturbations to run (default: all), e.g. blur-3,noise-8.",
 )
+@click.option(
+    "--subset",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Only the files this list names (one per line, relative to DATA_DIR), e.g. a model's validation.txt.",
+)
 @batch_size_option()
 @overwrite_option("--out")
 def stress(
-    data_dir: Path, model: ModelChoice, out: Path | None, only: str | None, batch_size: int, overwrite: bool
+    data_dir: Path,
+    model: ModelChoice,
+    out: Path | None,
+    only: str | None,
+    subset: Path | None,
+    batch_size: int,
+    overwrite: bool,
 ) -> None:
     """Score a labelled folder again under blur, noise, zoom, exposure and compression changes.
 
     Shows how much of the accuracy survives images acquired a little
     differently (another scanner, site or year), without touching a test split:
-    run it on a validation folder. Every perturbation is fixed and deterministic
-    (see core/stress.py). Writes stress.json and stress.png (accuracy and recall
-    per class for each perturbation).
+    run it on a validation split: `train` writes the list of its validation
+    images as validation.txt in the model folder, for --subset. Every
+    perturbation is fixed and deterministic (see core/stress.py). Writes
+    stress.json and stress.png (accuracy, recall per class and the share of
+    calls changed, for each perturbation).
 
     \b
     Example:
-      python -m cli stress data/val
-      python -m cli stress data/val --only blur-3,noise-8,zoom-in-1.2
+      python -m cli stress ../shared/data/chest_xray/train --subset weights/validation.txt
+      python -m cli stress data/site-b --only blur-3,noise-8,zoom-in-1.2
     """
     from core.atomic import replace_folder
     from core.data import scan_dataset
+    from core.data import subset as data_subset
     from core.stress import (
         CLEAN,
         PERTURBATIONS,
@@ -161,6 +175,8 @@ def stress(
         if bad:
             raise click.BadParameter(f"unknown {bad[0]!r}; choose from {', '.join(PERTURBATIONS)}", param_hint="--only")
     scan = scan_dataset(data_dir)
+    if subset:
+        scan = data_subset(scan, subset)
     loaded = model.load()
     out = out or Path("reports", data_dir.resolve().name + "-stress")
     with progress(len(scan.samples), f"scoring x{len(names)}") as bar:
@@ -191,10 +207,9 @@ def stress(
 )
 @click.option(
     "--explain",
-    type=click.Choice(["predicted", "true"]),
     default="predicted",
     show_default=True,
-    help="Explain the predicted class or the true class.",
+    help="Class the heatmaps explain: 'predicted', 'true' (the label) or a class name, as in predict.",
 )
 @cam_method_option
 @opacity_option
@@ -251,6 +266,8 @@ def gallery(
     loaded = model.load()
     classes = loaded.meta.classes
     cls, outcome = cls.upper(), outcome.upper()
+    if explain not in ("predicted", "true", *classes):
+        raise click.BadParameter(f"'predicted', 'true' or one of {', '.join(classes)}", param_hint="--explain")
     if cls not in classes:
         raise click.BadParameter(f"choose one of {', '.join(classes)}", param_hint="--class")
     if scan is None:

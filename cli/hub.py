@@ -33,21 +33,21 @@ def model_card_cmd(model_dir: Path) -> None:
 @command()
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--repo-id", required=True, help="Target model repo, e.g. org/pneumocam (created when missing).")
-@click.option("--revision-message", default="", help="Commit message on the Hub.")
+@click.option("--message", "--revision-message", "message", default="", help="Commit message on the Hub.")
 @click.option("--private", is_flag=True, help="Create the repo as private.")
 @click.option("--dry-run", is_flag=True, help="Check the model and list what would be uploaded; upload nothing.")
-def publish(folder: Path, repo_id: str, revision_message: str, private: bool, dry_run: bool) -> None:
+def publish(folder: Path, repo_id: str, message: str, private: bool, dry_run: bool) -> None:
     """Upload a model folder (model.keras, model.json, model card...) to the Hugging Face Hub.
 
     The model is loaded first (safe mode, SHA-256 and metadata checked), so a
     broken model is never published. Prints the commit hash to pin in the Space
     (PNEUMOCAM_REVISION). Needs network and a token (HF_TOKEN or
-    `huggingface-cli login`).
+    `hf auth login`).
 
     \b
     Example:
       python -m cli publish weights/ --repo-id org/pneumocam --dry-run
-      python -m cli publish weights/ --repo-id org/pneumocam --revision-message "fine-tuned, 3 views"
+      python -m cli publish weights/ --repo-id org/pneumocam --message "fine-tuned, 3 views"
     """
     from core.artifact import load_artifact
     from core.publish import model_files, upload
@@ -60,7 +60,7 @@ def publish(folder: Path, repo_id: str, revision_message: str, private: bool, dr
         click.echo(f"dry run: {len(files)} file(s) would be uploaded to {repo_id}")
         return
     pairs = [(f, f.relative_to(folder).as_posix()) for f in files]
-    commit = upload(pairs, repo_id, "model", revision_message, private=private)
+    commit = upload(pairs, repo_id, "model", message, private=private)
     click.echo(commit)
     click.echo(f"uploaded {len(files)} file(s) to {repo_id}; pin revision {commit}", err=True)
 
@@ -74,7 +74,7 @@ def deploy_space(space_id: str, message: str, dry_run: bool) -> None:
 
     The Space pulls its model from the Hub repo and revision in space/config.json
     (set them after `publish`). Needs network and a token (HF_TOKEN or
-    `huggingface-cli login`).
+    `hf auth login`).
 
     \b
     Example:

@@ -25,9 +25,17 @@ from core.options import PREDICT_MAX_SIDE
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @layers_option
 @click.option(
-    "--cam-out", type=click.Path(path_type=Path, file_okay=False), help="Write <name>_gradcam.png overlays here."
+    "--cam-out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write <name>_gradcam.png overlays here (Grad-CAM runs only then).",
 )
-@click.option("--explain", "target", help="Class to explain [default: the predicted one].")
+@click.option(
+    "--explain",
+    "target",
+    default="predicted",
+    show_default=True,
+    help="Class the heatmaps explain: 'predicted' or a class name.",
+)
 @cam_method_option
 @opacity_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
@@ -42,47 +50,67 @@ def predict(
     as_json: bool,
     model: ModelChoice,
 ) -> None:
-    """Class probabilities for each image, with Grad-CAM overlays when asked.
+    """Class probabilities for each image (or each image in a folder), with Grad-CAM overlays when asked.
 
-    Any image file works: JPEG, PNG (8/16 bit), BMP or DICOM, any size. A file
-    that cannot be read gives a one-line error and exit code 1 (the others are
-    still reported).
+    Any image file works: JPEG, PNG (8/16 bit), BMP or DICOM, any size; a
+    folder is searched recursively. A file that cannot be read is listed with
+    its reason (in the JSON too) and the exit code is 1; the others are still
+    reported.
 
     \b
     Examples:
       python -m cli predict xray.jpeg
       python -m cli predict a.png b.dcm --cam-out cams/ --json
+      python -m cli predict scans/ --json > calls.json
     """
+    from core.data import list_images
+
+    files = [f for p in images for f in (list_images(p) if p.is_dir() else [p])]
+    if not files:
+        raise click.BadParameter("no image files found", param_hint="IMAGES")
+    loaded = model.load()
+    classes = loaded.meta.classes
+    if target not in ("predicted", *classes):
+        raise click.BadParameter(f"'predicted' or one of {', '.join(classes)}", param_hint="--explain")
+    target = None if target == "predicted" else target
+
     from core.atomic import save_figure
     from core.errors import ImageLoadError
     from core.images import read_image
-    from core.inference import Explainer
+    from core.inference import Explainer, probabilities_of
     from core.plots import gallery_figure
 
-    explainer = Explainer(model.load(), method=method)
-    results, failures = [], 0
-    for path in images:
+    explainer = Explainer(loaded, method=method)
+    results: list[dict[str, Any]] = []
+    if not as_json:
+        click.echo("\t".join(["file", "predicted", *[f"p_{c}" for c in classes]]))
+    for path in files:
         try:
             rgb = read_image(path)
         except ImageLoadError as exc:
+            results.append({"file": str(path), "error": exc.reason})
             click.echo(f"error: {exc}", err=True)
-            failures += 1
             continue
-        e = explainer.explain([rgb], n_layers=n_layers, target=target, alpha=alpha, max_side=PREDICT_MAX_SIDE)[0]
-        record: dict[str, Any] = {"file": str(path), "predicted": e.predicted, "probabilities": e.probabilities}
         if cam_out:
+            e = explainer.explain([rgb], n_layers=n_layers, target=target, alpha=alpha, max_side=PREDICT_MAX_SIDE)[0]
+            probs, predicted = e.probabilities, e.predicted
             row = {
                 "image": e.image,
                 "overlays": e.overlays,
                 "layers": e.layer_names,
-                "caption": f"{path.name}\n{e.predicted} ({e.probabilities[e.predicted]:.0%}), explaining {e.explained}",
+                "caption": f"{path.name}\n{predicted} ({probs[predicted]:.0%}), explaining {e.explained}",
             }
-            record["gradcam"] = str(save_figure(gallery_figure([row]), cam_out / f"{path.stem}_gradcam.png"))
+            gradcam = str(save_figure(gallery_figure([row]), cam_out / f"{path.stem}_gradcam.png"))
+        else:
+            probs = probabilities_of(loaded, [rgb])[0]
+            predicted, gradcam = max(probs, key=probs.get), None
+        record: dict[str, Any] = {"file": str(path), "predicted": predicted, "probabilities": probs}
+        if gradcam:
+            record["gradcam"] = gradcam
         results.append(record)
         if not as_json:
-            probs = "  ".join(f"{c} {p:6.1%}" for c, p in e.probabilities.items())
-            click.echo(f"{path}\t{e.predicted}\t{probs}")
+            click.echo("\t".join([str(path), predicted, *[f"{probs[c]:.4f}" for c in classes]]))
     if as_json:
         click.echo(json.dumps(results, indent=2))
-    if failures:
+    if any("error" in r for r in results):
         sys.exit(EXIT_ERROR)

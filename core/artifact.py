@@ -27,7 +27,8 @@ MODEL_FILE = "model.keras"
 META_FILE = "model.json"
 SOURCE_STATS_FILE = "source_stats.npz"  # training statistics for site adaptation (core.adaptation)
 CARD_FILE = "README.md"
-TRAINING_FILES = ("history.json", "training_curves.png", "train.log")  # what training writes beside the model
+#: What training writes beside the model; the last lists its validation images (for stress --subset).
+TRAINING_FILES = ("history.json", "training_curves.png", "train.log", "validation.txt")
 #: What a model folder may hold: the model, its metadata and statistics, its card, and what training wrote.
 MODEL_FOLDER_FILES = (MODEL_FILE, META_FILE, SOURCE_STATS_FILE, CARD_FILE, *TRAINING_FILES)
 FORMAT_VERSION = 1

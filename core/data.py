@@ -138,6 +138,18 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def subset(scan: Scan, listing: str | Path) -> Scan:
+    """Only the samples a list file names (one path per line, relative to the data folder), e.g. a validation split."""
+    try:
+        wanted = {line.strip() for line in Path(listing).read_text().splitlines() if line.strip()}
+    except OSError as exc:
+        raise DataError(f"cannot read the file list {listing}: {exc.strerror}") from None
+    samples = [s for s in scan.samples if relative_name(s.path, scan.root) in wanted]
+    if not samples:
+        raise DataError(f"none of the {len(wanted)} files listed in {listing} is in {scan.root}")
+    return Scan(scan.root, scan.layout, samples)
+
+
 def prepare_layout(src: str | Path, dest: str | Path, overwrite: bool = False) -> Scan:
     """Lay ``src`` out as ``dest/{BACTERIA,NORMAL,VIRUS}/`` (hard links, else copies).
 

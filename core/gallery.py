@@ -71,7 +71,7 @@ def render_pages(
             if on_page:
                 on_page(len(page))
             continue
-        targets = [p.true for p in batch] if explain == "true" else None
+        targets = {"predicted": None, "true": [p.true for p in batch]}.get(explain, [explain] * len(batch))
         explained = explainer.explain(images, n_layers=n_layers, target=targets, alpha=alpha, max_side=GALLERY_MAX_SIDE)
         rows = [
             {"image": e.image, "overlays": e.overlays, "layers": e.layer_names, "caption": caption(p)}

@@ -130,6 +130,15 @@ def score_files(
     return Scores(kept, arr, skipped)
 
 
+def probabilities_of(loaded: LoadedModel, images: Sequence[np.ndarray]) -> list[dict[str, float]]:
+    """Class probabilities of decoded RGB images (no Grad-CAM): one forward pass."""
+    if not images:
+        return []
+    x = np.stack([to_model_input(img, loaded.meta.input) for img in images])
+    p = compile_forward(loaded.model)(x).numpy()
+    return [{c: float(v) for c, v in zip(loaded.meta.classes, row)} for row in p]
+
+
 @dataclass
 class Explanation:
     """One image explained: probabilities, the explained class and one overlay per layer."""

@@ -31,7 +31,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from core.augment import acquisition_augmenter, augment_params
 from core.config import ArchConfig, InputSpec, TrainConfig
-from core.data import Sample, Scan, class_indices, labels_of, patient_id
+from core.data import Sample, Scan, class_indices, labels_of, patient_id, relative_name
 from core.errors import DataError, InputError
 from core.inference import image_batches
 from core.model import FEATURES_LAYER, backbone_layers, set_fine_tuning
@@ -260,6 +260,7 @@ class TrainResult:
     meta: ModelMeta
     history: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     source_stats: LayerStats | None = None
+    validation_files: list[str] = field(default_factory=list)  # relative to the data folder
 
 
 def train_model(
@@ -373,7 +374,8 @@ def train_model(
         "validation": classification_metrics(y_val, val_probs, classes),
         "validation_shift": _validation_stress(model, spec, val, classes),
     }
-    return TrainResult(model, meta, history, source_statistics(model, spec, [s.path for s in train]))
+    stats = source_statistics(model, spec, [s.path for s in train])
+    return TrainResult(model, meta, history, stats, [relative_name(s.path, scan.root) for s in val])
 
 
 def source_statistics(model: keras.Model, spec: InputSpec, paths: Sequence[str | Path]) -> LayerStats:
@@ -453,13 +455,13 @@ def train_to_folder(
     import time
 
     from core.artifact import TRAINING_FILES, is_model_entry, save_artifact
-    from core.atomic import replace_folder, save_figure, write_json
+    from core.atomic import replace_folder, save_figure, write_json, write_text
     from core.plots import training_curves_figure
 
     log = logging.getLogger("pneumocam")
     log.setLevel(logging.INFO)
     with replace_folder(out, is_model_entry, overwrite) as staging:
-        history_file, curves_file, log_file = TRAINING_FILES
+        history_file, curves_file, log_file, validation_file = TRAINING_FILES
         handler = logging.FileHandler(staging / log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(handler)
@@ -480,6 +482,7 @@ def train_to_folder(
             save_artifact(result.model, result.meta, staging, source_stats=result.source_stats)
             write_json(staging / history_file, result.history)
             save_figure(training_curves_figure(result.history), staging / curves_file)
+            write_text(staging / validation_file, "".join(f"{f}\n" for f in result.validation_files))
         finally:
             log.removeHandler(handler)
             handler.close()

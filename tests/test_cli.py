@@ -179,16 +179,37 @@ def test_every_command_has_help_with_an_example() -> None:
 
 
 def test_debug_variable_shows_the_traceback_of_our_errors(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    from core.errors import InputError
+    from core.errors import DataError
 
-    image = save_gray(tmp_path / "x.png", xray_like())
-    args = ["predict", str(image), "--model", str(tiny_model_dir), "--explain", "PNEUMONIA"]
+    args = ["evaluate", str(tmp_path / "nowhere"), "--model", str(tiny_model_dir)]
     quiet = CliRunner().invoke(main, args)
-    assert quiet.exit_code == 1 and "error: unknown class 'PNEUMONIA'" in quiet.stderr
+    assert quiet.exit_code == 1 and "error: data folder" in quiet.stderr
     assert isinstance(quiet.exception, SystemExit)
     monkeypatch.setenv("PNEUMOCAM_DEBUG", "1")
     loud = CliRunner().invoke(main, args)
-    assert isinstance(loud.exception, InputError) and loud.exc_info[2] is not None
+    assert isinstance(loud.exception, DataError) and loud.exc_info[2] is not None
+
+
+def test_predict_a_folder_lists_failures_and_skips_gradcam_without_cam_out(tiny_model_dir: Path, tmp_path: Path):
+    folder = tmp_path / "scans"
+    a = save_gray(folder / "a.png", xray_like(300, 200))
+    b = save_gray(folder / "sub" / "b.jpeg", xray_like(120, 160, seed=2))
+    bad = folder / "c.jpeg"
+    bad.write_text("not an image")
+    table = run("predict", folder, "--model", tiny_model_dir)
+    assert table.exit_code == 1
+    lines = table.stdout.strip().splitlines()
+    assert lines[0].split("\t") == ["file", "predicted", "p_BACTERIA", "p_NORMAL", "p_VIRUS"]
+    assert {line.split("\t")[0] for line in lines[1:]} == {str(a), str(b)}
+    as_json = json.loads(run("predict", folder, "--model", tiny_model_dir, "--json", "--layers", 8).stdout)
+    assert {r["file"]: r.get("error") for r in as_json} == {
+        str(a): None,
+        str(b): None,
+        str(bad): "not a JPEG, PNG, BMP or DICOM image",
+    }
+    assert not any("gradcam" in r for r in as_json)
+    wrong = run("predict", a, "--model", tiny_model_dir, "--explain", "PNEUMONIA")
+    assert wrong.exit_code == 2 and "BACTERIA, NORMAL, VIRUS" in wrong.output
 
 
 def test_evaluating_again_keeps_the_galleries_drawn_from_the_report(

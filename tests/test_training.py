@@ -89,7 +89,18 @@ def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: 
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["model.keras", "model.json", "history.json", "training_curves.png", "train.log", "source_stats.npz"]
+        + ["validation.txt"]
     )
+    listed = (out / "validation.txt").read_text().splitlines()
+    assert len(listed) == loaded_n_val(out) and all((tiny_data / f).is_file() for f in listed)
+    stress_out = tmp_path / "stress"
+    stressed = CliRunner().invoke(
+        main,
+        [str(a) for a in ["stress", tiny_data, "--model", out, "--subset", out / "validation.txt", "--out", stress_out]]
+        + ["--only", "jpeg-50"],
+    )
+    assert stressed.exit_code == 0, stressed.output
+    assert json.loads((stress_out / "stress.json").read_text())["n_images"] == len(listed)
     assert not out.with_name("model.partial").exists()
     loaded = load_artifact(out)
     assert loaded.meta.input.height == 64 and loaded.meta.arch.alpha == 0.35
@@ -99,6 +110,10 @@ def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: 
     assert "stage head" in log and "stage fine_tuning" in log and '"seed": 42' in log
     again = CliRunner().invoke(main, [str(a) for a in args])
     assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def loaded_n_val(folder: Path) -> int:
+    return load_artifact(folder).meta.data["n_val"]
 
 
 def test_publish_dry_run_lists_exactly_the_model_files(tiny_model_dir: Path, tmp_path: Path) -> None:
