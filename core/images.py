@@ -108,13 +108,47 @@ def read_raster(path: Path, data: bytes) -> np.ndarray:
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
+def dicom_range(ds: object) -> tuple[float, float]:
+    """The value range a grayscale DICOM's pixels can take once its modality and VOI transforms are applied.
+
+    A VOI LUT table outputs its own bit depth; otherwise (windowed or not) the
+    stored bit depth, signed or not, through the rescale slope and intercept,
+    as the standard defines (PS3.3 C.11.2.1.2) and pydicom computes it.
+    """
+    voi = ds.get("VOILUTSequence")
+    if voi and "WindowCenter" not in ds:
+        return 0.0, float(2 ** int(voi[0].LUTDescriptor[2]) - 1)
+    bits = int(ds.get("BitsStored", 16))
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    return tuple(sorted((lo * slope + intercept, hi * slope + intercept)))  # type: ignore[return-value]
+
+
+def scale_to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map ``lo..hi`` linearly onto 0..255 (values outside are clipped)."""
+    v = (values.astype(np.float64, copy=False) - lo) * (255.0 / max(hi - lo, 1e-12))
+    return np.round(np.clip(v, 0, 255)).astype(np.uint8)
+
+
 def read_dicom(path: Path, data: bytes) -> np.ndarray:
-    """DICOM through pydicom: modality LUT, VOI LUT/window, MONOCHROME1 inverted."""
+    """DICOM through pydicom: modality LUT, then the window or VOI LUT the file has, MONOCHROME1 inverted.
+
+    The result is scaled from the range those transforms can output (the
+    stored bit depth without a window), never stretched to the image's own
+    min-max: a DICOM holding an 8-bit image's pixels then looks exactly like
+    that image. Files without the 128-byte preamble and file meta (older CR
+    exports) are read too.
+    """
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        if "TransferSyntaxUID" not in ds.file_meta:
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian  # the default of raw datasets
     except Exception as exc:
         raise ImageLoadError(path, f"unreadable DICOM ({_describe(exc)})") from None
     if "PixelData" not in ds:
@@ -127,7 +161,7 @@ def read_dicom(path: Path, data: bytes) -> np.ndarray:
             pixels = pixels[0]
         if photometric.startswith("MONOCHROME"):
             values = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
-            gray = window_to_uint8(values)
+            gray = scale_to_uint8(values, *dicom_range(ds))
             if photometric == "MONOCHROME1":
                 gray = 255 - gray
             return gray_to_rgb(gray)
@@ -146,7 +180,8 @@ def _describe(exc: BaseException) -> str:
 
 
 def _is_dicom(data: bytes) -> bool:
-    return data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM"
+    """The DICM magic after the preamble, or a raw dataset (no preamble) opening on group 0002 or 0008."""
+    return data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM" or data[:2] in (b"\x02\x00", b"\x08\x00")
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -46,6 +46,27 @@ def load_xray(path: Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
     return rgb, to_model_input(rgb, spec)
 
 
+def write_raw_dicom(path: Path, pixels: np.ndarray, bits: int = 12) -> Path:
+    """A bare implicit-VR little-endian dataset: no preamble, no DICM magic, no file meta."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR image storage
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    with open(path, "wb") as raw:
+        f = DicomFileLike(raw)
+        f.is_implicit_VR, f.is_little_endian = True, True
+        write_dataset(f, ds)
+    return path
+
+
 SHARED = Path(os.environ.get("PNEUMOCAM_SHARED", REPO_ROOT.parent / "shared"))
 SHARED_DATA = SHARED / "data" / "chest_xray"
 SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import decode_bytes, save_gray, xray_like
+from conftest import decode_bytes, save_gray, write_raw_dicom, xray_like
 from core.errors import ImageLoadError
 from core.images import read_image
 
 
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", window=None, with_pixels=True):
+def write_dicom(
+    path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", window=None, with_pixels=True, bits: int = 12
+):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -31,7 +33,7 @@ def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
     if window:
         ds.WindowCenter, ds.WindowWidth = window
     if with_pixels:
@@ -109,8 +111,29 @@ def test_dicom_monochrome2_and_1(tmp_path: Path) -> None:
     m2 = read_image(write_dicom(tmp_path / "a.dcm", pixels, "MONOCHROME2"))
     m1 = read_image(write_dicom(tmp_path / "b.dcm", pixels, "MONOCHROME1"))
     assert m2.shape == (24, 32, 3)
-    assert m2[0, 0, 0] == 0 and m2[0, -1, 0] == 255
+    assert m2[0, 0, 0] == 0 and m2[0, -1, 0] == round(4000 / 4095 * 255)  # scaled by the 12 stored bits
     assert np.array_equal(m1, 255 - m2)
+
+
+def test_dicom_without_preamble_or_file_meta_is_read(tmp_path: Path) -> None:
+    """Older CR exports: a bare dataset, no 128-byte preamble, no file meta; read with or without a .dcm name."""
+    pixels = np.tile(np.linspace(0, 4095, 32), (24, 1)).astype(np.uint16)
+    full = write_dicom(tmp_path / "full.dcm", pixels)
+    raw = write_raw_dicom(tmp_path / "raw.dcm", pixels)
+    assert raw.read_bytes()[128:132] != b"DICM"
+    expected = read_image(full)
+    assert np.array_equal(read_image(raw), expected)
+    unnamed = tmp_path / "IMG0001"
+    unnamed.write_bytes(raw.read_bytes())
+    assert np.array_equal(read_image(unnamed), expected)
+
+
+def test_a_dicom_holding_a_jpegs_pixels_reads_as_the_jpeg(tmp_path: Path) -> None:
+    """Scaled by the stored bit depth, not stretched to the image's own min-max."""
+    gray = np.clip(xray_like(60, 50).astype(int) // 2 + 40, 0, 255).astype(np.uint8)  # not spanning 0..255
+    png = save_gray(tmp_path / "x.png", gray)
+    dcm = write_dicom(tmp_path / "x.dcm", gray.astype(np.uint16) * 257, bits=16)
+    assert np.array_equal(read_image(dcm), read_image(png))
 
 
 def test_dicom_window_is_applied(tmp_path: Path) -> None:

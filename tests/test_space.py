@@ -79,6 +79,42 @@ def test_predict_endpoint_through_gradio_client(server: str, xray: Path, tmp_pat
     assert again["label"] == label["label"]
 
 
+def test_a_bare_dicom_gets_the_call_of_the_same_pixels_everywhere(server: str, tiny_model_dir: Path, tmp_path) -> None:
+    """A DICOM without preamble or file meta, holding a PNG's pixels: the Space, predict and evaluate read it."""
+    import json
+
+    from click.testing import CliRunner
+    from gradio_client import Client, handle_file
+
+    from cli.app import main
+    from conftest import write_raw_dicom
+
+    gray = xray_like(120, 100, seed=9)
+    png = save_gray(tmp_path / "x.png", gray)
+    dcm = write_raw_dicom(tmp_path / "x.dcm", gray.astype(np.uint16) * 257, bits=16)
+    client = Client(server, verbose=False)
+    calls = [client.predict(handle_file(str(p)), 1, api_name="/predict")[0] for p in (png, dcm)]
+    as_dict = [{c["label"]: c["confidence"] for c in call["confidences"]} for call in calls]
+    assert as_dict[0] == pytest.approx(as_dict[1], abs=1e-4)
+    out = CliRunner().invoke(main, ["predict", str(png), str(dcm), "--json", "--model", str(tiny_model_dir)])
+    assert out.exit_code == 0, out.output
+    a, b = json.loads(out.stdout)
+    assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+    data = tmp_path / "data"
+    for cls in ("BACTERIA", "NORMAL", "VIRUS"):
+        save_gray(data / cls / f"{cls}.png", xray_like(seed=len(cls)))
+    (data / "NORMAL" / "scan.dcm").write_bytes(dcm.read_bytes())
+    report = tmp_path / "report"
+    assert (
+        CliRunner()
+        .invoke(main, ["evaluate", str(data), "--model", str(tiny_model_dir), "--out", str(report)])
+        .exit_code
+        == 0
+    )
+    m = json.loads((report / "metrics.json").read_text())
+    assert m["n_images"] == 4 and m["skipped"] == []
+
+
 def test_config_file_and_environment_override(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_text('{"repo_id": "org/model", "revision": "abc", "concurrency_limit": 1, "unknown": 5}')
