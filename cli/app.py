@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from cli import data, evaluate, hub, predict, site, train
-from cli.common import EXIT_ERROR, Command
+from cli.common import EXIT_ERROR
 from core import __version__
 from core.errors import PneumoCAMError
 from core.paths import ENV_DEBUG
@@ -48,8 +48,6 @@ class Group(click.Group):
     Anything else is a bug and keeps its traceback; ``PNEUMOCAM_DEBUG=1`` shows
     the traceback of our errors too.
     """
-
-    command_class = Command
 
     def invoke(self, ctx: click.Context) -> Any:
         signal.signal(signal.SIGTERM, _terminate)

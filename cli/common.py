@@ -1,6 +1,7 @@
-"""What every command shares: the command class, model selection, the options typed once, progress bars.
+"""What every command shares: model selection, the options typed once, progress bars.
 
-Nothing here imports TensorFlow: ``--help`` stays instant.
+Nothing here imports TensorFlow: ``--help`` stays instant, and a command checks
+its arguments, paths and class names before the model (and TensorFlow) loads.
 """
 
 from __future__ import annotations
@@ -29,17 +30,9 @@ EXIT_ERROR = 1  # input or model problems; click uses 2 for bad usage
 REPORTS_DIR = Path("reports")
 
 
-class Command(click.Command):
-    """Imports TensorFlow (quietly) once arguments parsed, so `--help` stays instant and clean."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        import_tensorflow_quietly()
-        return super().invoke(ctx)
-
-
 def command(name: str | None = None) -> Callable:
-    """``@click.command`` with our command class (TensorFlow imported only when the command runs)."""
-    return click.command(name, cls=Command)
+    """``@click.command``; the command imports TensorFlow only once its arguments are checked."""
+    return click.command(name)
 
 
 @dataclass(frozen=True)
@@ -51,9 +44,31 @@ class ModelChoice:
     revision: str | None
     allow_unpinned: bool = False
 
+    def is_hub(self) -> bool:
+        """Whether this choice resolves to a Hugging Face Hub download (no local folder given)."""
+        import os
+
+        from core.paths import ENV_MODEL_PATH, ENV_REPO_ID
+
+        return not (self.path or os.environ.get(ENV_MODEL_PATH)) and bool(self.repo_id or os.environ.get(ENV_REPO_ID))
+
+    def meta(self) -> Any:
+        """The model's metadata from its model.json alone (no TensorFlow), for checking arguments early.
+
+        A Hub model is downloaded (and loaded) for it.
+        """
+        from core.artifact import read_meta
+        from core.resolve import resolve_model
+
+        if self.is_hub():
+            return self.load().meta
+        return read_meta(resolve_model(self.path, self.repo_id, self.revision).directory)
+
     def load(self) -> Any:
+        """Resolve and load the model (TensorFlow imported here, quietly)."""
         import warnings
 
+        import_tensorflow_quietly()
         from core.resolve import load_model
 
         with warnings.catch_warnings(record=True) as caught:

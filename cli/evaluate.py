@@ -78,14 +78,17 @@ def evaluate(
       python -m cli evaluate data/test --adapt --out reports/test-adapted
       python -m cli evaluate data/test --cross-calibrate 2 --out reports/test-calibrated
     """
-    from core.atomic import replace_folder
+    from core.atomic import check_out, replace_folder
     from core.data import scan_dataset
     from core.evaluation import GALLERY_DIR, Protocol, evaluate_scan, is_report_entry, write_report
     from core.metrics import format_table
 
     scan = scan_dataset(data_dir)
-    loaded = model.load()
     out = out or default_out(data_dir)
+    check_out(out, is_report_entry, overwrite)
+    if record_as and model.is_hub():
+        raise click.UsageError("--record-as needs a local model folder (--model), not a Hub download")
+    loaded = model.load()
     protocol = Protocol(adapt=adapt, cross_calibrate=folds, split_seed=split_seed)
     if adapt:
         from core.adaptation import check_adaptable
@@ -106,8 +109,6 @@ def evaluate(
     if record_as:
         from core.artifact import record_metrics
 
-        if loaded.from_hub:
-            raise click.UsageError("--record-as needs a local model folder (--model), not a Hub download")
         key = record_as if protocol.name == "train-only" else f"{record_as}:{protocol.name}"
         record_metrics(loaded.directory, key, {**result.metrics, "data_dir": data_dir.resolve().name})
         click.echo(f"metrics recorded as {key!r} in {loaded.directory}/model.json")
@@ -155,7 +156,7 @@ def stress(
       python -m cli stress ../shared/data/chest_xray/train --subset weights/validation.txt
       python -m cli stress data/site-b --only blur-3,noise-8,zoom-in-1.2
     """
-    from core.atomic import replace_folder
+    from core.atomic import check_out, replace_folder
     from core.data import scan_dataset
     from core.data import subset as data_subset
     from core.stress import (
@@ -177,8 +178,9 @@ def stress(
     scan = scan_dataset(data_dir)
     if subset:
         scan = data_subset(scan, subset)
-    loaded = model.load()
     out = out or Path("reports", data_dir.resolve().name + "-stress")
+    check_out(out, lambda name: name in STRESS_FILES, overwrite)
+    loaded = model.load()
     with progress(len(scan.samples), f"scoring x{len(names)}") as bar:
         result = stress_scan(loaded, scan, names, batch_size, on_batch=bar.update)
     click.echo(format_stress(result))
@@ -253,23 +255,33 @@ def gallery(
       python -m cli gallery data/test --class BACTERIA --outcome FP --layers 1 \\
           --predictions reports/test/predictions.csv
     """
-    from core.atomic import replace_folder
+    from core.atomic import check_out, replace_folder
     from core.data import scan_dataset
     from core.errors import DataError
-    from core.evaluation import GALLERY_DIR, evaluate_scan, read_predictions
+    from core.evaluation import GALLERY_DIR, evaluate_scan, matching_predictions, read_predictions
     from core.gallery import is_gallery_entry, render_pages, select, write_index
-    from core.inference import Explainer
 
     if predictions and not data_dir.is_dir():
         raise DataError(f"data folder {data_dir} does not exist")
     scan = None if predictions else scan_dataset(data_dir)
-    loaded = model.load()
-    classes = loaded.meta.classes
+    meta = model.meta()
+    classes = meta.classes
     cls, outcome = cls.upper(), outcome.upper()
     if explain not in ("predicted", "true", *classes):
         raise click.BadParameter(f"'predicted', 'true' or one of {', '.join(classes)}", param_hint="--explain")
     if cls not in classes:
         raise click.BadParameter(f"choose one of {', '.join(classes)}", param_hint="--class")
+    out = out or default_out(data_dir, GALLERY_DIR, f"{cls}_{outcome}")
+    check_out(out, is_gallery_entry, overwrite)
+    if scan is not None and not predictions:
+        predictions = matching_predictions(default_out(data_dir), meta, data_dir)
+        if predictions:
+            click.echo(f"reusing {predictions} (same model and data folder; pass --predictions to choose)", err=True)
+            scan = None
+    loaded = model.load()
+
+    from core.inference import Explainer
+
     if scan is None:
         preds = read_predictions(predictions, classes)
         root = data_dir
@@ -279,7 +291,6 @@ def gallery(
             preds = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update).predictions
     chosen = select(preds, classes, cls, outcome)
     shown = chosen[:limit]
-    out = out or default_out(data_dir, GALLERY_DIR, f"{cls}_{outcome}")
     title = f"{cls} {outcome}: {len(chosen)} image(s), explaining the {explain} class"
     explainer = Explainer(loaded, method=method)
     with replace_folder(out, is_gallery_entry, overwrite) as staging, progress(len(shown), "explaining") as bar:

@@ -46,11 +46,16 @@ def adapt(image_dir: Path, out: Path, model: ModelChoice, method: str, batch_siz
       python -m cli adapt /archive/site-b/xrays --out models/site-b
       python -m cli evaluate data/site-b-labelled --model models/site-b
     """
-    from core.adaptation import check_adaptable, stat_passes
+    from core.artifact import is_model_entry
+    from core.atomic import check_out
     from core.site import adapt_to_site, site_images
 
     n = len(site_images(image_dir))
+    check_out(out, is_model_entry, overwrite)
     loaded = model.load()
+
+    from core.adaptation import check_adaptable, stat_passes
+
     check_adaptable(loaded)
     with progress(n * stat_passes(method), "measuring site statistics") as bar:
         meta = adapt_to_site(loaded, image_dir, out, method, batch_size, bar.update, overwrite)
@@ -80,10 +85,13 @@ def calibrate(data_dir: Path, out: Path, model: ModelChoice, batch_size: int, ov
       python -m cli calibrate data/site-b-sample --out models/site-b-calibrated
       python -m cli calibrate data/site-b-sample --model models/site-b --out models/site-b-final
     """
+    from core.artifact import is_model_entry
+    from core.atomic import check_out
     from core.data import scan_dataset
     from core.site import calibrate_to_site
 
     scan = scan_dataset(data_dir)
+    check_out(out, is_model_entry, overwrite)
     loaded = model.load()
     with progress(len(scan.samples), "scoring") as bar:
         meta = calibrate_to_site(loaded, scan, out, batch_size, bar.update, overwrite)

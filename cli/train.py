@@ -132,7 +132,7 @@ def train(
           --backbone-weights ../shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5
     """
     from core.data import scan_dataset
-    from core.training import train_to_folder
+    from core.runtime import import_tensorflow_quietly
 
     try:
         units = tuple(int(u) for u in dense_units.split(",") if u.strip())
@@ -147,6 +147,9 @@ def train(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise click.UsageError(f"{out} exists and is not empty; pass --overwrite to replace it")
     scan = scan_dataset(data_dir)
+    import_tensorflow_quietly()
+    from core.training import train_to_folder
+
     cfg = TrainConfig(fine_tune_from=ft_from, **settings)
     arch = ArchConfig(alpha=float(alpha), pooling=pooling, dropout=dropout, dense_units=units, rotation=rotation)
     spec = InputSpec(height=image_size, width=image_size)

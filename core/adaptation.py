@@ -17,6 +17,7 @@ architecture, same Grad-CAM layers, explained on its own logits.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.artifact import SOURCE_STATS_FILE, LoadedModel
-from core.errors import DataError, InputError, ModelLoadError
+from core.errors import InputError, ModelLoadError, none_readable
 from core.inference import image_batches
 from core.model import FEATURES_LAYER
 from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD
@@ -192,7 +193,9 @@ def _site_moments(
     total_sq: list = [0.0] * len(names)
     counts = [0.0] * len(names)
     n_images = 0
+    skipped: list[tuple[Path, str]] = []
     for batch in image_batches(paths, spec, batch_size):
+        skipped += batch.skipped
         if len(batch.images):
             sums, squares, seen = moments(batch.images)
             for i in range(len(names)):
@@ -203,7 +206,8 @@ def _site_moments(
         if on_batch:
             on_batch(batch.size)
     if n_images == 0:
-        raise DataError("none of the images could be read, so no statistics could be measured")
+        where = Path(os.path.commonpath([str(p) for p in paths])) if paths else Path(".")
+        raise none_readable(len(paths), where, skipped)
     mean, std = {}, {}
     for name, s, q, c in zip(names, total, total_sq, counts):
         m = s / c

@@ -13,15 +13,16 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import keras
+from typing import TYPE_CHECKING, Any
 
 from core.atomic import write_json
+from core.config import LOGITS_LAYER, ArchConfig
 from core.data import CLASSES
 from core.errors import InputError, ModelLoadError
-from core.model import LOGITS_LAYER, ArchConfig, conv_layer_names
-from core.preprocess import InputSpec
+
+if TYPE_CHECKING:
+    import keras
+from core.config import InputSpec
 
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
@@ -128,6 +129,8 @@ class LoadedModel:
 
 
 def new_meta(model: keras.Model, arch: ArchConfig, spec: InputSpec, classes: list[str]) -> ModelMeta:
+    from core.model import conv_layer_names
+
     """Metadata for a freshly built model: Grad-CAM candidates read off the model."""
     return ModelMeta(classes=list(classes), input=spec, arch=arch, gradcam_layers=conv_layer_names(model))
 
@@ -210,6 +213,11 @@ def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef 
     if meta.weights_sha256 and file_sha256(weights) != meta.weights_sha256:
         raise ModelLoadError(f"{weights} does not match the SHA-256 recorded in {META_FILE}")
     try:
+        from core.runtime import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
+        import keras
+
         model = keras.models.load_model(weights, compile=False, safe_mode=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -78,6 +78,22 @@ def save_figure(fig: Any, path: str | Path, dpi: int = FIGURE_DPI) -> Path:
     return Path(path)
 
 
+def check_out(out: str | Path, ours: Callable[[str], bool], overwrite: bool = False) -> None:
+    """Refuse, before any work, an output that is a file or a folder holding what ``ours`` does not recognise."""
+    from core.errors import DataError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder")
+    if out.is_dir() and not overwrite:
+        foreign = sorted(p.name for p in out.iterdir() if not ours(p.name))
+        if foreign:
+            raise DataError(
+                f"{out} holds files that are not part of this kind of output ({', '.join(foreign[:3])}); "
+                "choose another --out or pass --overwrite"
+            )
+
+
 @contextmanager
 def replace_folder(
     out: str | Path,
@@ -93,18 +109,8 @@ def replace_folder(
     folder that ``keep`` names (what other commands wrote there, such as an
     evaluate report's galleries) move into the new one unless it has its own.
     """
-    from core.errors import DataError
-
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} exists and is not a folder")
-    if out.is_dir() and not overwrite:
-        foreign = sorted(p.name for p in out.iterdir() if not ours(p.name))
-        if foreign:
-            raise DataError(
-                f"{out} holds files that are not part of this kind of report ({', '.join(foreign[:3])}); "
-                "choose another --out or pass --overwrite"
-            )
+    check_out(out, ours, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.staging-*"):
         shutil.rmtree(stale, ignore_errors=True)

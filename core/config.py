@@ -13,6 +13,9 @@ from core.errors import InputError
 from core.options import AUGMENTATIONS
 
 PIL_BILINEAR = "pil-bilinear"
+#: Layer names every entry point relies on: the pre-softmax logits Grad-CAM explains, the pooled features.
+LOGITS_LAYER = "logits"
+FEATURES_LAYER = "pooled_features"
 #: Resize methods a model's input recipe may name; ``pil-bilinear`` is how the data set's copies were made.
 RESIZE_METHODS = (PIL_BILINEAR, "area", "bilinear", "bicubic", "nearest")
 POOLINGS = ("max", "avg")

@@ -32,6 +32,13 @@ class DataError(PneumoCAMError):
     """A data folder that is missing, empty or laid out in a way we cannot read."""
 
 
+def none_readable(n: int, where: str | Path, skipped: list[tuple[Path, str]]) -> DataError:
+    """The error for a folder none of whose images could be read, naming (up to three of) them and why."""
+    reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return DataError(f"none of the {n} images in {where} could be read ({reasons}{more})")
+
+
 class InputError(PneumoCAMError, ValueError):
     """An argument the user gave that we cannot use (a class the model lacks, a layer count out of range...).
 

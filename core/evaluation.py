@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,9 @@ import numpy as np
 from core.artifact import LoadedModel
 from core.atomic import save_figure, write_csv, write_json
 from core.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
-from core.errors import DataError
-from core.inference import score_files
+from core.errors import DataError, none_readable
 from core.metrics import bootstrap_ci, classification_metrics
 from core.options import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_SEED
-from core.plots import confusion_matrix_figure, per_class_figure, reliability_figure
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -134,10 +133,11 @@ def evaluate_scan(
         method = protocol.adapt_method or DEFAULT_METHOD
         model, info = adapted_copy(loaded, paths, method, batch_size=batch_size, on_batch=on_batch)
         block["adaptation"] = info
+    from core.inference import score_files
+
     scores = score_files(model, loaded.meta.input, paths, batch_size, on_batch)
     if not scores.paths:
-        reasons = "; ".join(f"{p.name}: {r}" for p, r in scores.skipped[:3])
-        raise DataError(f"none of the {len(scan.samples)} images in {scan.root} could be read ({reasons})")
+        raise none_readable(len(scan.samples), scan.root, scores.skipped)
     labels = labels_of(scan.samples, scores.paths)
     y_true = class_indices(labels, classes)
     groups = [patient_id(p) for p in scores.paths]
@@ -199,8 +199,29 @@ def read_predictions(path: str | Path, classes: list[str]) -> list[Prediction]:
         raise DataError(f"{path} has a malformed row: {exc}") from None
 
 
+def matching_predictions(report: Path, meta: Any, data_dir: Path) -> Path | None:
+    """An evaluate report's ``predictions.csv`` made by this model (same weights) on this folder, as trained.
+
+    So a gallery after an evaluate need not score the folder again.
+    """
+    try:
+        m = json.loads((Path(report) / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    prov = m.get("provenance", {})
+    same = (
+        prov.get("model", {}).get("sha256") == meta.weights_sha256
+        and prov.get("data_dir") == Path(data_dir).resolve().name
+        and m.get("protocol", {}).get("name", TRAIN_ONLY) == TRAIN_ONLY
+    )
+    path = Path(report) / PREDICTIONS_FILE
+    return path if same and path.is_file() else None
+
+
 def write_report(out: str | Path, evaluation: Evaluation, classes: list[str], title: str = "") -> list[Path]:
     """``metrics.json``, ``predictions.csv`` and three figures, each written atomically."""
+    from core.plots import confusion_matrix_figure, per_class_figure, reliability_figure
+
     out = Path(out)
     m = evaluation.metrics
     return [

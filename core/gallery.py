@@ -6,6 +6,7 @@ import html
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,10 +14,12 @@ from core.atomic import save_figure, write_text
 from core.errors import ImageLoadError, InputError
 from core.evaluation import Prediction
 from core.images import read_image
-from core.inference import Explainer
 from core.metrics import outcome_mask
+
+if TYPE_CHECKING:
+    from core.inference import Explainer
+
 from core.options import DEFAULT_LAYERS, DEFAULT_OPACITY, GALLERY_DPI, GALLERY_MAX_SIDE, GALLERY_PER_PAGE
-from core.plots import gallery_figure
 
 _PAGE = re.compile(r"^page_\d{3,}\.png$")
 
@@ -56,6 +59,8 @@ def render_pages(
     on_page: Callable[[int], None] | None = None,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Write ``page_NNN.png`` grids; returns the pages and the files that could not be read."""
+    from core.plots import gallery_figure
+
     pages: list[Path] = []
     failed: list[tuple[str, str]] = []
     for start in range(0, len(chosen), per_page):

@@ -15,12 +15,10 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from core.config import POOLINGS, ArchConfig, InputSpec
+from core.config import FEATURES_LAYER, LOGITS_LAYER, POOLINGS, ArchConfig, InputSpec
 from core.errors import InputError
 
-LOGITS_LAYER = "logits"
 PROBS_LAYER = "probabilities"
-FEATURES_LAYER = "pooled_features"
 _PREPROCESS_LAYERS = ("augment_flip", "augment_rotation", "rescale")
 
 

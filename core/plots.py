@@ -43,7 +43,8 @@ def per_class_figure(metrics: dict[str, Any], title: str = "") -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, key in enumerate(names):
         vals = [metrics["per_class"][c][key] for c in classes]
-        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=key)
+        label = "accuracy (one-vs-rest)" if key == "accuracy" else key
+        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=label)
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.set_xticks(x, classes)
     ax.set_ylim(0, 1.08)

@@ -17,14 +17,12 @@ from typing import Any
 import numpy as np
 
 from core import calibration
-from core.adaptation import DEFAULT_METHOD, adapted_copy, clone
 from core.artifact import LoadedModel, ModelMeta, is_model_entry, save_artifact
 from core.atomic import replace_folder
 from core.data import Scan, check_labels, class_indices, labels_of, list_images
-from core.errors import DataError
-from core.inference import score_files
+from core.errors import DataError, none_readable
 from core.metrics import classification_metrics
-from core.options import ADAPT_BATCH_SIZE, DEFAULT_BATCH_SIZE
+from core.options import ADAPT_BATCH_SIZE, DEFAULT_ADAPT_METHOD, DEFAULT_BATCH_SIZE
 
 
 def _now() -> str:
@@ -55,12 +53,14 @@ def adapt_to_site(
     loaded: LoadedModel,
     folder: str | Path,
     out: str | Path,
-    method: str = DEFAULT_METHOD,
+    method: str = DEFAULT_ADAPT_METHOD,
     batch_size: int = ADAPT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
     overwrite: bool = False,
 ) -> ModelMeta:
     """Adapt to the images under ``folder`` (no label read) and write the adapted model to ``out``."""
+    from core.adaptation import adapted_copy
+
     paths = site_images(folder)
     model, info = adapted_copy(loaded, paths, method, batch_size, on_batch)
     meta = _derived_meta(loaded, "adapted")
@@ -85,9 +85,12 @@ def calibrate_to_site(
     missing = [c for c in classes if not counts.get(c)]
     if missing:
         raise DataError(f"{scan.root} has no {missing[0]} images; calibration needs every class")
+    from core.adaptation import clone
+    from core.inference import score_files
+
     scores = score_files(loaded.model, loaded.meta.input, [s.path for s in scan.samples], batch_size, on_batch)
     if not scores.paths:
-        raise DataError(f"none of the {len(scan.samples)} images in {scan.root} could be read")
+        raise none_readable(len(scan.samples), scan.root, scores.skipped)
     y = class_indices(labels_of(scan.samples, scores.paths), classes)
     cal = calibration.fit(scores.probabilities, y, len(classes))
     model = clone(loaded.model)

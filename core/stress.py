@@ -12,19 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
-import keras
 import numpy as np
 
 from core.artifact import LoadedModel
 from core.data import Scan, check_labels, class_indices, labels_of, relative_name
-from core.errors import DataError, InputError
+from core.errors import InputError, none_readable
 from core.evaluation import provenance
-from core.inference import compile_forward, image_batches
 from core.metrics import classification_metrics
 from core.preprocess import InputSpec
+
+if TYPE_CHECKING:
+    import keras
 
 Perturbation = Callable[[np.ndarray], np.ndarray]
 CLEAN = "clean"
@@ -165,6 +166,8 @@ def stress_probabilities(
     Returns the readable paths, ``{name: probabilities (n, classes)}`` and the
     skipped files with their reason.
     """
+    from core.inference import compile_forward, image_batches
+
     check_names(names)
     forward = compile_forward(model)
     kept: list[Path] = []
@@ -230,7 +233,7 @@ def stress_scan(
     paths = [s.path for s in scan.samples]
     kept, probs, skipped = stress_probabilities(loaded.model, loaded.meta.input, paths, names, batch_size, on_batch)
     if not kept:
-        raise DataError(f"none of the {len(paths)} images in {scan.root} could be read")
+        raise none_readable(len(paths), scan.root, skipped)
     y = class_indices(labels_of(scan.samples, kept), classes)
     result = stress_metrics(y, probs, classes)
     result["n_images"] = len(kept)

@@ -228,3 +228,53 @@ def test_evaluating_again_keeps_the_galleries_drawn_from_the_report(
     assert (report / "metrics.json").stat().st_mtime_ns != before  # a new report...
     assert index.is_file()  # ...that kept the gallery
     assert not list((tmp_path / "reports").glob(".*staging*"))
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["evaluate", "{tmp}/nowhere"], 1, "does not exist"),
+        (["gallery", "{data}", "--class", "PNEUMONIA", "--outcome", "FN"], 2, "BACTERIA, NORMAL, VIRUS"),
+        (["gallery", "{data}", "--class", "VIRUS", "--outcome", "FN", "--explain", "LUNGS"], 2, "'true'"),
+        (["evaluate", "{data}", "--out", "{tmp}/thesis"], 1, "choose another --out"),
+        (["evaluate", "{data}", "--out", "{tmp}/afile"], 1, "not a folder"),
+        (["stress", "{data}", "--out", "{tmp}/thesis"], 1, "choose another --out"),
+        (["evaluate", "{data}", "--record-as", "test", "--repo-id", "org/m", "--revision", "0" * 40], 2, "local model"),
+    ],
+)
+def test_mistakes_are_reported_before_the_model_or_tensorflow_loads(args, code, message, dataset_download, tmp_path):
+    """Run in a fresh interpreter: the error comes first, and TensorFlow was never imported."""
+    root, _ = dataset_download
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.docx").write_text("precious")
+    (tmp_path / "afile").write_text("a file, not a folder")
+    argv = [a.format(tmp=tmp_path, data=root) for a in args]
+    if "--repo-id" not in argv:
+        argv += ["--model", str(REPO_ROOT / "weights")]
+    probe = (
+        "import sys; from click.testing import CliRunner; from cli.app import main; "
+        f"r = CliRunner().invoke(main, {argv!r}); "
+        "print(r.exit_code, 'tensorflow' in sys.modules); print(r.output)"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    first, *rest = proc.stdout.splitlines()
+    assert first == f"{code} False", proc.stdout + proc.stderr
+    assert message in "\n".join(rest)
+    assert [p.name for p in (tmp_path / "thesis").iterdir()] == ["chapter1.docx"]
+
+
+def test_gallery_reuses_the_predictions_of_an_evaluate_by_the_same_model(
+    dataset_download, tiny_model_dir, tmp_path, monkeypatch
+) -> None:
+    root, _ = dataset_download
+    monkeypatch.chdir(tmp_path)
+    assert run("evaluate", root, "--model", tiny_model_dir).exit_code == 0
+    args = ["gallery", root, "--class", "NORMAL", "--outcome", "TP", "--model", tiny_model_dir]
+    reused = CliRunner().invoke(main, [str(a) for a in args])
+    assert reused.exit_code == 0, reused.output
+    assert f"reusing {Path('reports') / root.name / 'predictions.csv'}" in reused.stderr
+    assert "scoring" not in reused.stderr
+    other = run(
+        "gallery", root, "--class", "NORMAL", "--outcome", "TP", "--model", REPO_ROOT / "weights", "--overwrite"
+    )
+    assert other.exit_code == 0 and "reusing" not in other.stderr  # another model scores again
