@@ -28,6 +28,12 @@ def blend(rgb: np.ndarray, heat_rgb: np.ndarray, alpha: float = DEFAULT_OPACITY)
     return cv2.addWeighted(heat_rgb, alpha, rgb, 1.0 - alpha, 0.0)
 
 
+def colour_scale(width: int = 320, height: int = 18) -> np.ndarray:
+    """The heatmap colour scale as an RGB strip, low (left) to high (right): the legend beside overlays."""
+    ramp = np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1))
+    return colorize(ramp)
+
+
 def encode_png(rgb: np.ndarray) -> bytes:
     """RGB uint8 -> PNG bytes (lossless, for overlays handed to a browser)."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

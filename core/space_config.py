@@ -9,8 +9,12 @@ import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.options import DEFAULT_LAYERS, DEFAULT_OPACITY
+
+if TYPE_CHECKING:
+    from core.artifact import LoadedModel
 from core.paths import ENV_REPO_ID, ENV_REVISION, REPO_ROOT
 
 CONFIG_FILE = REPO_ROOT / "space" / "config.json"
@@ -43,9 +47,24 @@ def load_space_config(path: Path = CONFIG_FILE, environ: dict[str, str] | None =
 
 
 def example_files(config: SpaceConfig, limit: int = 12) -> list[str]:
-    """Example X-rays from the configured folder (none are shipped with the code)."""
+    """Example X-rays from the configured folder (relative to the repository; ``space/examples`` ships three)."""
     from core.data import list_images
 
-    if not config.examples_dir or not Path(config.examples_dir).is_dir():
+    if not config.examples_dir:
         return []
-    return [str(p) for p in list_images(Path(config.examples_dir))[:limit]]
+    folder = Path(config.examples_dir)
+    folder = folder if folder.is_absolute() else REPO_ROOT / folder
+    return [str(p) for p in list_images(folder)[:limit]] if folder.is_dir() else []
+
+
+def model_line(loaded: LoadedModel) -> str:
+    """What a visitor should know of the model serving: its name, its exact version, its measured accuracy."""
+    meta = loaded.meta
+    version = f"revision {loaded.hub.revision[:12]}" if loaded.hub else f"weights sha256 {meta.weights_sha256[:12]}"
+    test = meta.metrics.get("test")
+    measured = (
+        f"; {test['accuracy']:.1%} accuracy on the {test['n_images']}-image test split (as trained)"
+        if test
+        else "; not yet measured on a test split"
+    )
+    return f"**{meta.name}** ({version}){measured}"

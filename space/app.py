@@ -26,9 +26,9 @@ from core.atomic import write_bytes  # noqa: E402
 from core.errors import ImageLoadError, PneumoCAMError  # noqa: E402
 from core.inference import Explainer  # noqa: E402
 from core.options import MAX_SHOWN_LAYERS  # noqa: E402
-from core.overlay import encode_png  # noqa: E402
+from core.overlay import colour_scale, encode_png  # noqa: E402
 from core.resolve import load_model  # noqa: E402
-from core.space_config import SpaceConfig, example_files, load_space_config  # noqa: E402
+from core.space_config import SpaceConfig, example_files, load_space_config, model_line  # noqa: E402
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom"]
 PREDICTED = "predicted class"
@@ -82,7 +82,7 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
         layers: float = config.default_layers,
         explain: str = PREDICTED,
         opacity: float = config.default_opacity,
-    ) -> tuple[dict[str, float], list[tuple[object, str]], str]:
+    ) -> tuple[dict[str, float], list[tuple[object, str]], str, tuple[str, str]]:
         if not image:
             raise gr.Error("Upload a chest X-ray (PNG, JPEG, BMP or DICOM) first.")
         target = None if explain in (None, "", PREDICTED) else explain
@@ -92,12 +92,13 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
             raise gr.Error(f"Cannot use this file: {exc.reason}.") from None
         except PneumoCAMError as exc:
             raise gr.Error(str(exc)) from None
-        captions = [*e.layer_names[:-1], f"{e.layer_names[-1]} (deepest)"]
+        captions = [*e.layer_names[:-1], f"{e.layer_names[-1]} (deepest, closest to the decision)"]
         summary = (
-            f"Predicted **{e.predicted}** ({e.probabilities[e.predicted]:.0%}); heatmaps explain **{e.explained}**."
+            f"Predicted **{e.predicted}** ({e.probabilities[e.predicted]:.0%}); heatmaps explain **{e.explained}**. "
+            "Drag the slider over the X-ray to compare it with the deepest layer's heatmap."
         )
-        files = overlay_files.write(e.overlays, e.layer_names)
-        return e.probabilities, list(zip(files, captions)), summary
+        files = overlay_files.write([*e.overlays, e.image], [*e.layer_names, "xray"])
+        return e.probabilities, list(zip(files, captions)), summary, (files[-1], files[-2])
 
     with gr.Blocks(title="PneumoCAM", delete_cache=(900, 1800)) as demo:
         gr.Markdown("# PneumoCAM: explainable pediatric chest X-ray triage")
@@ -109,26 +110,51 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
                 explain = gr.Dropdown([PREDICTED, *classes], value=PREDICTED, label="Class to explain")
                 opacity = gr.Slider(0.0, 1.0, value=config.default_opacity, step=0.05, label="Heatmap opacity")
                 run = gr.Button("Classify and explain", variant="primary", elem_id="run")
+                examples = example_files(config)
+                if examples:
+                    gr.Examples(examples, inputs=[image], label="Example X-rays (click one)", cache_examples=False)
             with gr.Column(scale=2):
                 label = gr.Label(num_top_classes=len(classes), label="Probabilities", elem_id="label")
-                summary = gr.Markdown(elem_id="summary")
-                gallery = gr.Gallery(
-                    label="Grad-CAM per layer", columns=3, object_fit="contain", format="png", elem_id="cams"
+                summary = gr.Markdown(label="summary", elem_id="summary")
+                slider = gr.ImageSlider(
+                    label="The X-ray | the deepest layer's heatmap", type="filepath", elem_id="slider", height=520
                 )
-        examples = example_files(config)
-        if examples:
-            gr.Examples(examples, inputs=[image], label="Example X-rays")
+                gr.Image(
+                    colour_scale(),
+                    label="Heatmap colour scale: blue, little influence on the explained class; red, the most",
+                    interactive=False,
+                    height=60,
+                    buttons=[],
+                )
+                gallery = gr.Gallery(
+                    label="Grad-CAM per layer",
+                    columns=3,
+                    height=420,
+                    object_fit="contain",
+                    format="png",
+                    elem_id="cams",
+                )
         gr.Markdown(ABOUT)
-        run.click(predict, [image, layers, explain, opacity], [label, gallery, summary], api_name="predict")
+        run.click(predict, [image, layers, explain, opacity], [label, gallery, summary, slider], api_name="predict")
     return demo
+
+
+def warm_up(explainer: Explainer, config: SpaceConfig) -> None:
+    """Trace the model and Grad-CAM once at start-up, so the first visitor waits no longer than the others."""
+    import numpy as np
+
+    blank = np.full((*explainer.loaded.meta.input.shape[:2], 3), 128, np.uint8)
+    explainer.explain([blank], n_layers=config.default_layers, alpha=config.default_opacity)
 
 
 def create(config: SpaceConfig | None = None) -> tuple[gr.Blocks, SpaceConfig]:
     """Load the model once (Hub at the pinned revision, else the bundled weights) and build the page."""
     config = config or load_space_config()
     loaded = load_model(repo_id=config.repo_id, revision=config.revision, fallback=True)
-    print(f"PneumoCAM serving: {loaded.source}", flush=True)
-    demo = build_app(Explainer(loaded), config, loaded.source)
+    print(f"PneumoCAM serving: {loaded.source}", flush=True)  # developer details stay in the server log
+    explainer = Explainer(loaded)
+    warm_up(explainer, config)
+    demo = build_app(explainer, config, model_line(loaded))
     demo.queue(default_concurrency_limit=config.concurrency_limit, max_size=64)
     return demo, config
 

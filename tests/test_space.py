@@ -42,7 +42,7 @@ def xray(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server() -> str:
     from space.app import create, launch_options
 
-    demo, config = create(SpaceConfig(repo_id=None, revision=None))
+    demo, config = create(SpaceConfig(repo_id=None, revision=None, examples_dir="space/examples"))
     port = free_port()
     demo.launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(config)
@@ -56,7 +56,9 @@ def test_predict_endpoint_through_gradio_client(server: str, xray: Path, tmp_pat
     from gradio_client.exceptions import AppError
 
     client = Client(server, verbose=False)
-    label, gallery, summary = client.predict(handle_file(str(xray)), 2, "predicted class", 0.5, api_name="/predict")
+    label, gallery, summary, slider = client.predict(
+        handle_file(str(xray)), 2, "predicted class", 0.5, api_name="/predict"
+    )
     confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
     assert set(confidences) == {"BACTERIA", "NORMAL", "VIRUS"}
     assert sum(confidences.values()) == pytest.approx(1.0, abs=1e-4)
@@ -67,15 +69,19 @@ def test_predict_endpoint_through_gradio_client(server: str, xray: Path, tmp_pat
         assert Image.open(item["image"]).size == size
     assert "Conv_1" in gallery[-1]["caption"]
     assert label["label"] in summary
+    shown, heat = (Image.open(p) for p in slider)  # the X-ray itself against the deepest layer's heatmap
+    assert shown.size == heat.size == size
+    assert np.abs(np.asarray(shown.convert("L"), float) - np.asarray(Image.open(xray).convert("L"), float)).mean() < 1
+    assert np.asarray(heat, float).std(axis=-1).mean() > 5  # coloured, unlike the grey X-ray
 
-    _, three, _ = client.predict(handle_file(str(xray)), api_name="/predict")  # every other input defaulted
+    _, three, _, _ = client.predict(handle_file(str(xray)), api_name="/predict")  # every other input defaulted
     assert len(three) == 3
 
     bad = tmp_path / "corrupt.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     with pytest.raises(AppError, match="Cannot use this file"):
         client.predict(handle_file(str(bad)), api_name="/predict")
-    again, _, _ = client.predict(handle_file(str(xray)), 1, "NORMAL", 0.3, api_name="/predict")
+    again, _, _, _ = client.predict(handle_file(str(xray)), 1, "NORMAL", 0.3, api_name="/predict")
     assert again["label"] == label["label"]
 
 
@@ -113,6 +119,28 @@ def test_a_bare_dicom_gets_the_call_of_the_same_pixels_everywhere(server: str, t
     )
     m = json.loads((report / "metrics.json").read_text())
     assert m["n_images"] == 4 and m["skipped"] == []
+
+
+def test_model_line_names_the_model_its_version_and_its_accuracy(tiny_loaded) -> None:
+    from core.artifact import load_artifact
+    from core.paths import DEFAULT_WEIGHTS_DIR
+    from core.space_config import model_line
+
+    bundled = load_artifact(DEFAULT_WEIGHTS_DIR)
+    line = model_line(bundled)
+    assert bundled.meta.name in line and bundled.meta.weights_sha256[:12] in line
+    assert f"{bundled.meta.metrics['test']['accuracy']:.1%}" in line and "/" not in line  # no server path
+    assert "not yet measured" in model_line(tiny_loaded)
+
+
+def test_the_shipped_examples_are_one_per_class_and_attributed() -> None:
+    from core.paths import REPO_ROOT
+    from core.space_config import example_files, load_space_config
+
+    files = [Path(f).name for f in example_files(load_space_config())]
+    assert len(files) == 3 and sum("bacteria" in f for f in files) == 1 and sum("virus" in f for f in files) == 1
+    notes = (REPO_ROOT / "space" / "examples" / "README.md").read_text()
+    assert "CC BY 4.0" in notes and "Kermany" in notes and all(f in notes for f in files)
 
 
 def test_config_file_and_environment_override(tmp_path: Path) -> None:
@@ -170,6 +198,8 @@ def test_in_a_real_browser(server: str, xray: Path) -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(server, wait_until="networkidle")
         expect(page.locator("#model-line")).to_contain_text("Serving:")
+        expect(page.locator("#model-line")).to_contain_text("accuracy on the 624-image test split")
+        expect(page.get_by_text("Example X-rays")).to_be_visible()
         page.locator("input[type=file]").first.set_input_files(str(xray))
         page.wait_for_timeout(500)
         page.locator("#run").click()
