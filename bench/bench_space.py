@@ -3,7 +3,8 @@
     python bench/bench_space.py [--image PATH] [--calls 10]
 
 Starts ``python space/app.py`` as a user would, times it until the page answers,
-then calls ``/predict`` (3 layers) through ``gradio_client`` with a 224 px X-ray
+times the very first ``/predict`` (the model is warmed up at start-up), then
+calls ``/predict`` (3 layers) through ``gradio_client`` with a 224 px X-ray
 and with a 1600x1300 grayscale PNG like the originals, and reads the server's
 peak resident memory (VmHWM).
 """
@@ -40,8 +41,11 @@ def main() -> None:
     with running_space(args.port) as space:
         client = Client(space.url, verbose=False)
         rows = [("start-up to ready (s)", f"{space.ready_s:.1f}")]
+        first = None
         for name, image in (("224 px JPEG", args.image), ("1600x1300 grayscale PNG", big)):
+            t = time.perf_counter()
             client.predict(handle_file(str(image)), 3, api_name="/predict")
+            first = first if first is not None else time.perf_counter() - t
             times = []
             for _ in range(args.calls):
                 t = time.perf_counter()
@@ -50,6 +54,9 @@ def main() -> None:
             rows.append(
                 (f"/predict, 3 layers, {name}: median / max (s)", f"{statistics.median(times):.2f} / {max(times):.2f}")
             )
+            if len(rows) == 2:
+                warm = statistics.median(times)
+                rows.append(("first /predict after start-up (s)", f"{first:.2f} ({first / warm:.2f}x a warm call)"))
         rows.append(("server peak RSS (MiB)", f"{process_memory_mib(space.proc.pid, 'VmHWM'):.0f}"))
     print(f"image: {args.image}; {args.calls} calls each; total {time.perf_counter() - t0:.0f} s")
     print_table(rows)

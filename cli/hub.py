@@ -69,24 +69,28 @@ def publish(folder: Path, repo_id: str, message: str, private: bool, dry_run: bo
 @click.option("--space-id", required=True, help="Target Space, e.g. org/pneumocam (created when missing).")
 @click.option("--message", default="", help="Commit message on the Hub.")
 @click.option("--dry-run", is_flag=True, help="List the files that would be uploaded; upload nothing.")
-def deploy_space(space_id: str, message: str, dry_run: bool) -> None:
-    """Upload the Gradio Space: core/, space/app.py and config, requirements.txt, the Space card.
+@click.option("--with-weights", is_flag=True, help="Also upload weights/, for a Space without a pinned Hub model.")
+def deploy_space(space_id: str, message: str, dry_run: bool, with_weights: bool) -> None:
+    """Upload the Gradio Space: core/, space/app.py, config and examples, requirements.txt, the Space card.
 
-    The Space pulls its model from the Hub repo and revision in space/config.json
-    (set them after `publish`). Needs network and a token (HF_TOKEN or
-    `hf auth login`).
+    The Space pulls its model from the Hub repo and revision pinned in
+    space/config.json (set them after `publish`); without a pinned revision it
+    is refused, unless --with-weights uploads weights/ for the Space to serve.
+    Needs network and a token (HF_TOKEN or `hf auth login`).
 
     \b
     Example:
       python -m cli deploy-space --space-id org/pneumocam --dry-run
+      python -m cli deploy-space --space-id org/pneumocam --with-weights
     """
     from core.publish import space_files, upload
 
-    pairs = space_files()
+    pairs = space_files(with_weights=with_weights)
+    model = "weights/ uploaded with it" if with_weights else "the Hub model pinned in space/config.json"
     if dry_run:
         for local, name in pairs:
             click.echo(f"{name}\t{local.stat().st_size:,} bytes")
-        click.echo(f"dry run: {len(pairs)} file(s) would be uploaded to Space {space_id}")
+        click.echo(f"dry run: {len(pairs)} file(s) would be uploaded to Space {space_id}; it would serve {model}")
         return
     commit = upload(pairs, space_id, "space", message, space_sdk="gradio")
     click.echo(commit)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.artifact import CARD_FILE, META_FILE, MODEL_FILE, SOURCE_STATS_FILE, TRAINING_FILES
 from core.errors import PublishError
+from core.hub import is_pinned
 from core.paths import REPO_ROOT
 
 MODEL_CARD = CARD_FILE
@@ -23,14 +24,29 @@ def model_files(folder: str | Path) -> list[Path]:
     return [d / n for n in (*REQUIRED_MODEL_FILES, *OPTIONAL_MODEL_FILES) if (d / n).is_file()]
 
 
-def space_files(root: Path = REPO_ROOT) -> list[tuple[Path, str]]:
+def space_files(root: Path = REPO_ROOT, with_weights: bool = False) -> list[tuple[Path, str]]:
     """Exactly what the Space needs, as (local file, path in the Space repo).
 
-    The core package, the app and its config, requirements.txt at the root (where
-    Spaces read it) and the Space card ``space/README.md`` as the root README.md.
+    The core package, the app, its config and examples, requirements.txt at the
+    root (where Spaces read it) and the Space card ``space/README.md`` as the
+    root README.md. The model comes from the Hub at the revision pinned in
+    ``space/config.json``; without one, ``with_weights`` uploads ``weights/``
+    too, and otherwise the Space is refused: it would have no model to serve.
     """
+    from core.space_config import load_space_config
+
+    config = load_space_config(root / "space" / "config.json", environ={})
+    if not with_weights and not (config.repo_id and is_pinned(config.revision)):
+        raise PublishError(
+            "space/config.json pins no model revision, so the Space would have no model: publish the model and "
+            "put its commit in space/config.json, or upload weights/ with the Space (--with-weights)"
+        )
     pairs = [(p, p.relative_to(root).as_posix()) for p in sorted((root / "core").rglob("*.py"))]
     pairs += [(root / "space" / n, f"space/{n}") for n in ("app.py", "config.json")]
+    pairs += [(p, p.relative_to(root).as_posix()) for p in sorted((root / "space" / "examples").glob("*"))]
+    if with_weights:
+        weights = root / "weights"
+        pairs += [(weights / n, f"weights/{n}") for n in (MODEL_FILE, META_FILE, SOURCE_STATS_FILE)]
     pairs += [(root / "requirements.txt", "requirements.txt"), (root / "space" / "README.md", "README.md")]
     missing = [str(p) for p, _ in pairs if not p.is_file()]
     if missing:

@@ -164,12 +164,20 @@ def test_space_card_matches_the_pins() -> None:
     assert config.repo_id and config.repo_id in front
 
 
-def test_deploy_space_dry_run_lists_exactly_the_space_files() -> None:
-    result = CliRunner().invoke(cli_main, ["deploy-space", "--space-id", "me/pneumocam", "--dry-run"])
+def test_deploy_space_never_makes_a_space_without_a_model() -> None:
+    from core.space_config import load_space_config
+
+    assert not load_space_config().revision  # nothing published from here yet: no pinned Hub model
+    refused = CliRunner().invoke(cli_main, ["deploy-space", "--space-id", "me/pneumocam", "--dry-run"])
+    assert refused.exit_code == 1 and "--with-weights" in refused.stderr
+    result = CliRunner().invoke(cli_main, ["deploy-space", "--space-id", "me/pneumocam", "--dry-run", "--with-weights"])
     assert result.exit_code == 0, result.output
+    assert "it would serve weights/ uploaded with it" in result.stdout
     listed = [line.split("\t")[0] for line in result.stdout.splitlines() if "\t" in line]
     expected = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "core").rglob("*.py")}
+    expected |= {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "space" / "examples").iterdir()}
     expected |= {"space/app.py", "space/config.json", "requirements.txt", "README.md"}
+    expected |= {"weights/model.keras", "weights/model.json", "weights/source_stats.npz"}
     assert set(listed) == expected and len(listed) == len(expected)
 
 
