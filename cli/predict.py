@@ -74,11 +74,12 @@ def predict(
         raise click.BadParameter(f"'predicted' or one of {', '.join(classes)}", param_hint="--explain")
     target = None if target == "predicted" else target
 
-    from core.atomic import save_figure
+    from core.atomic import write_bytes
     from core.errors import ImageLoadError
     from core.images import read_image
     from core.inference import Explainer, probabilities_of
-    from core.plots import gallery_figure
+    from core.overlay import encode_png
+    from core.pages import compose_page
 
     explainer = Explainer(loaded, method=method)
     results: list[dict[str, Any]] = []
@@ -100,7 +101,7 @@ def predict(
                 "layers": e.layer_names,
                 "caption": f"{path.name}\n{predicted} ({probs[predicted]:.0%}), explaining {e.explained}",
             }
-            gradcam = str(save_figure(gallery_figure([row]), cam_out / f"{path.stem}_gradcam.png"))
+            gradcam = str(write_bytes(cam_out / f"{path.stem}_gradcam.png", encode_png(compose_page([row]))))
         else:
             probs = probabilities_of(loaded, [rgb])[0]
             predicted, gradcam = max(probs, key=probs.get), None

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.atomic import save_figure, write_text
+from core.atomic import write_bytes, write_text
 from core.errors import ImageLoadError, InputError
 from core.evaluation import Prediction
 from core.images import read_image
@@ -19,7 +19,7 @@ from core.metrics import outcome_mask
 if TYPE_CHECKING:
     from core.inference import Explainer
 
-from core.options import DEFAULT_LAYERS, DEFAULT_OPACITY, GALLERY_DPI, GALLERY_MAX_SIDE, GALLERY_PER_PAGE
+from core.options import DEFAULT_LAYERS, DEFAULT_OPACITY, GALLERY_MAX_SIDE, GALLERY_PER_PAGE
 
 _PAGE = re.compile(r"^page_\d{3,}\.png$")
 
@@ -59,7 +59,8 @@ def render_pages(
     on_page: Callable[[int], None] | None = None,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Write ``page_NNN.png`` grids; returns the pages and the files that could not be read."""
-    from core.plots import gallery_figure
+    from core.overlay import encode_png
+    from core.pages import compose_page
 
     pages: list[Path] = []
     failed: list[tuple[str, str]] = []
@@ -83,9 +84,7 @@ def render_pages(
             for p, e in zip(batch, explained)
         ]
         page_title = f"{title} (page {len(pages) + 1})" if title else ""
-        pages.append(
-            save_figure(gallery_figure(rows, page_title), out / f"page_{len(pages) + 1:03d}.png", dpi=GALLERY_DPI)
-        )
+        pages.append(write_bytes(out / f"page_{len(pages) + 1:03d}.png", encode_png(compose_page(rows, page_title))))
         if on_page:
             on_page(len(page))  # failed files count as done: the bar reaches its end
     return pages, failed

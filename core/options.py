@@ -16,10 +16,9 @@ MAX_SHOWN_LAYERS = 8
 #: Longest side of the X-ray shown beside its heatmaps: gallery pages, predict overlays.
 GALLERY_MAX_SIDE = 448
 PREDICT_MAX_SIDE = 1024
-#: Galleries: images at most, rows per PNG page, page resolution; figures' resolution.
+#: Galleries: images at most, rows per PNG page; the resolution of matplotlib figures.
 GALLERY_LIMIT = 24
 GALLERY_PER_PAGE = 6
-GALLERY_DPI = 110
 FIGURE_DPI = 120
 #: Images per forward pass when scoring a folder.
 DEFAULT_BATCH_SIZE = 32

@@ -1,4 +1,4 @@
-"""The seed's two evaluation figures, plus the Grad-CAM gallery page (matplotlib, no display)."""
+"""The evaluation and training figures (matplotlib, no display); gallery pages are composed in core.pages."""
 
 from __future__ import annotations
 
@@ -72,28 +72,6 @@ def reliability_figure(metrics: dict[str, Any], title: str = "") -> Figure:
     ax_n.bar(centers, [b["count"] for b in bins], widths, edgecolor="black", color="C0")
     ax_n.set_xlabel("confidence of the predicted class")
     ax_n.set_ylabel("images")
-    fig.tight_layout()
-    return fig
-
-
-def gallery_figure(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
-    """One row per image: the X-ray, then one overlay per layer.
-
-    Each row is ``{"image": rgb, "overlays": [rgb...], "layers": [...], "caption": str}``.
-    """
-    n_cols = 1 + max(len(r["overlays"]) for r in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.6 * n_cols, 2.9 * len(rows)), squeeze=False)
-    for r, row in enumerate(rows):
-        panels = [row["image"], *row["overlays"]]
-        labels = ["", *row["layers"]]
-        for c in range(n_cols):
-            ax = axes[r, c]
-            ax.axis("off")
-            if c < len(panels):
-                ax.imshow(panels[c])
-                ax.set_title(row["caption"] if c == 0 else labels[c], fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
