@@ -60,6 +60,8 @@ def test_predict_endpoint_through_gradio_client(server: str, xray: Path, tmp_pat
         handle_file(str(xray)), 2, "predicted class", 0.5, api_name="/predict"
     )
     confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
+    api = client.view_api(print_info=False, return_format="dict")
+    assert [r["label"] for r in api["named_endpoints"]["/predict"]["returns"]][2] == "summary"  # not value_13
     assert set(confidences) == {"BACTERIA", "NORMAL", "VIRUS"}
     assert sum(confidences.values()) == pytest.approx(1.0, abs=1e-4)
     assert label["label"] == max(confidences, key=confidences.get)
