@@ -138,6 +138,13 @@ opacity_option = click.option(
 )
 
 
+def explain_option(choices: str, dest: str = "target") -> Callable:
+    """``--explain``: which class the heatmaps explain; the same word means the same thing in every command."""
+    return click.option(
+        "--explain", dest, default="predicted", show_default=True, help=f"Class the heatmaps explain: {choices}."
+    )
+
+
 def progress(total: int, label: str) -> Any:
     return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True)
 

@@ -12,6 +12,7 @@ from cli.common import (
     cam_method_option,
     command,
     default_out,
+    explain_option,
     layers_option,
     model_options,
     opacity_option,
@@ -207,12 +208,7 @@ def stress(
 @click.option(
     "--per-page", default=GALLERY_PER_PAGE, show_default=True, type=click.IntRange(1, 50), help="Rows per PNG page."
 )
-@click.option(
-    "--explain",
-    default="predicted",
-    show_default=True,
-    help="Class the heatmaps explain: 'predicted', 'true' (the label) or a class name, as in predict.",
-)
+@explain_option("'predicted', 'true' (the label) or a class name", dest="explain")
 @cam_method_option
 @opacity_option
 @click.option(

@@ -14,6 +14,7 @@ from cli.common import (
     ModelChoice,
     cam_method_option,
     command,
+    explain_option,
     layers_option,
     model_options,
     opacity_option,
@@ -29,13 +30,7 @@ from core.options import PREDICT_MAX_SIDE
     type=click.Path(path_type=Path, file_okay=False),
     help="Write <name>_gradcam.png overlays here (Grad-CAM runs only then).",
 )
-@click.option(
-    "--explain",
-    "target",
-    default="predicted",
-    show_default=True,
-    help="Class the heatmaps explain: 'predicted' or a class name.",
-)
+@explain_option("'predicted' or a class name")
 @cam_method_option
 @opacity_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")

@@ -278,3 +278,13 @@ def test_gallery_reuses_the_predictions_of_an_evaluate_by_the_same_model(
         "gallery", root, "--class", "NORMAL", "--outcome", "TP", "--model", REPO_ROOT / "weights", "--overwrite"
     )
     assert other.exit_code == 0 and "reusing" not in other.stderr  # another model scores again
+
+
+def test_a_folder_of_unreadable_images_names_them(tiny_model_dir: Path, tmp_path: Path) -> None:
+    for cls in ("BACTERIA", "NORMAL", "VIRUS"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        (tmp_path / "data" / cls / f"{cls.lower()}.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    result = run("evaluate", tmp_path / "data", "--model", tiny_model_dir, "--out", tmp_path / "r")
+    assert result.exit_code == 1
+    assert "none of the 3 images" in result.stderr and "bacteria.png: " in result.stderr
+    assert not (tmp_path / "r").exists()
