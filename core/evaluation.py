@@ -16,7 +16,7 @@ from core.atomic import save_figure, write_csv, write_json
 from core.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
 from core.errors import DataError, none_readable
 from core.metrics import bootstrap_ci, classification_metrics
-from core.options import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_SEED
+from core.options import ADAPT_BATCH_SIZE, DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_SEED
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -131,7 +131,7 @@ def evaluate_scan(
         from core.adaptation import DEFAULT_METHOD, adapted_copy
 
         method = protocol.adapt_method or DEFAULT_METHOD
-        model, info = adapted_copy(loaded, paths, method, batch_size=batch_size, on_batch=on_batch)
+        model, info = adapted_copy(loaded, paths, method, batch_size=ADAPT_BATCH_SIZE, on_batch=on_batch)
         block["adaptation"] = info
     from core.inference import score_files
 

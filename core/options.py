@@ -27,8 +27,9 @@ MAX_BATCH_SIZE = 1024
 #: Site adaptation: re-standardise every batch-norm layer and the pooled features, or the pooled features only.
 ADAPT_METHODS = ("bn+features", "features")
 DEFAULT_ADAPT_METHOD = "bn+features"
-#: Images per batch in adaptation's measuring pass (its batch statistics standardise each layer).
-ADAPT_BATCH_SIZE = 16
+#: Images per batch in adaptation's measuring pass (its batch statistics standardise each layer); part of the
+#: method, so ``adapt`` and ``evaluate --adapt`` use it whatever batch size scores the images.
+ADAPT_BATCH_SIZE = DEFAULT_BATCH_SIZE
 #: Folds of the cross-fitted site calibration in the benchmark, and the seed of its split.
 DEFAULT_CROSS_FOLDS = 2
 DEFAULT_SPLIT_SEED = 0
