@@ -30,7 +30,8 @@ from core.options import DEFAULT_SPLIT_SEED, GALLERY_LIMIT, GALLERY_PER_PAGE
 @click.option(
     "--record-as",
     metavar="SPLIT",
-    help="Also store the metrics in the (local) model's model.json under this name, e.g. test.",
+    help="Also store the metrics in the (local) model's model.json under this name, e.g. test "
+    "(test:site-adapted etc. with --adapt / --cross-calibrate).",
 )
 @overwrite_option("--out")
 @click.option(
