@@ -65,7 +65,11 @@ class ModelChoice:
         return read_meta(resolve_model(self.path, self.repo_id, self.revision).directory)
 
     def load(self) -> Any:
-        """Resolve and load the model (TensorFlow imported here, quietly)."""
+        """Resolve and load the model once (TensorFlow imported here, quietly); later calls reuse it."""
+        return self._loaded
+
+    @functools.cached_property
+    def _loaded(self) -> Any:
         import warnings
 
         import_tensorflow_quietly()

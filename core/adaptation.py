@@ -33,8 +33,6 @@ from core.model import FEATURES_LAYER
 from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD
 from core.preprocess import InputSpec
 
-METHODS = ADAPT_METHODS
-DEFAULT_METHOD = DEFAULT_ADAPT_METHOD
 _MIN_STD = 1e-3
 
 
@@ -66,10 +64,10 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
-def measured_layers(model: keras.Model, method: str = DEFAULT_METHOD) -> list[str]:
+def measured_layers(model: keras.Model, method: str = DEFAULT_ADAPT_METHOD) -> list[str]:
     """The layers a method re-standardises, shallow to deep (pooled features last)."""
-    if method not in METHODS:
-        raise InputError(f"unknown adaptation method {method!r}; use one of {', '.join(METHODS)}")
+    if method not in ADAPT_METHODS:
+        raise InputError(f"unknown adaptation method {method!r}; use one of {', '.join(ADAPT_METHODS)}")
     bns = [layer.name for layer in batchnorm_layers(model)] if method == "bn+features" else []
     return [*bns, FEATURES_LAYER]
 
@@ -221,7 +219,7 @@ def adapt_model(
     spec: InputSpec,
     source: LayerStats,
     paths: Sequence[str | Path],
-    method: str = DEFAULT_METHOD,
+    method: str = DEFAULT_ADAPT_METHOD,
     batch_size: int = ADAPT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> LayerStats:
@@ -300,7 +298,7 @@ def clone(model: keras.Model) -> keras.Model:
 def adapted_copy(
     loaded: LoadedModel,
     paths: Sequence[str | Path],
-    method: str = DEFAULT_METHOD,
+    method: str = DEFAULT_ADAPT_METHOD,
     batch_size: int = ADAPT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[keras.Model, dict]:

@@ -16,7 +16,7 @@ from core.atomic import save_figure, write_csv, write_json
 from core.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
 from core.errors import DataError, none_readable
 from core.metrics import bootstrap_ci, classification_metrics
-from core.options import ADAPT_BATCH_SIZE, DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_SEED
+from core.options import ADAPT_BATCH_SIZE, DEFAULT_ADAPT_METHOD, DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_SEED
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -37,6 +37,8 @@ def provenance(loaded: LoadedModel, data_dir: Path) -> dict[str, Any]:
     from datetime import UTC, datetime
     from importlib.metadata import version
 
+    import tensorflow as tf
+
     import core
 
     packages = {name: version(name) for name in ("keras", "numpy", "scikit-learn", "pillow", "pydicom")}
@@ -44,14 +46,8 @@ def provenance(loaded: LoadedModel, data_dir: Path) -> dict[str, Any]:
         "model": {"name": loaded.meta.name, "sha256": loaded.meta.weights_sha256, "source": loaded.source},
         "data_dir": Path(data_dir).resolve().name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": {"pneumocam": core.__version__, "tensorflow": _tf_version(), **packages},
+        "versions": {"pneumocam": core.__version__, "tensorflow": tf.__version__, **packages},
     }
-
-
-def _tf_version() -> str:
-    import tensorflow as tf
-
-    return tf.__version__
 
 
 @dataclass(frozen=True)
@@ -89,7 +85,7 @@ class Protocol:
 
     adapt: bool = False
     cross_calibrate: int | None = None
-    adapt_method: str | None = None
+    adapt_method: str = DEFAULT_ADAPT_METHOD
     split_seed: int = DEFAULT_SPLIT_SEED
 
     @property
@@ -106,9 +102,9 @@ class Protocol:
         """Passes over the images (for progress bars): adaptation statistics, then scoring."""
         if not self.adapt:
             return 1
-        from core.adaptation import DEFAULT_METHOD, stat_passes
+        from core.adaptation import stat_passes
 
-        return stat_passes(self.adapt_method or DEFAULT_METHOD) + 1
+        return stat_passes(self.adapt_method) + 1
 
 
 def evaluate_scan(
@@ -128,10 +124,9 @@ def evaluate_scan(
     paths = [s.path for s in scan.samples]
     model, block = loaded.model, {"name": protocol.name, "description": protocol.describe()}
     if protocol.adapt:
-        from core.adaptation import DEFAULT_METHOD, adapted_copy
+        from core.adaptation import adapted_copy
 
-        method = protocol.adapt_method or DEFAULT_METHOD
-        model, info = adapted_copy(loaded, paths, method, batch_size=ADAPT_BATCH_SIZE, on_batch=on_batch)
+        model, info = adapted_copy(loaded, paths, protocol.adapt_method, batch_size=ADAPT_BATCH_SIZE, on_batch=on_batch)
         block["adaptation"] = info
     from core.inference import score_files
 

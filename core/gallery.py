@@ -15,11 +15,10 @@ from core.errors import ImageLoadError, InputError
 from core.evaluation import Prediction
 from core.images import read_image
 from core.metrics import outcome_mask
+from core.options import DEFAULT_LAYERS, DEFAULT_OPACITY, GALLERY_MAX_SIDE, GALLERY_PER_PAGE
 
 if TYPE_CHECKING:
     from core.inference import Explainer
-
-from core.options import DEFAULT_LAYERS, DEFAULT_OPACITY, GALLERY_MAX_SIDE, GALLERY_PER_PAGE
 
 _PAGE = re.compile(r"^page_\d{3,}\.png$")
 
