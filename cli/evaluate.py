@@ -19,7 +19,7 @@ from cli.common import (
     overwrite_option,
     progress,
 )
-from core.options import DEFAULT_SPLIT_SEED, GALLERY_LIMIT, GALLERY_PER_PAGE
+from core.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LIMIT, GALLERY_PER_PAGE, RAY_INSTALL
 
 
 @command()
@@ -51,6 +51,26 @@ from core.options import DEFAULT_SPLIT_SEED, GALLERY_LIMIT, GALLERY_PER_PAGE
 @click.option(
     "--split-seed", default=DEFAULT_SPLIT_SEED, show_default=True, type=int, help="Seed of the --cross-calibrate split."
 )
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default=DEFAULT_ENGINE,
+    show_default=True,
+    help="local: this process. ray: a Ray Data actor pool, on a local Ray or the cluster at --ray-address "
+    f"(optional install: {RAY_INSTALL}). The report is the same.",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    show_envvar=True,
+    metavar="ADDR",
+    help="Ray cluster to join, e.g. auto or ray://head:10001 [default: start a local Ray].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    help="Ray actors, one CPU each [default: the cluster's CPUs minus one, kept for reading].",
+)
 def evaluate(
     data_dir: Path,
     model: ModelChoice,
@@ -61,6 +81,9 @@ def evaluate(
     adapt: bool,
     folds: int | None,
     split_seed: int,
+    engine: str,
+    ray_address: str | None,
+    workers: int | None,
 ) -> None:
     """Score every image of a labelled folder and write metrics, predictions and plots.
 
@@ -79,12 +102,22 @@ def evaluate(
       python -m cli evaluate data/test
       python -m cli evaluate data/test --adapt --out reports/test-adapted
       python -m cli evaluate data/test --cross-calibrate 2 --out reports/test-calibrated
+      python -m cli evaluate /archive/xrays --engine ray --ray-address auto --out reports/archive
     """
     from core.atomic import check_out, replace_folder
     from core.data import scan_dataset
-    from core.evaluation import GALLERY_DIR, Protocol, evaluate_scan, is_report_entry, write_report
+    from core.engine import make_engine
+    from core.evaluation import ADAPT_ENGINE_HINT, GALLERY_DIR, Protocol, evaluate_scan, is_report_entry, write_report
     from core.metrics import format_table
 
+    if engine == "local":
+        ctx = click.get_current_context()
+        if workers or ctx.get_parameter_source("ray_address") == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("--ray-address and --workers apply to --engine ray only")
+        ray_address = None
+    elif adapt:
+        raise click.UsageError(ADAPT_ENGINE_HINT)
+    scorer = make_engine(engine, ray_address, workers)
     scan = scan_dataset(data_dir)
     out = out or default_out(data_dir)
     check_out(out, is_report_entry, overwrite)
@@ -96,9 +129,9 @@ def evaluate(
         from core.adaptation import check_adaptable
 
         check_adaptable(loaded)
-    label = "adapting, then scoring" if adapt else "scoring"
+    label = "adapting, then scoring" if adapt else f"scoring ({engine})"
     with progress(len(scan.samples) * protocol.passes(), label) as bar:
-        result = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update, protocol=protocol)
+        result = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update, protocol=protocol, engine=scorer)
     click.echo(f"protocol: {protocol.name}: {protocol.describe()}")
     click.echo(format_table(result.metrics))
     skipped = result.metrics["skipped"]

@@ -80,6 +80,12 @@ T, A, I = TrainConfig, ArchConfig, InputSpec  # noqa: E741  (the defaults shown 
     "--rotation", default=A.rotation, show_default=True, type=click.FloatRange(0, 0.5), help="RandomRotation factor."
 )
 @click.option(
+    "--standardize/--no-standardize",
+    default=A.standardize,
+    show_default=True,
+    help="Give every image the same mean and spread inside the model (exposure and contrast differ by site).",
+)
+@click.option(
     "--views", default=T.views, show_default=True, type=click.IntRange(1), help="Augmented views cached per image."
 )
 @click.option(
@@ -108,6 +114,7 @@ def train(
     pooling: str,
     dropout: float,
     rotation: float,
+    standardize: bool,
     **settings: Any,
 ) -> None:
     """Train the classifier: baseline head on a frozen MobileNetV2, then fine-tuning.
@@ -151,7 +158,14 @@ def train(
     from core.training import train_to_folder
 
     cfg = TrainConfig(fine_tune_from=ft_from, **settings)
-    arch = ArchConfig(alpha=float(alpha), pooling=pooling, dropout=dropout, dense_units=units, rotation=rotation)
+    arch = ArchConfig(
+        alpha=float(alpha),
+        pooling=pooling,
+        dropout=dropout,
+        dense_units=units,
+        rotation=rotation,
+        standardize=standardize,
+    )
     spec = InputSpec(height=image_size, width=image_size)
     with progress(len(scan.samples), "backbone activations (once)") as bar:
         result = train_to_folder(scan, out, cfg, arch, spec, backbone_weights, cache_dir, bar.update, overwrite=True)

@@ -218,7 +218,9 @@ def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef 
         import_tensorflow_quietly()
         import keras
 
-        model = keras.models.load_model(weights, compile=False, safe_mode=True)
+        from core.model import CUSTOM_OBJECTS
+
+        model = keras.models.load_model(weights, compile=False, safe_mode=True, custom_objects=CUSTOM_OBJECTS)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {weights}: {first}") from None

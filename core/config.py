@@ -65,6 +65,7 @@ class ArchConfig(Stored):
     dense_units: tuple[int, ...] = (128,)
     flip: str = "horizontal"
     rotation: float = 0.1
+    standardize: bool = False
     backbone: str = "MobileNetV2"
     extra: dict = field(default_factory=dict)
 

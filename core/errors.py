@@ -46,5 +46,9 @@ class InputError(PneumoCAMError, ValueError):
     """
 
 
+class EngineError(PneumoCAMError):
+    """A scoring engine that is not installed, cannot be reached, or lost work."""
+
+
 class PublishError(PneumoCAMError):
     """The upload could not be made (no network, no token, refused)."""

@@ -5,18 +5,21 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.artifact import LoadedModel
 from core.atomic import save_figure, write_csv, write_json
 from core.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
-from core.errors import DataError, none_readable
+from core.errors import DataError, InputError, none_readable
 from core.metrics import bootstrap_ci, classification_metrics
 from core.options import ADAPT_BATCH_SIZE, DEFAULT_ADAPT_METHOD, DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_SEED
+
+if TYPE_CHECKING:
+    from core.engine import Engine
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -25,6 +28,10 @@ PER_CLASS_FILE = "per_class_metrics.png"
 RELIABILITY_FILE = "reliability.png"
 REPORT_FILES = (METRICS_FILE, PREDICTIONS_FILE, CONFUSION_FILE, PER_CLASS_FILE, RELIABILITY_FILE)
 GALLERY_DIR = "gallery"
+ADAPT_ENGINE_HINT = (
+    "--adapt runs on the local engine; for --engine ray, adapt first (python -m cli adapt DIR --out MODEL) "
+    "and evaluate that model folder"
+)
 
 
 def is_report_entry(name: str) -> bool:
@@ -113,24 +120,30 @@ def evaluate_scan(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
     protocol: Protocol = Protocol(),
+    engine: Engine | None = None,
 ) -> Evaluation:
     """Score every sample of a scan under a protocol and compute the metrics with 95 % intervals.
 
     Skipped files are listed in the metrics; ``metrics["protocol"]`` names the
     protocol and, for cross-fitting, the split and each fold's calibration.
+    ``engine`` (default: this process) does the scoring; the rest is the same for every engine.
     """
+    from core.engine import LocalEngine
+
+    engine = engine or LocalEngine()
     classes = loaded.meta.classes
     check_labels(scan, classes)
     paths = [s.path for s in scan.samples]
-    model, block = loaded.model, {"name": protocol.name, "description": protocol.describe()}
+    scored, block = loaded, {"name": protocol.name, "description": protocol.describe()}
     if protocol.adapt:
+        if engine.name != LocalEngine.name:
+            raise InputError(ADAPT_ENGINE_HINT)
         from core.adaptation import adapted_copy
 
         model, info = adapted_copy(loaded, paths, protocol.adapt_method, batch_size=ADAPT_BATCH_SIZE, on_batch=on_batch)
+        scored = replace(loaded, model=model)
         block["adaptation"] = info
-    from core.inference import score_files
-
-    scores = score_files(model, loaded.meta.input, paths, batch_size, on_batch)
+    scores = engine.score(scored, paths, batch_size, on_batch)
     if not scores.paths:
         raise none_readable(len(scan.samples), scan.root, scores.skipped)
     labels = labels_of(scan.samples, scores.paths)
@@ -157,7 +170,7 @@ def evaluate_scan(
     metrics["ci95"] = bootstrap_ci(y_true, probabilities, classes, groups)
     metrics["protocol"] = block
     metrics["skipped"] = [{"file": relative_name(p, scan.root), "reason": r} for p, r in scores.skipped]
-    metrics["provenance"] = provenance(loaded, scan.root)
+    metrics["provenance"] = {**provenance(loaded, scan.root), "engine": engine.info()}
     preds = [
         Prediction(
             file=relative_name(p, scan.root),

@@ -1,6 +1,7 @@
 """The classifier: the seed's MobileNetV2 transfer-learning architecture.
 
-input -> RandomFlip + RandomRotation (training only) -> Rescaling to [-1, 1]
+input -> RandomFlip + RandomRotation (training only) -> [per-image
+standardisation, when the architecture asks for it] -> Rescaling to [-1, 1]
 -> MobileNetV2 (ImageNet, frozen) -> global pooling -> Dropout
 -> Dense ReLU layer(s) -> Dense "logits" -> softmax "probabilities".
 
@@ -13,13 +14,39 @@ inner layers of a nested model).
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from core.config import FEATURES_LAYER, LOGITS_LAYER, POOLINGS, ArchConfig, InputSpec
 from core.errors import InputError
 
 PROBS_LAYER = "probabilities"
-_PREPROCESS_LAYERS = ("augment_flip", "augment_rotation", "rescale")
+STANDARDIZE_LAYER = "standardize"
+_PREPROCESS_LAYERS = ("augment_flip", "augment_rotation", STANDARDIZE_LAYER, "rescale")
+
+
+@keras.saving.register_keras_serializable(package="pneumocam")
+class PerImageStandardization(layers.Layer):
+    """Give every image the same mean and spread (in 0..255 units).
+
+    Exposure and contrast differ between acquisition batches; inside the model
+    this runs after the training augmentations and on every input alike.
+    """
+
+    def __init__(self, mean: float = 127.5, spread: float = 64.0, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.mean = float(mean)
+        self.spread = float(spread)
+
+    def call(self, x: object) -> object:
+        mu = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        sd = ops.std(x, axis=(1, 2, 3), keepdims=True)
+        return (x - mu) / ops.maximum(sd, 1.0) * self.spread + self.mean
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mean": self.mean, "spread": self.spread}
+
+
+CUSTOM_OBJECTS = {"PerImageStandardization": PerImageStandardization}
 
 
 def build_model(
@@ -40,6 +67,8 @@ def build_model(
         x = layers.RandomFlip(arch.flip, name="augment_flip")(x)
     if arch.rotation:
         x = layers.RandomRotation(arch.rotation, fill_mode="constant", name="augment_rotation")(x)
+    if arch.standardize:
+        x = PerImageStandardization(name=STANDARDIZE_LAYER)(x)
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
     backbone = keras.applications.MobileNetV2(
         input_tensor=x,

@@ -35,3 +35,8 @@ DEFAULT_CROSS_FOLDS = 2
 DEFAULT_SPLIT_SEED = 0
 #: Training augmentations (core.augment).
 AUGMENTATIONS = ("seed", "acquisition", "invariance")
+
+# Where evaluate scores: "local" (this process, nothing extra installed) or "ray" (Ray Data, optional install).
+ENGINES = ("local", "ray")
+DEFAULT_ENGINE = "local"
+RAY_INSTALL = "pip install -r requirements-ray.txt"

@@ -1,0 +1,72 @@
+"""Where a folder is scored: in this process, or on a Ray cluster (:mod:`core.ray_engine`).
+
+Both engines run the same decode, preprocess and forward code
+(:func:`core.inference.score_files`) and return the same :class:`Scores`, in
+the order of the paths given, so one set of report writers serves both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from core.errors import InputError
+from core.options import DEFAULT_ENGINE, ENGINES
+
+if TYPE_CHECKING:
+    from core.artifact import LoadedModel
+    from core.inference import Scores
+
+
+class Engine(Protocol):
+    """Scores files with a loaded model; ``info()`` goes into the report's provenance."""
+
+    name: str
+
+    def score(
+        self,
+        loaded: LoadedModel,
+        paths: Sequence[Path],
+        batch_size: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Scores: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+class LocalEngine:
+    """This process: tf.data decoding in threads, one forward pass per batch."""
+
+    name = "local"
+
+    def score(
+        self,
+        loaded: LoadedModel,
+        paths: Sequence[Path],
+        batch_size: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Scores:
+        from core.inference import score_files
+
+        return score_files(loaded.model, loaded.meta.input, paths, batch_size, on_batch)
+
+    def info(self) -> dict[str, Any]:
+        import core
+
+        return {"name": self.name, "version": core.__version__}
+
+
+def make_engine(name: str = DEFAULT_ENGINE, address: str | None = None, workers: int | None = None) -> Engine:
+    """The engine a user named; Ray is imported (and its absence reported) only when asked for."""
+    if name == "local":
+        if address or workers:
+            raise InputError("--ray-address and --workers apply to --engine ray only")
+        return LocalEngine()
+    if name == "ray":
+        from core.ray_engine import RayEngine
+
+        engine = RayEngine(address=address, workers=workers)
+        engine.connect()  # before the model loads: a cluster that does not answer fails in seconds
+        return engine
+    raise InputError(f"unknown engine {name!r}; use one of {', '.join(ENGINES)}")

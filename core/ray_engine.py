@@ -1,0 +1,242 @@
+"""Scoring on Ray Data: a pool of actors, each loading the model folder once.
+
+Each actor calls :func:`core.inference.score_files`, the local engine's own
+decode, preprocess and forward code, on its batch of paths. What comes back is
+merged by path on the driver (Ray does not keep order), checked to cover every
+file exactly once, and returned in input order as the local engine does.
+
+- Unreadable files are caught per file (the ``error`` column), never per block:
+  Ray's ``max_errored_blocks`` would drop a whole block without a word.
+- A worker that dies is restarted and its batch is run again (Ray Data's
+  default for actor pools); a batch's rows reach the driver only once the
+  batch has finished, and rows are keyed by path, so nothing is counted twice.
+  If a file is still missing at the end, the run fails rather than report on
+  fewer files.
+- Actors get the model's folder path, never a model object: a Keras model does
+  not pickle. The folder must be readable on every node (shared storage).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.errors import EngineError, ImageLoadError, InputError, ModelLoadError
+from core.options import RAY_INSTALL
+
+if TYPE_CHECKING:
+    from core.artifact import LoadedModel
+    from core.inference import Scores
+
+PATH = "path"
+ERROR = "error"
+PROBABILITIES = "probabilities"
+PROBE_SECONDS = 5.0
+
+
+def import_ray() -> Any:
+    """Ray, or the one line that says how to install it."""
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ warnings, read at import
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise EngineError(f"--engine ray needs Ray Data, which is not installed: {RAY_INSTALL}") from None
+    return ray
+
+
+def pool_size(cluster_cpus: float, workers: int | None) -> int:
+    """Actors to start: one CPU each, and one CPU left for Ray's own read and output stages.
+
+    On 2 CPUs, two one-CPU actors starve those stages and the job hangs.
+    """
+    free = max(1, math.floor(cluster_cpus) - 1)
+    if workers is None:
+        return free
+    if workers > free:
+        raise InputError(
+            f"--workers {workers} needs {workers + 1} CPUs (one is kept for reading); the cluster has {cluster_cpus:g}"
+        )
+    return workers
+
+
+class BatchScorer:
+    """The Ray Data actor: loads the model folder once, then scores batches of paths."""
+
+    def __init__(self, model_dir: str, weights_sha256: str | None, threads: int = 1) -> None:
+        from core.runtime import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
+        import tensorflow as tf
+
+        # Ray sets only OMP_NUM_THREADS; TensorFlow would otherwise use every core of the node.
+        # A fresh actor process has not started TensorFlow yet; a process that has keeps its threads.
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass
+        from core.artifact import load_artifact
+
+        self.loaded = load_artifact(model_dir)
+        if weights_sha256 and self.loaded.meta.weights_sha256 != weights_sha256:
+            raise ModelLoadError(f"the model in {model_dir} on this worker is not the one the driver loaded")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from core.inference import score_files
+
+        paths = [str(p) for p in batch[PATH]]
+        scores = score_files(self.loaded.model, self.loaded.meta.input, paths, batch_size=max(1, len(paths)))
+        return to_rows(paths, scores, len(self.loaded.meta.classes))
+
+
+def to_rows(paths: Sequence[str], scores: Scores, n_classes: int) -> dict[str, np.ndarray]:
+    """One row per input path: probabilities (NaN if unreadable) and the reason it was not read ("" if read)."""
+    probs = np.full((len(paths), n_classes), np.nan, np.float32)
+    errors = [""] * len(paths)
+    where = {p: i for i, p in enumerate(paths)}
+    for p, row in zip(scores.paths, scores.probabilities):
+        probs[where[str(p)]] = row
+    for p, reason in scores.skipped:
+        errors[where[str(p)]] = reason
+    return {PATH: np.array(paths, dtype=object), ERROR: np.array(errors, dtype=object), PROBABILITIES: probs}
+
+
+def merge_rows(paths: Sequence[Path], rows: dict[str, tuple[str, np.ndarray]], n_classes: int) -> Scores:
+    """Rows keyed by path back into a :class:`Scores` in input order; a missing file fails the run."""
+    from core.inference import Scores
+
+    missing = [p for p in paths if str(p) not in rows]
+    if missing:
+        raise EngineError(f"the Ray run returned no result for {len(missing)} file(s), e.g. {missing[0]}")
+    kept: list[Path] = []
+    probs: list[np.ndarray] = []
+    skipped: list[tuple[Path, str]] = []
+    for p in paths:
+        error, row = rows[str(p)]
+        if error:
+            skipped.append((p, error))
+        else:
+            kept.append(p)
+            probs.append(row)
+    arr = np.stack(probs).astype(np.float32) if probs else np.zeros((0, n_classes), np.float32)
+    return Scores(kept, arr, skipped)
+
+
+class RayEngine:
+    """Ray Data over a local Ray (default) or the cluster at ``address`` (or ``RAY_ADDRESS``)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, workers: int | None = None) -> None:
+        self.ray = import_ray()
+        self.address = address
+        self.requested_workers = workers
+        self.workers: int | None = None
+
+    def connect(self) -> None:
+        """Join the cluster (or start a local one); an address that does not answer is a one-line error."""
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            probe(address)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        try:
+            ray.init(
+                address=self.address,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                configure_logging=True,
+            )
+        except (ConnectionError, TimeoutError, ValueError) as exc:
+            where = self.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EngineError(f"cannot connect to Ray at {where}: {first}") from None
+
+    def score(
+        self,
+        loaded: LoadedModel,
+        paths: Sequence[Path],
+        batch_size: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Scores:
+        ray = self.ray
+        self.connect()
+        cpus = ray.cluster_resources().get("CPU", 1)
+        self.workers = pool_size(cpus, self.requested_workers)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.enable_operator_progress_bars = False
+        paths = [Path(p).resolve() for p in paths]
+        ds = ray.data.from_items([{PATH: str(p)} for p in paths])
+        ds = ds.map_batches(
+            BatchScorer,
+            fn_constructor_kwargs={
+                "model_dir": str(Path(loaded.directory).resolve()),
+                "weights_sha256": loaded.meta.weights_sha256,
+                "threads": 1,
+            },
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=self.workers),
+            num_cpus=1,
+        )
+        rows: dict[str, tuple[str, np.ndarray]] = {}
+        try:
+            for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for p, error, row in zip(out[PATH], out[ERROR], out[PROBABILITIES]):
+                    rows[str(p)] = (str(error), np.asarray(row, np.float32))
+                if on_batch:
+                    on_batch(len(out[PATH]))
+        except ray.exceptions.RayError as exc:
+            raise known_worker_error(exc) from None
+        return merge_rows(paths, rows, len(loaded.meta.classes))
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.ray.__version__,
+            "address": self.address or os.environ.get("RAY_ADDRESS") or "local",
+            "workers": self.workers,
+        }
+
+
+def probe(address: str, timeout: float = PROBE_SECONDS) -> None:
+    """Fail fast on a ``host:port`` that does not answer: ``ray.init`` would retry it for minutes."""
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        hint = "is the cluster up and its port open?"
+        raise EngineError(f"cannot connect to Ray at {address}: {reason} ({hint})") from None
+
+
+def known_worker_error(exc: BaseException) -> BaseException:
+    """Our own errors raised on a worker (a model folder it cannot read) as themselves; anything else as is."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (ModelLoadError, ImageLoadError)):
+            return EngineError(f"a Ray worker failed: {cause}")
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    text = str(exc)
+    for kind in (ModelLoadError, ImageLoadError):
+        marker = f"{kind.__name__}: "
+        if marker in text:
+            return EngineError(f"a Ray worker failed: {text.split(marker, 1)[1].strip().splitlines()[0]}")
+    return exc
