@@ -69,7 +69,7 @@ from core.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LI
 @click.option(
     "--workers",
     type=click.IntRange(1),
-    help="Ray actors, one CPU each [default: the cluster's CPUs minus one, kept for reading].",
+    help="Ray actors, one CPU each [default: one per CPU of the cluster].",
 )
 def evaluate(
     data_dir: Path,

@@ -10,7 +10,8 @@ Module map, by concept (flat on purpose; this file imports nothing, so ``--help`
 * The model -- ``model`` (architecture), ``artifact`` (model.keras + model.json on disk),
   ``hub`` (Hugging Face downloads), ``resolve`` (which model to serve), ``card`` (model card),
   ``publish`` (uploads), ``space_config`` (the Space's settings).
-* Scoring -- ``inference`` (the one batch walk over files, scoring, the Explainer), ``metrics``
+* Scoring -- ``inference`` (the one batch walk over files, scoring, the Explainer), ``engine``
+  (where scoring runs: this process or ``ray_engine``, a Ray Data actor pool), ``metrics``
   (figures, bootstrap intervals), ``evaluation`` (evaluate and its protocols), ``stress``
   (perturbations and the stress test), ``plots``, ``atomic`` (files written whole).
 * Explaining -- ``gradcam`` (CAM methods), ``overlay`` (heatmaps on images), ``gallery``.

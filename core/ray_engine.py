@@ -43,7 +43,10 @@ PROBE_SECONDS = 5.0
 
 def import_ray() -> Any:
     """Ray, or the one line that says how to install it."""
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ warnings, read at import
+    # Ray's notices stay in its log files (/tmp/ray/session_*/logs); the user's settings win. Among them:
+    # every actor pool warns that its constructor arguments live in the object store (ray#53727).
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
     try:
         import ray
         import ray.data  # noqa: F401
@@ -53,17 +56,18 @@ def import_ray() -> Any:
 
 
 def pool_size(cluster_cpus: float, workers: int | None) -> int:
-    """Actors to start: one CPU each, and one CPU left for Ray's own read and output stages.
+    """Actors to start, one CPU each: by default one per CPU the cluster reports.
 
-    On 2 CPUs, two one-CPU actors starve those stages and the job hangs.
+    The files are listed on the driver and decoded inside the actors, so no
+    read stage needs a CPU of its own. (A pipeline with Ray's own file readers
+    does: there, one-CPU actors on every CPU starve the readers and the job
+    hangs.)
     """
-    free = max(1, math.floor(cluster_cpus) - 1)
+    cpus = max(1, math.floor(cluster_cpus))
     if workers is None:
-        return free
-    if workers > free:
-        raise InputError(
-            f"--workers {workers} needs {workers + 1} CPUs (one is kept for reading); the cluster has {cluster_cpus:g}"
-        )
+        return cpus
+    if workers > cpus:
+        raise InputError(f"--workers {workers} needs {workers} CPUs; the cluster has {cluster_cpus:g}")
     return workers
 
 
@@ -149,14 +153,16 @@ class RayEngine:
         address = self.address or os.environ.get("RAY_ADDRESS")
         if address:
             probe(address)
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray").setLevel(logging.ERROR)
         try:
             ray.init(
                 address=self.address,
                 include_dashboard=False,
-                logging_level=logging.WARNING,
+                logging_level=logging.ERROR,
                 log_to_driver=False,
                 configure_logging=True,
+                # Ship this package to the workers: a cluster needs only the requirements installed.
+                runtime_env={"py_modules": [str(Path(__file__).resolve().parent)]},
             )
         except (ConnectionError, TimeoutError, ValueError) as exc:
             where = self.address or os.environ.get("RAY_ADDRESS") or "a local Ray"

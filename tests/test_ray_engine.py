@@ -73,13 +73,13 @@ def test_the_actor_refuses_a_model_that_is_not_the_drivers(tiny_model_dir: Path,
         BatchScorer(str(tmp_path / "nowhere"), None)
 
 
-def test_pool_leaves_one_cpu_for_reading() -> None:
-    assert pool_size(2, None) == 1
-    assert pool_size(16.0, None) == 15
-    assert pool_size(1, None) == 1
+def test_the_pool_has_one_actor_per_cpu() -> None:
+    assert pool_size(2, None) == 2
+    assert pool_size(16.5, None) == 16
+    assert pool_size(0.5, None) == 1
     assert pool_size(8, 3) == 3
     with pytest.raises(InputError, match="needs 3 CPUs"):
-        pool_size(2, 2)
+        pool_size(2, 3)
 
 
 def test_a_file_missing_from_the_results_fails_the_run() -> None:
@@ -156,7 +156,7 @@ def assert_same_report(local: Path, on_ray: Path) -> None:
         "name": "ray",
         "version": ray.__version__,
         "address": "local",
-        "workers": 1,
+        "workers": 2,
     }
     assert {p.name for p in local.iterdir()} == {p.name for p in on_ray.iterdir()}
 
@@ -221,3 +221,15 @@ def test_on_the_real_test_split_ray_matches_local_and_feeds_gallery(local_ray, t
     fn = sum(r["true"] == "VIRUS" and r["predicted"] != "VIRUS" for r in read_csv(on_ray / "predictions.csv"))
     assert f"{fn} image(s) with outcome FN" in result.output
     assert sorted(out.glob("page_*.png"))
+
+
+def test_the_cli_ships_the_package_to_the_workers(tiny_model_dir: Path, broken_folder, tmp_path: Path) -> None:
+    """Started from elsewhere, with nothing on the workers' path: the Ray the CLI starts gets core/ itself."""
+    code = f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from cli.app import main; main()"
+    out = tmp_path / "report"
+    args = ["evaluate", str(broken_folder), "--model", str(tiny_model_dir), "--engine", "ray", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["provenance"]["engine"]["name"] == "ray" and len(metrics["skipped"]) == 2
