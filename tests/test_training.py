@@ -179,3 +179,28 @@ def test_a_failed_training_leaves_no_folder_and_no_log_handler(tiny_data: Path, 
     assert not out.exists() and not list(tmp_path.glob(".model.staging-*"))
     handlers = logging.getLogger("pneumocam").handlers
     assert not any(isinstance(h, logging.FileHandler) for h in handlers)
+
+
+def test_standardize_makes_the_call_blind_to_exposure_and_survives_reload(
+    tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path
+) -> None:
+    from core.inference import compile_forward
+    from core.model import STANDARDIZE_LAYER, conv_layer_names
+
+    out = tmp_path / "model"
+    args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
+    args += ["--image-size", "64", "--epochs", "1", "--fine-tune-from", "none", "--views", "1", "--standardize"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    loaded = load_artifact(out)
+    assert loaded.meta.arch.standardize and STANDARDIZE_LAYER in [layer.name for layer in loaded.model.layers]
+    assert conv_layer_names(loaded.model)[-1] == "Conv_1"  # Grad-CAM still reaches the backbone
+    x = np.stack([load_model_input(p, loaded.meta.input) for p in sorted(tiny_data.rglob("*.jpeg"))[:4]])
+    forward = compile_forward(loaded.model)
+    darker = np.clip(x * 0.6 + 10, 0, 255)  # another exposure: linear, no clipping at 0.6x + 10
+    assert np.allclose(forward(x).numpy(), forward(darker).numpy(), atol=1e-4)
+    from core.inference import Explainer
+
+    explained = Explainer(loaded).explain_file(sorted(tiny_data.rglob("*.jpeg"))[0], n_layers=3)
+    assert explained.layer_names == conv_layer_names(loaded.model)[-3:]
+    assert all(h.max() > 0 for h in explained.heatmaps)
