@@ -1,9 +1,10 @@
-"""Grad-CAM for several conv layers at once: one forward, one backward pass.
+"""Grad-CAM and its kin for several conv layers at once: one forward, one backward pass.
 
 :class:`BaseCAM` builds a model exposing the chosen conv activations and the
 pre-softmax logits, compiles a single-tape function once (variable batch size,
-so new batch sizes do not retrace), and turns activations into maps. A CAM
-method is a short subclass that only says how to weight the channels.
+so new batch sizes do not retrace), and turns activations into maps: the map
+is ``relu(sum over channels of contributions(A, dY/dA))``. A CAM method is a
+short subclass that overrides :meth:`BaseCAM.contributions` alone.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class BaseCAM:
         self._run = tf.function(self._raw_maps, input_signature=spec)
 
     @staticmethod
-    def channel_weights(activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
-        """(B, h, w, C) activations and gradients -> (B, C) channel weights."""
+    def contributions(activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        """(B, h, w, C) activations and gradients -> (B, h, w, C) per-pixel, per-channel evidence."""
         raise NotImplementedError
 
     def _raw_maps(self, images: tf.Tensor, targets: tf.Tensor):
@@ -66,10 +67,7 @@ class BaseCAM:
             classes = tf.where(targets >= 0, targets, predicted)
             score = tf.reduce_sum(tf.gather(logits, classes, axis=1, batch_dims=1))
         grads = tape.gradient(score, acts)
-        maps = []
-        for a, g in zip(acts, grads):
-            w = self.channel_weights(a, g)
-            maps.append(tf.nn.relu(tf.einsum("bhwc,bc->bhw", a, w)))
+        maps = [tf.nn.relu(tf.reduce_sum(self.contributions(a, g), axis=-1)) for a, g in zip(acts, grads)]
         return tf.nn.softmax(logits), classes, maps
 
     def __call__(self, images: np.ndarray, target: int | np.ndarray | None = None) -> CamResult:
@@ -86,24 +84,45 @@ class BaseCAM:
         return CamResult(probs.numpy(), classes.numpy(), self.layer_names, maps)
 
 
+def _weighted(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """Activations scaled by one weight per image and channel."""
+    return activations * weights[:, None, None, :]
+
+
 class GradCAM(BaseCAM):
-    """Selvaraju et al. 2017: channel weight = spatial mean of the gradient."""
+    """Selvaraju et al. 2017: each channel weighted by the spatial mean of its gradient."""
 
     @staticmethod
-    def channel_weights(activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
-        return tf.reduce_mean(grads, axis=(1, 2))
+    def contributions(activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        return _weighted(activations, tf.reduce_mean(grads, axis=(1, 2)))
 
 
 class GradCAMPlusPlus(BaseCAM):
     """Chattopadhyay et al. 2018: positive gradients weighted by higher-order terms."""
 
     @staticmethod
-    def channel_weights(activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+    def contributions(activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
         g2 = tf.square(grads)
         g3 = g2 * grads
         denom = 2.0 * g2 + tf.reduce_sum(activations, axis=(1, 2), keepdims=True) * g3
         alpha = g2 / tf.where(tf.abs(denom) > 1e-12, denom, tf.ones_like(denom))
-        return tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(1, 2))
+        return _weighted(activations, tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(1, 2)))
 
 
-METHODS: dict[str, type[BaseCAM]] = dict(zip(CAM_METHODS, (GradCAM, GradCAMPlusPlus)))
+class HiResCAM(BaseCAM):
+    """Draelos and Carin 2020: gradient times activation at each position, no spatial averaging."""
+
+    @staticmethod
+    def contributions(activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        return activations * grads
+
+
+class LayerCAM(BaseCAM):
+    """Jiang et al. 2021: each position weighted by its own positive gradient."""
+
+    @staticmethod
+    def contributions(activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        return activations * tf.nn.relu(grads)
+
+
+METHODS: dict[str, type[BaseCAM]] = dict(zip(CAM_METHODS, (GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM)))

@@ -152,25 +152,30 @@ class Explanation:
     overlays: list[np.ndarray]  # RGB uint8 at display size
 
 
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise InputError(f"unknown CAM method {method!r}; use one of {', '.join(METHODS)}")
+    return method
+
+
 class Explainer:
     """A loaded model plus Grad-CAM, compiled once per choice of layers."""
 
     def __init__(self, loaded: LoadedModel, method: str = DEFAULT_CAM_METHOD) -> None:
-        if method not in METHODS:
-            raise InputError(f"unknown CAM method {method!r}; use one of {sorted(METHODS)}")
         self.loaded = loaded
-        self.method = method
-        self._cams: dict[tuple[str, ...], BaseCAM] = {}
+        self.method = check_method(method)
+        self._cams: dict[tuple[str, tuple[str, ...]], BaseCAM] = {}
 
     @property
     def classes(self) -> list[str]:
         return self.loaded.meta.classes
 
-    def cam(self, layer_names: Sequence[str]) -> BaseCAM:
-        key = tuple(layer_names)
+    def cam(self, layer_names: Sequence[str], method: str | None = None) -> BaseCAM:
+        """The compiled CAM for these layers and method (default: the explainer's), built on first use."""
+        key = (check_method(method or self.method), tuple(layer_names))
         if key not in self._cams:
             meta = self.loaded.meta
-            self._cams[key] = METHODS[self.method](self.loaded.model, list(key), meta.logits_layer)
+            self._cams[key] = METHODS[key[0]](self.loaded.model, list(key[1]), meta.logits_layer)
         return self._cams[key]
 
     def explain_file(
@@ -180,9 +185,10 @@ class Explainer:
         target: str | None = None,
         alpha: float = DEFAULT_OPACITY,
         max_side: int | None = None,
+        method: str | None = None,
     ) -> Explanation:
         """Read one file (any supported format) and explain it; unreadable files raise ImageLoadError."""
-        return self.explain([read_image(path)], n_layers, target, alpha, max_side)[0]
+        return self.explain([read_image(path)], n_layers, target, alpha, max_side, method)[0]
 
     def explain(
         self,
@@ -191,11 +197,12 @@ class Explainer:
         target: str | Sequence[str] | None = None,
         alpha: float = DEFAULT_OPACITY,
         max_side: int | None = None,
+        method: str | None = None,
     ) -> list[Explanation]:
         """Explain RGB images in one batch.
 
         ``target`` names the class to explain (one for all, or one per image);
-        default: each image's predicted class.
+        default: each image's predicted class. ``method``: default the explainer's.
         """
         meta = self.loaded.meta
         if n_layers < 1 or n_layers > len(meta.gradcam_layers):
@@ -211,7 +218,7 @@ class Explainer:
             targets = np.array([meta.classes.index(t) for t in names], dtype=np.int32)
         layers = meta.last_layers(n_layers)
         x = np.stack([to_model_input(img, meta.input) for img in images])
-        result = self.cam(layers)(x, targets)
+        result = self.cam(layers, method)(x, targets)
         out = []
         for i, img in enumerate(images):
             shown = fit_within(img, max_side) if max_side else img

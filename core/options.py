@@ -9,7 +9,7 @@ from __future__ import annotations
 #: Grad-CAM: how many of the last conv layers to explain, the heatmap opacity, the method.
 DEFAULT_LAYERS = 3
 DEFAULT_OPACITY = 0.4
-CAM_METHODS = ("gradcam", "gradcam++")
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
 DEFAULT_CAM_METHOD = "gradcam"
 #: The most layers a page (gallery, predict, Space) shows side by side.
 MAX_SHOWN_LAYERS = 8

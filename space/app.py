@@ -25,7 +25,7 @@ import gradio as gr  # noqa: E402
 from core.atomic import write_bytes  # noqa: E402
 from core.errors import ImageLoadError, PneumoCAMError  # noqa: E402
 from core.inference import Explainer  # noqa: E402
-from core.options import MAX_SHOWN_LAYERS  # noqa: E402
+from core.options import CAM_METHODS, MAX_SHOWN_LAYERS  # noqa: E402
 from core.overlay import colour_scale, encode_png  # noqa: E402
 from core.resolve import load_model  # noqa: E402
 from core.space_config import SpaceConfig, example_files, load_space_config, model_line  # noqa: E402
@@ -82,12 +82,15 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
         layers: float = config.default_layers,
         explain: str = PREDICTED,
         opacity: float = config.default_opacity,
+        method: str = explainer.method,
     ) -> tuple[dict[str, float], list[tuple[object, str]], str, tuple[str, str]]:
         if not image:
             raise gr.Error("Upload a chest X-ray (PNG, JPEG, BMP or DICOM) first.")
         target = None if explain in (None, "", PREDICTED) else explain
         try:
-            e = explainer.explain_file(image, n_layers=int(layers), target=target, alpha=float(opacity))
+            e = explainer.explain_file(
+                image, n_layers=int(layers), target=target, alpha=float(opacity), method=method or None
+            )
         except ImageLoadError as exc:
             raise gr.Error(f"Cannot use this file: {exc.reason}.") from None
         except PneumoCAMError as exc:
@@ -109,6 +112,7 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
                 layers = gr.Slider(1, max_layers, value=config.default_layers, step=1, label="Conv layers to explain")
                 explain = gr.Dropdown([PREDICTED, *classes], value=PREDICTED, label="Class to explain")
                 opacity = gr.Slider(0.0, 1.0, value=config.default_opacity, step=0.05, label="Heatmap opacity")
+                method = gr.Dropdown(list(CAM_METHODS), value=explainer.method, label="CAM method")
                 run = gr.Button("Classify and explain", variant="primary", elem_id="run")
                 examples = example_files(config)
                 if examples:
@@ -127,7 +131,7 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
                     buttons=[],
                 )
                 gallery = gr.Gallery(
-                    label="Grad-CAM per layer",
+                    label="Heatmap per layer",
                     columns=3,
                     height=420,
                     object_fit="contain",
@@ -135,7 +139,8 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
                     elem_id="cams",
                 )
         gr.Markdown(ABOUT)
-        run.click(predict, [image, layers, explain, opacity], [label, gallery, summary, slider], api_name="predict")
+        inputs = [image, layers, explain, opacity, method]
+        run.click(predict, inputs, [label, gallery, summary, slider], api_name="predict")
     return demo
 
 

@@ -8,7 +8,7 @@ import pytest
 from keras import layers
 
 from conftest import TINY_SPEC, overlay, xray_like
-from core.gradcam import GradCAM, GradCAMPlusPlus, normalize_map
+from core.gradcam import METHODS, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, normalize_map
 from core.overlay import blend, colorize, upsample
 
 
@@ -40,6 +40,41 @@ def test_gradcam_equals_class_activation_map(gap_model: keras.Model) -> None:
         assert expected.max() == 1.0
         rel = np.abs(got - expected).max() / np.abs(expected).max()
         assert rel < 1e-4
+
+
+@pytest.fixture(scope="module")
+def flat_model() -> keras.Model:
+    """conv -> flatten -> dense: the gradient differs at every position, so the methods part ways."""
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((6, 6, 3))
+    x = layers.Conv2D(2, 3, activation="relu", name="conv")(inp)
+    logits = layers.Dense(3, name="logits")(layers.Flatten()(x))
+    return keras.Model(inp, layers.Activation("softmax")(logits))
+
+
+@pytest.mark.parametrize(
+    ("method", "by_hand"),
+    [
+        (GradCAM, lambda a, w: np.einsum("hwk,k->hw", a, w.mean(axis=(0, 1)))),
+        (HiResCAM, lambda a, w: (a * w).sum(-1)),
+        (LayerCAM, lambda a, w: (a * np.maximum(w, 0)).sum(-1)),
+    ],
+)
+def test_each_method_matches_its_formula_by_hand(flat_model: keras.Model, method, by_hand) -> None:
+    x = np.random.default_rng(0).uniform(0, 1, (2, 6, 6, 3)).astype("float32")
+    result = method(flat_model, ["conv"])(x, target=1)
+    acts = keras.Model(flat_model.inputs[0], flat_model.get_layer("conv").output)(x).numpy()
+    grad = flat_model.get_layer("logits").kernel.numpy()[:, 1].reshape(4, 4, 2)  # dlogit_1 / dA, by hand
+    for i in range(2):
+        expected = normalize_map(np.maximum(by_hand(acts[i], grad), 0))
+        np.testing.assert_allclose(result.maps[0][i], expected, atol=1e-5)
+
+
+def test_the_methods_differ_where_gradients_vary(flat_model: keras.Model) -> None:
+    x = np.random.default_rng(1).uniform(0, 1, (3, 6, 6, 3)).astype("float32")
+    maps = {name: cls(flat_model, ["conv"])(x, target=0).maps[0] for name, cls in METHODS.items()}
+    assert not np.allclose(maps["gradcam"], maps["hirescam"], atol=1e-3)
+    assert not np.allclose(maps["hirescam"], maps["layercam"], atol=1e-3)
 
 
 def test_targets_default_to_prediction_and_classes_differ(gap_model: keras.Model) -> None:

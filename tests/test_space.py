@@ -83,8 +83,13 @@ def test_predict_endpoint_through_gradio_client(server: str, xray: Path, tmp_pat
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     with pytest.raises(AppError, match="Cannot use this file"):
         client.predict(handle_file(str(bad)), api_name="/predict")
-    again, _, _, _ = client.predict(handle_file(str(xray)), 1, "NORMAL", 0.3, api_name="/predict")
+    again, gradcam, _, _ = client.predict(handle_file(str(xray)), 1, "NORMAL", 0.3, api_name="/predict")
     assert again["label"] == label["label"]
+    _, layercam, _, _ = client.predict(handle_file(str(xray)), 1, "NORMAL", 0.3, "layercam", api_name="/predict")
+    a, b = (np.asarray(Image.open(g[0]["image"]), float) for g in (gradcam, layercam))
+    assert a.shape == b.shape and np.abs(a - b).mean() > 0.5  # the method reaches the heatmap
+    with pytest.raises(Exception, match="layercam"):  # the dropdown offers the CAM methods only
+        client.predict(handle_file(str(xray)), 1, "NORMAL", 0.3, "guessing", api_name="/predict")
 
 
 def test_a_bare_dicom_gets_the_call_of_the_same_pixels_everywhere(server: str, tiny_model_dir: Path, tmp_path) -> None:
