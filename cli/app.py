@@ -2,7 +2,7 @@
 
 Commands parse arguments and print; the work is in ``core``. Each module holds
 one group of commands (``evaluate.py``: evaluate, stress, gallery; ``site.py``:
-adapt, calibrate; ``predict.py``; ``train.py``; ``data.py``; ``hub.py``:
+adapt, calibrate; ``audit.py``; ``predict.py``; ``train.py``; ``data.py``; ``hub.py``:
 model-card, publish, deploy-space); the options they share are typed once in
 ``common.py``.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from cli import data, evaluate, hub, predict, site, train
+from cli import audit, data, evaluate, hub, predict, site, train
 from cli.common import EXIT_ERROR
 from core import __version__
 from core.errors import PneumoCAMError
@@ -27,6 +27,7 @@ COMMANDS = (
     evaluate.evaluate,
     evaluate.stress,
     evaluate.gallery,
+    audit.audit,
     predict.predict,
     site.adapt,
     site.calibrate,

@@ -40,3 +40,13 @@ AUGMENTATIONS = ("seed", "acquisition", "invariance")
 ENGINES = ("local", "ray")
 DEFAULT_ENGINE = "local"
 RAY_INSTALL = "pip install -r requirements-ray.txt"
+
+# audit: sanity and faithfulness of the CAM methods (core/sanity.py, core/faithfulness.py, core/audit.py).
+AUDIT_LIMIT = 100  # images audited
+AUDIT_SEED = 0  # which images, and the random baseline map
+AUDIT_STEPS = 16  # deletion / insertion steps
+AUDIT_BLUR_SIGMA = 5.0  # the blurred image insertion starts from (RISE)
+AUDIT_BLOCKS = 3  # randomisation stages after the head: Conv_1, block_16, block_15
+SANITY_MAX_RHO = 0.3  # a method and layer passes when median |rho| is below this once the head is random
+BORDER_BAND = 0.1  # the outer band, as a share of each side
+BORDER_FLAG = 0.5  # an image is flagged when more than this share of its map lies in the band

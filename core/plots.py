@@ -113,3 +113,43 @@ def stress_figure(shift: dict[str, Any], title: str = "") -> Figure:
     ax.set_title(title or f"Under perturbation: mean accuracy {shift['mean_accuracy']:.1%}", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def sanity_figure(audit: dict[str, Any]) -> Figure:
+    """Median |Spearman rho| against randomisation depth: one panel per method, one line per layer."""
+    methods = audit["methods"]
+    stages = audit["randomisation_stages"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.4), sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        for layer, entry in audit["sanity"][m].items():
+            ax.plot(range(len(stages)), [entry["rho"][s] for s in stages], marker="o", label=layer)
+        ax.axhline(audit["sanity_threshold"], color="grey", ls="--", lw=1)
+        ax.set_xticks(range(len(stages)), [f"+{s}" for s in stages], rotation=30, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(m, fontsize=10)
+    axes[0][0].set_ylabel("median |Spearman rho| with the trained map")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("Cascading randomisation (head first): a faithful map changes", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def audit_curves_figure(audit: dict[str, Any]) -> Figure:
+    """Mean deletion and insertion curves of each method (default layer set) and the two baselines."""
+    faith = audit["faithfulness"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, mode in zip(axes, ("deletion", "insertion")):
+        for name in [*audit["methods"], "random", "center"]:
+            entry = faith[name]
+            source = entry["sets"][entry["layer_set"]] if "sets" in entry else entry
+            curve = source[f"{mode}_curve"]
+            style = "--" if name in ("random", "center") else "-"
+            x = np.linspace(0, 1, len(curve))
+            ax.plot(x, curve, style, label=f"{name} ({entry[f'{mode}_auc']:.3f})")
+        ax.set_xlabel(f"share of pixels {'removed' if mode == 'deletion' else 'inserted'}, most important first")
+        ax.set_ylabel("probability of the explained class")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{mode} (area in brackets)", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

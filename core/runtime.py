@@ -21,8 +21,9 @@ def import_tensorflow_quietly() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import tensorflow  # noqa: F401
+        import tensorflow
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    tensorflow.get_logger().setLevel("ERROR")  # retracing advice and the like: notes for developers

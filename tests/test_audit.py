@@ -1,0 +1,171 @@
+"""The heatmap audit on models whose evidence is known: a patch, the border, a trained tiny MobileNetV2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from keras import layers
+
+from cli.app import main
+from conftest import make_dataset, save_gray
+from core.artifact import DEFAULT_CLASSES, LoadedModel, ModelMeta, load_artifact
+from core.audit import AUDIT_FILES, AuditPlan, audit_images
+from core.config import FEATURES_LAYER, LOGITS_LAYER, ArchConfig, InputSpec
+from core.faithfulness import DELETION, INSERTION, area, border_share, curves, random_map
+from core.gradcam import GradCAM
+from core.inference import compile_forward
+
+SIZE = 32
+PATCH = (slice(4, 12), slice(18, 26))  # rows 4-11, columns 18-25
+
+
+def known_evidence_model(where: str) -> LoadedModel:
+    """Bright pixels in one region (the patch, or the border) push class 0 up; nothing else counts.
+
+    The region is cut out before the explained conv layer, so its activations
+    are zero everywhere else.
+    """
+    inp = keras.Input((SIZE, SIZE, 3), name="image")
+    top, bottom = PATCH[0].start, SIZE - PATCH[0].stop
+    left, right = PATCH[1].start, SIZE - PATCH[1].stop
+    if where == "patch":
+        margins = ((top, bottom), (left, right))
+        region = layers.ZeroPadding2D(margins)(layers.Cropping2D(margins)(inp))
+    else:
+        inner = layers.ZeroPadding2D(4)(layers.Cropping2D(4)(inp))
+        region = layers.Subtract()([inp, inner])
+    conv = layers.Conv2D(1, 1, activation="relu", use_bias=False, name="conv")
+    pooled = layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(conv(region))
+    dense = layers.Dense(3, name=LOGITS_LAYER)
+    model = keras.Model(inp, layers.Activation("softmax")(dense(pooled)))
+    conv.set_weights([np.full((1, 1, 3, 1), 1 / (3 * 255), np.float32)])
+    dense.set_weights([np.array([[100.0, 0.0, -100.0]], np.float32), np.array([0.0, 1.0, 0.0], np.float32)])
+    meta = ModelMeta(
+        classes=list(DEFAULT_CLASSES), input=InputSpec(SIZE, SIZE), arch=ArchConfig(), gradcam_layers=["conv"]
+    )
+    return LoadedModel(model=model, meta=meta, source=where, directory=Path("."))
+
+
+def images(n: int, bright: tuple[slice, slice] | None = PATCH, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 100, (n, SIZE, SIZE, 1))
+    if bright is not None:
+        x[:, bright[0], bright[1]] = rng.uniform(150, 255, (n, 8, 8, 1))
+    return np.repeat(x, 3, -1).astype(np.float32)
+
+
+def test_gradcam_finds_the_patch_and_deleting_it_beats_a_random_order() -> None:
+    loaded = known_evidence_model("patch")
+    x = images(6)
+    result = GradCAM(loaded.model, ["conv"])(x)
+    forward = compile_forward(loaded.model)
+
+    def probabilities(batch: np.ndarray) -> np.ndarray:
+        return forward(batch).numpy()
+
+    for i, cam in enumerate(result.maps[0]):
+        r, c = np.unravel_index(np.argmax(cam), cam.shape)
+        assert PATCH[0].start <= r < PATCH[0].stop and PATCH[1].start <= c < PATCH[1].stop
+        cls = int(result.target_classes[i])
+        assert cls == 0
+        deletion = curves(probabilities, x[i], [cam, random_map(cam.shape, i)], cls, 16, DELETION)
+        assert deletion[0, 0] == pytest.approx(deletion[1, 0])  # both start from the untouched image
+        assert area(deletion[0])[0] < area(deletion[1])[0] - 0.1
+        insertion = curves(probabilities, x[i], [cam, random_map(cam.shape, i)], cls, 16, INSERTION)
+        assert area(insertion[0])[0] > area(insertion[1])[0]
+
+
+def test_border_share_of_simple_maps() -> None:
+    flat = np.ones((100, 100))
+    assert border_share(flat, 0.1) == pytest.approx(1 - 0.8 * 0.8)
+    ring = np.zeros((100, 100))
+    ring[:5] = 1
+    assert border_share(ring, 0.1) == 1.0
+    assert border_share(np.zeros((10, 10))) == 0.0
+
+
+def write_images(root: Path, x: np.ndarray) -> list[Path]:
+    return [
+        save_gray(root / "NORMAL" / f"IM-{i:04d}-0001.png", img[..., 0].astype(np.uint8)) for i, img in enumerate(x)
+    ]
+
+
+def test_a_model_that_looks_at_the_border_gets_its_images_flagged(tmp_path: Path) -> None:
+    x = images(4, bright=None, seed=3)
+    x[:, :3] = 250  # a bright band at the top: where a marker would sit
+    border = audit_images(known_evidence_model("border"), write_images(tmp_path / "b", x), AuditPlan(n_layers=1))
+    assert len(border["border_flagged"]) == 4
+    assert min(border["border"]["share"].values()) > 0.8  # the model looks 4 px deep, the band is 3 px
+    patch = audit_images(known_evidence_model("patch"), write_images(tmp_path / "p", images(4)), AuditPlan(n_layers=1))
+    assert patch["border_flagged"] == [] and max(patch["border"]["share"].values()) < 0.1
+    g = patch["faithfulness"]
+    assert g["gradcam"]["deletion_auc"] < g["random"]["deletion_auc"]
+    assert g["gradcam"]["insertion_auc"] > g["random"]["insertion_auc"]
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_file: Path) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("audit")
+    data = root / "data"
+    make_dataset(data, "download", per_class=6)
+    out = root / "model"
+    args = ["train", data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
+    args += ["--image-size", "64", "--epochs", "3", "--fine-tune-from", "none", "--views", "1"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return data, out
+
+
+def test_randomising_the_head_of_a_trained_model_breaks_the_maps(trained_tiny) -> None:
+    data, model_dir = trained_tiny
+    loaded = load_artifact(model_dir)
+    paths = sorted(data.rglob("*.jpeg"))[:8]
+    result = audit_images(loaded, paths, AuditPlan(methods=("gradcam", "hirescam"), n_layers=2, steps=4, blocks=2))
+    assert result["randomisation_stages"] == ["head", "Conv_1", "block_16"]
+    for method in ("gradcam", "hirescam"):
+        for layer, entry in result["sanity"][method].items():
+            assert entry["rho_after_head"] < 0.5, (method, layer, entry)
+            assert set(entry["rho"]) == {"head", "Conv_1", "block_16"} and all(0 <= v <= 1 for v in entry["ssim"].values())
+    assert loaded.model.get_layer(LOGITS_LAYER).get_weights()[0].std() > 0  # the loaded model itself untouched
+    again = load_artifact(model_dir)
+    np.testing.assert_array_equal(
+        loaded.model.get_layer(LOGITS_LAYER).get_weights()[0], again.model.get_layer(LOGITS_LAYER).get_weights()[0]
+    )
+
+
+def test_audit_cli_writes_the_report(trained_tiny, tmp_path: Path) -> None:
+    data, model_dir = trained_tiny
+    out = tmp_path / "audit"
+    args = ["audit", data, "--model", model_dir, "--limit", 5, "--layers", 2, "--out", out]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "recommended:" in result.output
+    assert {p.name for p in out.iterdir()} <= set(AUDIT_FILES) and {"audit.json", "index.html"} <= {
+        p.name for p in out.iterdir()
+    }
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["n_images"] == 5
+    for method in ("gradcam", "gradcam++", "hirescam", "layercam"):
+        assert set(audit["sanity"][method]) == {"block_16_project", "Conv_1", "out_relu"}
+        assert 0 <= audit["sanity"][method]["Conv_1"]["rho_after_head"] <= 1
+        assert 0 <= audit["faithfulness"][method]["deletion_auc"] <= 1
+        assert 0 <= audit["faithfulness"][method]["insertion_auc"] <= 1
+    for baseline in ("random", "center"):
+        assert {"deletion_auc", "insertion_auc"} <= set(audit["faithfulness"][baseline])
+    assert isinstance(audit["border_flagged"], list)
+    rec = audit["recommendation"]
+    assert any(r["method"] == rec["method"] and r["layer_set"] == rec["layer_set"] for r in audit["table"])
+    html = (out / "index.html").read_text()
+    assert "sanity.png" in html and "curves.png" in html and rec["method"] in html
+    for png in ("sanity.png", "curves.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    bad = CliRunner().invoke(main, ["audit", str(data), "--model", str(model_dir), "--methods", "gradcam,guess"])
+    assert bad.exit_code == 1 and "unknown CAM method 'guess'" in bad.output
+    (out / "notes.txt").write_text("mine")  # a folder holding other files is not replaced
+    again = CliRunner().invoke(main, [str(a) for a in args])
+    assert again.exit_code == 1 and "--overwrite" in again.output and (out / "notes.txt").exists()
