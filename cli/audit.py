@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import ModelChoice, command, default_out, layers_option, model_options, overwrite_option, progress
-from core.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS
+from cli.common import ModelChoice, command, default_out, model_options, overwrite_option, progress
+from core.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS, DEFAULT_LAYERS, MAX_SHOWN_LAYERS
 
 
 @command()
@@ -20,7 +20,14 @@ from core.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS
     show_default=True,
     help="Comma-separated CAM methods to audit.",
 )
-@layers_option
+@click.option(
+    "--layers",
+    "n_layers",
+    default=DEFAULT_LAYERS,
+    show_default=True,
+    type=click.IntRange(1, MAX_SHOWN_LAYERS),
+    help="The multi-layer set audited: the last N of the model's conv layers.",
+)
 @click.option("--limit", default=AUDIT_LIMIT, show_default=True, type=click.IntRange(1), help="Audit this many images.")
 @click.option(
     "--seed", default=AUDIT_SEED, show_default=True, type=int, help="Which images (a seeded sample) and the random map."
@@ -31,6 +38,12 @@ from core.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS
     help="Only the files this list names (one per line, relative to DATA_DIR), e.g. a model's validation.txt.",
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Report folder [default: reports/<DATA_DIR name>/audit/].")
+@click.option(
+    "--record",
+    is_flag=True,
+    help="Make the recommendation the (local) model's default heatmaps: method and layers in its model.json, "
+    "with the audit's table for the model card.",
+)
 @overwrite_option("--out")
 def audit(
     data_dir: Path,
@@ -42,6 +55,7 @@ def audit(
     subset: Path | None,
     out: Path | None,
     overwrite: bool,
+    record: bool,
 ) -> None:
     """Check that the heatmaps show what the model uses, for every CAM method and layer set.
 
@@ -74,6 +88,8 @@ def audit(
     from core.data import scan_dataset
     from core.data import subset as data_subset
 
+    if record and model.is_hub():
+        raise click.UsageError("--record needs a local model folder (--model), not a Hub download")
     plan = AuditPlan(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), n_layers=n_layers, seed=seed)
     scan = scan_dataset(data_dir)
     if subset:
@@ -88,8 +104,18 @@ def audit(
 
     with progress(len(paths) + len(stages(loaded.model, plan.blocks)), "auditing") as bar:
         result = audit_images(loaded, paths, plan, on_step=bar.update)
-    result["data_dir"] = data_dir.resolve().name
+    result["data_dir"] = data_dir.resolve().name + (f", the files in {subset.name}" if subset else "")
     click.echo(format_audit(result))
     with replace_folder(out, lambda name: name in AUDIT_FILES, overwrite) as staging:
         write_audit(staging, result, loaded, title=f"Heatmap audit: {data_dir.name}, {result['n_images']} images")
     click.echo(f"report written to {out}/")
+    if record:
+        from core.artifact import record_explain
+        from core.audit import explain_defaults
+
+        layers, defaults = explain_defaults(result, loaded)
+        record_explain(loaded.directory, layers, defaults)
+        click.echo(
+            f"default heatmaps of {loaded.directory}: {defaults.method}, last {defaults.layers} layer(s) "
+            f"({', '.join(layers[-defaults.layers :])}); recorded in model.json"
+        )

@@ -18,8 +18,6 @@ import click
 from core.options import (
     CAM_METHODS,
     DEFAULT_BATCH_SIZE,
-    DEFAULT_CAM_METHOD,
-    DEFAULT_LAYERS,
     DEFAULT_OPACITY,
     MAX_BATCH_SIZE,
     MAX_SHOWN_LAYERS,
@@ -129,13 +127,14 @@ def model_out_option() -> Callable:
 layers_option = click.option(
     "--layers",
     "n_layers",
-    default=DEFAULT_LAYERS,
-    show_default=True,
     type=click.IntRange(1, MAX_SHOWN_LAYERS),
-    help=f"Explain the last N conv layers (1 to {MAX_SHOWN_LAYERS}).",
+    help=f"Explain the last N of the model's conv layers (1 to {MAX_SHOWN_LAYERS}) [default: the model's own, "
+    "model.json explain.layers].",
 )
 cam_method_option = click.option(
-    "--method", type=click.Choice(CAM_METHODS), default=DEFAULT_CAM_METHOD, show_default=True, help="CAM method."
+    "--method",
+    type=click.Choice(CAM_METHODS),
+    help="CAM method [default: the model's own, model.json explain.method].",
 )
 opacity_option = click.option(
     "--alpha", default=DEFAULT_OPACITY, show_default=True, type=click.FloatRange(0, 1), help="Heatmap opacity."

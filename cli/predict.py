@@ -37,10 +37,10 @@ from core.options import PREDICT_MAX_SIDE
 @model_options
 def predict(
     images: tuple[Path, ...],
-    n_layers: int,
+    n_layers: int | None,
     cam_out: Path | None,
     target: str | None,
-    method: str,
+    method: str | None,
     alpha: float,
     as_json: bool,
     model: ModelChoice,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.atomic import write_json
-from core.config import LOGITS_LAYER, ArchConfig
+from core.config import LOGITS_LAYER, ArchConfig, ExplainDefaults
 from core.data import CLASSES
 from core.errors import InputError, ModelLoadError
 
@@ -52,6 +52,7 @@ class ModelMeta:
     adaptation: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
+    explain: ExplainDefaults = field(default_factory=ExplainDefaults)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +63,7 @@ class ModelMeta:
             "arch": self.arch.to_dict(),
             "logits_layer": self.logits_layer,
             "gradcam_layers": list(self.gradcam_layers),
+            "explain": self.explain.to_dict(),
             "weights_file": MODEL_FILE,
             "weights_sha256": self.weights_sha256,
             "training": self.training,
@@ -87,6 +89,7 @@ class ModelMeta:
                 arch=ArchConfig.from_dict(d["arch"]),
                 logits_layer=d.get("logits_layer", LOGITS_LAYER),
                 gradcam_layers=list(d["gradcam_layers"]),
+                explain=ExplainDefaults.from_dict(d.get("explain", {})),
                 weights_sha256=d.get("weights_sha256", ""),
                 training=d.get("training", {}),
                 metrics=d.get("metrics", {}),
@@ -129,10 +132,10 @@ class LoadedModel:
 
 
 def new_meta(model: keras.Model, arch: ArchConfig, spec: InputSpec, classes: list[str]) -> ModelMeta:
-    from core.model import conv_layer_names
-
     """Metadata for a freshly built model: Grad-CAM candidates read off the model."""
-    return ModelMeta(classes=list(classes), input=spec, arch=arch, gradcam_layers=conv_layer_names(model))
+    from core.model import explainable_layer_names
+
+    return ModelMeta(classes=list(classes), input=spec, arch=arch, gradcam_layers=explainable_layer_names(model))
 
 
 def file_sha256(path: Path) -> str:
@@ -190,6 +193,15 @@ def record_metrics(directory: str | Path, split: str, metrics: dict[str, Any]) -
     return meta
 
 
+def record_explain(directory: str | Path, gradcam_layers: list[str], explain: ExplainDefaults) -> ModelMeta:
+    """Store the layers a model may explain and its default heatmaps (what an audit chose) in its metadata."""
+    meta = read_meta(directory)
+    meta.gradcam_layers = list(gradcam_layers)
+    meta.explain = explain
+    write_json(Path(directory) / META_FILE, meta.to_dict())
+    return meta
+
+
 def check_consistency(model: keras.Model, meta: ModelMeta) -> None:
     """Refuse a model whose metadata disagrees with it."""
     out_dim = model.output_shape[-1]
@@ -201,6 +213,8 @@ def check_consistency(model: keras.Model, meta: ModelMeta) -> None:
     missing = [n for n in [meta.logits_layer, *meta.gradcam_layers] if n not in names]
     if missing:
         raise ModelLoadError(f"metadata names layers the model lacks: {', '.join(missing[:5])}")
+    if meta.explain.layers > len(meta.gradcam_layers):
+        raise ModelLoadError(f"metadata explains {meta.explain.layers} layers of {len(meta.gradcam_layers)}")
 
 
 def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef | None = None) -> LoadedModel:

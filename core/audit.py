@@ -21,6 +21,7 @@ import numpy as np
 
 from core.artifact import LoadedModel
 from core.atomic import save_figure, write_bytes, write_json, write_text
+from core.config import ExplainDefaults
 from core.errors import InputError, none_readable
 from core.faithfulness import DELETION, INSERTION, area, border_share, center_map, curves, random_map
 from core.options import (
@@ -42,7 +43,6 @@ CURVES_PLOT = "curves.png"
 BORDER_PAGE = "border_flagged.png"
 INDEX = "index.html"
 AUDIT_FILES = (AUDIT_FILE, SANITY_PLOT, CURVES_PLOT, BORDER_PAGE, INDEX)
-OUT_RELU = "out_relu"
 RANDOM, CENTER = "random", "center"
 CAM_BATCH = 16
 
@@ -68,16 +68,20 @@ def default_set_name(n_layers: int) -> str:
 
 
 def layer_sets(loaded: LoadedModel, n_layers: int) -> dict[str, list[str]]:
-    """The layer sets compared: the last ``n`` conv layers (today's default), the deepest alone, ``out_relu``.
+    """The layer sets compared: the last ``n`` conv layers, the deepest alone, ``Conv_1`` and ``out_relu``.
 
     A set's map is the mean of its layers' maps, each scaled to [0, 1].
     """
+    from core.model import ACTIVATED_LAST, LAST_CONV
+
     conv = loaded.meta.last_layers(n_layers)
     sets = {default_set_name(n_layers): conv}
     if n_layers > 1:
         sets[conv[-1]] = [conv[-1]]
-    if OUT_RELU in {layer.name for layer in loaded.model.layers}:
-        sets[OUT_RELU] = [OUT_RELU]
+    present = {layer.name for layer in loaded.model.layers}
+    for name in (LAST_CONV, ACTIVATED_LAST):  # the deepest layer before and after its activation
+        if name in present and [name] not in sets.values():
+            sets[name] = [name]
     return sets
 
 
@@ -229,7 +233,7 @@ def audit_images(
         "sanity": sanity,
         "faithfulness": faith,
         "table": table,
-        "recommendation": recommend(best, plan),
+        "recommendation": recommend(best, plan, sets),
         "border": {
             "band": BORDER_BAND,
             "threshold": BORDER_FLAG,
@@ -267,10 +271,15 @@ def recommendation_table(
     return sorted(rows, key=lambda r: (not r["sanity_pass"], -r["score"]))
 
 
-def recommend(best: dict[str, Any] | None, plan: AuditPlan) -> dict[str, Any]:
+def recommend(best: dict[str, Any] | None, plan: AuditPlan, sets: dict[str, list[str]]) -> dict[str, Any]:
     default = {"method": DEFAULT_CAM_METHOD, "layer_set": default_set_name(plan.n_layers)}
     if best is None:
-        return {**default, "is_default": True, "why": "no method and layer set passed the sanity check"}
+        return {
+            **default,
+            "layers": sets[default["layer_set"]],
+            "is_default": True,
+            "why": "no method and layer set passed the sanity check",
+        }
     is_default = best["method"] == default["method"] and best["layer_set"] == default["layer_set"]
     return {
         "method": best["method"],
@@ -280,6 +289,37 @@ def recommend(best: dict[str, Any] | None, plan: AuditPlan) -> dict[str, Any]:
         "is_default": is_default,
         "why": "the highest insertion minus deletion area among the method and layer sets that pass sanity",
     }
+
+
+def explain_defaults(result: dict[str, Any], loaded: LoadedModel) -> tuple[list[str], ExplainDefaults]:
+    """The explainable layers and default heatmaps that put an audit's recommendation into ``model.json``.
+
+    The recommended layers must be the last N of the model's explainable layers, since that is what
+    every entry point shows.
+    """
+    from datetime import UTC, datetime
+
+    from core.model import explainable_layer_names
+
+    layers = explainable_layer_names(loaded.model)
+    rec = result["recommendation"]
+    want = list(rec["layers"])
+    if layers[-len(want) :] != want:
+        raise InputError(
+            f"the recommended layers ({', '.join(want)}) are not the last {len(want)} explainable layers "
+            f"({', '.join(layers[-len(want) :])}); not recorded"
+        )
+    f = result["faithfulness"]
+    summary = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data_dir": result.get("data_dir", ""),
+        "n_images": result["n_images"],
+        "recommendation": rec,
+        "table": result["table"],
+        "baselines": {b: {k: f[b][k] for k in ("deletion_auc", "insertion_auc")} for b in (RANDOM, CENTER)},
+        "sanity_threshold": result["sanity_threshold"],
+    }
+    return layers, ExplainDefaults(method=rec["method"], layers=len(want), audit=summary)
 
 
 def format_audit(result: dict[str, Any]) -> str:

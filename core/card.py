@@ -172,6 +172,51 @@ def stress_table(shift: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def audit_table(explain: Any) -> str:
+    """The audit behind the default heatmaps: method x layer set, with baselines and the sanity check."""
+    a = explain.audit
+    rec = a["recommendation"]
+    rows = [
+        "| method | layer set | deletion AUC (lower is better) | insertion AUC (higher is better) | "
+        "insertion - deletion | median abs(rho) after head | sanity |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in a["table"]:
+        mark = "**" if (r["method"], r["layer_set"]) == (rec["method"], rec["layer_set"]) else ""
+        named = r["layer_set"] if r["layers"] == [r["layer_set"]] else f"{r['layer_set']} ({', '.join(r['layers'])})"
+        rows.append(
+            f"| {mark}{r['method']}{mark} | {mark}{named}{mark} | {r['deletion_auc']:.3f} | "
+            f"{r['insertion_auc']:.3f} | {r['insertion_auc'] - r['deletion_auc']:.3f} | {r['rho_after_head']:.2f} | "
+            f"{'pass' if r['sanity_pass'] else 'fail'} |"
+        )
+    for name, b in a["baselines"].items():
+        rows.append(
+            f"| {name} map (baseline) | | {b['deletion_auc']:.3f} | {b['insertion_auc']:.3f} | "
+            f"{b['insertion_auc'] - b['deletion_auc']:.3f} | | |"
+        )
+    centre = a["baselines"]["center"]
+    beat = [r for r in a["table"] if r["sanity_pass"] and r["score"] > centre["insertion_auc"] - centre["deletion_auc"]]
+    caveat = (
+        f"Only {len(beat)} of the method and layer sets that pass sanity beat a centred Gaussian map, which knows "
+        "nothing of the image: the maps are coarse (7x7 cells at 224 px) and mostly say which part of the chest "
+        "mattered, not which structure."
+    )
+    return "\n".join(
+        [
+            f"`python -m cli audit` on {a['n_images']} images of `{a['data_dir']}` ({a['date'][:10]}; each map "
+            "explains the predicted class). Sanity (Adebayo et al. 2018): the head is randomised and the map must "
+            f"change, median abs(Spearman rho) below {a['sanity_threshold']}. Faithfulness (RISE): pixels deleted "
+            "from the image, or inserted into a blurred copy, most important first. The default is the most "
+            f"faithful method and layer set that passes sanity: **{rec['method']} on {rec['layer_set']}**, "
+            f"shown by default as the last {explain.layers} layer(s).",
+            "",
+            *rows,
+            "",
+            caveat,
+        ]
+    )
+
+
 def model_card(meta: ModelMeta) -> str:
     """Markdown with the YAML header Hugging Face reads, from metadata alone."""
     test = meta.metrics.get("test")
@@ -197,7 +242,9 @@ def model_card(meta: ModelMeta) -> str:
         f"- Architecture: MobileNetV2 (alpha {meta.arch.alpha}, ImageNet weights, frozen) → global "
         f"{meta.arch.pooling} pooling → dropout {meta.arch.dropout} → dense {list(meta.arch.dense_units)} ReLU → "
         f"{len(meta.classes)} logits → softmax. Classes in output order: {', '.join(meta.classes)}.",
-        f"- Grad-CAM layers (deepest last): {', '.join(meta.gradcam_layers[-3:])}.",
+        f"- Heatmaps by default: {meta.explain.method}, the last {meta.explain.layers} explainable layer(s) "
+        f"({', '.join(meta.gradcam_layers[-meta.explain.layers :])}); the deepest three explainable layers are "
+        f"{', '.join(meta.gradcam_layers[-3:])}.",
         "- Files: `model.keras` (load with `keras.models.load_model(..., safe_mode=True)`), `model.json` "
         "(metadata, SHA-256 of the weights).",
         "## Training data and procedure",
@@ -236,6 +283,8 @@ def model_card(meta: ModelMeta) -> str:
             "### Against the seed project, under each deployment protocol",
             protocol_comparison(meta.metrics),
         ]
+    if meta.explain.audit:
+        parts += ["## Heatmaps: which method and layer, and why", audit_table(meta.explain)]
     parts += [
         "## Citation of the data",
         "Kermany D, Zhang K, Goldbaum M (2018). Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from core.errors import InputError
-from core.options import AUGMENTATIONS
+from core.options import AUGMENTATIONS, CAM_METHODS, DEFAULT_CAM_METHOD, DEFAULT_LAYERS
 
 PIL_BILINEAR = "pil-bilinear"
 #: Layer names every entry point relies on: the pre-softmax logits Grad-CAM explains, the pooled features.
@@ -52,6 +52,24 @@ class InputSpec(Stored):
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.height, self.width, 3)
+
+
+@dataclass(frozen=True)
+class ExplainDefaults(Stored):
+    """The heatmaps a model shows unless the user asks otherwise: CAM method, how many of the last layers.
+
+    ``audit`` says where the choice came from (``python -m cli audit --record``), empty for the defaults.
+    """
+
+    method: str = DEFAULT_CAM_METHOD
+    layers: int = DEFAULT_LAYERS
+    audit: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in CAM_METHODS:
+            raise InputError(f"unknown CAM method {self.method!r}; use one of {', '.join(CAM_METHODS)}")
+        if self.layers < 1:
+            raise InputError("the default number of layers must be at least 1")
 
 
 @dataclass(frozen=True)

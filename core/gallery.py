@@ -15,7 +15,7 @@ from core.errors import ImageLoadError, InputError
 from core.evaluation import Prediction
 from core.images import read_image
 from core.metrics import outcome_mask
-from core.options import DEFAULT_LAYERS, DEFAULT_OPACITY, GALLERY_MAX_SIDE, GALLERY_PER_PAGE
+from core.options import DEFAULT_OPACITY, GALLERY_MAX_SIDE, GALLERY_PER_PAGE
 
 if TYPE_CHECKING:
     from core.inference import Explainer
@@ -50,7 +50,7 @@ def render_pages(
     chosen: Sequence[Prediction],
     data_dir: Path,
     out: Path,
-    n_layers: int = DEFAULT_LAYERS,
+    n_layers: int | None = None,
     per_page: int = GALLERY_PER_PAGE,
     explain: str = "predicted",
     alpha: float = DEFAULT_OPACITY,

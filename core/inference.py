@@ -22,7 +22,7 @@ from core.artifact import LoadedModel
 from core.errors import ImageLoadError, InputError
 from core.gradcam import METHODS, BaseCAM
 from core.images import read_image
-from core.options import DEFAULT_BATCH_SIZE, DEFAULT_CAM_METHOD, DEFAULT_LAYERS, DEFAULT_OPACITY
+from core.options import DEFAULT_BATCH_SIZE, DEFAULT_OPACITY
 from core.overlay import blend, colorize, upsample
 from core.preprocess import InputSpec, fit_within, to_model_input
 
@@ -159,11 +159,14 @@ def check_method(method: str) -> str:
 
 
 class Explainer:
-    """A loaded model plus Grad-CAM, compiled once per choice of layers."""
+    """A loaded model plus its CAM methods, compiled once per choice of layers.
 
-    def __init__(self, loaded: LoadedModel, method: str = DEFAULT_CAM_METHOD) -> None:
+    Method and number of layers default to the model's own (``model.json`` ``explain``).
+    """
+
+    def __init__(self, loaded: LoadedModel, method: str | None = None) -> None:
         self.loaded = loaded
-        self.method = check_method(method)
+        self.method = check_method(method or loaded.meta.explain.method)
         self._cams: dict[tuple[str, tuple[str, ...]], BaseCAM] = {}
 
     @property
@@ -181,7 +184,7 @@ class Explainer:
     def explain_file(
         self,
         path: str | Path,
-        n_layers: int = DEFAULT_LAYERS,
+        n_layers: int | None = None,
         target: str | None = None,
         alpha: float = DEFAULT_OPACITY,
         max_side: int | None = None,
@@ -193,7 +196,7 @@ class Explainer:
     def explain(
         self,
         images: Sequence[np.ndarray],
-        n_layers: int = DEFAULT_LAYERS,
+        n_layers: int | None = None,
         target: str | Sequence[str] | None = None,
         alpha: float = DEFAULT_OPACITY,
         max_side: int | None = None,
@@ -205,6 +208,7 @@ class Explainer:
         default: each image's predicted class. ``method``: default the explainer's.
         """
         meta = self.loaded.meta
+        n_layers = n_layers or meta.explain.layers
         if n_layers < 1 or n_layers > len(meta.gradcam_layers):
             raise InputError(f"number of layers must be between 1 and {len(meta.gradcam_layers)}")
         if not images:

@@ -21,6 +21,7 @@ from core.errors import InputError
 
 PROBS_LAYER = "probabilities"
 STANDARDIZE_LAYER = "standardize"
+LAST_CONV, ACTIVATED_LAST = "Conv_1", "out_relu"
 _PREPROCESS_LAYERS = ("augment_flip", "augment_rotation", STANDARDIZE_LAYER, "rescale")
 
 
@@ -104,6 +105,21 @@ def conv_layer_names(model: keras.Model) -> list[str]:
     """Names of the backbone's convolution layers, shallow to deep."""
     conv_types = (layers.Conv2D, layers.DepthwiseConv2D)
     return [layer.name for layer in backbone_layers(model) if isinstance(layer, conv_types)]
+
+
+def explainable_layer_names(model: keras.Model) -> list[str]:
+    """The layers Grad-CAM may explain, shallow to deep: the conv layers, the deepest after its activation.
+
+    The last conv layer (``Conv_1``) is explained at ``out_relu``, its
+    batch-normed and activated output, as most Grad-CAM implementations do;
+    ``python -m cli audit`` found it the most faithful layer of the published
+    model (see the model card).
+    """
+    names = conv_layer_names(model)
+    present = {layer.name for layer in model.layers}
+    if names and names[-1] == LAST_CONV and ACTIVATED_LAST in present:
+        names[-1] = ACTIVATED_LAST
+    return names
 
 
 def set_fine_tuning(model: keras.Model, fine_tune_from: int | None) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.options import DEFAULT_LAYERS, DEFAULT_OPACITY
+from core.options import DEFAULT_OPACITY
 
 if TYPE_CHECKING:
     from core.artifact import LoadedModel
@@ -30,7 +30,7 @@ class SpaceConfig:
     examples_dir: str | None = None
     max_file_size: str = "25mb"
     concurrency_limit: int = 2
-    default_layers: int = DEFAULT_LAYERS
+    default_layers: int | None = None  # None: the model's own (model.json explain.layers)
     default_opacity: float = DEFAULT_OPACITY
 
 

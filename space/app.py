@@ -71,15 +71,21 @@ class OverlayFiles:
                 shutil.rmtree(d, ignore_errors=True)
 
 
+def shown_layers(explainer: Explainer, config: SpaceConfig) -> int:
+    """Layers explained by default: the Space's setting if it has one, else the model's own."""
+    return config.default_layers or explainer.loaded.meta.explain.layers
+
+
 def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.Blocks:
     """The page: upload, options, label and one overlay per explained layer."""
     classes = explainer.classes
     max_layers = min(MAX_SHOWN_LAYERS, len(explainer.loaded.meta.gradcam_layers))
+    default_layers = shown_layers(explainer, config)
     overlay_files = OverlayFiles()
 
     def predict(
         image: str | None,
-        layers: float = config.default_layers,
+        layers: float = default_layers,
         explain: str = PREDICTED,
         opacity: float = config.default_opacity,
         method: str = explainer.method,
@@ -109,7 +115,7 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.File(label="Chest X-ray (PNG, JPEG, BMP or DICOM)", file_types=UPLOAD_TYPES)
-                layers = gr.Slider(1, max_layers, value=config.default_layers, step=1, label="Conv layers to explain")
+                layers = gr.Slider(1, max_layers, value=default_layers, step=1, label="Conv layers to explain")
                 explain = gr.Dropdown([PREDICTED, *classes], value=PREDICTED, label="Class to explain")
                 opacity = gr.Slider(0.0, 1.0, value=config.default_opacity, step=0.05, label="Heatmap opacity")
                 method = gr.Dropdown(list(CAM_METHODS), value=explainer.method, label="CAM method")
@@ -149,7 +155,7 @@ def warm_up(explainer: Explainer, config: SpaceConfig) -> None:
     import numpy as np
 
     blank = np.full((*explainer.loaded.meta.input.shape[:2], 3), 128, np.uint8)
-    explainer.explain([blank], n_layers=config.default_layers, alpha=config.default_opacity)
+    explainer.explain([blank], n_layers=shown_layers(explainer, config), alpha=config.default_opacity)
 
 
 def create(config: SpaceConfig | None = None) -> tuple[gr.Blocks, SpaceConfig]:

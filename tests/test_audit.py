@@ -16,6 +16,7 @@ from conftest import make_dataset, save_gray
 from core.artifact import DEFAULT_CLASSES, LoadedModel, ModelMeta, load_artifact
 from core.audit import AUDIT_FILES, AuditPlan, audit_images
 from core.config import FEATURES_LAYER, LOGITS_LAYER, ArchConfig, InputSpec
+from core.errors import InputError
 from core.faithfulness import DELETION, INSERTION, area, border_share, curves, random_map
 from core.gradcam import GradCAM
 from core.inference import compile_forward
@@ -130,7 +131,8 @@ def test_randomising_the_head_of_a_trained_model_breaks_the_maps(trained_tiny) -
     for method in ("gradcam", "hirescam"):
         for layer, entry in result["sanity"][method].items():
             assert entry["rho_after_head"] < 0.5, (method, layer, entry)
-            assert set(entry["rho"]) == {"head", "Conv_1", "block_16"} and all(0 <= v <= 1 for v in entry["ssim"].values())
+            assert set(entry["rho"]) == {"head", "Conv_1", "block_16"}
+            assert all(0 <= v <= 1 for v in entry["ssim"].values())
     assert loaded.model.get_layer(LOGITS_LAYER).get_weights()[0].std() > 0  # the loaded model itself untouched
     again = load_artifact(model_dir)
     np.testing.assert_array_equal(
@@ -169,3 +171,30 @@ def test_audit_cli_writes_the_report(trained_tiny, tmp_path: Path) -> None:
     (out / "notes.txt").write_text("mine")  # a folder holding other files is not replaced
     again = CliRunner().invoke(main, [str(a) for a in args])
     assert again.exit_code == 1 and "--overwrite" in again.output and (out / "notes.txt").exists()
+
+
+def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, tmp_path: Path) -> None:
+    import shutil
+
+    from core.artifact import record_explain
+    from core.audit import explain_defaults
+    from core.inference import Explainer
+
+    data, model_dir = trained_tiny
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    loaded = load_artifact(copy)
+    result = audit_images(loaded, sorted(data.rglob("*.jpeg"))[:4], AuditPlan(methods=("hirescam",), steps=4))
+    rows = {r["layer_set"]: r for r in result["table"]}
+    assert set(rows) == {"last 3 conv", "out_relu", "Conv_1"}
+    result["recommendation"] = {**rows["out_relu"], "is_default": False, "why": "test"}
+    layers, defaults = explain_defaults(result, loaded)
+    record_explain(copy, layers, defaults)
+    again = load_artifact(copy)
+    assert again.meta.explain.method == "hirescam" and again.meta.explain.layers == 1
+    assert again.meta.explain.audit["table"] == result["table"]
+    shown = Explainer(again).explain_file(sorted(data.rglob("*.jpeg"))[0])
+    assert shown.layer_names == ["out_relu"]
+    result["recommendation"] = {**rows["Conv_1"], "is_default": False, "why": "test"}
+    with pytest.raises(InputError, match="not the last 1 explainable layers"):
+        explain_defaults(result, loaded)

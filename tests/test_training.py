@@ -195,6 +195,7 @@ def test_standardize_makes_the_call_blind_to_exposure_and_survives_reload(
     loaded = load_artifact(out)
     assert loaded.meta.arch.standardize and STANDARDIZE_LAYER in [layer.name for layer in loaded.model.layers]
     assert conv_layer_names(loaded.model)[-1] == "Conv_1"  # Grad-CAM still reaches the backbone
+    assert loaded.meta.gradcam_layers[-1] == "out_relu"
     x = np.stack([load_model_input(p, loaded.meta.input) for p in sorted(tiny_data.rglob("*.jpeg"))[:4]])
     forward = compile_forward(loaded.model)
     darker = np.clip(x * 0.6 + 10, 0, 255)  # another exposure: linear, no clipping at 0.6x + 10
@@ -202,5 +203,5 @@ def test_standardize_makes_the_call_blind_to_exposure_and_survives_reload(
     from core.inference import Explainer
 
     explained = Explainer(loaded).explain_file(sorted(tiny_data.rglob("*.jpeg"))[0], n_layers=3)
-    assert explained.layer_names == conv_layer_names(loaded.model)[-3:]
+    assert explained.layer_names == loaded.meta.gradcam_layers[-3:]
     assert all(h.max() > 0 for h in explained.heatmaps)
