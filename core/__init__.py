@@ -14,7 +14,9 @@ Module map, by concept (flat on purpose; this file imports nothing, so ``--help`
   (where scoring runs: this process or ``ray_engine``, a Ray Data actor pool), ``metrics``
   (figures, bootstrap intervals), ``evaluation`` (evaluate and its protocols), ``stress``
   (perturbations and the stress test), ``plots``, ``atomic`` (files written whole).
-* Explaining -- ``gradcam`` (CAM methods), ``overlay`` (heatmaps on images), ``gallery``.
+* Explaining -- ``gradcam`` (CAM methods), ``overlay`` (heatmaps on images), ``gallery``;
+  auditing them: ``sanity`` (cascading randomisation), ``faithfulness`` (deletion, insertion,
+  baselines, border mass), ``audit`` (the report and the recommended defaults).
 * Training -- ``augment`` (augmented views), ``training`` (two stages on cached activations).
 * A new site -- ``adaptation`` (unlabelled, AdaBN), ``calibration`` (temperature and class
   biases, cross-fitting), ``site`` (adapted and calibrated model folders).

@@ -1,0 +1,60 @@
+"""Audit time on this machine (a script, not a test): prints a table.
+
+    python bench/bench_audit.py [--data ../shared/data/chest_xray/test] [--model weights/] [--limit 100]
+
+Times ``core.audit.audit_images`` (all four CAM methods, the default layer sets,
+16 deletion and insertion steps, 4 randomisation stages) on a seeded sample,
+after the model has loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import print_table  # noqa: E402
+
+from core.audit import AuditPlan, audit_images  # noqa: E402
+from core.data import scan_dataset  # noqa: E402
+from core.options import AUDIT_SEED  # noqa: E402
+from core.paths import REPO_ROOT  # noqa: E402
+from core.resolve import load_model  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared/data/chest_xray/test")
+    ap.add_argument("--model", type=Path, default=REPO_ROOT / "weights")
+    ap.add_argument("--limit", type=int, default=100)
+    args = ap.parse_args()
+
+    samples = list(scan_dataset(args.data).samples)
+    random.Random(AUDIT_SEED).shuffle(samples)
+    paths = sorted(s.path for s in samples[: args.limit])
+    loaded = load_model(args.model)
+    plan = AuditPlan()
+    start = time.perf_counter()
+    result = audit_images(loaded, paths, plan)
+    seconds = time.perf_counter() - start
+    rec = result["recommendation"]
+    print_table(
+        [
+            ("machine", f"{os.cpu_count()} CPUs"),
+            ("images", f"{result['n_images']} from {args.data}"),
+            ("methods x layer sets", f"{len(plan.methods)} x {len(result['layer_sets'])}"),
+            ("audit time", f"{seconds / 60:.1f} min ({seconds / result['n_images']:.2f} s per image)"),
+            ("recommended", f"{rec['method']}, {rec['layer_set']}"),
+            ("border-flagged", f"{len(result['border_flagged'])}"),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()
