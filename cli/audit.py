@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from cli.common import ModelChoice, command, default_out, model_options, overwrite_option, progress
+from cli.common import (
+    ModelChoice,
+    command,
+    default_out,
+    mlflow_option,
+    model_options,
+    overwrite_option,
+    progress,
+    run_tags,
+)
 from core.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS, DEFAULT_LAYERS, MAX_SHOWN_LAYERS
 
 
@@ -45,6 +54,7 @@ from core.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS, DEFAULT_LAYERS, M
     "with the audit's table for the model card.",
 )
 @overwrite_option("--out")
+@mlflow_option
 def audit(
     data_dir: Path,
     model: ModelChoice,
@@ -56,6 +66,7 @@ def audit(
     out: Path | None,
     overwrite: bool,
     record: bool,
+    mlflow_uri: str | None,
 ) -> None:
     """Check that the heatmaps show what the model uses, for every CAM method and layer set.
 
@@ -84,7 +95,7 @@ def audit(
       python -m cli audit data/test --methods gradcam,layercam --layers 1
     """
     from core.atomic import check_out, replace_folder
-    from core.audit import AUDIT_FILES, AuditPlan, audit_images, format_audit, write_audit
+    from core.audit import AUDIT_FILES, AuditPlan, audit_images, audit_metrics, format_audit, write_audit
     from core.data import scan_dataset
     from core.data import subset as data_subset
 
@@ -101,14 +112,22 @@ def audit(
     paths = sorted(s.path for s in samples[:limit])
     loaded = model.load()
     from core.sanity import stages
+    from core.tracking import tracked, tracking_uri
 
-    with progress(len(paths) + len(stages(loaded.model, plan.blocks)), "auditing") as bar:
-        result = audit_images(loaded, paths, plan, on_step=bar.update)
-    result["data_dir"] = data_dir.resolve().name + (f", the files in {subset.name}" if subset else "")
-    click.echo(format_audit(result))
-    with replace_folder(out, lambda name: name in AUDIT_FILES, overwrite) as staging:
-        write_audit(staging, result, loaded, title=f"Heatmap audit: {data_dir.name}, {result['n_images']} images")
-    click.echo(f"report written to {out}/")
+    with tracked(tracking_uri(mlflow_uri), "audit", loaded.meta.name, out.name, run_tags(loaded, data_dir)) as run:
+        with progress(len(paths) + len(stages(loaded.model, plan.blocks)), "auditing") as bar:
+            result = audit_images(loaded, paths, plan, on_step=bar.update)
+        result["data_dir"] = data_dir.resolve().name + (f", the files in {subset.name}" if subset else "")
+        click.echo(format_audit(result))
+        with replace_folder(out, lambda name: name in AUDIT_FILES, overwrite) as staging:
+            write_audit(staging, result, loaded, title=f"Heatmap audit: {data_dir.name}, {result['n_images']} images")
+        click.echo(f"report written to {out}/")
+        if run:
+            run.params({"plan": plan.to_dict(), "limit": limit, "subset": subset.name if subset else ""})
+            run.metrics(audit_metrics(result))
+            rec = result["recommendation"]
+            run.tags({"recommended": f"{rec['method']}, {rec['layer_set']}"})
+            run.artifacts(out)
     if record:
         from core.artifact import record_explain
         from core.audit import explain_defaults

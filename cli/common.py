@@ -21,6 +21,8 @@ from core.options import (
     DEFAULT_OPACITY,
     MAX_BATCH_SIZE,
     MAX_SHOWN_LAYERS,
+    MLFLOW_DEFAULT_URI,
+    MLFLOW_INSTALL,
 )
 from core.runtime import import_tensorflow_quietly
 
@@ -136,6 +138,16 @@ cam_method_option = click.option(
     type=click.Choice(CAM_METHODS),
     help="CAM method [default: the model's own, model.json explain.method].",
 )
+mlflow_option = click.option(
+    "--mlflow",
+    "mlflow_uri",
+    is_flag=False,
+    flag_value=MLFLOW_DEFAULT_URI,
+    default=None,
+    metavar="[URI]",
+    help=f"Log this run to MLflow, at URI or (without one) {MLFLOW_DEFAULT_URI} [default: on when "
+    f"MLFLOW_TRACKING_URI is set; optional install: {MLFLOW_INSTALL}].",
+)
 opacity_option = click.option(
     "--alpha", default=DEFAULT_OPACITY, show_default=True, type=click.FloatRange(0, 1), help="Heatmap opacity."
 )
@@ -150,6 +162,15 @@ def explain_option(choices: str, dest: str = "target") -> Callable:
 
 def progress(total: int, label: str) -> Any:
     return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True)
+
+
+def run_tags(loaded: Any, data_dir: Path) -> dict[str, str]:
+    """What every tracked run is tagged with: the model's weights and source, the data folder."""
+    return {
+        "model.sha256": loaded.meta.weights_sha256,
+        "model.source": loaded.source,
+        "data_dir": Path(data_dir).resolve().name,
+    }
 
 
 def default_out(data_dir: Path, *parts: str) -> Path:

@@ -14,10 +14,12 @@ from cli.common import (
     default_out,
     explain_option,
     layers_option,
+    mlflow_option,
     model_options,
     opacity_option,
     overwrite_option,
     progress,
+    run_tags,
 )
 from core.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LIMIT, GALLERY_PER_PAGE, RAY_INSTALL
 
@@ -71,6 +73,7 @@ from core.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LI
     type=click.IntRange(1),
     help="Ray actors, one CPU each [default: one per CPU of the cluster].",
 )
+@mlflow_option
 def evaluate(
     data_dir: Path,
     model: ModelChoice,
@@ -84,6 +87,7 @@ def evaluate(
     engine: str,
     ray_address: str | None,
     workers: int | None,
+    mlflow_uri: str | None,
 ) -> None:
     """Score every image of a labelled folder and write metrics, predictions and plots.
 
@@ -109,6 +113,7 @@ def evaluate(
     from core.engine import make_engine
     from core.evaluation import ADAPT_ENGINE_HINT, GALLERY_DIR, Protocol, evaluate_scan, is_report_entry, write_report
     from core.metrics import format_table
+    from core.tracking import report_metrics, tracked, tracking_uri
 
     if engine == "local":
         ctx = click.get_current_context()
@@ -130,17 +135,27 @@ def evaluate(
 
         check_adaptable(loaded)
     label = "adapting, then scoring" if adapt else f"scoring ({engine})"
-    with progress(len(scan.samples) * protocol.passes(), label) as bar:
-        result = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update, protocol=protocol, engine=scorer)
-    click.echo(f"protocol: {protocol.name}: {protocol.describe()}")
-    click.echo(format_table(result.metrics))
-    skipped = result.metrics["skipped"]
-    if skipped:
-        click.echo(f"skipped {len(skipped)} unreadable file(s); see {out / 'metrics.json'}", err=True)
-    with replace_folder(out, is_report_entry, overwrite, keep=lambda name: name == GALLERY_DIR) as staging:
-        title = f"{data_dir.name} ({result.metrics['n_images']} images, {protocol.name})"
-        write_report(staging, result, loaded.meta.classes, title=title)
-    click.echo(f"report written to {out}/")
+    tags = {**run_tags(loaded, data_dir), "protocol": protocol.name, "engine": engine}
+    with tracked(tracking_uri(mlflow_uri), "evaluate", loaded.meta.name, out.name, tags) as run:
+        with progress(len(scan.samples) * protocol.passes(), label) as bar:
+            result = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update, protocol=protocol, engine=scorer)
+        click.echo(f"protocol: {protocol.name}: {protocol.describe()}")
+        click.echo(format_table(result.metrics))
+        skipped = result.metrics["skipped"]
+        if skipped:
+            click.echo(f"skipped {len(skipped)} unreadable file(s); see {out / 'metrics.json'}", err=True)
+        if run:
+            result.metrics["provenance"]["mlflow"] = run.describe()
+        with replace_folder(out, is_report_entry, overwrite, keep=lambda name: name == GALLERY_DIR) as staging:
+            title = f"{data_dir.name} ({result.metrics['n_images']} images, {protocol.name})"
+            write_report(staging, result, loaded.meta.classes, title=title)
+        click.echo(f"report written to {out}/")
+        if run:
+            params = {"batch_size": batch_size, "engine": scorer.info(), "protocol": result.metrics["protocol"]}
+            params["protocol"] = {k: v for k, v in params["protocol"].items() if k not in ("split", "calibrations")}
+            run.params({**params, "data_dir": data_dir.resolve().name, "model": loaded.source})
+            run.metrics(report_metrics(result.metrics))
+            run.artifacts(out)
     if record_as:
         from core.artifact import record_metrics
 
@@ -167,6 +182,7 @@ def evaluate(
 )
 @batch_size_option()
 @overwrite_option("--out")
+@mlflow_option
 def stress(
     data_dir: Path,
     model: ModelChoice,
@@ -175,6 +191,7 @@ def stress(
     subset: Path | None,
     batch_size: int,
     overwrite: bool,
+    mlflow_uri: str | None,
 ) -> None:
     """Score a labelled folder again under blur, noise, zoom, exposure and compression changes.
 
@@ -216,14 +233,28 @@ def stress(
     out = out or Path("reports", data_dir.resolve().name + "-stress")
     check_out(out, lambda name: name in STRESS_FILES, overwrite)
     loaded = model.load()
-    with progress(len(scan.samples), f"scoring x{len(names)}") as bar:
-        result = stress_scan(loaded, scan, names, batch_size, on_batch=bar.update)
-    click.echo(format_stress(result))
-    if result["skipped"]:
-        click.echo(f"skipped {len(result['skipped'])} unreadable file(s); see {out / STRESS_FILES[0]}", err=True)
-    with replace_folder(out, lambda name: name in STRESS_FILES, overwrite) as staging:
-        write_stress_report(staging, result, title=f"{data_dir.name}: {result['n_images']} images under perturbation")
-    click.echo(f"report written to {out}/")
+    from core.tracking import tracked, tracking_uri
+
+    with tracked(tracking_uri(mlflow_uri), "stress", loaded.meta.name, out.name, run_tags(loaded, data_dir)) as run:
+        with progress(len(scan.samples), f"scoring x{len(names)}") as bar:
+            result = stress_scan(loaded, scan, names, batch_size, on_batch=bar.update)
+        click.echo(format_stress(result))
+        if result["skipped"]:
+            click.echo(f"skipped {len(result['skipped'])} unreadable file(s); see {out / STRESS_FILES[0]}", err=True)
+        with replace_folder(out, lambda name: name in STRESS_FILES, overwrite) as staging:
+            title = f"{data_dir.name}: {result['n_images']} images under perturbation"
+            write_stress_report(staging, result, title=title)
+        click.echo(f"report written to {out}/")
+        if run:
+            run.params({"perturbations": ",".join(names), "subset": subset.name if subset else "", "batch": batch_size})
+            figures = {
+                f"{name}.{k}": float(row[k])
+                for name, row in result["perturbations"].items()
+                for k in ("accuracy", "changed")
+                if k in row
+            }
+            run.metrics({**figures, "mean_accuracy": result["mean_accuracy"], "n_images": result["n_images"]})
+            run.artifacts(out)
 
 
 @command()

@@ -10,10 +10,12 @@ from cli.common import (
     ModelChoice,
     batch_size_option,
     command,
+    mlflow_option,
     model_options,
     model_out_option,
     overwrite_option,
     progress,
+    run_tags,
 )
 from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD
 
@@ -31,7 +33,16 @@ from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD
 )
 @batch_size_option(ADAPT_BATCH_SIZE)
 @overwrite_option("OUT")
-def adapt(image_dir: Path, out: Path, model: ModelChoice, method: str, batch_size: int, overwrite: bool) -> None:
+@mlflow_option
+def adapt(
+    image_dir: Path,
+    out: Path,
+    model: ModelChoice,
+    method: str,
+    batch_size: int,
+    overwrite: bool,
+    mlflow_uri: str | None,
+) -> None:
     """Adapt the model to a site from its unlabelled X-rays; write the adapted model to OUT.
 
     IMAGE_DIR is any folder of the site's images (searched recursively; labels,
@@ -57,13 +68,21 @@ def adapt(image_dir: Path, out: Path, model: ModelChoice, method: str, batch_siz
     from core.adaptation import check_adaptable, stat_passes
 
     check_adaptable(loaded)
-    with progress(n * stat_passes(method), "measuring site statistics") as bar:
-        meta = adapt_to_site(loaded, image_dir, out, method, batch_size, bar.update, overwrite)
-    info = meta.adaptation["applied"]
-    click.echo(
-        f"adapted to {info['n_images']} image(s) of {image_dir} ({method}, {info['layers']} layers); "
-        f"model written to {out}/"
-    )
+    from core.tracking import tracked, tracking_uri
+
+    tags = {**run_tags(loaded, image_dir), "protocol": "site-adapted"}
+    with tracked(tracking_uri(mlflow_uri), "adapt", loaded.meta.name, out.name, tags) as run:
+        with progress(n * stat_passes(method), "measuring site statistics") as bar:
+            meta = adapt_to_site(loaded, image_dir, out, method, batch_size, bar.update, overwrite)
+        info = meta.adaptation["applied"]
+        click.echo(
+            f"adapted to {info['n_images']} image(s) of {image_dir} ({method}, {info['layers']} layers); "
+            f"model written to {out}/"
+        )
+        if run:
+            run.params({"method": method, "batch_size": batch_size, "image_dir": image_dir.resolve().name})
+            run.metrics({"n_images": info["n_images"], "layers": info["layers"]})
+            run.artifacts(out, under="model")
 
 
 @command()
@@ -72,7 +91,10 @@ def adapt(image_dir: Path, out: Path, model: ModelChoice, method: str, batch_siz
 @model_options
 @batch_size_option()
 @overwrite_option("OUT")
-def calibrate(data_dir: Path, out: Path, model: ModelChoice, batch_size: int, overwrite: bool) -> None:
+@mlflow_option
+def calibrate(
+    data_dir: Path, out: Path, model: ModelChoice, batch_size: int, overwrite: bool, mlflow_uri: str | None
+) -> None:
     """Calibrate the model on a labelled sample of a site; write the calibrated model to OUT.
 
     Fits a temperature and one logit bias per class (nothing else) by maximum
@@ -93,16 +115,28 @@ def calibrate(data_dir: Path, out: Path, model: ModelChoice, batch_size: int, ov
     scan = scan_dataset(data_dir)
     check_out(out, is_model_entry, overwrite)
     loaded = model.load()
-    with progress(len(scan.samples), "scoring") as bar:
-        meta = calibrate_to_site(loaded, scan, out, batch_size, bar.update, overwrite)
-    cal = meta.calibration
-    b, a = cal["in_sample"]["before"], cal["in_sample"]["after"]
-    click.echo(
-        f"temperature {cal['temperature']:.3f}, biases "
-        + ", ".join(f"{c} {v:+.3f}" for c, v in zip(meta.classes, cal["biases"]))
-    )
-    click.echo(
-        f"on {cal['n_images']} images (in-sample): accuracy {b['accuracy']:.1%} -> {a['accuracy']:.1%}, "
-        f"ECE {b['ece']:.3f} -> {a['ece']:.3f}"
-    )
-    click.echo(f"model written to {out}/")
+    from core.tracking import tracked, tracking_uri
+
+    tags = {**run_tags(loaded, data_dir), "protocol": "site-calibrated"}
+    with tracked(tracking_uri(mlflow_uri), "calibrate", loaded.meta.name, out.name, tags) as run:
+        with progress(len(scan.samples), "scoring") as bar:
+            meta = calibrate_to_site(loaded, scan, out, batch_size, bar.update, overwrite)
+        cal = meta.calibration
+        b, a = cal["in_sample"]["before"], cal["in_sample"]["after"]
+        click.echo(
+            f"temperature {cal['temperature']:.3f}, biases "
+            + ", ".join(f"{c} {v:+.3f}" for c, v in zip(meta.classes, cal["biases"]))
+        )
+        click.echo(
+            f"on {cal['n_images']} images (in-sample): accuracy {b['accuracy']:.1%} -> {a['accuracy']:.1%}, "
+            f"ECE {b['ece']:.3f} -> {a['ece']:.3f}"
+        )
+        click.echo(f"model written to {out}/")
+        if run:
+            run.params({"batch_size": batch_size, "data_dir": data_dir.resolve().name})
+            figures = {"temperature": float(cal["temperature"]), "n_images": float(cal["n_images"])}
+            figures |= {f"bias.{c}": float(v) for c, v in zip(meta.classes, cal["biases"])}
+            for when, d in (("before", b), ("after", a)):
+                figures |= {f"in_sample.{when}.{k}": float(d[k]) for k in ("accuracy", "ece")}
+            run.metrics(figures)
+            run.artifacts(out, under="model")

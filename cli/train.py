@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cli.common import command, model_out_option, progress
+from cli.common import command, mlflow_option, model_out_option, progress
 from core.config import POOLINGS, ArchConfig, InputSpec, TrainConfig
 from core.options import AUGMENTATIONS
 from core.paths import ENV_BACKBONE_WEIGHTS
@@ -101,6 +102,7 @@ T, A, I = TrainConfig, ArchConfig, InputSpec  # noqa: E741  (the defaults shown 
 @click.option("--class-weight", type=click.Choice(["balanced", "none"]), default=T.class_weight, show_default=True)
 @click.option("--seed", default=T.seed, show_default=True, type=int)
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help="Keep cached activations here.")
+@mlflow_option
 def train(
     data_dir: Path,
     out: Path,
@@ -115,6 +117,7 @@ def train(
     dropout: float,
     rotation: float,
     standardize: bool,
+    mlflow_uri: str | None,
     **settings: Any,
 ) -> None:
     """Train the classifier: baseline head on a frozen MobileNetV2, then fine-tuning.
@@ -167,16 +170,33 @@ def train(
         standardize=standardize,
     )
     spec = InputSpec(height=image_size, width=image_size)
-    with progress(len(scan.samples), "backbone activations (once)") as bar:
-        result = train_to_folder(scan, out, cfg, arch, spec, backbone_weights, cache_dir, bar.update, overwrite=True)
-    val = result.meta.metrics["validation"]
-    minutes = result.meta.training["wall_minutes"]
-    click.echo(
-        f"validation accuracy {val['accuracy']:.1%}, macro F1 {val['macro_f1']:.3f} "
-        f"({val['n_images']} images); {minutes:.1f} min; model written to {out}/"
-    )
-    shift = result.meta.metrics["validation_shift"]
-    click.echo(
-        f"validation under perturbation: mean accuracy {shift['mean_accuracy']:.1%}, worst {shift['worst']}; "
-        f"re-encoding/resampling changed at most {shift['max_changed_encoding']:.1%} of calls"
-    )
+    from core.artifact import HISTORY_FILE, ModelMeta, record_run
+    from core.tracking import history_steps, report_metrics, tracked, tracking_uri
+
+    tags = {"data_dir": data_dir.resolve().name, "protocol": "train-only", "backbone": Path(backbone_weights).name}
+    with tracked(tracking_uri(mlflow_uri), "train", ModelMeta.name, out.name, tags) as run:
+        if run:
+            run.params({"train": cfg.to_dict(), "arch": arch.to_dict(), "input": spec.to_dict(), **tags})
+        with progress(len(scan.samples), "backbone activations (once)") as bar:
+            result = train_to_folder(
+                scan, out, cfg, arch, spec, backbone_weights, cache_dir, bar.update, overwrite=True
+            )
+        val = result.meta.metrics["validation"]
+        minutes = result.meta.training["wall_minutes"]
+        click.echo(
+            f"validation accuracy {val['accuracy']:.1%}, macro F1 {val['macro_f1']:.3f} "
+            f"({val['n_images']} images); {minutes:.1f} min; model written to {out}/"
+        )
+        shift = result.meta.metrics["validation_shift"]
+        click.echo(
+            f"validation under perturbation: mean accuracy {shift['mean_accuracy']:.1%}, worst {shift['worst']}; "
+            f"re-encoding/resampling changed at most {shift['max_changed_encoding']:.1%} of calls"
+        )
+        if run:
+            run.steps(history_steps(json.loads((out / HISTORY_FILE).read_text())))
+            final = {f"final.validation.{k}": v for k, v in report_metrics(val).items()}
+            run.metrics({**final, "final.validation_shift.mean_accuracy": shift["mean_accuracy"]})
+            run.metrics({"wall_minutes": float(minutes)})
+            run.tags({"model.sha256": result.meta.weights_sha256})
+            record_run(out, run.describe())
+            run.artifacts(out, under="model")

@@ -29,7 +29,8 @@ META_FILE = "model.json"
 SOURCE_STATS_FILE = "source_stats.npz"  # training statistics for site adaptation (core.adaptation)
 CARD_FILE = "README.md"
 #: What training writes beside the model; the last lists its validation images (for stress --subset).
-TRAINING_FILES = ("history.json", "training_curves.png", "train.log", "validation.txt")
+HISTORY_FILE = "history.json"
+TRAINING_FILES = (HISTORY_FILE, "training_curves.png", "train.log", "validation.txt")
 #: What a model folder may hold: the model, its metadata and statistics, its card, and what training wrote.
 MODEL_FOLDER_FILES = (MODEL_FILE, META_FILE, SOURCE_STATS_FILE, CARD_FILE, *TRAINING_FILES)
 FORMAT_VERSION = 1
@@ -189,6 +190,14 @@ def record_metrics(directory: str | Path, split: str, metrics: dict[str, Any]) -
     """Store measured metrics (e.g. on the test split) in a model folder's metadata."""
     meta = read_meta(directory)
     meta.metrics[split] = {k: v for k, v in metrics.items() if k != "skipped"}
+    write_json(Path(directory) / META_FILE, meta.to_dict())
+    return meta
+
+
+def record_run(directory: str | Path, run: dict[str, str]) -> ModelMeta:
+    """Name the MLflow run that trained a model in its metadata (and so in its model card)."""
+    meta = read_meta(directory)
+    meta.training["mlflow"] = dict(run)
     write_json(Path(directory) / META_FILE, meta.to_dict())
     return meta
 

@@ -57,6 +57,9 @@ class AuditPlan:
     blocks: int = AUDIT_BLOCKS
     seed: int = AUDIT_SEED
 
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "methods": ",".join(self.methods)}
+
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in CAM_METHODS]
         if bad or not self.methods:
@@ -320,6 +323,21 @@ def explain_defaults(result: dict[str, Any], loaded: LoadedModel) -> tuple[list[
         "sanity_threshold": result["sanity_threshold"],
     }
     return layers, ExplainDefaults(method=rec["method"], layers=len(want), audit=summary)
+
+
+def audit_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The audit's figures as flat metrics: per method and layer set, the baselines, the counts."""
+    out = {
+        f"{r['method']}.{r['layer_set']}.{k}": float(r[k])
+        for r in result["table"]
+        for k in ("deletion_auc", "insertion_auc", "rho_after_head")
+    }
+    for base in (RANDOM, CENTER):
+        for k in ("deletion_auc", "insertion_auc"):
+            out[f"{base}.{k}"] = float(result["faithfulness"][base][k])
+    out["n_images"] = float(result["n_images"])
+    out["border_flagged"] = float(len(result["border_flagged"]))
+    return out
 
 
 def format_audit(result: dict[str, Any]) -> str:

@@ -263,6 +263,8 @@ def model_card(meta: ModelMeta) -> str:
         f"smoothing {cfg.get('label_smoothing', 0)}; seed {cfg.get('seed', '?')}; "
         f"{training.get('wall_minutes', '?')} min on a 2-core CPU.",
     ]
+    if training.get("mlflow"):
+        parts.append(f"- MLflow run of this training: `{training['mlflow']['run_id']}`.")
     if val:
         parts += ["## Validation (from train, grouped by patient)", per_class_table(val)]
     shift = meta.metrics.get("validation_shift")

@@ -50,3 +50,7 @@ AUDIT_BLOCKS = 3  # randomisation stages after the head: Conv_1, block_16, block
 SANITY_MAX_RHO = 0.3  # a method and layer passes when median |rho| is below this once the head is random
 BORDER_BAND = 0.1  # the outer band, as a share of each side
 BORDER_FLAG = 0.5  # an image is flagged when more than this share of its map lies in the band
+
+# MLflow tracking (optional install): `--mlflow` without a URI logs here.
+MLFLOW_DEFAULT_URI = "sqlite:///mlflow.db"
+MLFLOW_INSTALL = "pip install -r requirements-mlflow.txt"
