@@ -20,6 +20,7 @@ Module map, by concept (flat on purpose; this file imports nothing, so ``--help`
 * Training -- ``augment`` (augmented views), ``training`` (two stages on cached activations).
 * A new site -- ``adaptation`` (unlabelled, AdaBN), ``calibration`` (temperature and class
   biases, cross-fitting), ``site`` (adapted and calibrated model folders).
+* Tracking -- ``tracking`` (optional MLflow runs for the commands).
 """
 
 __version__ = "0.1.0"
