@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -170,16 +169,17 @@ def train(
         standardize=standardize,
     )
     spec = InputSpec(height=image_size, width=image_size)
-    from core.artifact import HISTORY_FILE, ModelMeta, record_run
-    from core.tracking import history_steps, report_metrics, tracked, tracking_uri
+    from core.artifact import ModelMeta, record_run
+    from core.tracking import report_metrics, tracked, tracking_uri
 
     tags = {"data_dir": data_dir.resolve().name, "protocol": "train-only", "backbone": Path(backbone_weights).name}
     with tracked(tracking_uri(mlflow_uri), "train", ModelMeta.name, out.name, tags) as run:
         if run:
             run.params({"train": cfg.to_dict(), "arch": arch.to_dict(), "input": spec.to_dict(), **tags})
         with progress(len(scan.samples), "backbone activations (once)") as bar:
+            on_epoch = (lambda step, logs: run.metrics(logs, step=step)) if run else None
             result = train_to_folder(
-                scan, out, cfg, arch, spec, backbone_weights, cache_dir, bar.update, overwrite=True
+                scan, out, cfg, arch, spec, backbone_weights, cache_dir, bar.update, overwrite=True, on_epoch=on_epoch
             )
         val = result.meta.metrics["validation"]
         minutes = result.meta.training["wall_minutes"]
@@ -193,7 +193,6 @@ def train(
             f"re-encoding/resampling changed at most {shift['max_changed_encoding']:.1%} of calls"
         )
         if run:
-            run.steps(history_steps(json.loads((out / HISTORY_FILE).read_text())))
             final = {f"final.validation.{k}": v for k, v in report_metrics(val).items()}
             run.metrics({**final, "final.validation_shift.mean_accuracy": shift["mean_accuracy"]})
             run.metrics({"wall_minutes": float(minutes)})

@@ -3,7 +3,7 @@
 On when ``MLFLOW_TRACKING_URI`` is set or ``--mlflow [URI]`` is given; off
 otherwise, and then MLflow is never imported. Each command logs one run into
 the experiment ``<model name>/<command>``: the configuration it records as
-parameters, its figures as metrics (``train``: every epoch as a step), its
+parameters, its figures as metrics (``train``: every epoch, live, as a step), its
 report files as artefacts, and tags (model SHA-256, data folder, protocol, git
 commit, package versions). A run that fails ends FAILED; Ctrl-C or SIGTERM
 end it KILLED; it is never left RUNNING. The local report is written as
@@ -16,7 +16,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,21 +66,6 @@ def report_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def history_steps(history: Mapping[str, Mapping[str, list[float]]]) -> Iterator[tuple[str, float, int]]:
-    """``(metric, value, step)`` for every epoch of every stage, steps running on across stages.
-
-    So the MLflow UI draws one curve per metric through both stages, as the seed's did.
-    """
-    step = 0
-    for stage in history.values():
-        n = max((len(v) for v in stage.values()), default=0)
-        for i in range(n):
-            for name, values in stage.items():
-                if i < len(values):
-                    yield name, float(values[i]), step + i
-        step += n
-
-
 def git_commit(where: Path) -> str | None:
     try:
         out = subprocess.run(
@@ -122,10 +107,6 @@ class Run:
     def metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if metrics:
             self._mlflow.log_metrics(dict(metrics), step=step)
-
-    def steps(self, rows: Iterable[tuple[str, float, int]]) -> None:
-        for name, value, step in rows:
-            self._mlflow.log_metric(name, value, step=step)
 
     def tags(self, tags: Mapping[str, Any]) -> None:
         self._mlflow.set_tags({k: str(v) for k, v in tags.items() if v is not None})

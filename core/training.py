@@ -410,6 +410,19 @@ class EpochLog(keras.callbacks.Callback):
         self.logger.info("epoch %d %s", epoch + 1, items)
 
 
+class EpochReport(keras.callbacks.Callback):
+    """Hands each epoch's metrics to ``report(step, metrics)``, steps running on across both stages."""
+
+    def __init__(self, report: Callable[[int, dict[str, float]], None]) -> None:
+        super().__init__()
+        self.report = report
+        self.step = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.report(self.step, {k: float(v) for k, v in (logs or {}).items() if isinstance(v, float | int)})
+        self.step += 1
+
+
 def add_source_stats(loaded: Any, scan: Scan) -> Path:
     """Measure and store the training statistics of a model trained before they were kept.
 
@@ -447,8 +460,11 @@ def train_to_folder(
     cache_dir: Path | None = None,
     on_batch: Callable[[int], None] | None = None,
     overwrite: bool = False,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train and write the whole model folder: model, metadata, statistics, history, curves and log.
+
+    ``on_epoch(step, metrics)`` follows the training live (e.g. into MLflow), epoch by epoch.
 
     The folder is built beside ``out`` and swapped in at the end, so a failed or
     interrupted run leaves ``out`` as it was; the log handler is removed either way.
@@ -472,7 +488,8 @@ def train_to_folder(
             settings = {"train": cfg.to_dict(), "arch": arch.to_dict(), "backbone": backbone_weights}
             log.info("config %s", json.dumps(settings))
             started = time.perf_counter()
-            result = train_model(scan, cfg, arch, spec, backbone_weights, cache_dir, on_batch, [EpochLog(log)])
+            callbacks = [EpochLog(log), *([EpochReport(on_epoch)] if on_epoch else [])]
+            result = train_model(scan, cfg, arch, spec, backbone_weights, cache_dir, on_batch, callbacks)
             minutes = (time.perf_counter() - started) / 60
             result.meta.training["wall_minutes"] = round(minutes, 1)
             metrics = result.meta.metrics

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from cli.app import main
 from conftest import make_dataset
 from core.paths import REPO_ROOT
-from core.tracking import history_steps, tracked, tracking_uri
+from core.tracking import tracked, tracking_uri
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is an optional install: pip install -r requirements-mlflow.txt")
 
@@ -42,13 +42,6 @@ def test_the_uri_comes_from_the_option_then_the_environment() -> None:
     assert tracking_uri(None, {}) is None
     assert tracking_uri(None, {"MLFLOW_TRACKING_URI": "sqlite:///a.db"}) == "sqlite:///a.db"
     assert tracking_uri("http://host:5000", {"MLFLOW_TRACKING_URI": "sqlite:///a.db"}) == "http://host:5000"
-
-
-def test_history_steps_run_on_across_both_stages() -> None:
-    history = {"baseline": {"loss": [3.0, 2.0], "val_loss": [3.5, 2.5]}, "fine-tuning": {"loss": [1.0]}}
-    rows = list(history_steps(history))
-    assert [(n, s) for n, _, s in rows if n == "loss"] == [("loss", 0), ("loss", 1), ("loss", 2)]
-    assert [v for n, v, _ in rows if n == "val_loss"] == [3.5, 2.5]
 
 
 def test_train_then_evaluate_are_logged_with_params_metrics_steps_and_artifacts(
