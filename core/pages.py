@@ -54,11 +54,12 @@ def compose_page(rows: Sequence[dict[str, Any]], title: str = "") -> np.ndarray:
     page = Image.new("RGB", (width, head_h + len(rows) * row_h), _BG)
     draw = ImageDraw.Draw(page)
     draw.text((PAD, PAD), title, fill=_INK, font=_font(18))
-    legend = Image.fromarray(colour_scale(width=min(360, width - 260), height=14))
-    lx = PAD + 120
+    lx = PAD + 120  # after "heatmap scale:", then "little", the scale, "most": fits a one-overlay page
+    legend = Image.fromarray(colour_scale(width=max(60, min(360, width - lx - 100 - PAD)), height=14))
     draw.text((PAD, 42), "heatmap scale:", fill=_INK, font=_font(13))
-    page.paste(legend, (lx, 42))
-    draw.text((lx + legend.width + 6, 40), "little influence  to  most influence", fill=_INK, font=_font(13))
+    draw.text((lx, 40), "little", fill=_INK, font=_font(13))
+    page.paste(legend, (lx + 40, 42))
+    draw.text((lx + 46 + legend.width, 40), "most", fill=_INK, font=_font(13))
     for r, row in enumerate(rows):
         top = head_h + r * row_h
         draw.text((PAD, top + 2), row["caption"].replace("\n", "   "), fill=_INK, font=_font(14))
