@@ -113,18 +113,23 @@ def to_rows(paths: Sequence[str], scores: Scores, n_classes: int) -> dict[str, n
     return {PATH: np.array(paths, dtype=object), ERROR: np.array(errors, dtype=object), PROBABILITIES: probs}
 
 
+def worker_path(path: str | Path) -> str:
+    """The path a worker reads: absolute (workers have their own working folder), symlinks kept."""
+    return str(Path(path).absolute())
+
+
 def merge_rows(paths: Sequence[Path], rows: dict[str, tuple[str, np.ndarray]], n_classes: int) -> Scores:
-    """Rows keyed by path back into a :class:`Scores` in input order; a missing file fails the run."""
+    """Rows keyed by worker path back into a :class:`Scores` of ``paths``, in their order; a missing file fails."""
     from core.inference import Scores
 
-    missing = [p for p in paths if str(p) not in rows]
+    missing = [p for p in paths if worker_path(p) not in rows]
     if missing:
         raise EngineError(f"the Ray run returned no result for {len(missing)} file(s), e.g. {missing[0]}")
     kept: list[Path] = []
     probs: list[np.ndarray] = []
     skipped: list[tuple[Path, str]] = []
     for p in paths:
-        error, row = rows[str(p)]
+        error, row = rows[worker_path(p)]
         if error:
             skipped.append((p, error))
         else:
@@ -183,8 +188,8 @@ class RayEngine:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.enable_operator_progress_bars = False
-        paths = [Path(p).resolve() for p in paths]
-        ds = ray.data.from_items([{PATH: str(p)} for p in paths])
+        paths = [Path(p) for p in paths]
+        ds = ray.data.from_items([{PATH: worker_path(p)} for p in paths])
         ds = ds.map_batches(
             BatchScorer,
             fn_constructor_kwargs={
