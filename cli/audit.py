@@ -83,10 +83,11 @@ def audit(
     - shortcuts: the share of each map in the outer 10 % band of the image
       (markers, text, borders); images above half are flagged and shown.
 
-    Layer sets: the last N conv layers (the default map), the deepest alone,
-    and out_relu. Recommends the most faithful method and layer set that
-    passes sanity. Writes audit.json, sanity.png, curves.png,
-    border_flagged.png and index.html.
+    Layer sets: the last N explainable layers (their mean map), the deepest
+    alone, and the last conv layer before (Conv_1) and after (out_relu) its
+    activation. Recommends the most faithful method and layer set that passes
+    sanity; --record makes it the model's default. Writes audit.json,
+    sanity.png, curves.png, border_flagged.png and index.html.
 
     \b
     Example:
