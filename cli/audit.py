@@ -15,7 +15,7 @@ from cli.common import (
     model_options,
     overwrite_option,
     progress,
-    run_tags,
+    tracked_command,
 )
 from core.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS, DEFAULT_LAYERS, MAX_SHOWN_LAYERS
 
@@ -113,9 +113,8 @@ def audit(
     paths = sorted(s.path for s in samples[:limit])
     loaded = model.load()
     from core.sanity import stages
-    from core.tracking import tracked, tracking_uri
 
-    with tracked(tracking_uri(mlflow_uri), "audit", loaded.meta.name, out.name, run_tags(loaded, data_dir)) as run:
+    with tracked_command(mlflow_uri, "audit", loaded, data_dir, out.name) as run:
         with progress(len(paths) + len(stages(loaded.model, plan.blocks)), "auditing") as bar:
             result = audit_images(loaded, paths, plan, on_step=bar.update)
         result["data_dir"] = data_dir.resolve().name + (f", the files in {subset.name}" if subset else "")

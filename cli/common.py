@@ -164,13 +164,20 @@ def progress(total: int, label: str) -> Any:
     return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True)
 
 
-def run_tags(loaded: Any, data_dir: Path) -> dict[str, str]:
-    """What every tracked run is tagged with: the model's weights and source, the data folder."""
-    return {
+def tracked_command(
+    mlflow_uri: str | None, command: str, loaded: Any, data_dir: Path, run_name: str, **tags: str
+) -> Any:
+    """The MLflow run of a command on a loaded model (a no-op when tracking is off), tagged with the
+    model's weights and source and the data folder."""
+    from core.tracking import tracked, tracking_uri
+
+    tags = {
         "model.sha256": loaded.meta.weights_sha256,
         "model.source": loaded.source,
         "data_dir": Path(data_dir).resolve().name,
+        **tags,
     }
+    return tracked(tracking_uri(mlflow_uri), command, loaded.meta.name, run_name, tags)
 
 
 def default_out(data_dir: Path, *parts: str) -> Path:

@@ -19,7 +19,7 @@ from cli.common import (
     opacity_option,
     overwrite_option,
     progress,
-    run_tags,
+    tracked_command,
 )
 from core.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LIMIT, GALLERY_PER_PAGE, RAY_INSTALL
 
@@ -113,7 +113,7 @@ def evaluate(
     from core.engine import make_engine
     from core.evaluation import ADAPT_ENGINE_HINT, GALLERY_DIR, Protocol, evaluate_scan, is_report_entry, write_report
     from core.metrics import format_table
-    from core.tracking import report_metrics, tracked, tracking_uri
+    from core.tracking import report_metrics
 
     if engine == "local":
         ctx = click.get_current_context()
@@ -135,8 +135,8 @@ def evaluate(
 
         check_adaptable(loaded)
     label = "adapting, then scoring" if adapt else f"scoring ({engine})"
-    tags = {**run_tags(loaded, data_dir), "protocol": protocol.name, "engine": engine}
-    with tracked(tracking_uri(mlflow_uri), "evaluate", loaded.meta.name, out.name, tags) as run:
+    tags = {"protocol": protocol.name, "engine": engine}
+    with tracked_command(mlflow_uri, "evaluate", loaded, data_dir, out.name, **tags) as run:
         with progress(len(scan.samples) * protocol.passes(), label) as bar:
             result = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update, protocol=protocol, engine=scorer)
         click.echo(f"protocol: {protocol.name}: {protocol.describe()}")
@@ -233,9 +233,7 @@ def stress(
     out = out or Path("reports", data_dir.resolve().name + "-stress")
     check_out(out, lambda name: name in STRESS_FILES, overwrite)
     loaded = model.load()
-    from core.tracking import tracked, tracking_uri
-
-    with tracked(tracking_uri(mlflow_uri), "stress", loaded.meta.name, out.name, run_tags(loaded, data_dir)) as run:
+    with tracked_command(mlflow_uri, "stress", loaded, data_dir, out.name) as run:
         with progress(len(scan.samples), f"scoring x{len(names)}") as bar:
             result = stress_scan(loaded, scan, names, batch_size, on_batch=bar.update)
         click.echo(format_stress(result))

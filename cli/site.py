@@ -15,7 +15,7 @@ from cli.common import (
     model_out_option,
     overwrite_option,
     progress,
-    run_tags,
+    tracked_command,
 )
 from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD
 
@@ -68,10 +68,7 @@ def adapt(
     from core.adaptation import check_adaptable, stat_passes
 
     check_adaptable(loaded)
-    from core.tracking import tracked, tracking_uri
-
-    tags = {**run_tags(loaded, image_dir), "protocol": "site-adapted"}
-    with tracked(tracking_uri(mlflow_uri), "adapt", loaded.meta.name, out.name, tags) as run:
+    with tracked_command(mlflow_uri, "adapt", loaded, image_dir, out.name, protocol="site-adapted") as run:
         with progress(n * stat_passes(method), "measuring site statistics") as bar:
             meta = adapt_to_site(loaded, image_dir, out, method, batch_size, bar.update, overwrite)
         info = meta.adaptation["applied"]
@@ -115,10 +112,7 @@ def calibrate(
     scan = scan_dataset(data_dir)
     check_out(out, is_model_entry, overwrite)
     loaded = model.load()
-    from core.tracking import tracked, tracking_uri
-
-    tags = {**run_tags(loaded, data_dir), "protocol": "site-calibrated"}
-    with tracked(tracking_uri(mlflow_uri), "calibrate", loaded.meta.name, out.name, tags) as run:
+    with tracked_command(mlflow_uri, "calibrate", loaded, data_dir, out.name, protocol="site-calibrated") as run:
         with progress(len(scan.samples), "scoring") as bar:
             meta = calibrate_to_site(loaded, scan, out, batch_size, bar.update, overwrite)
         cal = meta.calibration

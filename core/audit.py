@@ -21,7 +21,7 @@ import numpy as np
 
 from core.artifact import LoadedModel
 from core.atomic import save_figure, write_bytes, write_json, write_text
-from core.config import ExplainDefaults
+from core.config import ExplainDefaults, check_cam_method
 from core.errors import InputError, none_readable
 from core.faithfulness import DELETION, INSERTION, area, border_share, center_map, curves, random_map
 from core.options import (
@@ -61,9 +61,10 @@ class AuditPlan:
         return {**self.__dict__, "methods": ",".join(self.methods)}
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.methods if m not in CAM_METHODS]
-        if bad or not self.methods:
-            raise InputError(f"unknown CAM method {bad[0] if bad else ''!r}; use some of {', '.join(CAM_METHODS)}")
+        if not self.methods:
+            raise InputError("name at least one CAM method to audit")
+        for method in self.methods:
+            check_cam_method(method)
 
 
 def default_set_name(n_layers: int) -> str:
@@ -176,7 +177,10 @@ def audit_images(
     }
 
     size = x.shape[1:3]
+    default_set = default_set_name(plan.n_layers)
+    border_method = DEFAULT_CAM_METHOD if DEFAULT_CAM_METHOD in plan.methods else plan.methods[0]
     keys = [(m, s) for m in plan.methods for s in sets] + [(RANDOM, None), (CENTER, None)]
+    border_key = keys.index((border_method, default_set))
     auc = {mode: np.zeros((len(x), len(keys))) for mode in (DELETION, INSERTION)}
     mean_curve = {mode: np.zeros((len(keys), plan.steps + 1)) for mode in (DELETION, INSERTION)}
     centre = center_map(size)
@@ -188,8 +192,7 @@ def audit_images(
             c = curves(probabilities, x[i], candidates, int(targets[i]), plan.steps, mode)
             auc[mode][i] = area(c)
             mean_curve[mode] += c / len(x)
-        border_method = maps.get(DEFAULT_CAM_METHOD, maps[plan.methods[0]])
-        default_maps.append(_set_map(border_method, sets[default_set_name(plan.n_layers)], i, size))
+        default_maps.append(candidates[border_key])
         if on_step:
             on_step(1)
 
@@ -215,7 +218,6 @@ def audit_images(
             faith[m] = entry
         else:
             faith.setdefault(m, {"sets": {}})["sets"][s] = entry
-    default_set = default_set_name(plan.n_layers)
     for m in plan.methods:
         faith[m]["deletion_auc"] = faith[m]["sets"][default_set]["deletion_auc"]
         faith[m]["insertion_auc"] = faith[m]["sets"][default_set]["insertion_auc"]
@@ -240,7 +242,7 @@ def audit_images(
         "border": {
             "band": BORDER_BAND,
             "threshold": BORDER_FLAG,
-            "method": DEFAULT_CAM_METHOD if DEFAULT_CAM_METHOD in plan.methods else plan.methods[0],
+            "method": border_method,
             "layer_set": default_set,
             "share": dict(zip(names, map(float, shares))),
         },

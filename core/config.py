@@ -54,6 +54,13 @@ class InputSpec(Stored):
         return (self.height, self.width, 3)
 
 
+def check_cam_method(method: str) -> str:
+    """A CAM method name we know, or the one-line error that lists them."""
+    if method not in CAM_METHODS:
+        raise InputError(f"unknown CAM method {method!r}; use one of {', '.join(CAM_METHODS)}")
+    return method
+
+
 @dataclass(frozen=True)
 class ExplainDefaults(Stored):
     """The heatmaps a model shows unless the user asks otherwise: CAM method, how many of the last layers.
@@ -66,8 +73,7 @@ class ExplainDefaults(Stored):
     audit: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in CAM_METHODS:
-            raise InputError(f"unknown CAM method {self.method!r}; use one of {', '.join(CAM_METHODS)}")
+        check_cam_method(self.method)
         if self.layers < 1:
             raise InputError("the default number of layers must be at least 1")
 

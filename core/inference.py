@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.artifact import LoadedModel
+from core.config import check_cam_method
 from core.errors import ImageLoadError, InputError
 from core.gradcam import METHODS, BaseCAM
 from core.images import read_image
@@ -152,12 +153,6 @@ class Explanation:
     overlays: list[np.ndarray]  # RGB uint8 at display size
 
 
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise InputError(f"unknown CAM method {method!r}; use one of {', '.join(METHODS)}")
-    return method
-
-
 class Explainer:
     """A loaded model plus its CAM methods, compiled once per choice of layers.
 
@@ -166,7 +161,7 @@ class Explainer:
 
     def __init__(self, loaded: LoadedModel, method: str | None = None) -> None:
         self.loaded = loaded
-        self.method = check_method(method or loaded.meta.explain.method)
+        self.method = check_cam_method(method or loaded.meta.explain.method)
         self._cams: dict[tuple[str, tuple[str, ...]], BaseCAM] = {}
 
     @property
@@ -175,7 +170,7 @@ class Explainer:
 
     def cam(self, layer_names: Sequence[str], method: str | None = None) -> BaseCAM:
         """The compiled CAM for these layers and method (default: the explainer's), built on first use."""
-        key = (check_method(method or self.method), tuple(layer_names))
+        key = (check_cam_method(method or self.method), tuple(layer_names))
         if key not in self._cams:
             meta = self.loaded.meta
             self._cams[key] = METHODS[key[0]](self.loaded.model, list(key[1]), meta.logits_layer)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.errors import EngineError, ImageLoadError, InputError, ModelLoadError
+from core.errors import EngineError, InputError, ModelLoadError
 from core.options import RAY_INSTALL
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ PATH = "path"
 ERROR = "error"
 PROBABILITIES = "probabilities"
 PROBE_SECONDS = 5.0
+CPUS_PER_WORKER = 1  # each actor's Ray reservation, and so its TensorFlow threads
 
 
 def import_ray() -> Any:
@@ -74,7 +75,7 @@ def pool_size(cluster_cpus: float, workers: int | None) -> int:
 class BatchScorer:
     """The Ray Data actor: loads the model folder once, then scores batches of paths."""
 
-    def __init__(self, model_dir: str, weights_sha256: str | None, threads: int = 1) -> None:
+    def __init__(self, model_dir: str, weights_sha256: str | None, threads: int = CPUS_PER_WORKER) -> None:
         from core.runtime import import_tensorflow_quietly
 
         import_tensorflow_quietly()
@@ -146,7 +147,7 @@ class RayEngine:
 
     def __init__(self, address: str | None = None, workers: int | None = None) -> None:
         self.ray = import_ray()
-        self.address = address
+        self.address = address or os.environ.get("RAY_ADDRESS")
         self.requested_workers = workers
         self.workers: int | None = None
 
@@ -155,9 +156,8 @@ class RayEngine:
         ray = self.ray
         if ray.is_initialized():
             return
-        address = self.address or os.environ.get("RAY_ADDRESS")
-        if address:
-            probe(address)
+        if self.address:
+            probe(self.address)
         logging.getLogger("ray").setLevel(logging.ERROR)
         try:
             ray.init(
@@ -170,7 +170,7 @@ class RayEngine:
                 runtime_env={"py_modules": [str(Path(__file__).resolve().parent)]},
             )
         except (ConnectionError, TimeoutError, ValueError) as exc:
-            where = self.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+            where = self.address or "a local Ray"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EngineError(f"cannot connect to Ray at {where}: {first}") from None
 
@@ -195,12 +195,12 @@ class RayEngine:
             fn_constructor_kwargs={
                 "model_dir": str(Path(loaded.directory).resolve()),
                 "weights_sha256": loaded.meta.weights_sha256,
-                "threads": 1,
+                "threads": CPUS_PER_WORKER,
             },
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.workers),
-            num_cpus=1,
+            num_cpus=CPUS_PER_WORKER,
         )
         rows: dict[str, tuple[str, np.ndarray]] = {}
         try:
@@ -217,7 +217,7 @@ class RayEngine:
         return {
             "name": self.name,
             "version": self.ray.__version__,
-            "address": self.address or os.environ.get("RAY_ADDRESS") or "local",
+            "address": self.address or "local",
             "workers": self.workers,
         }
 
@@ -237,17 +237,18 @@ def probe(address: str, timeout: float = PROBE_SECONDS) -> None:
 
 
 def known_worker_error(exc: BaseException) -> BaseException:
-    """Our own errors raised on a worker (a model folder it cannot read) as themselves; anything else as is."""
+    """A worker's model folder it cannot read as our one-line error; anything else (a bug) as is.
+
+    Unreadable images never get here: the actors catch them per file.
+    """
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        if isinstance(cause, (ModelLoadError, ImageLoadError)):
+        if isinstance(cause, ModelLoadError):
             return EngineError(f"a Ray worker failed: {cause}")
         cause = getattr(cause, "cause", None) or cause.__cause__
-    text = str(exc)
-    for kind in (ModelLoadError, ImageLoadError):
-        marker = f"{kind.__name__}: "
-        if marker in text:
-            return EngineError(f"a Ray worker failed: {text.split(marker, 1)[1].strip().splitlines()[0]}")
+    marker = f"{ModelLoadError.__name__}: "
+    if marker in str(exc):
+        return EngineError(f"a Ray worker failed: {str(exc).split(marker, 1)[1].strip().splitlines()[0]}")
     return exc

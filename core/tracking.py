@@ -23,6 +23,7 @@ from typing import Any
 
 from core.errors import PneumoCAMError
 from core.options import MLFLOW_INSTALL
+from core.paths import REPO_ROOT
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 MAX_PARAM = 6000  # MLflow's limit on a parameter value
@@ -156,7 +157,7 @@ def tracked(
         first = str(exc).strip().splitlines()[0]
         raise TrackingError(f"cannot log to MLflow at {uri}: {first}") from None
     run = Run(mlflow, active)
-    run.tags({"command": command, "model": model_name, "git.commit": git_commit(Path.cwd()), **package_tags(), **tags})
+    run.tags({"command": command, "model": model_name, "git.commit": git_commit(REPO_ROOT), **package_tags(), **tags})
     status = "FAILED"
     try:
         yield run
