@@ -96,6 +96,13 @@ T, A, I = TrainConfig, ArchConfig, InputSpec  # noqa: E741  (the defaults shown 
     help="seed: flips and rotations; acquisition: also zoom, resolution, blur, gamma, contrast and noise; "
     "invariance: also resampling filters, scale and JPEG quality.",
 )
+@click.option(
+    "--wise-ft",
+    default=",".join(map(str, T.wise_ft)),
+    show_default=True,
+    help="Weight-space ensemble (WiSE-FT): keep this share of the fine-tuning, the rest from the weights before "
+    "it (one model, no extra cost). Several, e.g. 0.5,0.75,1: the validation rule picks one.",
+)
 @click.option("--val-fraction", default=T.val_fraction, show_default=True, type=click.FloatRange(0.05, 0.45))
 @click.option("--label-smoothing", default=T.label_smoothing, show_default=True, type=click.FloatRange(0, 0.5))
 @click.option("--class-weight", type=click.Choice(["balanced", "none"]), default=T.class_weight, show_default=True)
@@ -110,6 +117,7 @@ def train(
     cache_dir: Path | None,
     dense_units: str,
     fine_tune_from: str,
+    wise_ft: str,
     image_size: int,
     alpha: str,
     pooling: str,
@@ -151,6 +159,10 @@ def train(
         ft_from = None if fine_tune_from.lower() == "none" else int(fine_tune_from)
     except ValueError:
         raise click.BadParameter("a layer index or 'none'", param_hint="--fine-tune-from") from None
+    try:
+        alphas = tuple(float(a) for a in wise_ft.split(",") if a.strip())
+    except ValueError:
+        raise click.BadParameter("comma-separated shares in [0, 1], e.g. 0.5,0.75,1", param_hint="--wise-ft") from None
     if backbone_weights != "imagenet" and not Path(backbone_weights).is_file():
         raise click.BadParameter(f"{backbone_weights} is not a file", param_hint="--backbone-weights")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -159,7 +171,7 @@ def train(
     import_tensorflow_quietly()
     from core.training import train_to_folder
 
-    cfg = TrainConfig(fine_tune_from=ft_from, **settings)
+    cfg = TrainConfig(fine_tune_from=ft_from, wise_ft=alphas, **settings)
     arch = ArchConfig(
         alpha=float(alpha),
         pooling=pooling,

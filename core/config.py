@@ -113,3 +113,12 @@ class TrainConfig(Stored):
     class_weight: str = "balanced"
     label_smoothing: float = 0.0
     augment: str = AUGMENTATIONS[0]
+    #: Shares of the fine-tuning a weight-space ensemble keeps (core.weight_space); several: validation picks.
+    wise_ft: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        from core.weight_space import check_alphas
+
+        object.__setattr__(self, "wise_ft", check_alphas(self.wise_ft))
+        if self.fine_tune_from is None and self.wise_ft != (1.0,):
+            raise InputError("a weight-space ensemble needs the fine-tuning stage (--fine-tune-from)")

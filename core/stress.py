@@ -189,6 +189,14 @@ def stress_probabilities(
     )
 
 
+def selection_score(validation_shift: dict[str, Any]) -> float:
+    """The rule fixed before any candidate was trained: the mean of clean accuracy and the perturbed mean.
+
+    It ranks training candidates and picks the share of fine-tuning a weight-space ensemble keeps.
+    """
+    return float((validation_shift["perturbations"][CLEAN]["accuracy"] + validation_shift["mean_accuracy"]) / 2)
+
+
 def stress_metrics(
     y_true: Sequence[int], probabilities: dict[str, np.ndarray], classes: Sequence[str]
 ) -> dict[str, Any]:

@@ -330,7 +330,10 @@ def train_model(
             **common,
         )
     }
+    wise_ft: dict[str, Any] | None = None
+    shift: dict[str, Any] | None = None
     if top is not None:
+        before = model.get_weights()
         set_fine_tuning(model, cfg.fine_tune_from)
         history["fine-tuning"] = fit(
             top,
@@ -346,6 +349,8 @@ def train_model(
             **common,
         )
         set_fine_tuning(model, None)
+        if cfg.wise_ft != (1.0,):
+            wise_ft, shift = choose_wise_ft(model, before, cfg.wise_ft, spec, val, classes)
         val_probs = _predict(top, x_val)
     else:
         val_probs = _predict(head, f_val)
@@ -359,6 +364,7 @@ def train_model(
         "class_weights": weights,
         "epochs_run": {stage: len(h.get("loss", [])) for stage, h in history.items()},
         "best_val_loss": {stage: min(h["val_loss"]) for stage, h in history.items()},
+        "wise_ft": wise_ft,
         "backbone_weights": "imagenet" if backbone_weights == "imagenet" else Path(str(backbone_weights)).name,
         "keras": keras.__version__,
         "tensorflow": tf.__version__,
@@ -374,10 +380,45 @@ def train_model(
     }
     meta.metrics = {
         "validation": classification_metrics(y_val, val_probs, classes),
-        "validation_shift": _validation_stress(model, spec, val, classes),
+        "validation_shift": shift or _validation_stress(model, spec, val, classes),
     }
     stats = source_statistics(model, spec, [s.path for s in train])
     return TrainResult(model, meta, history, stats, [relative_name(s.path, scan.root) for s in val])
+
+
+def choose_wise_ft(
+    model: keras.Model,
+    before: list[np.ndarray],
+    alphas: Sequence[float],
+    spec: InputSpec,
+    val: list[Sample],
+    classes: list[str],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Set ``model`` to the weight-space ensemble the validation rule ranks first among ``alphas``.
+
+    ``before`` are the weights before fine-tuning, the model holds those after.
+    Returns the choice with every candidate's score, and the chosen one's
+    validation stress (ties go to the larger share: the fine-tuned end).
+    """
+    from core.stress import CLEAN, selection_score
+    from core.weight_space import interpolate_weights
+
+    tuned = model.get_weights()
+    scored: dict[float, tuple[float, dict[str, Any]]] = {}
+    for alpha in sorted(alphas, reverse=True):
+        model.set_weights(interpolate_weights(before, tuned, alpha))
+        shift = _validation_stress(model, spec, val, classes)
+        scored[alpha] = (selection_score(shift), shift)
+    best = max(scored, key=lambda a: scored[a][0])
+    model.set_weights(interpolate_weights(before, tuned, best))
+    choice = {
+        "alpha": best,
+        "rule": "mean of clean validation accuracy and mean accuracy under the stress perturbations",
+        "scores": {str(a): round(scored[a][0], 6) for a in sorted(scored)},
+        "clean_accuracy": {str(a): scored[a][1]["perturbations"][CLEAN]["accuracy"] for a in sorted(scored)},
+        "perturbed_accuracy": {str(a): scored[a][1]["mean_accuracy"] for a in sorted(scored)},
+    }
+    return choice, scored[best][1]
 
 
 def source_statistics(model: keras.Model, spec: InputSpec, paths: Sequence[str | Path]) -> LayerStats:
