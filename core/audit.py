@@ -31,7 +31,6 @@ from core.options import (
     BORDER_BAND,
     BORDER_FLAG,
     CAM_METHODS,
-    DEFAULT_CAM_METHOD,
     DEFAULT_LAYERS,
     DEFAULT_OPACITY,
     SANITY_MAX_RHO,
@@ -178,9 +177,11 @@ def audit_images(
 
     size = x.shape[1:3]
     default_set = default_set_name(plan.n_layers)
-    border_method = DEFAULT_CAM_METHOD if DEFAULT_CAM_METHOD in plan.methods else plan.methods[0]
+    todays = models_default(loaded, sets)
+    border_method = todays["method"] if todays["method"] in plan.methods else plan.methods[0]
+    border_set = todays["layer_set"] if todays["layer_set"] in sets else default_set
     keys = [(m, s) for m in plan.methods for s in sets] + [(RANDOM, None), (CENTER, None)]
-    border_key = keys.index((border_method, default_set))
+    border_key = keys.index((border_method, border_set))
     auc = {mode: np.zeros((len(x), len(keys))) for mode in (DELETION, INSERTION)}
     mean_curve = {mode: np.zeros((len(keys), plan.steps + 1)) for mode in (DELETION, INSERTION)}
     centre = center_map(size)
@@ -238,12 +239,12 @@ def audit_images(
         "sanity": sanity,
         "faithfulness": faith,
         "table": table,
-        "recommendation": recommend(best, plan, sets),
+        "recommendation": recommend(best, todays),
         "border": {
             "band": BORDER_BAND,
             "threshold": BORDER_FLAG,
             "method": border_method,
-            "layer_set": default_set,
+            "layer_set": border_set,
             "share": dict(zip(names, map(float, shares))),
         },
         "border_flagged": [n for n, s in zip(names, shares) if s > BORDER_FLAG],
@@ -276,16 +277,19 @@ def recommendation_table(
     return sorted(rows, key=lambda r: (not r["sanity_pass"], -r["score"]))
 
 
-def recommend(best: dict[str, Any] | None, plan: AuditPlan, sets: dict[str, list[str]]) -> dict[str, Any]:
-    default = {"method": DEFAULT_CAM_METHOD, "layer_set": default_set_name(plan.n_layers)}
+def models_default(loaded: LoadedModel, sets: dict[str, list[str]]) -> dict[str, Any]:
+    """The heatmaps the model shows today (its ``model.json`` ``explain``), named as one of the audited sets."""
+    meta = loaded.meta
+    layers = meta.last_layers(meta.explain.layers)
+    name = next((s for s, group in sets.items() if group == layers), f"last {len(layers)} conv")
+    return {"method": meta.explain.method, "layer_set": name, "layers": layers}
+
+
+def recommend(best: dict[str, Any] | None, default: dict[str, Any]) -> dict[str, Any]:
+    """The best row that passes sanity; ``default`` (the model's own choice) when none does."""
     if best is None:
-        return {
-            **default,
-            "layers": sets[default["layer_set"]],
-            "is_default": True,
-            "why": "no method and layer set passed the sanity check",
-        }
-    is_default = best["method"] == default["method"] and best["layer_set"] == default["layer_set"]
+        return {**default, "is_default": True, "why": "no method and layer set passed the sanity check"}
+    is_default = best["method"] == default["method"] and best["layers"] == default["layers"]
     return {
         "method": best["method"],
         "layer_set": best["layer_set"],

@@ -161,7 +161,11 @@ def test_audit_cli_writes_the_report(trained_tiny, tmp_path: Path) -> None:
         assert {"deletion_auc", "insertion_auc"} <= set(audit["faithfulness"][baseline])
     assert isinstance(audit["border_flagged"], list)
     rec = audit["recommendation"]
-    assert any(r["method"] == rec["method"] and r["layer_set"] == rec["layer_set"] for r in audit["table"])
+    passing = [r for r in audit["table"] if r["sanity_pass"]]
+    if passing:  # the best row that passes, else the model's own default (3 layers, which --layers 2 leaves out)
+        assert (rec["method"], rec["layer_set"]) == (passing[0]["method"], passing[0]["layer_set"])
+    else:
+        assert (rec["method"], rec["layer_set"], rec["is_default"]) == ("gradcam", "last 3 conv", True)
     html = (out / "index.html").read_text()
     assert "sanity.png" in html and "curves.png" in html and rec["method"] in html
     for png in ("sanity.png", "curves.png"):
@@ -177,7 +181,7 @@ def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, 
     import shutil
 
     from core.artifact import record_explain
-    from core.audit import explain_defaults
+    from core.audit import explain_defaults, models_default, recommend
     from core.inference import Explainer
 
     data, model_dir = trained_tiny
@@ -195,6 +199,12 @@ def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, 
     assert again.meta.explain.audit["table"] == result["table"]
     shown = Explainer(again).explain_file(sorted(data.rglob("*.jpeg"))[0])
     assert shown.layer_names == ["out_relu"]
+    todays = models_default(again, result["layer_sets"])  # "today's default" is the model's own now
+    assert todays == {"method": "hirescam", "layer_set": "out_relu", "layers": ["out_relu"]}
+    assert recommend(rows["out_relu"], todays)["is_default"] and not recommend(rows["Conv_1"], todays)["is_default"]
+    assert recommend(None, todays)["layers"] == ["out_relu"]
+    audited = audit_images(again, sorted(data.rglob("*.jpeg"))[:2], AuditPlan(methods=("gradcam", "hirescam"), steps=2))
+    assert (audited["border"]["method"], audited["border"]["layer_set"]) == ("hirescam", "out_relu")
     result["recommendation"] = {**rows["Conv_1"], "is_default": False, "why": "test"}
     with pytest.raises(InputError, match="not the last 1 explainable layers"):
         explain_defaults(result, loaded)

@@ -81,7 +81,9 @@ def test_several_shares_the_rule_picks_one_and_records_all(
     tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path
 ) -> None:
     scan = scan_dataset(tiny_data)
-    result = train_model(scan, _cfg((0.0, 0.5, 1.0)), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), tmp_path, verbose=0)
+    result = train_model(
+        scan, _cfg((0.0, 0.5, 1.0)), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), tmp_path, verbose=0
+    )
     choice = result.meta.training["wise_ft"]
     assert set(choice["scores"]) == {"0.0", "0.5", "1.0"}
     assert choice["scores"][str(choice["alpha"])] == max(choice["scores"].values())
