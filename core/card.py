@@ -263,6 +263,12 @@ def model_card(meta: ModelMeta) -> str:
         f"smoothing {cfg.get('label_smoothing', 0)}; seed {cfg.get('seed', '?')}; "
         f"{training.get('wall_minutes', '?')} min on a 2-core CPU.",
     ]
+    if wise := training.get("wise_ft"):
+        scores = ", ".join(f"{a}: {v:.1%}" for a, v in wise["scores"].items())
+        parts.append(
+            f"- Weight-space ensemble (WiSE-FT): the weights are {wise['alpha']} of the way from those before "
+            f"fine-tuning to those after it, chosen on validation by the {wise['rule']} ({scores})."
+        )
     if training.get("mlflow"):
         parts.append(f"- MLflow run of this training: `{training['mlflow']['run_id']}`.")
     if val:

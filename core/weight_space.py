@@ -44,4 +44,3 @@ def interpolate_weights(start: Sequence[np.ndarray], end: Sequence[np.ndarray], 
             raise ValueError(f"the two checkpoints differ: a tensor of shape {a.shape} against {b.shape}")
         out.append((1.0 - alpha) * a + alpha * b if np.issubdtype(b.dtype, np.floating) else b)
     return [w.astype(b.dtype) for w, b in zip(out, end)]
-

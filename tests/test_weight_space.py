@@ -90,6 +90,9 @@ def test_several_shares_the_rule_picks_one_and_records_all(
     shift = result.meta.metrics["validation_shift"]
     assert selection_score(shift) == pytest.approx(choice["scores"][str(choice["alpha"])], abs=1e-6)
     assert result.meta.training["config"]["wise_ft"] == [0.0, 0.5, 1.0]
+    from core.card import model_card
+
+    assert f"{choice['alpha']} of the way from those before fine-tuning" in model_card(result.meta)
     clean = result.meta.metrics["validation"]["accuracy"]
     assert shift["perturbations"]["clean"]["accuracy"] == pytest.approx(clean, abs=1e-6)  # the chosen model's
 
