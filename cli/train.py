@@ -86,6 +86,15 @@ T, A, I = TrainConfig, ArchConfig, InputSpec  # noqa: E741  (the defaults shown 
     help="Give every image the same mean and spread inside the model (exposure and contrast differ by site).",
 )
 @click.option(
+    "--input-blur",
+    "blur",
+    default=A.blur,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Low-pass every input with a Gaussian of this sigma (pixels) inside the model: fine texture and JPEG "
+    "artefacts differ by scanner and encoder. 0: none.",
+)
+@click.option(
     "--views", default=T.views, show_default=True, type=click.IntRange(1), help="Augmented views cached per image."
 )
 @click.option(
@@ -124,6 +133,7 @@ def train(
     dropout: float,
     rotation: float,
     standardize: bool,
+    blur: float,
     mlflow_uri: str | None,
     **settings: Any,
 ) -> None:
@@ -179,6 +189,7 @@ def train(
         dense_units=units,
         rotation=rotation,
         standardize=standardize,
+        blur=blur,
     )
     spec = InputSpec(height=image_size, width=image_size)
     from core.artifact import ModelMeta, record_run

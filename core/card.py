@@ -238,7 +238,9 @@ def model_card(meta: ModelMeta) -> str:
         "pneumonia is hard even for radiologists; labels in the data set are not perfect.",
         "## Model",
         f"- Input: {meta.input.height}x{meta.input.width} RGB (grayscale replicated), resize `{meta.input.resize}`, "
-        "scaled to [-1, 1] inside the model.",
+        + ("each image brought to the same mean and spread, " if meta.arch.standardize else "")
+        + (f"a Gaussian low-pass (sigma {meta.arch.blur} px), " if meta.arch.blur else "")
+        + "scaled to [-1, 1] inside the model.",
         f"- Architecture: MobileNetV2 (alpha {meta.arch.alpha}, ImageNet weights, frozen) → global "
         f"{meta.arch.pooling} pooling → dropout {meta.arch.dropout} → dense {list(meta.arch.dense_units)} ReLU → "
         f"{len(meta.classes)} logits → softmax. Classes in output order: {', '.join(meta.classes)}.",

@@ -90,6 +90,8 @@ class ArchConfig(Stored):
     flip: str = "horizontal"
     rotation: float = 0.1
     standardize: bool = False
+    #: Gaussian low-pass of every input, sigma in pixels (0: none); see core.model.GaussianBlur.
+    blur: float = 0.0
     backbone: str = "MobileNetV2"
     extra: dict = field(default_factory=dict)
 

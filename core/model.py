@@ -1,7 +1,7 @@
 """The classifier: the seed's MobileNetV2 transfer-learning architecture.
 
 input -> RandomFlip + RandomRotation (training only) -> [per-image
-standardisation, when the architecture asks for it] -> Rescaling to [-1, 1]
+standardisation, a Gaussian low-pass: when the architecture asks for them] -> Rescaling to [-1, 1]
 -> MobileNetV2 (ImageNet, frozen) -> global pooling -> Dropout
 -> Dense ReLU layer(s) -> Dense "logits" -> softmax "probabilities".
 
@@ -13,7 +13,10 @@ inner layers of a nested model).
 
 from __future__ import annotations
 
+import math
+
 import keras
+import numpy as np
 from keras import layers, ops
 
 from core.config import FEATURES_LAYER, LOGITS_LAYER, POOLINGS, ArchConfig, InputSpec
@@ -21,8 +24,9 @@ from core.errors import InputError
 
 PROBS_LAYER = "probabilities"
 STANDARDIZE_LAYER = "standardize"
+BLUR_LAYER = "input_blur"
 LAST_CONV, ACTIVATED_LAST = "Conv_1", "out_relu"
-_PREPROCESS_LAYERS = ("augment_flip", "augment_rotation", STANDARDIZE_LAYER, "rescale")
+_PREPROCESS_LAYERS = ("augment_flip", "augment_rotation", STANDARDIZE_LAYER, BLUR_LAYER, "rescale")
 
 
 @keras.saving.register_keras_serializable(package="pneumocam")
@@ -47,7 +51,37 @@ class PerImageStandardization(layers.Layer):
         return {**super().get_config(), "mean": self.mean, "spread": self.spread}
 
 
-CUSTOM_OBJECTS = {"PerImageStandardization": PerImageStandardization}
+@keras.saving.register_keras_serializable(package="pneumocam")
+class GaussianBlur(layers.Layer):
+    """A fixed Gaussian low-pass of every input (``sigma`` in pixels, edges mirrored).
+
+    The model read fine texture and JPEG artefacts, which differ between
+    scanners, resamplers and encoders; what this removes, no re-encoding can
+    change. Inside the model it runs after the training augmentations and on
+    every input alike.
+    """
+
+    def __init__(self, sigma: float = 1.0, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        if sigma <= 0:
+            raise InputError("the input blur's sigma must be positive")
+        self.sigma = float(sigma)
+        self.radius = max(1, math.ceil(3 * self.sigma))
+        taps = np.exp(-0.5 * (np.arange(-self.radius, self.radius + 1) / self.sigma) ** 2)
+        self.taps = (taps / taps.sum()).astype("float32")
+
+    def call(self, x: object) -> object:
+        r, channels = self.radius, x.shape[-1]
+        x = ops.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="reflect")
+        column = np.tile(self.taps[:, None, None, None], (1, 1, channels, 1))
+        x = ops.depthwise_conv(x, column, padding="valid")
+        return ops.depthwise_conv(x, np.transpose(column, (1, 0, 2, 3)), padding="valid")
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sigma": self.sigma}
+
+
+CUSTOM_OBJECTS = {"PerImageStandardization": PerImageStandardization, "GaussianBlur": GaussianBlur}
 
 
 def build_model(
@@ -70,6 +104,8 @@ def build_model(
         x = layers.RandomRotation(arch.rotation, fill_mode="constant", name="augment_rotation")(x)
     if arch.standardize:
         x = PerImageStandardization(name=STANDARDIZE_LAYER)(x)
+    if arch.blur:
+        x = GaussianBlur(arch.blur, name=BLUR_LAYER)(x)
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
     backbone = keras.applications.MobileNetV2(
         input_tensor=x,

@@ -34,7 +34,7 @@ from core.config import ArchConfig, InputSpec, TrainConfig
 from core.data import Sample, Scan, class_indices, labels_of, patient_id, relative_name
 from core.errors import DataError, InputError
 from core.inference import image_batches
-from core.model import FEATURES_LAYER, STANDARDIZE_LAYER, backbone_layers, set_fine_tuning
+from core.model import BLUR_LAYER, FEATURES_LAYER, STANDARDIZE_LAYER, backbone_layers, set_fine_tuning
 
 if TYPE_CHECKING:
     from core.adaptation import LayerStats
@@ -153,8 +153,11 @@ def cache_key(
     h.update(json.dumps([str(p) for p in paths]).encode())
     pooling = type(model.get_layer(FEATURES_LAYER)).__name__
     h.update(json.dumps([spec.to_dict(), layer, views, seed, pooling]).encode())
-    if STANDARDIZE_LAYER in {lay.name for lay in model.layers}:
+    present = {lay.name for lay in model.layers}
+    if STANDARDIZE_LAYER in present:
         h.update(STANDARDIZE_LAYER.encode())
+    if BLUR_LAYER in present:
+        h.update(json.dumps([BLUR_LAYER, model.get_layer(BLUR_LAYER).sigma]).encode())
     params = augment_params(augment)
     if params is not None:
         h.update(json.dumps([augment, params.to_dict()]).encode())

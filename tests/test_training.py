@@ -205,3 +205,30 @@ def test_standardize_makes_the_call_blind_to_exposure_and_survives_reload(
     explained = Explainer(loaded).explain_file(sorted(tiny_data.rglob("*.jpeg"))[0], n_layers=3)
     assert explained.layer_names == loaded.meta.gradcam_layers[-3:]
     assert all(h.max() > 0 for h in explained.heatmaps)
+
+
+def test_input_blur_matches_opencv_and_survives_reload(tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path):
+    import cv2
+
+    from core.model import BLUR_LAYER, GaussianBlur
+    from core.training import cache_key
+
+    image = load_model_input(sorted(tiny_data.rglob("*.jpeg"))[0], TINY_SPEC)
+    blurred = GaussianBlur(1.5)(image[None]).numpy()[0]
+    expected = cv2.GaussianBlur(image, (0, 0), 1.5, borderType=cv2.BORDER_REFLECT_101)
+    assert np.abs(blurred - expected).max() < 0.5 < np.abs(blurred - image).max()
+    out = tmp_path / "model"
+    args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
+    args += ["--image-size", "64", "--epochs", "1", "--fine-tune-from", "none", "--views", "1", "--input-blur", "1.5"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    loaded = load_artifact(out)
+    assert loaded.meta.arch.blur == 1.5 and loaded.model.get_layer(BLUR_LAYER).sigma == 1.5
+    assert loaded.meta.gradcam_layers[-1] == "out_relu"  # Grad-CAM still reaches the backbone
+    from core.card import model_card
+
+    assert "a Gaussian low-pass (sigma 1.5 px)" in model_card(loaded.meta)
+    paths = sorted(tiny_data.rglob("*.jpeg"))[:2]
+    sharp = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
+    keys = {cache_key(paths, m, TINY_SPEC, "out_relu", 1, 42) for m in (sharp, loaded.model)}
+    assert len(keys) == 2  # cached activations of a sharp model are never reused for a blurred one
