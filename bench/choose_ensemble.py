@@ -1,7 +1,7 @@
 """Would an ensemble of trained candidates beat the best one? Validation only, by the selection rule.
 
-Each model folder is scored once on its validation split (its ``validation.txt``,
-which must be the same for all) clean and under the perturbations of
+Each model folder is scored once on its validation split (the same seed and
+share for all, so the same images) clean and under the perturbations of
 ``core/stress.py``; every combination's averaged probabilities are then ranked
 by the rule that ranks training candidates (``core.stress.selection_score``).
 Greedy selection (add the model that helps most, stop when none helps) gives
@@ -27,9 +27,10 @@ import_tensorflow_quietly()
 
 import numpy as np  # noqa: E402
 
-from core.artifact import load_artifact  # noqa: E402
-from core.data import class_indices, labels_of, scan_dataset, subset  # noqa: E402
+from core.artifact import load_artifact, read_meta  # noqa: E402
+from core.data import class_indices, labels_of, scan_dataset  # noqa: E402
 from core.stress import CLEAN, selection_score, stress_metrics, stress_probabilities  # noqa: E402
+from core.training import TrainConfig, split_by_patient  # noqa: E402
 
 
 def main() -> None:
@@ -37,18 +38,23 @@ def main() -> None:
     ap.add_argument("models", nargs="+", type=Path)
     ap.add_argument("--train-dir", type=Path, required=True)
     args = ap.parse_args()
-    listings = {(m / "validation.txt").read_text() for m in args.models}
-    if len(listings) != 1:
-        raise SystemExit("the models were validated on different images; their validation.txt files differ")
-    scan = subset(scan_dataset(args.train_dir), args.models[0] / "validation.txt")
-    paths = [s.path for s in scan.samples]
+    d = TrainConfig()
+    splits = set()
+    for folder in args.models:
+        cfg = read_meta(folder).training.get("config", {})
+        splits.add((cfg.get("val_fraction", d.val_fraction), cfg.get("seed", d.seed)))
+    if len(splits) != 1:
+        raise SystemExit("the models were validated on different images (another seed or validation share)")
+    samples = scan_dataset(args.train_dir).samples
+    _, val = split_by_patient(samples, *splits.pop())
+    paths = [s.path for s in val]
     probs: dict[str, dict[str, np.ndarray]] = {}
     for folder in args.models:
         loaded = load_artifact(folder)
         t = time.perf_counter()
         kept, probs[str(folder)], _ = stress_probabilities(loaded.model, loaded.meta.input, paths)
         classes = loaded.meta.classes
-        y = class_indices(labels_of(scan.samples, kept), classes)
+        y = class_indices(labels_of(val, kept), classes)
         print(f"scored {folder} ({time.perf_counter() - t:.0f} s)", flush=True)
 
     def score(members: tuple[str, ...]) -> tuple[float, dict]:
