@@ -65,11 +65,15 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
 
 
 def measured_layers(model: keras.Model, method: str = DEFAULT_ADAPT_METHOD) -> list[str]:
-    """The layers a method re-standardises, shallow to deep (pooled features last)."""
+    """The layers a method re-standardises, shallow to deep (pooled features last).
+
+    ``bn+features``: every batch norm, then the pooled features; ``features``:
+    the pooled features alone; ``bn``: the batch norms alone (AdaBN as published).
+    """
     if method not in ADAPT_METHODS:
         raise InputError(f"unknown adaptation method {method!r}; use one of {', '.join(ADAPT_METHODS)}")
-    bns = [layer.name for layer in batchnorm_layers(model)] if method == "bn+features" else []
-    return [*bns, FEATURES_LAYER]
+    bns = [layer.name for layer in batchnorm_layers(model)] if method.startswith("bn") else []
+    return [*bns, *([FEATURES_LAYER] if method.endswith("features") else [])]
 
 
 def layer_statistics(
@@ -225,23 +229,27 @@ def adapt_model(
 ) -> LayerStats:
     """Adapt ``model`` in place to the images in ``paths``; returns the site statistics measured.
 
-    ``bn+features``: one pass in which every batch norm's input is standardised
-    with the batch's statistics and mapped to the training ones (AdaBN), measuring
-    the site's statistics of every layer under the corrected shallower layers;
-    they are folded into the batch norms. Then, for both methods, one pass
-    measures the pooled features of the (adapted) model and folds their
-    re-standardisation into the head's first dense layer.
+    ``bn`` and ``bn+features``: one pass in which every batch norm's input is
+    standardised with the batch's statistics and mapped to the training ones
+    (AdaBN), measuring the site's statistics of every layer under the corrected
+    shallower layers; they are folded into the batch norms. Then, for
+    ``features`` and ``bn+features``, one pass measures the pooled features of
+    the (adapted) model and folds their re-standardisation into the head's
+    first dense layer.
     """
     names = measured_layers(model, method)
     missing = [n for n in names if n not in source.mean]
     if missing:
         raise ModelLoadError(f"the stored training statistics lack layers {', '.join(missing[:3])}")
-    bn_names = names[:-1]
+    bn_names = [n for n in names if n != FEATURES_LAYER]
     target = None
     if bn_names:
-        target = _site_moments(_measuring_model(model, source, bn_names), spec, paths, names, batch_size, on_batch)
+        measured = [*bn_names, FEATURES_LAYER]
+        target = _site_moments(_measuring_model(model, source, bn_names), spec, paths, measured, batch_size, on_batch)
         for n in bn_names:
             adapt_batchnorm(model.get_layer(n), source, target)
+    if FEATURES_LAYER not in names:
+        return target
     feats = layer_statistics(model, spec, paths, [FEATURES_LAYER], batch_size, on_batch)
     adapt_features(first_head_dense(model), source, feats)
     if target is None:
@@ -251,7 +259,7 @@ def adapt_model(
 
 def stat_passes(method: str) -> int:
     """How many passes over the images :func:`adapt_model` makes (for progress bars)."""
-    return 2 if method == "bn+features" else 1
+    return int(method.startswith("bn")) + int(method.endswith("features"))
 
 
 def load_source_stats(directory: str | Path, recorded: dict) -> LayerStats:

@@ -25,7 +25,7 @@ DEFAULT_BATCH_SIZE = 32
 MAX_BATCH_SIZE = 1024
 
 #: Site adaptation: re-standardise every batch-norm layer and the pooled features, or the pooled features only.
-ADAPT_METHODS = ("bn+features", "features")
+ADAPT_METHODS = ("bn+features", "features", "bn")
 DEFAULT_ADAPT_METHOD = "bn+features"
 #: Images per batch in adaptation's measuring pass (its batch statistics standardise each layer); part of the
 #: method, so ``adapt`` and ``evaluate --adapt`` use it whatever batch size scores the images.

@@ -178,6 +178,28 @@ def test_adaptation_maps_the_site_statistics_onto_the_training_ones(adaptable_di
     assert np.array_equal(loaded.model.get_layer(deep).get_weights()[2], mean)
 
 
+@pytest.mark.parametrize(("method", "bn_moves", "head_moves"), [("bn", True, False), ("features", False, True)])
+def test_each_method_moves_only_its_own_layers(
+    method: str, bn_moves: bool, head_moves: bool, adaptable_dir: Path, darker_site: Path
+) -> None:
+    from core.adaptation import first_head_dense, stat_passes
+
+    loaded = load_artifact(adaptable_dir)
+    paths = sorted(darker_site.glob("*.png"))
+    adapted, info = adapted_copy(loaded, paths, method=method, batch_size=len(paths))
+    assert info["method"] == method and stat_passes(method) == 1 and stat_passes("bn+features") == 2
+    deep = measured_layers(loaded.model, "bn")[-1]
+    assert FEATURES_LAYER not in measured_layers(loaded.model, "bn")
+    assert measured_layers(loaded.model, "features") == [FEATURES_LAYER]
+
+    def moved(name: str, i: int) -> bool:
+        return not np.allclose(adapted.get_layer(name).get_weights()[i], loaded.model.get_layer(name).get_weights()[i])
+
+    assert (moved(deep, 2), moved(first_head_dense(loaded.model).name, 1)) == (bn_moves, head_moves)
+    before = score_files(loaded.model, loaded.meta.input, paths).probabilities
+    assert not np.allclose(score_files(adapted, loaded.meta.input, paths).probabilities, before, atol=1e-3)
+
+
 def test_adapt_cli_writes_a_model_every_entry_point_serves(
     adaptable_dir: Path, darker_site: Path, tmp_path: Path
 ) -> None:
