@@ -29,7 +29,8 @@ from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD
     type=click.Choice(ADAPT_METHODS),
     default=DEFAULT_ADAPT_METHOD,
     show_default=True,
-    help="Re-standardise every batch-norm layer and the pooled features, or the pooled features only.",
+    help="Re-standardise every batch-norm layer and the pooled features (bn+features), the pooled features only "
+    "(features), or the batch-norm layers only (bn, AdaBN as published).",
 )
 @batch_size_option(ADAPT_BATCH_SIZE)
 @overwrite_option("OUT")
