@@ -34,7 +34,7 @@ from core.evaluation import Protocol, evaluate_scan  # noqa: E402
 from core.inference import load_model_input  # noqa: E402
 from core.options import ADAPT_METHODS  # noqa: E402
 from core.stress import CLEAN, perturb  # noqa: E402
-from core.training import TrainConfig, split_by_patient  # noqa: E402
+from core.training import recorded_split, split_by_patient  # noqa: E402
 
 SHIFTS = (CLEAN, "blur-3", "noise-8", "gamma-1.6", "equalize")
 
@@ -58,11 +58,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="Also write the table here.")
     args = ap.parse_args()
     loaded = load_artifact(args.model)
-    cfg = loaded.meta.training.get("config", {})
-    d = TrainConfig()
-    _, val = split_by_patient(
-        scan_dataset(args.train_dir).samples, cfg.get("val_fraction", d.val_fraction), cfg.get("seed", d.seed)
-    )
+    _, val = split_by_patient(scan_dataset(args.train_dir).samples, *recorded_split(loaded.meta.training))
     protocols = {"as trained": Protocol()} | {m: Protocol(adapt=True, adapt_method=m) for m in ADAPT_METHODS}
     table: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from core.artifact import load_artifact, read_meta  # noqa: E402
 from core.data import class_indices, labels_of, scan_dataset  # noqa: E402
 from core.stress import CLEAN, selection_score, stress_metrics, stress_probabilities  # noqa: E402
-from core.training import TrainConfig, split_by_patient  # noqa: E402
+from core.training import recorded_split, split_by_patient  # noqa: E402
 
 
 def main() -> None:
@@ -38,11 +38,7 @@ def main() -> None:
     ap.add_argument("models", nargs="+", type=Path)
     ap.add_argument("--train-dir", type=Path, required=True)
     args = ap.parse_args()
-    d = TrainConfig()
-    splits = set()
-    for folder in args.models:
-        cfg = read_meta(folder).training.get("config", {})
-        splits.add((cfg.get("val_fraction", d.val_fraction), cfg.get("seed", d.seed)))
+    splits = {recorded_split(read_meta(folder).training) for folder in args.models}
     if len(splits) != 1:
         raise SystemExit("the models were validated on different images (another seed or validation share)")
     samples = scan_dataset(args.train_dir).samples

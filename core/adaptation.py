@@ -70,10 +70,16 @@ def measured_layers(model: keras.Model, method: str = DEFAULT_ADAPT_METHOD) -> l
     ``bn+features``: every batch norm, then the pooled features; ``features``:
     the pooled features alone; ``bn``: the batch norms alone (AdaBN as published).
     """
+    bn, features = _method_parts(method)
+    bns = [layer.name for layer in batchnorm_layers(model)] if bn else []
+    return [*bns, *([FEATURES_LAYER] if features else [])]
+
+
+def _method_parts(method: str) -> tuple[bool, bool]:
+    """Whether a method re-standardises the batch norms, and whether the pooled features."""
     if method not in ADAPT_METHODS:
         raise InputError(f"unknown adaptation method {method!r}; use one of {', '.join(ADAPT_METHODS)}")
-    bns = [layer.name for layer in batchnorm_layers(model)] if method.startswith("bn") else []
-    return [*bns, *([FEATURES_LAYER] if method.endswith("features") else [])]
+    return method.startswith("bn"), method.endswith("features")
 
 
 def layer_statistics(
@@ -259,7 +265,7 @@ def adapt_model(
 
 def stat_passes(method: str) -> int:
     """How many passes over the images :func:`adapt_model` makes (for progress bars)."""
-    return int(method.startswith("bn")) + int(method.endswith("features"))
+    return sum(_method_parts(method))
 
 
 def load_source_stats(directory: str | Path, recorded: dict) -> LayerStats:

@@ -281,7 +281,7 @@ def models_default(loaded: LoadedModel, sets: dict[str, list[str]]) -> dict[str,
     """The heatmaps the model shows today (its ``model.json`` ``explain``), named as one of the audited sets."""
     meta = loaded.meta
     layers = meta.last_layers(meta.explain.layers)
-    name = next((s for s, group in sets.items() if group == layers), f"last {len(layers)} conv")
+    name = next((s for s, group in sets.items() if group == layers), default_set_name(len(layers)))
     return {"method": meta.explain.method, "layer_set": name, "layers": layers}
 
 

@@ -55,6 +55,12 @@ def split_by_patient(
     return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
 
 
+def recorded_split(training: dict[str, Any]) -> tuple[float, int]:
+    """The validation share and seed a model was trained with (``model.json`` ``training``), for its split again."""
+    cfg, defaults = training.get("config", {}), TrainConfig()
+    return cfg.get("val_fraction", defaults.val_fraction), cfg.get("seed", defaults.seed)
+
+
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     """Balanced weights n / (k * count_c): each class contributes equally to the loss."""
     counts = np.bincount(y, minlength=n_classes).astype(float)
@@ -477,11 +483,7 @@ def add_source_stats(loaded: Any, scan: Scan) -> Path:
     from core.artifact import META_FILE, SOURCE_STATS_FILE, file_sha256
     from core.atomic import write_json
 
-    cfg = loaded.meta.training.get("config", {})
-    defaults = TrainConfig()
-    train, _ = split_by_patient(
-        scan.samples, cfg.get("val_fraction", defaults.val_fraction), cfg.get("seed", defaults.seed)
-    )
+    train, _ = split_by_patient(scan.samples, *recorded_split(loaded.meta.training))
     stats = source_statistics(loaded.model, loaded.meta.input, [s.path for s in train])
     path = stats.save(loaded.directory / SOURCE_STATS_FILE)
     loaded.meta.adaptation["source_stats"] = {
