@@ -292,6 +292,7 @@ def train_model(
 
     arch = arch or ArchConfig()
     classes = list(DEFAULT_CLASSES)
+    keras.utils.set_random_seed(cfg.seed)  # the head's initial weights too, whatever ran before in this process
     model = build_model(arch, spec, backbone_weights)
     cut = cut_layer_name(model, cfg.fine_tune_from)
     top = upper_model(model, cut, name="fine_tuning") if cfg.fine_tune_from is not None else None

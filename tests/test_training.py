@@ -232,3 +232,14 @@ def test_input_blur_matches_opencv_and_survives_reload(tiny_data: Path, tiny_bac
     sharp = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
     keys = {cache_key(paths, m, TINY_SPEC, "out_relu", 1, 42) for m in (sharp, loaded.model)}
     assert len(keys) == 2  # cached activations of a sharp model are never reused for a blurred one
+
+
+def test_training_twice_in_one_process_gives_the_same_model(tiny_data: Path, tiny_backbone_file: Path) -> None:
+    cfg = TrainConfig(epochs=2, batch_size=16, fine_tune_epochs=1, fine_tune_batch_size=16, views=1)
+    scan = scan_dataset(tiny_data)
+    first = train_model(scan, cfg, TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), verbose=0).model.get_weights()
+    np.random.default_rng().random(3)  # whatever else the process does in between
+    build_model(TINY_ARCH, TINY_SPEC, None)
+    second = train_model(scan, cfg, TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), verbose=0).model.get_weights()
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
