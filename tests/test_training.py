@@ -204,7 +204,8 @@ def test_standardize_makes_the_call_blind_to_exposure_and_survives_reload(
 
     explained = Explainer(loaded).explain_file(sorted(tiny_data.rglob("*.jpeg"))[0], n_layers=3)
     assert explained.layer_names == loaded.meta.gradcam_layers[-3:]
-    assert all(h.max() > 0 for h in explained.heatmaps)
+    # a layer's map may be all zero (Grad-CAM keeps only positive evidence); the maps must exist and some show it
+    assert all(np.isfinite(h).all() for h in explained.heatmaps) and any(h.max() > 0 for h in explained.heatmaps)
 
 
 def test_input_blur_matches_opencv_and_survives_reload(tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path):
