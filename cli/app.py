@@ -2,7 +2,7 @@
 
 Commands parse arguments and print; the work is in ``core``. Each module holds
 one group of commands (``evaluate.py``: evaluate, stress, gallery; ``site.py``:
-adapt, calibrate; ``audit.py``; ``predict.py``; ``train.py``; ``data.py``; ``hub.py``:
+adapt, calibrate, tune, site-curve; ``audit.py``; ``predict.py``; ``train.py``; ``data.py``; ``hub.py``:
 model-card, publish, deploy-space); the options they share are typed once in
 ``common.py``.
 """
@@ -31,6 +31,8 @@ COMMANDS = (
     predict.predict,
     site.adapt,
     site.calibrate,
+    site.tune,
+    site.site_curve,
     train.train,
     hub.model_card_cmd,
     hub.publish,

@@ -33,7 +33,7 @@ from core.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LI
     "--record-as",
     metavar="SPLIT",
     help="Also store the metrics in the (local) model's model.json under this name, e.g. test "
-    "(test:site-adapted etc. with --adapt / --cross-calibrate).",
+    "(test:site-adapted etc. with --adapt / --cross-calibrate / --cross-tune).",
 )
 @overwrite_option("--out")
 @click.option(
@@ -51,7 +51,19 @@ from core.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LI
     "and score each fold with a temperature and class biases fitted on the others. The benchmark uses K=2.",
 )
 @click.option(
-    "--split-seed", default=DEFAULT_SPLIT_SEED, show_default=True, type=int, help="Seed of the --cross-calibrate split."
+    "--cross-tune",
+    "tune_folds",
+    type=click.IntRange(2, 10),
+    metavar="K",
+    help="Labelled site tuning, cross-fitted: the same K-fold split; each fold scored by a head re-fitted on the "
+    "others (its strength chosen inside them). The benchmark uses K=2. Not with --cross-calibrate.",
+)
+@click.option(
+    "--split-seed",
+    default=DEFAULT_SPLIT_SEED,
+    show_default=True,
+    type=int,
+    help="Seed of the --cross-calibrate / --cross-tune split.",
 )
 @click.option(
     "--engine",
@@ -83,6 +95,7 @@ def evaluate(
     overwrite: bool,
     adapt: bool,
     folds: int | None,
+    tune_folds: int | None,
     split_seed: int,
     engine: str,
     ray_address: str | None,
@@ -97,21 +110,31 @@ def evaluate(
     protocol), predictions.csv, confusion_matrix.png, per_class_metrics.png and
     reliability.png. Unreadable files are skipped and listed in metrics.json.
 
-    Three protocols, each its own row in a comparison: as trained (default),
-    --adapt (the site's unlabelled images; transductive) and --cross-calibrate K
-    (a labelled site sample, cross-fitted); --adapt and --cross-calibrate combine.
+    Four protocols, each its own row in a comparison: as trained (default),
+    --adapt (the site's unlabelled images; transductive), --cross-calibrate K
+    and --cross-tune K (a labelled site sample, cross-fitted); --adapt combines
+    with either of the last two.
 
     \b
     Example:
       python -m cli evaluate data/test
       python -m cli evaluate data/test --adapt --out reports/test-adapted
       python -m cli evaluate data/test --cross-calibrate 2 --out reports/test-calibrated
+      python -m cli evaluate data/test --cross-tune 2 --out reports/test-tuned
       python -m cli evaluate /archive/xrays --engine ray --ray-address auto --out reports/archive
     """
     from core.atomic import check_out, replace_folder
     from core.data import scan_dataset
     from core.engine import make_engine
-    from core.evaluation import ADAPT_ENGINE_HINT, GALLERY_DIR, Protocol, evaluate_scan, is_report_entry, write_report
+    from core.evaluation import (
+        ADAPT_ENGINE_HINT,
+        GALLERY_DIR,
+        TUNE_ENGINE_HINT,
+        Protocol,
+        evaluate_scan,
+        is_report_entry,
+        write_report,
+    )
     from core.metrics import format_table
     from core.tracking import report_metrics
 
@@ -122,6 +145,10 @@ def evaluate(
         ray_address = None
     elif adapt:
         raise click.UsageError(ADAPT_ENGINE_HINT)
+    elif tune_folds:
+        raise click.UsageError(TUNE_ENGINE_HINT)
+    if folds and tune_folds:
+        raise click.UsageError("--cross-calibrate and --cross-tune are two protocols: choose one")
     scorer = make_engine(engine, ray_address, workers)
     scan = scan_dataset(data_dir)
     out = out or default_out(data_dir)
@@ -129,7 +156,7 @@ def evaluate(
     if record_as and model.is_hub():
         raise click.UsageError("--record-as needs a local model folder (--model), not a Hub download")
     loaded = model.load()
-    protocol = Protocol(adapt=adapt, cross_calibrate=folds, split_seed=split_seed)
+    protocol = Protocol(adapt=adapt, cross_calibrate=folds, cross_tune=tune_folds, split_seed=split_seed)
     if adapt:
         from core.adaptation import check_adaptable
 
@@ -152,7 +179,9 @@ def evaluate(
         click.echo(f"report written to {out}/")
         if run:
             params = {"batch_size": batch_size, "engine": scorer.info(), "protocol": result.metrics["protocol"]}
-            params["protocol"] = {k: v for k, v in params["protocol"].items() if k not in ("split", "calibrations")}
+            params["protocol"] = {
+                k: v for k, v in params["protocol"].items() if k not in ("split", "calibrations", "tunings")
+            }
             run.params({**params, "data_dir": data_dir.resolve().name, "model": loaded.source})
             run.metrics(report_metrics(result.metrics))
             run.artifacts(out)

@@ -1,4 +1,4 @@
-"""``adapt`` and ``calibrate``: a model for a new site, written as a new model folder."""
+"""``adapt``, ``calibrate`` and ``tune``: a model for a new site, written as a new model folder; ``site-curve``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from cli.common import (
     progress,
     tracked_command,
 )
-from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD
+from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD, SITE_CURVE_REPEATS, SITE_CURVE_SIZES
 
 
 @command()
@@ -135,3 +135,157 @@ def calibrate(
                 figures |= {f"in_sample.{when}.{k}": float(d[k]) for k in ("accuracy", "ece")}
             run.metrics(figures)
             run.artifacts(out, under="model")
+
+
+@command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@model_out_option()
+@model_options
+@batch_size_option()
+@overwrite_option("OUT")
+@mlflow_option
+def tune(
+    data_dir: Path, out: Path, model: ModelChoice, batch_size: int, overwrite: bool, mlflow_uri: str | None
+) -> None:
+    """Re-fit the classifier head on a labelled sample of a site; write the tuned model to OUT.
+
+    A new linear read-out of the pooled features is fitted on DATA_DIR (either
+    layout; every class, at least a few images each), with the model's own
+    logits kept as an offset. Its strength is chosen by a patient-grouped inner
+    cross-validation on DATA_DIR alone, which falls back to calibration (a
+    temperature and class biases) or to the model untouched when the sample is
+    too small to do better. The tuned head is folded into the model: evaluate,
+    gallery, predict, stress, audit and the Space serve it with --model OUT, and
+    Grad-CAM explains its tuned logits. Tune after adapting, not before.
+    Prints the sample's figures before and after (in-sample: measure on other
+    images, or use evaluate --cross-tune; site-curve shows how many labels pay).
+
+    \b
+    Example:
+      python -m cli tune data/site-b-labelled --out models/site-b-tuned
+      python -m cli tune data/site-b-labelled --model models/site-b --out models/site-b-tuned
+    """
+    from core.artifact import is_model_entry
+    from core.atomic import check_out
+    from core.data import scan_dataset
+    from core.site import tune_to_site
+
+    scan = scan_dataset(data_dir)
+    check_out(out, is_model_entry, overwrite)
+    loaded = model.load()
+    with tracked_command(mlflow_uri, "tune", loaded, data_dir, out.name, protocol="site-tuned") as run:
+        with progress(len(scan.samples), "scoring") as bar:
+            meta = tune_to_site(loaded, scan, out, batch_size, bar.update, overwrite)
+        t = meta.tuning
+        b, a = t["in_sample"]["before"], t["in_sample"]["after"]
+        losses = t["inner_cv"]["log_loss"]
+        chosen = "the model untouched" if t["kind"] == "untouched" else t["kind"]
+        if t["kind"] == "tune":
+            chosen += f" (penalty {t['penalty']:g})"
+        click.echo(
+            f"inner {t['inner_cv']['folds']}-fold cross-validation chose {chosen}: log loss "
+            f"{min(losses.values()):.3f} (untouched {losses['untouched']:.3f}, calibrate {losses['calibrate']:.3f})"
+        )
+        click.echo(
+            f"on {t['n_images']} images (in-sample): accuracy {b['accuracy']:.1%} -> {a['accuracy']:.1%}, "
+            f"ECE {b['ece']:.3f} -> {a['ece']:.3f}"
+        )
+        click.echo(f"model written to {out}/")
+        if run:
+            run.params({"batch_size": batch_size, "data_dir": data_dir.resolve().name, "kind": t["kind"]})
+            figures = {"n_images": float(t["n_images"]), "temperature": float(t["temperature"])}
+            figures |= {f"inner_log_loss.{k}": float(v) for k, v in losses.items()}
+            for when, d in (("before", b), ("after", a)):
+                figures |= {f"in_sample.{when}.{k}": float(d[k]) for k in ("accuracy", "ece")}
+            run.metrics(figures)
+            run.artifacts(out, under="model")
+
+
+class IntList(click.ParamType):
+    """A comma-separated list of positive integers, e.g. 25,50,100."""
+
+    name = "N,N,..."
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+        if not out or min(out) < 1:
+            self.fail(f"{value!r}: give at least one positive integer", param, ctx)
+        return out
+
+
+@command("site-curve")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Report folder [default: reports/<DATA_DIR name>-site-curve/]."
+)
+@click.option(
+    "--sizes",
+    type=IntList(),
+    default=",".join(map(str, SITE_CURVE_SIZES)),
+    show_default=True,
+    help="Labelled images per fit; the whole labelled half is always added.",
+)
+@click.option(
+    "--repeats", type=click.IntRange(1, 20), default=SITE_CURVE_REPEATS, show_default=True, help="Random halvings."
+)
+@model_options
+@batch_size_option()
+@overwrite_option("--out")
+def site_curve(
+    data_dir: Path,
+    out: Path | None,
+    sizes: tuple[int, ...],
+    repeats: int,
+    model: ModelChoice,
+    batch_size: int,
+    overwrite: bool,
+) -> None:
+    """How many labelled X-rays a site needs: calibration and tuning against the number of labels.
+
+    DATA_DIR is a labelled folder of the site (either layout). It is halved
+    REPEATS times by class and patient; from one half a class-stratified sample
+    of each size is drawn, calibration and tuning are fitted on it and the other
+    half is scored, then the halves swap. Writes site_curve.json (accuracy with
+    95 % intervals, macro F1 and recall per class, for each method and size; the
+    untouched and the unlabelled-adapted model as references) and site_curve.png.
+    One forward pass per image serves every size and repeat.
+
+    \b
+    Example:
+      python -m cli site-curve data/site-b-labelled
+      python -m cli site-curve data/test --sizes 25,50,100,200 --repeats 3 --out reports/test-site-curve
+    """
+    from core.atomic import check_out, replace_folder, save_figure, write_json
+    from core.data import scan_dataset
+    from core.plots import site_curve_figure
+    from core.site_curve import (
+        SITE_CURVE_FILE,
+        SITE_CURVE_FILES,
+        SITE_CURVE_PLOT,
+        adapt_passes,
+        fits_needed,
+        format_curve,
+        score_site,
+    )
+    from core.site_curve import site_curve as make_curve
+
+    scan = scan_dataset(data_dir)
+    out = out or Path("reports", data_dir.resolve().name + "-site-curve")
+    check_out(out, lambda name: name in SITE_CURVE_FILES, overwrite)
+    loaded = model.load()
+    with progress(len(scan.samples) * (1 + adapt_passes(loaded)), "scoring") as bar:
+        site = score_site(loaded, scan, batch_size, bar.update)
+    with progress(fits_needed(sizes, repeats), "fitting") as bar:
+        result = make_curve(site, sizes, repeats, bar.update)
+    click.echo(format_curve(result))
+    with replace_folder(out, lambda name: name in SITE_CURVE_FILES, overwrite) as staging:
+        write_json(staging / SITE_CURVE_FILE, result)
+        save_figure(
+            site_curve_figure(result, f"{data_dir.name}: {result['n_images']} images"), staging / SITE_CURVE_PLOT
+        )
+    click.echo(f"report written to {out}/")

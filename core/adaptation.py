@@ -18,19 +18,20 @@ architecture, same Grad-CAM layers, explained on its own logits.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from core.artifact import SOURCE_STATS_FILE, LoadedModel
+from core.artifact import SOURCE_STATS_FILE, LoadedModel, file_sha256
 from core.errors import InputError, ModelLoadError, none_readable
-from core.inference import image_batches
+from core.inference import Scores, image_batches
 from core.model import FEATURES_LAYER
-from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD
+from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD, LAME, LAME_BLOCK, LAME_KNN
 from core.preprocess import InputSpec
 
 _MIN_STD = 1e-3
@@ -224,6 +225,81 @@ def _site_moments(
     return LayerStats(mean, std, n_images)
 
 
+def content_rank(paths: Sequence[str | Path]) -> list[int]:
+    """Indices of the files sorted by the SHA-256 of their bytes (files that cannot be read last).
+
+    The measuring pass standardises each layer with its batch's statistics, and
+    LAME works on blocks of images, so which images go together is part of the
+    result: in this order it depends on the images alone, not on file names,
+    listing order or folder layout.
+    """
+
+    def key(i: int) -> tuple[int, str]:
+        try:
+            return (0, file_sha256(paths[i])) if stat.S_ISREG(os.stat(paths[i]).st_mode) else (1, "")
+        except OSError:
+            return (1, "")
+
+    return sorted(range(len(paths)), key=key)
+
+
+def content_order(paths: Sequence[str | Path]) -> list[Path]:
+    """The files in :func:`content_rank` order."""
+    return [Path(paths[i]) for i in content_rank(paths)]
+
+
+def lame(probabilities: np.ndarray, features: np.ndarray, knn: int = LAME_KNN, max_iter: int = 100) -> np.ndarray:
+    """LAME (Boudiaf et al. 2022) on one set of images: each image's probabilities pulled towards its neighbours'.
+
+    Maximises ``sum_i z_i . log p_i + sum_ij w_ij z_i . z_j - sum_i z_i . log z_i`` over the
+    assignments ``z`` by its fixed-point iteration ``z_i = softmax(log p_i + sum_j w_ij z_j)``;
+    ``w`` is the symmetrised k-nearest-neighbour graph of the cosine similarity of
+    the pooled features. Only the outputs move, never a weight (no back-propagation).
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    k = min(knn, len(p) - 1)
+    if k < 1:
+        return p.astype(np.float32)
+    f = np.asarray(features, dtype=np.float64)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    sim = f @ f.T
+    np.fill_diagonal(sim, -np.inf)
+    neighbours = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    w = np.zeros_like(sim)
+    np.put_along_axis(w, neighbours, 1.0, axis=1)
+    w = (w + w.T) / 2
+    log_p = np.log(np.clip(p, 1e-12, 1.0))
+    z = p
+    for _ in range(max_iter):
+        logits = log_p + w @ z
+        logits -= logits.max(axis=1, keepdims=True)
+        z_next = np.exp(logits)
+        z_next /= z_next.sum(axis=1, keepdims=True)
+        done = np.abs(z_next - z).max() < 1e-6
+        z = z_next
+        if done:
+            break
+    return z.astype(np.float32)
+
+
+def lame_scores(scores: Scores, block: int = LAME_BLOCK) -> Scores:
+    """LAME over a whole scored folder, in blocks of ``block`` images taken in :func:`content_rank` order."""
+    order = content_rank(scores.paths)
+    out = np.array(scores.probabilities, dtype=np.float32, copy=True)
+    for start in range(0, len(order), block):
+        idx = order[start : start + block]
+        out[idx] = lame(scores.probabilities[idx], scores.features[idx])
+    return replace(scores, probabilities=out)
+
+
+def split_method(method: str) -> tuple[str, bool]:
+    """An ``evaluate --adapt`` method: the part folded into the weights, and whether LAME follows."""
+    suffix = f"+{LAME}"
+    base, with_lame = (method[: -len(suffix)], True) if method.endswith(suffix) else (method, False)
+    _method_parts(base)
+    return base, with_lame
+
+
 def adapt_model(
     model: keras.Model,
     spec: InputSpec,
@@ -234,6 +310,9 @@ def adapt_model(
     on_batch: Callable[[int], None] | None = None,
 ) -> LayerStats:
     """Adapt ``model`` in place to the images in ``paths``; returns the site statistics measured.
+
+    The images are batched in :func:`content_order`, so the same images give the
+    same model whatever their names, order or folder layout.
 
     ``bn`` and ``bn+features``: one pass in which every batch norm's input is
     standardised with the batch's statistics and mapped to the training ones
@@ -248,6 +327,7 @@ def adapt_model(
     if missing:
         raise ModelLoadError(f"the stored training statistics lack layers {', '.join(missing[:3])}")
     bn_names = [n for n in names if n != FEATURES_LAYER]
+    paths = content_order(paths)
     target = None
     if bn_names:
         measured = [*bn_names, FEATURES_LAYER]
@@ -265,13 +345,11 @@ def adapt_model(
 
 def stat_passes(method: str) -> int:
     """How many passes over the images :func:`adapt_model` makes (for progress bars)."""
-    return sum(_method_parts(method))
+    return sum(_method_parts(split_method(method)[0]))
 
 
 def load_source_stats(directory: str | Path, recorded: dict) -> LayerStats:
     """The training statistics stored beside a model, checked against the hash in its metadata."""
-    from core.artifact import file_sha256
-
     info = recorded.get("source_stats")
     path = Path(directory) / SOURCE_STATS_FILE
     if not info or not path.is_file():
@@ -293,6 +371,8 @@ def check_adaptable(loaded: LoadedModel) -> LayerStats:
         )
     if loaded.meta.calibration:
         raise ModelLoadError(f"{loaded.source} is calibrated; adapt the uncalibrated model first, then calibrate")
+    if loaded.meta.tuning:
+        raise ModelLoadError(f"{loaded.source} is site-tuned; adapt the untuned model first, then tune")
     directory = loaded.directory
     if loaded.hub is not None and not (directory / SOURCE_STATS_FILE).is_file():
         from core.hub import download_optional

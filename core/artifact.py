@@ -52,6 +52,7 @@ class ModelMeta:
     data: dict[str, Any] = field(default_factory=dict)
     adaptation: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
     explain: ExplainDefaults = field(default_factory=ExplainDefaults)
 
@@ -72,6 +73,7 @@ class ModelMeta:
             "data": self.data,
             "adaptation": self.adaptation,
             "calibration": self.calibration,
+            **({"tuning": self.tuning} if self.tuning else {}),
         }
 
     @classmethod
@@ -97,6 +99,7 @@ class ModelMeta:
                 data=d.get("data", {}),
                 adaptation=d.get("adaptation", {}),
                 calibration=d.get("calibration", {}),
+                tuning=d.get("tuning", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"model metadata is incomplete or invalid: {exc}") from None

@@ -107,6 +107,20 @@ PROTOCOL_ROWS = (
         "Both: adaptation to the unlabelled images, then the cross-fitted calibration above; "
         "`evaluate data/test --adapt --cross-calibrate 2`.",
     ),
+    (
+        "test:site-tuned",
+        "site-tuned",
+        "Labelled site tuning, cross-fitted (K=2), the same halves: on one half a new read-out of the pooled "
+        "features is fitted with the trained logits as offset, its penalty (or calibration, or nothing) chosen by "
+        "a patient-grouped 3-fold cross-validation inside that half; it scores the other half, and vice versa; "
+        "`evaluate data/test --cross-tune 2`.",
+    ),
+    (
+        "test:site-adapted+site-tuned",
+        "adapted + tuned",
+        "Adaptation to the unlabelled images, then the cross-fitted tuning above; "
+        "`evaluate data/test --adapt --cross-tune 2`.",
+    ),
 )
 
 
@@ -144,6 +158,30 @@ def protocol_comparison(metrics: dict[str, Any]) -> str:
             "\n\nBrackets: 95 % bootstrap intervals, patients resampled (1,000 resamples). The seed's figures were "
             "published without intervals and were probably chosen on test."
         )
+    )
+
+
+def site_curve_table(result: dict[str, Any]) -> str:
+    """Accuracy [95 % interval] of calibration and tuning per number of labelled site images."""
+    by = {(p["method"], p["size"]): p for p in result["points"]}
+    sizes = list(dict.fromkeys(p["size"] for p in result["points"]))
+    methods = list(dict.fromkeys(p["method"] for p in result["points"]))
+    lines = ["| labelled images per fit | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for s in sizes:
+        n = by[(methods[0], s)]["n_labelled"]
+        label = f"{n:.0f} (the whole half)" if s == "half" else str(s)
+        cells = [(by[(m, s)]["accuracy"], by[(m, s)]["ci95"]) for m in methods]
+        lines.append(
+            f"| {label} | " + " | ".join(f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]" for v, (lo, hi) in cells) + " |"
+        )
+    ref = result["reference"]
+    adapted = f", adapted without labels {_pct(ref['adapted'])} %" if ref.get("adapted") is not None else ""
+    return (
+        "\n".join(lines)
+        + f"\n\nReferences: the model untouched {_pct(ref['untouched'])} %{adapted}. Each figure is the mean over "
+        f"{result['repeats']} random halvings of the {result['n_images']} images (by class and patient); a "
+        "class-stratified sample of the given size from one half is fitted and the other half scored, then the "
+        "halves swap; the interval resamples patients. `python -m cli site-curve data/test`."
     )
 
 
@@ -293,6 +331,8 @@ def model_card(meta: ModelMeta) -> str:
             "### Against the seed project, under each deployment protocol",
             protocol_comparison(meta.metrics),
         ]
+    if curve := meta.metrics.get("test:site-curve"):
+        parts += ["### How many labelled site X-rays tuning needs", site_curve_table(curve)]
     if meta.explain.audit:
         parts += ["## Heatmaps: which method and layer, and why", audit_table(meta.explain)]
     parts += [

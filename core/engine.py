@@ -30,6 +30,7 @@ class Engine(Protocol):
         paths: Sequence[Path],
         batch_size: int,
         on_batch: Callable[[int], None] | None = None,
+        features: bool = False,
     ) -> Scores: ...
 
     def info(self) -> dict[str, Any]: ...
@@ -46,10 +47,11 @@ class LocalEngine:
         paths: Sequence[Path],
         batch_size: int,
         on_batch: Callable[[int], None] | None = None,
+        features: bool = False,
     ) -> Scores:
         from core.inference import score_files
 
-        return score_files(loaded.model, loaded.meta.input, paths, batch_size, on_batch)
+        return score_files(loaded.model, loaded.meta.input, paths, batch_size, on_batch, features)
 
     def info(self) -> dict[str, Any]:
         import core

@@ -11,12 +11,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core import calibration, tuning
 from core.artifact import LoadedModel
 from core.atomic import save_figure, write_csv, write_json
 from core.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
 from core.errors import DataError, InputError, none_readable
 from core.metrics import bootstrap_ci, classification_metrics
-from core.options import ADAPT_BATCH_SIZE, DEFAULT_ADAPT_METHOD, DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_SEED
+from core.options import (
+    ADAPT_BATCH_SIZE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EVALUATE_ADAPT_METHOD,
+    DEFAULT_SPLIT_SEED,
+    LAME_BLOCK,
+    LAME_KNN,
+)
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -31,6 +39,10 @@ GALLERY_DIR = "gallery"
 ADAPT_ENGINE_HINT = (
     "--adapt runs on the local engine; for --engine ray, adapt first (python -m cli adapt DIR --out MODEL) "
     "and evaluate that model folder"
+)
+TUNE_ENGINE_HINT = (
+    "--cross-tune runs on the local engine; for --engine ray, tune first (python -m cli tune DIR --out MODEL) "
+    "and evaluate that model folder on other images"
 )
 
 
@@ -76,34 +88,54 @@ class Evaluation:
 TRAIN_ONLY = "train-only"
 ADAPTED = "site-adapted"
 CALIBRATED = "site-calibrated"
+TUNED = "site-tuned"
 PROTOCOL_TEXT = {
     TRAIN_ONLY: "the model as trained: every choice made on the validation split from train",
     ADAPTED: "unlabelled site adaptation, transductive: batch-norm and pooled-feature statistics "
-    "re-standardised on this folder's own images (no label read), then scored",
+    "re-standardised on this folder's own images (no label read), then scored, and the probabilities adjusted "
+    "over the folder by LAME (each image towards its nearest neighbours in pooled features)",
     CALIBRATED: "labelled site calibration, cross-fitted: the folder split into {k} folds (stratified by class, "
     "grouped by patient, seed {seed}); a temperature and per-class logit biases fitted on the other folds score "
     "each fold, so no image is scored by a calibration that saw it",
+    TUNED: "labelled site tuning, cross-fitted: the folder split into {k} folds (stratified by class, grouped by "
+    "patient, seed {seed}); the head re-fitted on the other folds' pooled features, the trained logits as offset "
+    "(its penalty, or calibration, or nothing, chosen by a patient-grouped inner cross-validation inside those "
+    "folds) scores each fold, so no image is scored by a head that saw it",
 }
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """How a folder is scored: as is, adapted to it (unlabelled), and/or cross-fitted calibration (labelled)."""
+    """How a folder is scored: as is, adapted to it (unlabelled), and/or a cross-fitted labelled protocol.
+
+    The labelled protocols are calibration (``cross_calibrate``) or tuning (``cross_tune``), not both:
+    tuning's inner cross-validation already falls back to calibration where that fits better.
+    """
 
     adapt: bool = False
     cross_calibrate: int | None = None
-    adapt_method: str = DEFAULT_ADAPT_METHOD
+    cross_tune: int | None = None
+    adapt_method: str = DEFAULT_EVALUATE_ADAPT_METHOD
     split_seed: int = DEFAULT_SPLIT_SEED
+
+    def __post_init__(self) -> None:
+        if self.cross_calibrate and self.cross_tune:
+            raise InputError("--cross-calibrate and --cross-tune are two protocols: choose one")
+
+    @property
+    def folds(self) -> int | None:
+        """K of the cross-fitted labelled protocol, if any."""
+        return self.cross_calibrate or self.cross_tune
 
     @property
     def name(self) -> str:
-        parts = [ADAPTED] * self.adapt + [CALIBRATED] * bool(self.cross_calibrate)
+        parts = [ADAPTED] * self.adapt + [CALIBRATED] * bool(self.cross_calibrate) + [TUNED] * bool(self.cross_tune)
         return "+".join(parts) or TRAIN_ONLY
 
     def describe(self) -> str:
-        keys = [k for k in (ADAPTED, CALIBRATED) if k in self.name.split("+")] or [TRAIN_ONLY]
+        keys = [k for k in (ADAPTED, CALIBRATED, TUNED) if k in self.name.split("+")] or [TRAIN_ONLY]
         text = "; then ".join(PROTOCOL_TEXT[k] for k in keys)
-        return text.format(k=self.cross_calibrate, seed=self.split_seed)
+        return text.format(k=self.folds, seed=self.split_seed)
 
     def passes(self) -> int:
         """Passes over the images (for progress bars): adaptation statistics, then scoring."""
@@ -135,36 +167,50 @@ def evaluate_scan(
     check_labels(scan, classes)
     paths = [s.path for s in scan.samples]
     scored, block = loaded, {"name": protocol.name, "description": protocol.describe()}
+    if protocol.cross_tune and engine.name != LocalEngine.name:
+        raise InputError(TUNE_ENGINE_HINT)
+    with_lame = False
     if protocol.adapt:
         if engine.name != LocalEngine.name:
             raise InputError(ADAPT_ENGINE_HINT)
-        from core.adaptation import adapted_copy
+        from core.adaptation import adapted_copy, split_method
 
-        model, info = adapted_copy(loaded, paths, protocol.adapt_method, batch_size=ADAPT_BATCH_SIZE, on_batch=on_batch)
+        method, with_lame = split_method(protocol.adapt_method)
+        model, info = adapted_copy(loaded, paths, method, batch_size=ADAPT_BATCH_SIZE, on_batch=on_batch)
         scored = replace(loaded, model=model)
-        block["adaptation"] = info
-    scores = engine.score(scored, paths, batch_size, on_batch)
+        block["adaptation"] = {**info, "method": protocol.adapt_method}
+    scores = engine.score(scored, paths, batch_size, on_batch, features=bool(protocol.cross_tune) or with_lame)
+    if with_lame:
+        from core.adaptation import lame_scores
+
+        adjusted = lame_scores(scores)
+        changed = np.mean(adjusted.probabilities.argmax(1) != scores.probabilities.argmax(1)) if scores.paths else 0.0
+        block["adaptation"]["lame"] = {"knn": LAME_KNN, "block": LAME_BLOCK, "calls_changed": float(changed)}
+        scores = adjusted
     if not scores.paths:
         raise none_readable(len(scan.samples), scan.root, scores.skipped)
     labels = labels_of(scan.samples, scores.paths)
     y_true = class_indices(labels, classes)
     groups = [patient_id(p) for p in scores.paths]
     probabilities = scores.probabilities
-    if protocol.cross_calibrate:
-        from core import calibration
-
-        fold = calibration.folds(labels, groups, protocol.cross_calibrate, protocol.split_seed)
-        fitted = calibration.cross_fit(probabilities, y_true, fold)
+    if protocol.folds:
+        fold = calibration.folds(labels, groups, protocol.folds, protocol.split_seed)
         before = classification_metrics(y_true, probabilities, classes)
         block["split"] = {
-            "k": protocol.cross_calibrate,
+            "k": protocol.folds,
             "seed": protocol.split_seed,
             "method": "StratifiedGroupKFold by class, grouped by patient",
             "fold_sizes": np.bincount(fold).tolist(),
             "folds": {relative_name(p, scan.root): int(f) for p, f in zip(scores.paths, fold)},
         }
-        block["calibrations"] = [c.to_dict() for c in fitted.calibrations]
-        block["before_calibration"] = {"accuracy": before["accuracy"], "macro_f1": before["macro_f1"]}
+        if protocol.cross_calibrate:
+            fitted = calibration.cross_fit(probabilities, y_true, fold)
+            block["calibrations"] = [c.to_dict() for c in fitted.calibrations]
+            block["before_calibration"] = {"accuracy": before["accuracy"], "macro_f1": before["macro_f1"]}
+        else:
+            fitted = tuning.cross_fit(probabilities, scores.features, y_true, groups, fold)
+            block["tunings"] = [f.to_dict() for f in fitted.fits]
+            block["before_tuning"] = {"accuracy": before["accuracy"], "macro_f1": before["macro_f1"]}
         probabilities = fitted.probabilities
     metrics = classification_metrics(y_true, probabilities, classes)
     metrics["ci95"] = bootstrap_ci(y_true, probabilities, classes, groups)

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.artifact import LoadedModel
-from core.config import check_cam_method
+from core.config import FEATURES_LAYER, check_cam_method
 from core.errors import ImageLoadError, InputError
 from core.gradcam import METHODS, BaseCAM
 from core.images import read_image
@@ -36,12 +36,19 @@ def load_model_input(path: str | Path, spec: InputSpec) -> np.ndarray:
 _FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def compile_forward(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """The inference-mode forward pass, traced once per model for any batch size."""
-    if model not in _FORWARDS:
+def compile_forward(model: keras.Model, features: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The inference-mode forward pass, traced once per model for any batch size.
+
+    ``features``: it returns ``(probabilities, pooled features)``, for the site tuning that re-fits the head.
+    """
+    traced = _FORWARDS.setdefault(model, {})
+    if features not in traced:
         spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
-        _FORWARDS[model] = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-    return _FORWARDS[model]
+        net = model
+        if features:
+            net = keras.Model(model.inputs[0], [model.output, model.get_layer(FEATURES_LAYER).output])
+        traced[features] = tf.function(lambda x: net(x, training=False), input_signature=[spec])
+    return traced[features]
 
 
 def image_dataset(paths: Sequence[str | Path], spec: InputSpec, batch_size: int) -> tf.data.Dataset:
@@ -105,6 +112,7 @@ class Scores:
     paths: list[Path]
     probabilities: np.ndarray  # (n, n_classes)
     skipped: list[tuple[Path, str]]
+    features: np.ndarray | None = None  # (n, d) pooled features, when asked for
 
 
 def score_files(
@@ -113,22 +121,27 @@ def score_files(
     paths: Sequence[str | Path],
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
+    features: bool = False,
 ) -> Scores:
-    """Score every file; ``on_batch(n)`` is called after each batch of ``n`` files."""
-    forward = compile_forward(model)
+    """Score every file; ``on_batch(n)`` is called after each batch of ``n`` files.
+
+    ``features``: keep each image's pooled features too (one forward pass gives both).
+    """
+    forward = compile_forward(model, features)
     kept: list[Path] = []
-    probs: list[np.ndarray] = []
+    outs: list[list[np.ndarray]] = []
     skipped: list[tuple[Path, str]] = []
     for batch in image_batches(paths, spec, batch_size):
         if len(batch.images):
-            probs.append(forward(batch.images).numpy())
+            out = forward(batch.images)
+            outs.append([o.numpy() for o in out] if features else [out.numpy()])
         kept += batch.paths
         skipped += batch.skipped
         if on_batch:
             on_batch(batch.size)
-    n_classes = model.output_shape[-1]
-    arr = np.concatenate(probs) if probs else np.zeros((0, n_classes), np.float32)
-    return Scores(kept, arr, skipped)
+    widths = [model.output_shape[-1], *([model.get_layer(FEATURES_LAYER).output.shape[-1]] if features else [])]
+    arrays = [np.concatenate(a) for a in zip(*outs)] if outs else [np.zeros((0, w), np.float32) for w in widths]
+    return Scores(kept, arrays[0], skipped, arrays[1] if features else None)
 
 
 def probabilities_of(loaded: LoadedModel, images: Sequence[np.ndarray]) -> list[dict[str, float]]:

@@ -57,6 +57,25 @@ N_BOOTSTRAP = 1000
 CI_LEVEL = 0.95
 
 
+def patient_resamples(groups: Sequence[str], n_boot: int = N_BOOTSTRAP, seed: int = 0) -> np.ndarray:
+    """``(n_boot, n)``: how often each image is drawn when whole patients are drawn with replacement."""
+    _, patient = np.unique(np.asarray(groups), return_inverse=True)
+    n_patients = int(patient.max()) + 1 if len(patient) else 0
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_patients, size=(n_boot, n_patients))
+    per_patient = np.stack([np.bincount(d, minlength=n_patients) for d in draws])  # (B, patients)
+    return per_patient[:, patient].astype(float)
+
+
+def percentile_interval(values: np.ndarray, level: float = CI_LEVEL) -> list[float] | None:
+    """The central ``level`` interval of the finite resampled values (None: undefined in every resample)."""
+    v = np.asarray(values)[np.isfinite(values)]
+    if not len(v):
+        return None
+    alpha = (1 - level) / 2
+    return [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))]
+
+
 def bootstrap_ci(
     y_true: Sequence[int],
     probabilities: np.ndarray,
@@ -75,20 +94,11 @@ def bootstrap_ci(
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(probabilities, dtype=float)
     pred = p.argmax(axis=1)
-    _, patient = np.unique(np.asarray(groups), return_inverse=True)
-    n_patients = int(patient.max()) + 1 if len(patient) else 0
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_patients, size=(n_boot, n_patients))
-    per_patient = np.stack([np.bincount(d, minlength=n_patients) for d in draws])  # (B, patients)
-    w = per_patient[:, patient].astype(float)  # (B, n): how often each image is drawn
+    w = patient_resamples(groups, n_boot, seed)
     total = w.sum(axis=1)
-    alpha = (1 - level) / 2
 
     def interval(values: np.ndarray) -> list[float] | None:
-        v = values[np.isfinite(values)]
-        if not len(v):
-            return None  # undefined in every resample (e.g. AUC of an absent class)
-        return [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))]
+        return percentile_interval(values, level)
 
     def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.divide(a, b, out=np.full_like(a, np.nan), where=b > 0)

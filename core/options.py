@@ -27,12 +27,29 @@ MAX_BATCH_SIZE = 1024
 #: Site adaptation: re-standardise every batch-norm layer and the pooled features, or the pooled features only.
 ADAPT_METHODS = ("bn+features", "features", "bn")
 DEFAULT_ADAPT_METHOD = "bn+features"
+#: ``evaluate --adapt`` then adjusts the adapted model's probabilities over the whole folder with LAME (Laplacian-
+#: adjusted maximum likelihood on a k-nearest-neighbour graph of the pooled features; chosen on shifted validation
+#: images by bench/choose_adaptation.py), in blocks of images taken in content order; it needs the folder at
+#: prediction time, so a model folder cannot hold it.
+LAME = "lame"
+DEFAULT_EVALUATE_ADAPT_METHOD = f"{DEFAULT_ADAPT_METHOD}+{LAME}"
+LAME_KNN = 5
+LAME_BLOCK = 1024
 #: Images per batch in adaptation's measuring pass (its batch statistics standardise each layer); part of the
 #: method, so ``adapt`` and ``evaluate --adapt`` use it whatever batch size scores the images.
 ADAPT_BATCH_SIZE = DEFAULT_BATCH_SIZE
 #: Folds of the cross-fitted site calibration in the benchmark, and the seed of its split.
 DEFAULT_CROSS_FOLDS = 2
 DEFAULT_SPLIT_SEED = 0
+#: Site tuning (core.tuning): the L2 strengths tried for the re-fitted read-out of the pooled features, the folds
+#: of the inner cross-validation that chooses among them (and calibration, and the model untouched), and the
+#: fewest labelled images per class it accepts.
+TUNE_PENALTIES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+TUNE_INNER_FOLDS = 3
+TUNE_MIN_PER_CLASS = 5
+#: site-curve: labelled images per fold to try (the whole labelled half is always added), and random halvings.
+SITE_CURVE_SIZES = (25, 50, 100, 200)
+SITE_CURVE_REPEATS = 3
 #: Training augmentations (core.augment).
 AUGMENTATIONS = ("seed", "acquisition", "invariance")
 

@@ -153,3 +153,29 @@ def audit_curves_figure(audit: dict[str, Any]) -> Figure:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def site_curve_figure(result: dict[str, Any], title: str = "") -> Figure:
+    """Accuracy against the number of labelled site images, calibration and tuning, with the references."""
+    colours = {"calibrate": "tab:blue", "tune": "tab:orange"}
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for method, colour in colours.items():
+        pts = sorted((p for p in result["points"] if p["method"] == method), key=lambda p: p["n_labelled"])
+        if not pts:
+            continue
+        x = [p["n_labelled"] for p in pts]
+        lo, hi = zip(*[p["ci95"] or (p["accuracy"], p["accuracy"]) for p in pts])
+        ax.fill_between(x, lo, hi, color=colour, alpha=0.15, linewidth=0)
+        ax.plot(x, [p["accuracy"] for p in pts], "o-", color=colour, label=f"{method} (95 % interval)")
+    ref = result["reference"]
+    ax.axhline(ref["untouched"], color="0.3", linestyle="--", label=f"untouched {ref['untouched']:.1%}")
+    if ref.get("adapted") is not None:
+        ax.axhline(ref["adapted"], color="tab:green", linestyle=":", label=f"adapted, no labels {ref['adapted']:.1%}")
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled site images per fit (log scale; the last point: the whole labelled half)")
+    ax.set_ylabel("accuracy on the other half")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or "How many labelled X-rays a site needs")
+    fig.tight_layout()
+    return fig

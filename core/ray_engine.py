@@ -180,7 +180,11 @@ class RayEngine:
         paths: Sequence[Path],
         batch_size: int,
         on_batch: Callable[[int], None] | None = None,
+        features: bool = False,
     ) -> Scores:
+        """Probabilities only: the pooled features stay on the workers (``features`` is refused)."""
+        if features:
+            raise InputError("the Ray engine returns probabilities only; score features on the local engine")
         ray = self.ray
         self.connect()
         cpus = ray.cluster_resources().get("CPU", 1)

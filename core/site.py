@@ -16,11 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from core import calibration
+from core import calibration, tuning
+from core.adaptation import adapted_copy, clone
 from core.artifact import LoadedModel, ModelMeta, is_model_entry, save_artifact
 from core.atomic import replace_folder
-from core.data import Scan, check_labels, class_indices, labels_of, list_images
+from core.config import FEATURES_LAYER
+from core.data import Scan, check_labels, class_indices, labels_of, list_images, patient_id
 from core.errors import DataError, none_readable
+from core.inference import score_files
 from core.metrics import classification_metrics
 from core.options import ADAPT_BATCH_SIZE, DEFAULT_ADAPT_METHOD, DEFAULT_BATCH_SIZE
 
@@ -59,8 +62,6 @@ def adapt_to_site(
     overwrite: bool = False,
 ) -> ModelMeta:
     """Adapt to the images under ``folder`` (no label read) and write the adapted model to ``out``."""
-    from core.adaptation import adapted_copy
-
     paths = site_images(folder)
     model, info = adapted_copy(loaded, paths, method, batch_size, on_batch)
     meta = _derived_meta(loaded, "adapted")
@@ -85,9 +86,6 @@ def calibrate_to_site(
     missing = [c for c in classes if not counts.get(c)]
     if missing:
         raise DataError(f"{scan.root} has no {missing[0]} images; calibration needs every class")
-    from core.adaptation import clone
-    from core.inference import score_files
-
     scores = score_files(loaded.model, loaded.meta.input, [s.path for s in scan.samples], batch_size, on_batch)
     if not scores.paths:
         raise none_readable(len(scan.samples), scan.root, scores.skipped)
@@ -109,6 +107,46 @@ def calibrate_to_site(
         "date": _now(),
         "in_sample": {"before": _summary(before), "after": _summary(after)},
         **({"previous": previous} if previous else {}),
+    }
+    with replace_folder(out, is_model_entry, overwrite) as staging:
+        save_artifact(model, meta, staging)
+    return meta
+
+
+def tune_to_site(
+    loaded: LoadedModel,
+    scan: Scan,
+    out: str | Path,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: Callable[[int], None] | None = None,
+    overwrite: bool = False,
+) -> ModelMeta:
+    """Re-fit the head on a labelled folder (:mod:`core.tuning`) and write the tuned model to ``out``."""
+    classes = loaded.meta.classes
+    check_labels(scan, classes)
+    if loaded.meta.tuning:
+        raise DataError(f"{loaded.source} is already site-tuned; tune the original (or adapted) model instead")
+    counts = scan.counts()
+    tuning.check_counts([counts.get(c, 0) for c in classes], classes, str(scan.root))
+    scores = score_files(loaded.model, loaded.meta.input, [s.path for s in scan.samples], batch_size, on_batch, True)
+    if not scores.paths:
+        raise none_readable(len(scan.samples), scan.root, scores.skipped)
+    y = class_indices(labels_of(scan.samples, scores.paths), classes)
+    tuning.check_counts(np.bincount(y, minlength=len(classes)), classes, f"{scan.root} (readable images)")
+    groups = [patient_id(p) for p in scores.paths]
+    fitted = tuning.fit(scores.probabilities, scores.features, y, groups, len(classes))
+    model = tuning.tuned_model(clone(loaded.model), loaded.meta.logits_layer, FEATURES_LAYER, fitted.tuning)
+    before = classification_metrics(y, scores.probabilities, classes)
+    after = classification_metrics(y, fitted.tuning.apply(scores.probabilities, scores.features), classes)
+    meta = _derived_meta(loaded, "tuned")
+    meta.tuning = {
+        "kind": "labelled site tuning (the head re-fitted on the pooled features, the trained logits as offset)",
+        **fitted.to_dict(),
+        "folder": scan.root.resolve().name,
+        "n_images": len(y),
+        "counts": dict(zip(classes, fitted.counts)),
+        "date": _now(),
+        "in_sample": {"before": _summary(before), "after": _summary(after)},
     }
     with replace_folder(out, is_model_entry, overwrite) as staging:
         save_artifact(model, meta, staging)
