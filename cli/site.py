@@ -49,9 +49,12 @@ def adapt(
     IMAGE_DIR is any folder of the site's images (searched recursively; labels,
     if its layout has them, are not read). Each batch-norm layer and the pooled
     features are re-standardised from the site's statistics to the training
-    statistics stored with the model (AdaBN). The result is an ordinary model
-    folder: evaluate, gallery, predict, stress and the Space serve it with
-    --model OUT, and Grad-CAM explains its logits. A few hundred images suffice.
+    statistics stored with the model (AdaBN); the images are batched in the
+    order of their content's hash, so the same images give the same model. The
+    result is an ordinary model folder: evaluate, gallery, predict, stress and
+    the Space serve it with --model OUT, and Grad-CAM explains its logits. A few
+    hundred images suffice. (evaluate --adapt then also adjusts the folder's
+    probabilities together with LAME, which no model folder can hold.)
 
     \b
     Example:
@@ -233,6 +236,11 @@ class IntList(click.ParamType):
 @click.option(
     "--repeats", type=click.IntRange(1, 20), default=SITE_CURVE_REPEATS, show_default=True, help="Random halvings."
 )
+@click.option(
+    "--record-as",
+    metavar="SPLIT",
+    help="Also store the curve in the (local) model's model.json as SPLIT:site-curve, e.g. test.",
+)
 @model_options
 @batch_size_option()
 @overwrite_option("--out")
@@ -241,6 +249,7 @@ def site_curve(
     out: Path | None,
     sizes: tuple[int, ...],
     repeats: int,
+    record_as: str | None,
     model: ModelChoice,
     batch_size: int,
     overwrite: bool,
@@ -277,6 +286,8 @@ def site_curve(
     scan = scan_dataset(data_dir)
     out = out or Path("reports", data_dir.resolve().name + "-site-curve")
     check_out(out, lambda name: name in SITE_CURVE_FILES, overwrite)
+    if record_as and model.is_hub():
+        raise click.UsageError("--record-as needs a local model folder (--model), not a Hub download")
     loaded = model.load()
     with progress(len(scan.samples) * (1 + adapt_passes(loaded)), "scoring") as bar:
         site = score_site(loaded, scan, batch_size, bar.update)
@@ -289,3 +300,9 @@ def site_curve(
             site_curve_figure(result, f"{data_dir.name}: {result['n_images']} images"), staging / SITE_CURVE_PLOT
         )
     click.echo(f"report written to {out}/")
+    if record_as:
+        from core.artifact import record_metrics
+
+        key = f"{record_as}:site-curve"
+        record_metrics(loaded.directory, key, result)
+        click.echo(f"curve recorded as {key!r} in {loaded.directory}/model.json")

@@ -18,8 +18,9 @@ Module map, by concept (flat on purpose; this file imports nothing, so ``--help`
   auditing them: ``sanity`` (cascading randomisation), ``faithfulness`` (deletion, insertion,
   baselines, border mass), ``audit`` (the report and the recommended defaults).
 * Training -- ``augment`` (augmented views), ``training`` (two stages on cached activations).
-* A new site -- ``adaptation`` (unlabelled, AdaBN), ``calibration`` (temperature and class
-  biases, cross-fitting), ``site`` (adapted and calibrated model folders).
+* A new site -- ``adaptation`` (unlabelled, AdaBN and LAME), ``calibration`` (temperature and
+  class biases, cross-fitting), ``tuning`` (the head re-fitted on labelled site images),
+  ``site`` (adapted, calibrated and tuned model folders), ``site_curve`` (how many labels pay).
 * Tracking -- ``tracking`` (optional MLflow runs for the commands).
 """
 

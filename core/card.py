@@ -92,7 +92,8 @@ PROTOCOL_ROWS = (
         "test:site-adapted",
         "site-adapted",
         "Unlabelled site adaptation, transductive: batch-norm and pooled-feature statistics re-standardised on "
-        "the test images themselves, labels unused; `evaluate data/test --adapt`.",
+        "the test images themselves, then their probabilities adjusted together by LAME (each towards its "
+        "nearest neighbours in pooled features), labels unused; `evaluate data/test --adapt`.",
     ),
     (
         "test:site-calibrated",

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -172,6 +173,10 @@ def site_curve_figure(result: dict[str, Any], title: str = "") -> Figure:
     if ref.get("adapted") is not None:
         ax.axhline(ref["adapted"], color="tab:green", linestyle=":", label=f"adapted, no labels {ref['adapted']:.1%}")
     ax.set_xscale("log")
+    ticks = sorted({round(p["n_labelled"]) for p in result["points"]})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
     ax.set_xlabel("labelled site images per fit (log scale; the last point: the whole labelled half)")
     ax.set_ylabel("accuracy on the other half")
     ax.grid(alpha=0.3)

@@ -273,3 +273,48 @@ def test_adaptation_ignores_names_order_and_layout(adaptable_dir: Path, site_dat
     assert run("evaluate", prepared, "--model", adaptable_dir, "--adapt", "--out", r2, "--batch-size", 8).exit_code == 0
     m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (r1, r2))
     assert m1["confusion_matrix"] == m2["confusion_matrix"] and m1["accuracy"] == m2["accuracy"]
+    adaptation = m1["protocol"]["adaptation"]
+    assert adaptation["method"] == "bn+features+lame" and adaptation["lame"]["knn"] == 5
+
+
+def test_lame_pulls_an_unsure_image_towards_its_confident_neighbours() -> None:
+    from core.adaptation import lame
+
+    # two clusters in feature space; in each, four confident images and one the model is unsure about
+    rng = np.random.default_rng(0)
+    centres = np.eye(8)[:2] * 10
+    f = np.concatenate([centres[0] + rng.normal(0, 0.1, (5, 8)), centres[1] + rng.normal(0, 0.1, (5, 8))])
+    p = np.array([[0.9, 0.05, 0.05]] * 4 + [[0.4, 0.45, 0.15]] + [[0.05, 0.9, 0.05]] * 4 + [[0.45, 0.4, 0.15]])
+    z = lame(p, f, knn=3)
+    np.testing.assert_allclose(z.sum(1), 1, atol=1e-5)
+    assert z[4].argmax() == 0 and p[4].argmax() == 1  # the unsure image joins its cluster's class
+    assert z[9].argmax() == 1 and p[9].argmax() == 0
+    assert (z[:4, 0] >= p[:4, 0] - 1e-6).all()  # the confident ones stay (and grow surer)
+    # the fixed point: z = softmax(log p + W z) with W the symmetrised 3-NN graph
+    sim = f @ f.T / np.outer(np.linalg.norm(f, axis=1), np.linalg.norm(f, axis=1))
+    np.fill_diagonal(sim, -np.inf)
+    w = np.zeros((10, 10))
+    for i in range(10):
+        w[i, np.argsort(-sim[i])[:3]] = 1
+    w = (w + w.T) / 2
+    e = np.exp(np.log(p) + w @ z)
+    np.testing.assert_allclose(z, e / e.sum(1, keepdims=True), atol=1e-4)
+    assert np.array_equal(lame(p[:1], f[:1]), p[:1].astype(np.float32))  # alone, nothing to lean on
+
+
+def test_lame_on_a_folder_ignores_the_order_of_its_files(tmp_path: Path) -> None:
+    from core.adaptation import lame_scores
+    from core.inference import Scores
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(30):
+        paths.append(tmp_path / f"{i:02d}.bin")
+        paths[-1].write_bytes(rng.bytes(64))
+    p = rng.dirichlet(np.ones(3), 30).astype(np.float32)
+    f = rng.normal(0, 1, (30, 16)).astype(np.float32)
+    base = lame_scores(Scores(paths, p, [], f), block=8)
+    perm = rng.permutation(30)
+    shuffled = lame_scores(Scores([paths[i] for i in perm], p[perm], [], f[perm]), block=8)
+    np.testing.assert_allclose(shuffled.probabilities, base.probabilities[perm], atol=1e-6)
+    assert not np.allclose(base.probabilities, p, atol=1e-3)
