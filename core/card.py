@@ -91,9 +91,9 @@ PROTOCOL_ROWS = (
     (
         "test:site-adapted",
         "site-adapted",
-        "Unlabelled site adaptation, transductive: batch-norm and pooled-feature statistics re-standardised on "
-        "the test images themselves, then their probabilities adjusted together by LAME (each towards its "
-        "nearest neighbours in pooled features), labels unused; `evaluate data/test --adapt`.",
+        "Unlabelled site adaptation, transductive: batch-norm and pooled-feature statistics re-standardised, "
+        "then the probabilities adjusted together by LAME (each towards its nearest neighbours in pooled "
+        "features), on the test images themselves, labels unused; `evaluate data/test --adapt`.",
     ),
     (
         "test:site-calibrated",
@@ -164,14 +164,13 @@ def protocol_comparison(metrics: dict[str, Any]) -> str:
 
 def site_curve_table(result: dict[str, Any]) -> str:
     """Accuracy [95 % interval] of calibration and tuning per number of labelled site images."""
-    by = {(p["method"], p["size"]): p for p in result["points"]}
-    sizes = list(dict.fromkeys(p["size"] for p in result["points"]))
+    by = {(p["method"], p["size"], p["whole_half"]): p for p in result["points"]}
+    sizes = list(dict.fromkeys((p["size"], p["whole_half"]) for p in result["points"]))
     methods = list(dict.fromkeys(p["method"] for p in result["points"]))
     lines = ["| labelled images per fit | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for s in sizes:
-        n = by[(methods[0], s)]["n_labelled"]
-        label = f"{n:.0f} (the whole half)" if s == "half" else str(s)
-        cells = [(by[(m, s)]["accuracy"], by[(m, s)]["ci95"]) for m in methods]
+        label = f"{s[0]} (the whole half)" if s[1] else str(s[0])
+        cells = [(by[(m, *s)]["accuracy"], by[(m, *s)]["ci95"]) for m in methods]
         lines.append(
             f"| {label} | " + " | ".join(f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]" for v, (lo, hi) in cells) + " |"
         )

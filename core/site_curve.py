@@ -77,7 +77,7 @@ def curve(
     """The curve's points from one forward pass's outputs: ``{method, size, accuracy, ci95, macro_f1, recall}``.
 
     ``size`` is the number of labelled images per fit; the last point per method
-    is the whole labelled half (``"size": "half"``, ``n_labelled`` its mean size).
+    is the whole labelled half (``"whole_half": true``, ``size`` its mean size rounded).
     """
     y = np.asarray(y, dtype=int)
     g = np.asarray(groups)
@@ -105,7 +105,8 @@ def curve(
         points.append(
             {
                 "method": m,
-                "size": s,
+                "size": round(float(np.mean(n_labelled[s]))) if s == FULL else s,
+                "whole_half": s == FULL,
                 "n_labelled": float(np.mean(n_labelled[s])),
                 "accuracy": float(np.mean([q["accuracy"] for q in per_repeat])),
                 "ci95": percentile_interval(w @ correct / w.sum(axis=1)),
@@ -187,6 +188,11 @@ def site_curve(
     }
 
 
+def point_key(point: dict[str, Any]) -> tuple[str, int, bool]:
+    """What names a point of the curve: method, size, and whether it is the whole labelled half."""
+    return point["method"], point["size"], point.get("whole_half", False)
+
+
 def format_curve(result: dict[str, Any]) -> str:
     """The curve as a table: accuracy [95 % interval] per size, one column per method."""
     from core.metrics import with_ci
@@ -194,12 +200,10 @@ def format_curve(result: dict[str, Any]) -> str:
     ref = result["reference"]
     lines = [f"untouched {ref['untouched']:.1%}" + (f", adapted {ref['adapted']:.1%}" if ref["adapted"] else "")]
     lines.append(f"{'labels':>8}" + "".join(f"{m:>24}" for m in METHODS))
-    steps = list(dict.fromkeys(p["size"] for p in result["points"]))
-    by = {(p["method"], p["size"]): p for p in result["points"]}
-    for s in steps:
-        n = by[(METHODS[0], s)]["n_labelled"]
-        cells = "".join(f"{with_ci(by[(m, s)]['accuracy'], by[(m, s)]['ci95']):>24}" for m in METHODS)
-        lines.append(f"{(f'{n:.0f}' if s == FULL else str(s)):>8}{cells}")
+    by = {point_key(p): p for p in result["points"]}
+    for s in dict.fromkeys(point_key(p)[1:] for p in result["points"]):
+        cells = "".join(f"{with_ci(by[(m, *s)]['accuracy'], by[(m, *s)]['ci95']):>24}" for m in METHODS)
+        lines.append(f"{s[0]:>8}{cells}")
     return "\n".join(lines)
 
 

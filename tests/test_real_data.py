@@ -20,6 +20,7 @@ from conftest import SHARED_DATA, SHARED_WEIGHTS, requires_shared
 from core.artifact import read_meta
 from core.model import ArchConfig, build_model
 from core.paths import DEFAULT_WEIGHTS_DIR
+from core.site_curve import point_key
 
 pytestmark = [requires_shared, pytest.mark.shared]
 TEST_DIR = SHARED_DATA / "test"
@@ -135,13 +136,13 @@ def test_adaptation_gives_the_same_figure_on_both_layouts(tmp_path: Path) -> Non
 def test_site_curve_figures_hold(tmp_path: Path) -> None:
     """Every point of the recorded site curve, measured again, within 0.5 points."""
     recorded = read_meta(DEFAULT_WEIGHTS_DIR).metrics["test:site-curve"]
-    sizes = sorted({p["size"] for p in recorded["points"] if p["size"] != "half"})
+    sizes = sorted({p["size"] for p in recorded["points"] if not p["whole_half"]})
     out = tmp_path / "curve"
     run("site-curve", TEST_DIR, "--out", out, "--sizes", ",".join(map(str, sizes)), "--repeats", recorded["repeats"])
     got = json.loads((out / "site_curve.json").read_text())
     for key in ("untouched", "adapted"):
         assert abs(got["reference"][key] - recorded["reference"][key]) <= 0.005 + 1e-9
-    want = {(p["method"], p["size"]): p for p in recorded["points"]}
-    assert {(p["method"], p["size"]) for p in got["points"]} == set(want)
+    want = {point_key(p): p for p in recorded["points"]}
+    assert {point_key(p) for p in got["points"]} == set(want)
     for p in got["points"]:
-        assert abs(p["accuracy"] - want[(p["method"], p["size"])]["accuracy"]) <= 0.005 + 1e-9, p["size"]
+        assert abs(p["accuracy"] - want[point_key(p)]["accuracy"]) <= 0.005 + 1e-9, p["size"]

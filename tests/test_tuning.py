@@ -217,7 +217,7 @@ def test_curve_points_cover_every_method_and_size() -> None:
     calls: list[int] = []
     points = curve(p, f, y, g, CLASSES, sizes=(30, 60), repeats=2, on_fit=calls.append)
     assert len(calls) == 2 * 2 * 3
-    by = {(q["method"], q["size"]): q for q in points}
+    by = {(q["method"], "half" if q["whole_half"] else q["size"]): q for q in points}
     assert set(by) == {(m, s) for m in ("calibrate", "tune") for s in (30, 60, "half")}
     for q in points:
         lo, hi = q["ci95"]
@@ -235,7 +235,7 @@ def test_site_curve_cli_writes_json_and_plot(adaptable_dir: Path, site_data: Pat
     assert r.exit_code == 0, r.output
     data = json.loads((out / "site_curve.json").read_text())
     assert set(data["reference"]) == {"untouched", "adapted"} and data["reference"]["adapted"] is not None
-    assert {(q["method"], q["size"]) for q in data["points"]} == {
+    assert {(q["method"], "half" if q["whole_half"] else q["size"]) for q in data["points"]} == {
         (m, s) for m in ("calibrate", "tune") for s in (15, "half")
     }
     assert data["n_images"] == 39 and data["repeats"] == 2
