@@ -23,7 +23,7 @@ from core.atomic import replace_folder
 from core.config import FEATURES_LAYER
 from core.data import Scan, check_labels, class_indices, labels_of, list_images, patient_id
 from core.errors import DataError, none_readable
-from core.inference import score_files
+from core.inference import Scores, score_files
 from core.metrics import classification_metrics
 from core.options import ADAPT_BATCH_SIZE, DEFAULT_ADAPT_METHOD, DEFAULT_BATCH_SIZE
 
@@ -86,16 +86,11 @@ def calibrate_to_site(
     missing = [c for c in classes if not counts.get(c)]
     if missing:
         raise DataError(f"{scan.root} has no {missing[0]} images; calibration needs every class")
-    scores = score_files(loaded.model, loaded.meta.input, [s.path for s in scan.samples], batch_size, on_batch)
-    if not scores.paths:
-        raise none_readable(len(scan.samples), scan.root, scores.skipped)
-    y = class_indices(labels_of(scan.samples, scores.paths), classes)
+    scores, y = _score_labelled(loaded, scan, batch_size, on_batch)
     cal = calibration.fit(scores.probabilities, y, len(classes))
     model = clone(loaded.model)
     logits = model.get_layer(loaded.meta.logits_layer)
     logits.set_weights(list(calibration.fold_into_logits(*[np.array(w) for w in logits.get_weights()], cal)))
-    before = classification_metrics(y, scores.probabilities, classes)
-    after = classification_metrics(y, calibration.apply(scores.probabilities, cal), classes)
     meta = _derived_meta(loaded, "calibrated")
     previous = loaded.meta.calibration or None
     meta.calibration = {
@@ -105,7 +100,7 @@ def calibrate_to_site(
         "n_images": len(y),
         "counts": counts,
         "date": _now(),
-        "in_sample": {"before": _summary(before), "after": _summary(after)},
+        "in_sample": _in_sample(y, scores.probabilities, calibration.apply(scores.probabilities, cal), classes),
         **({"previous": previous} if previous else {}),
     }
     with replace_folder(out, is_model_entry, overwrite) as staging:
@@ -128,16 +123,12 @@ def tune_to_site(
         raise DataError(f"{loaded.source} is already site-tuned; tune the original (or adapted) model instead")
     counts = scan.counts()
     tuning.check_counts([counts.get(c, 0) for c in classes], classes, str(scan.root))
-    scores = score_files(loaded.model, loaded.meta.input, [s.path for s in scan.samples], batch_size, on_batch, True)
-    if not scores.paths:
-        raise none_readable(len(scan.samples), scan.root, scores.skipped)
-    y = class_indices(labels_of(scan.samples, scores.paths), classes)
+    scores, y = _score_labelled(loaded, scan, batch_size, on_batch, features=True)
     tuning.check_counts(np.bincount(y, minlength=len(classes)), classes, f"{scan.root} (readable images)")
     groups = [patient_id(p) for p in scores.paths]
     fitted = tuning.fit(scores.probabilities, scores.features, y, groups, len(classes))
     model = tuning.tuned_model(clone(loaded.model), loaded.meta.logits_layer, FEATURES_LAYER, fitted.tuning)
-    before = classification_metrics(y, scores.probabilities, classes)
-    after = classification_metrics(y, fitted.tuning.apply(scores.probabilities, scores.features), classes)
+    tuned_p = fitted.tuning.apply(scores.probabilities, scores.features)
     meta = _derived_meta(loaded, "tuned")
     meta.tuning = {
         "kind": "labelled site tuning (the head re-fitted on the pooled features, the trained logits as offset)",
@@ -146,11 +137,32 @@ def tune_to_site(
         "n_images": len(y),
         "counts": dict(zip(classes, fitted.counts)),
         "date": _now(),
-        "in_sample": {"before": _summary(before), "after": _summary(after)},
+        "in_sample": _in_sample(y, scores.probabilities, tuned_p, classes),
     }
     with replace_folder(out, is_model_entry, overwrite) as staging:
         save_artifact(model, meta, staging)
     return meta
+
+
+def _score_labelled(
+    loaded: LoadedModel,
+    scan: Scan,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None,
+    features: bool = False,
+) -> tuple[Scores, np.ndarray]:
+    """Score a labelled folder once; the readable files' scores and their class indices."""
+    scores = score_files(
+        loaded.model, loaded.meta.input, [s.path for s in scan.samples], batch_size, on_batch, features
+    )
+    if not scores.paths:
+        raise none_readable(len(scan.samples), scan.root, scores.skipped)
+    return scores, class_indices(labels_of(scan.samples, scores.paths), loaded.meta.classes)
+
+
+def _in_sample(y: np.ndarray, before: np.ndarray, after: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """The sample's own figures before and after a fit (in-sample: optimistic by construction)."""
+    return {k: _summary(classification_metrics(y, p, classes)) for k, p in (("before", before), ("after", after))}
 
 
 def _summary(m: dict[str, Any]) -> dict[str, Any]:

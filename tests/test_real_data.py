@@ -95,7 +95,6 @@ def test_predict_on_real_image_and_its_large_grayscale_original(tmp_path: Path) 
 
 
 PROTOCOL_FLAGS = {
-    "site-adapted": ["--adapt"],
     "site-calibrated": ["--cross-calibrate", "2"],
     "site-adapted+site-calibrated": ["--adapt", "--cross-calibrate", "2"],
     "site-tuned": ["--cross-tune", "2"],
@@ -123,14 +122,18 @@ def test_site_protocol_figures_hold(protocol: str, tmp_path: Path) -> None:
         assert folds == recorded["protocol"]["split"]["folds"]  # the recorded split, reproduced
 
 
-def test_adaptation_gives_the_same_figure_on_both_layouts(tmp_path: Path) -> None:
-    """The download layout and prepare-data's three folders hold the same files: one adapted model, one figure."""
+def test_adaptation_gives_the_recorded_figures_on_the_other_layout(tmp_path: Path) -> None:
+    """Recorded on the download layout; prepare-data's three folders hold the same files: the same figures."""
     run("prepare-data", TEST_DIR, tmp_path / "test")
     run("evaluate", tmp_path / "test", "--adapt", "--out", tmp_path / "three")
     m = json.loads((tmp_path / "three" / "metrics.json").read_text())
     recorded = read_meta(DEFAULT_WEIGHTS_DIR).metrics["test:site-adapted"]
+    assert m["protocol"]["name"] == "site-adapted" and m["n_images"] == 624
     assert abs(m["accuracy"] - recorded["accuracy"]) <= 0.001 + 1e-9
     assert m["confusion_matrix"] == recorded["confusion_matrix"]
+    for cls in CLASSES:
+        for key in ("accuracy", "precision", "recall"):
+            assert abs(m["per_class"][cls][key] - recorded["per_class"][cls][key]) <= 0.001 + 1e-9, (cls, key)
 
 
 def test_site_curve_figures_hold(tmp_path: Path) -> None:
