@@ -277,6 +277,7 @@ def site_curve(
         SITE_CURVE_FILES,
         SITE_CURVE_PLOT,
         adapt_passes,
+        check_plan,
         fits_needed,
         format_curve,
         score_site,
@@ -288,6 +289,7 @@ def site_curve(
     check_out(out, lambda name: name in SITE_CURVE_FILES, overwrite)
     if record_as and model.is_hub():
         raise click.UsageError("--record-as needs a local model folder (--model), not a Hub download")
+    check_plan(sizes, repeats, len(model.meta().classes))
     loaded = model.load()
     with progress(len(scan.samples) * (1 + adapt_passes(loaded)), "scoring") as bar:
         site = score_site(loaded, scan, batch_size, bar.update)

@@ -163,6 +163,13 @@ def score_site(
     return SiteScores(scores.probabilities, scores.features, y, groups, list(classes), untouched, adapted, header)
 
 
+def check_plan(sizes: Sequence[int], repeats: int, n_classes: int) -> None:
+    """Refuse sizes too small to hold the fewest images per class that tuning takes, before any scoring."""
+    smallest = n_classes * TUNE_MIN_PER_CLASS
+    if repeats < 1 or not sizes or min(sizes) < smallest:
+        raise DataError(f"each size must be at least {smallest} ({TUNE_MIN_PER_CLASS} per class), repeats at least 1")
+
+
 def fits_needed(sizes: Sequence[int], repeats: int) -> int:
     """How many fits a curve makes (for progress bars): per halving, both halves, every size and the whole half."""
     return repeats * 2 * (len(set(sizes)) + 1)
@@ -175,8 +182,7 @@ def site_curve(
     on_fit: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """The whole ``site_curve.json``: the points, and the untouched and (unlabelled) adapted references."""
-    if repeats < 1 or not sizes or min(sizes) < len(site.classes) * TUNE_MIN_PER_CLASS:
-        raise DataError(f"sizes must be at least {len(site.classes) * TUNE_MIN_PER_CLASS} and repeats at least 1")
+    check_plan(sizes, repeats, len(site.classes))
     points = curve(site.probabilities, site.features, site.y, site.groups, site.classes, sizes, repeats, on_fit)
     return {
         **site.header,

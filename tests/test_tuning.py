@@ -243,6 +243,8 @@ def test_site_curve_cli_writes_json_and_plot(adaptable_dir: Path, site_data: Pat
         assert im.size[0] > 400
     bad = run("site-curve", site_data, "--model", adaptable_dir, "--out", tmp_path / "b", "--sizes", "ten")
     assert bad.exit_code == 2 and "comma-separated" in bad.output
+    small = run("site-curve", site_data, "--model", adaptable_dir, "--out", tmp_path / "b", "--sizes", "10")
+    assert small.exit_code == 1 and "at least 15" in small.output and not (tmp_path / "b").exists()
 
 
 # --- adaptation depends on the images only --------------------------------------------------------
