@@ -22,6 +22,7 @@ from core.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EVALUATE_ADAPT_METHOD,
     DEFAULT_SPLIT_SEED,
+    LAME,
     LAME_BLOCK,
     LAME_KNN,
 )
@@ -89,11 +90,14 @@ TRAIN_ONLY = "train-only"
 ADAPTED = "site-adapted"
 CALIBRATED = "site-calibrated"
 TUNED = "site-tuned"
+LAME_TEXT = (
+    ", and the probabilities adjusted over the folder by LAME (each image towards its nearest neighbours in pooled "
+    "features)"
+)
 PROTOCOL_TEXT = {
     TRAIN_ONLY: "the model as trained: every choice made on the validation split from train",
     ADAPTED: "unlabelled site adaptation, transductive: batch-norm and pooled-feature statistics "
-    "re-standardised on this folder's own images (no label read), then scored, and the probabilities adjusted "
-    "over the folder by LAME (each image towards its nearest neighbours in pooled features)",
+    "re-standardised on this folder's own images (no label read), then scored",
     CALIBRATED: "labelled site calibration, cross-fitted: the folder split into {k} folds (stratified by class, "
     "grouped by patient, seed {seed}); a temperature and per-class logit biases fitted on the other folds score "
     "each fold, so no image is scored by a calibration that saw it",
@@ -134,8 +138,13 @@ class Protocol:
 
     def describe(self) -> str:
         keys = [k for k in (ADAPTED, CALIBRATED, TUNED) if k in self.name.split("+")] or [TRAIN_ONLY]
-        text = "; then ".join(PROTOCOL_TEXT[k] for k in keys)
-        return text.format(k=self.folds, seed=self.split_seed)
+        texts = [PROTOCOL_TEXT[k] + (LAME_TEXT if k == ADAPTED and self.with_lame else "") for k in keys]
+        return "; then ".join(texts).format(k=self.folds, seed=self.split_seed)
+
+    @property
+    def with_lame(self) -> bool:
+        """Whether adaptation ends with LAME over the folder (``evaluate --adapt``'s default)."""
+        return self.adapt and self.adapt_method.endswith(f"+{LAME}")
 
     def passes(self) -> int:
         """Passes over the images (for progress bars): adaptation statistics, then scoring."""
