@@ -182,7 +182,7 @@ def evaluate_scan(
     if protocol.adapt:
         if engine.name != LocalEngine.name:
             raise InputError(ADAPT_ENGINE_HINT)
-        from core.adaptation import adapted_copy, split_method
+        from core.adaptation import adapted_copy, lame_scores, split_method
 
         method, with_lame = split_method(protocol.adapt_method)
         model, info = adapted_copy(loaded, paths, method, batch_size=ADAPT_BATCH_SIZE, on_batch=on_batch)
@@ -190,8 +190,6 @@ def evaluate_scan(
         block["adaptation"] = {**info, "method": protocol.adapt_method}
     scores = engine.score(scored, paths, batch_size, on_batch, features=bool(protocol.cross_tune) or with_lame)
     if with_lame:
-        from core.adaptation import lame_scores
-
         adjusted = lame_scores(scores)
         changed = np.mean(adjusted.probabilities.argmax(1) != scores.probabilities.argmax(1)) if scores.paths else 0.0
         block["adaptation"]["lame"] = {"knn": LAME_KNN, "block": LAME_BLOCK, "calls_changed": float(changed)}
