@@ -33,6 +33,7 @@ import tensorflow as tf  # noqa: E402
 from core.data import scan_dataset  # noqa: E402
 from core.evaluation import Prediction  # noqa: E402
 from core.gallery import render_pages  # noqa: E402
+from core.gradcam import METHODS  # noqa: E402
 from core.images import read_image  # noqa: E402
 from core.inference import Explainer, compile_forward, load_model_input, score_files  # noqa: E402
 from core.paths import REPO_ROOT  # noqa: E402
@@ -87,6 +88,16 @@ def main() -> None:
         cam = explainer.cam(meta.last_layers(n))
         t = timed(lambda cam=cam: cam(x1.numpy()), args.repeat)
         rows.append((f"predict + Grad-CAM {n} layer(s), compiled (ms)", f"{t:.1f}  ({t / t_fwd:.2f}x forward)"))
+    if loaded.validity is not None:
+        stats, layers = loaded.validity, meta.last_layers(meta.explain.layers)
+        bare_cam = METHODS[explainer.method](model, layers, meta.logits_layer)
+        with_score = METHODS[explainer.method](model, layers, meta.logits_layer, stats.layer)
+        t_bare = timed(lambda: bare_cam(x1.numpy()), args.repeat)
+        t_valid = timed(lambda: stats.scores(with_score(x1.numpy()).summaries), args.repeat)
+        rows.append(
+            ("predict + default Grad-CAM, without / with validity (ms)", f"{t_bare:.1f} / {t_valid:.1f}  "
+             f"(+{t_valid / t_bare - 1:.1%})")
+        )  # fmt: skip
     rgb = read_image(paths[0])
     t = timed(lambda: explainer.explain([rgb], n_layers=3), args.repeat)
     rows.append(("explain() 3 layers incl. resize + overlays (ms)", f"{t:.1f}  ({t / t_fwd:.2f}x forward)"))
@@ -104,14 +115,22 @@ def main() -> None:
     for b in batches:
         forward(b).numpy()
     bare = len(decoded) / (time.perf_counter() - t0)
-    score_files(model, meta.input, paths[: args.batch_size * 2], args.batch_size)
-    t0 = time.perf_counter()
-    scores = score_files(model, meta.input, paths, args.batch_size)
-    full = len(scores.paths) / (time.perf_counter() - t0)
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    for stats in (None, loaded.validity):  # trace both once
+        score_files(model, meta.input, paths[: args.batch_size * 2], args.batch_size, validity=stats)
+    for _ in range(2):  # alternated, so both see the same machine
+        for with_validity in (False, True):
+            t0 = time.perf_counter()
+            scores = score_files(
+                model, meta.input, paths, args.batch_size, validity=loaded.validity if with_validity else None
+            )
+            rates[with_validity].append(len(scores.paths) / (time.perf_counter() - t0))
+    full, plain = max(rates[True]), max(rates[False])
     rows.append((f"bare model(x), pre-decoded, batch {args.batch_size} (img/s)", f"{bare:.1f}"))
     rows.append(
-        (f"evaluate scoring incl. decoding, {len(paths)} files (img/s)", f"{full:.1f}  ({full / bare:.2f}x bare)")
-    )
+        (f"evaluate scoring incl. decoding and validity, {len(paths)} files (img/s)",
+         f"{full:.1f}  ({full / bare:.2f}x bare; without validity {plain:.1f}, {full / plain - 1:+.1%})")
+    )  # fmt: skip
 
     preds = [
         Prediction(

@@ -34,6 +34,7 @@ COMMANDS = (
     site.tune,
     site.site_curve,
     train.train,
+    train.fit_validity,
     hub.model_card_cmd,
     hub.publish,
     hub.deploy_space,

@@ -137,6 +137,7 @@ def evaluate(
     )
     from core.metrics import format_table
     from core.tracking import report_metrics
+    from core.validity import format_summary
 
     if engine == "local":
         ctx = click.get_current_context()
@@ -168,6 +169,7 @@ def evaluate(
             result = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update, protocol=protocol, engine=scorer)
         click.echo(f"protocol: {protocol.name}: {protocol.describe()}")
         click.echo(format_table(result.metrics))
+        click.echo(format_summary(result.metrics["validity"]))
         skipped = result.metrics["skipped"]
         if skipped:
             click.echo(f"skipped {len(skipped)} unreadable file(s); see {out / 'metrics.json'}", err=True)

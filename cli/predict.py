@@ -52,6 +52,12 @@ def predict(
     its reason (in the JSON too) and the exit code is 1; the others are still
     reported.
 
+    Every call says whether the image looks like the training X-rays:
+    in_distribution, ood_score (above 1: less like them than 95 % of the
+    validation X-rays) and, in the JSON, the reasons (a colour image, a DICOM
+    of another modality, body part or view, an unusual score). A flagged image
+    is still scored, with a warning on stderr: its call is not meaningful.
+
     \b
     Examples:
       python -m cli predict xray.jpeg
@@ -71,41 +77,50 @@ def predict(
 
     from core.atomic import write_bytes
     from core.errors import ImageLoadError
-    from core.images import read_image
+    from core.images import read_image_and_header
     from core.inference import Explainer, probabilities_of
     from core.overlay import encode_png
     from core.pages import compose_page
+    from core.validity import FLAG_MARK, NOTE_SEP, WARNING
 
     explainer = Explainer(loaded, method=method)
     results: list[dict[str, Any]] = []
     if not as_json:
-        click.echo("\t".join(["file", "predicted", *[f"p_{c}" for c in classes]]))
+        click.echo("\t".join(["file", "predicted", *[f"p_{c}" for c in classes], "in_distribution", "ood_score"]))
     for path in files:
         try:
-            rgb = read_image(path)
+            rgb, header = read_image_and_header(path)
         except ImageLoadError as exc:
             results.append({"file": str(path), "error": exc.reason})
             click.echo(f"error: {exc}", err=True)
             continue
         if cam_out:
-            e = explainer.explain([rgb], n_layers=n_layers, target=target, alpha=alpha, max_side=PREDICT_MAX_SIDE)[0]
-            probs, predicted = e.probabilities, e.predicted
+            e = explainer.explain(
+                [rgb], n_layers=n_layers, target=target, alpha=alpha, max_side=PREDICT_MAX_SIDE, headers=[header]
+            )[0]
+            probs, predicted, validity = e.probabilities, e.predicted, e.validity
+            mark = "" if validity.in_distribution else f"\n{FLAG_MARK}"
             row = {
                 "image": e.image,
                 "overlays": e.overlays,
                 "layers": e.layer_names,
-                "caption": f"{path.name}\n{predicted} ({probs[predicted]:.0%}), explaining {e.explained}",
+                "caption": f"{path.name}\n{predicted} ({probs[predicted]:.0%}), explaining {e.explained}{mark}",
             }
             gradcam = str(write_bytes(cam_out / f"{path.stem}_gradcam.png", encode_png(compose_page([row]))))
         else:
-            probs = probabilities_of(loaded, [rgb])[0]
+            probs, validity = probabilities_of(loaded, [rgb], [header])[0]
             predicted, gradcam = max(probs, key=probs.get), None
         record: dict[str, Any] = {"file": str(path), "predicted": predicted, "probabilities": probs}
+        record |= validity.to_dict()
         if gradcam:
             record["gradcam"] = gradcam
         results.append(record)
         if not as_json:
-            click.echo("\t".join([str(path), predicted, *[f"{probs[c]:.4f}" for c in classes]]))
+            score = "" if validity.ood_score is None else f"{validity.ood_score:.2f}"
+            cells = [str(path), predicted, *[f"{probs[c]:.4f}" for c in classes], str(validity.in_distribution), score]
+            click.echo("\t".join(cells))
+            if not validity.in_distribution:
+                click.echo(f"warning: {path}: {WARNING.lower()}: {NOTE_SEP.join(validity.reasons)}", err=True)
     if as_json:
         click.echo(json.dumps(results, indent=2))
     if any("error" in r for r in results):

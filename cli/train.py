@@ -222,3 +222,40 @@ def train(
             run.tags({"model.sha256": result.meta.weights_sha256})
             record_run(out, run.describe())
             run.artifacts(out, under="model")
+
+
+@command("fit-validity")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--model-dir",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The model folder to add validity.npz to (its model.json is updated).",
+)
+def fit_validity(data_dir: Path, model_dir: Path) -> None:
+    """Fit the validity statistics of a model trained before they were kept, from its training data.
+
+    DATA_DIR is the folder the model was trained on. Its training and
+    validation splits are rebuilt from the configuration in model.json (same
+    share and seed, so the same patients): the statistics are fitted on the
+    training split and the threshold accepts 95 % of the validation split, as
+    training now stores them. Every call then carries in_distribution and
+    ood_score.
+
+    \b
+    Example:
+      python -m cli fit-validity ../shared/data/chest_xray/train --model-dir weights
+    """
+    from core.artifact import load_artifact
+    from core.data import scan_dataset
+    from core.training import add_validity
+
+    scan = scan_dataset(data_dir)
+    loaded = load_artifact(model_dir)
+    add_validity(loaded, scan)
+    v = loaded.meta.validity
+    click.echo(
+        f"validity statistics of {v['layer']} from {v['n_train']} training images; the threshold accepts "
+        f"{v['validation']['accepted']:.1%} of {v['validation']['n_images']} validation images; "
+        f"written to {model_dir}/"
+    )

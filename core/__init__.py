@@ -6,7 +6,8 @@ Module map, by concept (flat on purpose; this file imports nothing, so ``--help`
   architecture and training recipes stored with a model), ``paths`` (folders, environment
   variables), ``errors`` (what the user can fix), ``runtime`` (quiet TensorFlow import).
 * Images -- ``images`` (one reader per file format), ``preprocess`` (to the model's input),
-  ``data`` (labelled folders, patients, labels).
+  ``data`` (labelled folders, patients, labels), ``validity`` (is the input a chest X-ray like the
+  training ones: the score every call carries and the sure checks).
 * The model -- ``model`` (architecture), ``artifact`` (model.keras + model.json on disk),
   ``hub`` (Hugging Face downloads), ``resolve`` (which model to serve), ``card`` (model card),
   ``publish`` (uploads), ``space_config`` (the Space's settings).

@@ -30,11 +30,13 @@ import tensorflow as tf
 from core.artifact import SOURCE_STATS_FILE, LoadedModel, file_sha256
 from core.errors import InputError, ModelLoadError, none_readable
 from core.inference import Scores, image_batches
-from core.model import FEATURES_LAYER
+from core.model import FEATURES_LAYER, validity_summary
 from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD, LAME, LAME_BLOCK, LAME_KNN
 from core.preprocess import InputSpec
 
 _MIN_STD = 1e-3
+#: The key of the validity summary's moments in a :class:`LayerStats` (per image, not per pixel).
+VALIDITY_SUMMARY = "validity_summary"
 
 
 @dataclass
@@ -90,15 +92,21 @@ def layer_statistics(
     layer_names: Sequence[str],
     batch_size: int = ADAPT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
+    summary_layer: str | None = None,
 ) -> LayerStats:
     """Per-channel mean and std of each named layer's input (``pooled_features``: its output).
 
-    Sums are reduced inside the graph, batch by batch, so only two vectors per
-    layer leave it. Unreadable files are left out.
+    ``summary_layer``: also the moments of that layer's validity summary over the
+    images, under :data:`VALIDITY_SUMMARY`. Sums are reduced inside the graph,
+    batch by batch, so only two vectors per layer leave it. Unreadable files are left out.
     """
     tensors = [model.get_layer(n).output if n == FEATURES_LAYER else model.get_layer(n).input for n in layer_names]
+    names = list(layer_names)
+    if summary_layer:
+        tensors.append(validity_summary(model, summary_layer))
+        names.append(VALIDITY_SUMMARY)
     probe = keras.Model(model.inputs[0], tensors)
-    return _site_moments(probe, spec, paths, layer_names, batch_size, on_batch)
+    return _site_moments(probe, spec, paths, names, batch_size, on_batch)
 
 
 def _ratio(source_std: np.ndarray, target_std: np.ndarray) -> np.ndarray:
@@ -308,8 +316,12 @@ def adapt_model(
     method: str = DEFAULT_ADAPT_METHOD,
     batch_size: int = ADAPT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
+    summary_layer: str | None = None,
 ) -> LayerStats:
     """Adapt ``model`` in place to the images in ``paths``; returns the site statistics measured.
+
+    ``summary_layer``: the last pass also measures the adapted model's validity
+    summaries of the site (:data:`VALIDITY_SUMMARY`), so its validity statistics can follow.
 
     The images are batched in :func:`content_order`, so the same images give the
     same model whatever their names, order or folder layout.
@@ -334,18 +346,24 @@ def adapt_model(
         target = _site_moments(_measuring_model(model, source, bn_names), spec, paths, measured, batch_size, on_batch)
         for n in bn_names:
             adapt_batchnorm(model.get_layer(n), source, target)
-    if FEATURES_LAYER not in names:
+    last = [FEATURES_LAYER] if FEATURES_LAYER in names else []
+    if not last and not summary_layer:
         return target
-    feats = layer_statistics(model, spec, paths, [FEATURES_LAYER], batch_size, on_batch)
-    adapt_features(first_head_dense(model), source, feats)
+    feats = layer_statistics(model, spec, paths, last, batch_size, on_batch, summary_layer)
+    if last:
+        adapt_features(first_head_dense(model), source, feats)
     if target is None:
         return feats
     return LayerStats(target.mean | feats.mean, target.std | feats.std, feats.n_images)
 
 
-def stat_passes(method: str) -> int:
-    """How many passes over the images :func:`adapt_model` makes (for progress bars)."""
-    return sum(_method_parts(split_method(method)[0]))
+def stat_passes(method: str, validity: bool = False) -> int:
+    """How many passes over the images :func:`adapt_model` makes (for progress bars).
+
+    ``validity``: the model has validity statistics, whose site summaries need a last pass if the method has none.
+    """
+    bn, features = _method_parts(split_method(method)[0])
+    return bn + (features or validity)
 
 
 def load_source_stats(directory: str | Path, recorded: dict) -> LayerStats:
@@ -396,10 +414,30 @@ def adapted_copy(
     batch_size: int = ADAPT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[keras.Model, dict]:
-    """A copy of the loaded model adapted to ``paths``, and what was done (for model.json / metrics.json)."""
+    """A copy of the loaded model's network adapted to ``paths``, and what was done."""
+    adapted, info = adapted_site(loaded, paths, method, batch_size, on_batch)
+    return adapted.model, info
+
+
+def adapted_site(
+    loaded: LoadedModel,
+    paths: Sequence[str | Path],
+    method: str = DEFAULT_ADAPT_METHOD,
+    batch_size: int = ADAPT_BATCH_SIZE,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[LoadedModel, dict]:
+    """The loaded model adapted to ``paths`` (a copy; validity statistics re-matched to the site), and what was done.
+
+    The site's validity summaries are re-standardised to the training ones, as
+    the features are, so the site's own X-rays stay accepted.
+    """
     source = check_adaptable(loaded)
     model = clone(loaded.model)
-    target = adapt_model(model, loaded.meta.input, source, paths, method, batch_size, on_batch)
+    layer = loaded.validity.layer if loaded.validity is not None else None
+    target = adapt_model(model, loaded.meta.input, source, paths, method, batch_size, on_batch, layer)
+    validity = loaded.validity
+    if validity is not None:
+        validity = validity.rematched(target.mean[VALIDITY_SUMMARY], target.std[VALIDITY_SUMMARY])
     info = {
         "kind": "unlabelled site adaptation (AdaBN-style re-standardisation)",
         "method": method,
@@ -408,4 +446,4 @@ def adapted_copy(
         "source_images": source.n_images,
         "labels_read": False,
     }
-    return model, info
+    return replace(loaded, model=model, validity=validity), info

@@ -16,23 +16,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.atomic import write_json
-from core.config import LOGITS_LAYER, ArchConfig, ExplainDefaults
+from core.config import LOGITS_LAYER, ArchConfig, ExplainDefaults, InputSpec
 from core.data import CLASSES
 from core.errors import InputError, ModelLoadError
+from core.validity import ValidityStats
 
 if TYPE_CHECKING:
     import keras
-from core.config import InputSpec
 
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
 SOURCE_STATS_FILE = "source_stats.npz"  # training statistics for site adaptation (core.adaptation)
+VALIDITY_FILE = "validity.npz"  # the training X-rays' statistics behind every call's validity score (core.validity)
 CARD_FILE = "README.md"
 #: What training writes beside the model; the last lists its validation images (for stress --subset).
 HISTORY_FILE = "history.json"
 TRAINING_FILES = (HISTORY_FILE, "training_curves.png", "train.log", "validation.txt")
 #: What a model folder may hold: the model, its metadata and statistics, its card, and what training wrote.
-MODEL_FOLDER_FILES = (MODEL_FILE, META_FILE, SOURCE_STATS_FILE, CARD_FILE, *TRAINING_FILES)
+MODEL_FOLDER_FILES = (MODEL_FILE, META_FILE, SOURCE_STATS_FILE, VALIDITY_FILE, CARD_FILE, *TRAINING_FILES)
 FORMAT_VERSION = 1
 DEFAULT_CLASSES = CLASSES  # the order of the model outputs unless a model says otherwise
 
@@ -53,6 +54,7 @@ class ModelMeta:
     adaptation: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
+    validity: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
     explain: ExplainDefaults = field(default_factory=ExplainDefaults)
 
@@ -74,6 +76,7 @@ class ModelMeta:
             "adaptation": self.adaptation,
             "calibration": self.calibration,
             **({"tuning": self.tuning} if self.tuning else {}),
+            **({"validity": self.validity} if self.validity else {}),
         }
 
     @classmethod
@@ -100,6 +103,7 @@ class ModelMeta:
                 adaptation=d.get("adaptation", {}),
                 calibration=d.get("calibration", {}),
                 tuning=d.get("tuning", {}),
+                validity=d.get("validity", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"model metadata is incomplete or invalid: {exc}") from None
@@ -129,6 +133,7 @@ class LoadedModel:
     source: str
     directory: Path
     hub: HubRef | None = None
+    validity: ValidityStats | None = None  # None: a model trained before validity statistics were kept
 
     @property
     def from_hub(self) -> bool:
@@ -150,11 +155,18 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_artifact(model: keras.Model, meta: ModelMeta, directory: str | Path, source_stats: Any = None) -> Path:
+def save_artifact(
+    model: keras.Model,
+    meta: ModelMeta,
+    directory: str | Path,
+    source_stats: Any = None,
+    validity: ValidityStats | None = None,
+) -> Path:
     """Write ``model.keras`` and ``model.json`` (with the weights' hash) into a folder.
 
     ``source_stats`` (a :class:`core.adaptation.LayerStats`) goes beside them as
-    ``source_stats.npz``, its hash and image count recorded in the metadata.
+    ``source_stats.npz``, its hash and image count recorded in the metadata;
+    ``validity`` as ``validity.npz``, its hash in ``meta.validity``.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,8 +182,29 @@ def save_artifact(model: keras.Model, meta: ModelMeta, directory: str | Path, so
             "n_images": source_stats.n_images,
             "images": "the training split (validation excluded), clean, no augmentation",
         }
+    if validity is not None:
+        store_validity(out, meta, validity)
     write_json(out / META_FILE, meta.to_dict())
     return out
+
+
+def store_validity(directory: Path, meta: ModelMeta, validity: ValidityStats) -> Path:
+    """Write ``validity.npz`` into a model folder and record its hash in ``meta`` (the caller writes model.json)."""
+    path = validity.save(Path(directory) / VALIDITY_FILE)
+    meta.validity = {**meta.validity, "file": VALIDITY_FILE, "sha256": file_sha256(path)}
+    return path
+
+
+def load_validity(directory: Path, meta: ModelMeta) -> ValidityStats | None:
+    """The validity statistics a model folder holds, checked against their hash; None for a model without them."""
+    if not meta.validity.get("sha256"):
+        return None
+    path = Path(directory) / VALIDITY_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"model.json names {VALIDITY_FILE} but {directory} lacks it")
+    if file_sha256(path) != meta.validity["sha256"]:
+        raise ModelLoadError(f"{path} does not match the SHA-256 recorded in {META_FILE}")
+    return ValidityStats.load(path)
 
 
 def is_model_entry(name: str) -> bool:
@@ -229,8 +262,13 @@ def check_consistency(model: keras.Model, meta: ModelMeta) -> None:
         raise ModelLoadError(f"metadata explains {meta.explain.layers} layers of {len(meta.gradcam_layers)}")
 
 
-def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef | None = None) -> LoadedModel:
-    """Load a model folder in Keras safe mode, verifying hash and metadata."""
+def load_artifact(
+    directory: str | Path, source: str | None = None, hub: HubRef | None = None, validity_dir: Path | None = None
+) -> LoadedModel:
+    """Load a model folder in Keras safe mode, verifying hashes and metadata.
+
+    ``validity_dir``: where ``validity.npz`` lies if not beside the model (a Hub download's own cache path).
+    """
     d = Path(directory)
     meta = read_meta(d)
     weights = d / MODEL_FILE
@@ -251,4 +289,7 @@ def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {weights}: {first}") from None
     check_consistency(model, meta)
-    return LoadedModel(model=model, meta=meta, source=source or str(d), directory=d, hub=hub)
+    validity = load_validity(validity_dir or d, meta)
+    if validity is not None and validity.layer not in {layer.name for layer in model.layers}:
+        raise ModelLoadError(f"{VALIDITY_FILE} summarises layer {validity.layer}, which the model lacks")
+    return LoadedModel(model=model, meta=meta, source=source or str(d), directory=d, hub=hub, validity=validity)

@@ -255,6 +255,39 @@ def audit_table(explain: Any) -> str:
     )
 
 
+def validity_text(meta: ModelMeta) -> str:
+    """The validity score in a few lines: what it is, its threshold, and what it flagged where measured."""
+    v = meta.validity
+    lines = [
+        f"Every call carries `in_distribution` and `ood_score`: the {v['method']}, divided by the threshold "
+        f"that accepts {v['accept']:.0%} of the validation split (fitted on {v['n_train']} training images; "
+        f"validation accepted {_pct(v['validation']['accepted'])} % of {v['validation']['n_images']}). Above 1, "
+        "or a sure check (a colour image; a DICOM of another modality, body part or view), flags the call as not "
+        "meaningful; the image is scored anyway. `validity.npz` holds the statistics (SHA-256 in `model.json`); "
+        "`adapt` re-matches them to the site.",
+    ]
+    rows = [
+        (name, m["validity"])
+        for name, m in meta.metrics.items()
+        if name.startswith("test") and isinstance(m, dict) and m.get("validity", {}).get("scored")
+    ]
+    if rows:
+        lines += [
+            "",
+            "| measured on | images | flagged (%) | accuracy, all (%) | accuracy, accepted (%) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, b in rows:
+            acc = b.get("accepted", {}).get("accuracy")
+            lines.append(
+                f"| {name} | {b['n_images']} | {b['n_flagged']} ({_pct(b['share_flagged'])}) | "
+                f"{_pct(b.get('accuracy_all'))} | {_pct(acc)} |"
+            )
+    if "rematched" in v:
+        lines.append(f"\nRe-matched to {v['rematched']['folder']} ({v['rematched']['n_images']} images).")
+    return "\n".join(lines)
+
+
 def model_card(meta: ModelMeta) -> str:
     """Markdown with the YAML header Hugging Face reads, from metadata alone."""
     test = meta.metrics.get("test")
@@ -333,6 +366,8 @@ def model_card(meta: ModelMeta) -> str:
         ]
     if curve := meta.metrics.get("test:site-curve"):
         parts += ["### How many labelled site X-rays tuning needs", site_curve_table(curve)]
+    if meta.validity:
+        parts += ["## Validity: is the input a chest X-ray like the training ones?", validity_text(meta)]
     if meta.explain.audit:
         parts += ["## Heatmaps: which method and layer, and why", audit_table(meta.explain)]
     parts += [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from core.options import (
     LAME_BLOCK,
     LAME_KNN,
 )
+from core.validity import NOTE_SEP, Validity, summarize
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -72,12 +73,19 @@ def provenance(loaded: LoadedModel, data_dir: Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One scored file; ``file`` is relative to the data folder (posix)."""
+    """One scored file; ``file`` is relative to the data folder (posix).
+
+    ``in_distribution``, ``ood_score`` and ``reasons``: the call's validity (:mod:`core.validity`);
+    None where it was not measured (a predictions.csv written before it was).
+    """
 
     file: str
     true: str
     predicted: str
     probabilities: dict[str, float]
+    in_distribution: bool | None = None
+    ood_score: float | None = None
+    reasons: tuple[str, ...] = ()
 
 
 @dataclass
@@ -182,11 +190,10 @@ def evaluate_scan(
     if protocol.adapt:
         if engine.name != LocalEngine.name:
             raise InputError(ADAPT_ENGINE_HINT)
-        from core.adaptation import adapted_copy, lame_scores, split_method
+        from core.adaptation import adapted_site, lame_scores, split_method
 
         method, with_lame = split_method(protocol.adapt_method)
-        model, info = adapted_copy(loaded, paths, method, batch_size=ADAPT_BATCH_SIZE, on_batch=on_batch)
-        scored = replace(loaded, model=model)
+        scored, info = adapted_site(loaded, paths, method, batch_size=ADAPT_BATCH_SIZE, on_batch=on_batch)
         block["adaptation"] = {**info, "method": protocol.adapt_method}
     scores = engine.score(scored, paths, batch_size, on_batch, features=bool(protocol.cross_tune) or with_lame)
     if with_lame:
@@ -221,6 +228,8 @@ def evaluate_scan(
         probabilities = fitted.probabilities
     metrics = classification_metrics(y_true, probabilities, classes)
     metrics["ci95"] = bootstrap_ci(y_true, probabilities, classes, groups)
+    validity = scores.validity()
+    metrics["validity"] = validity_block(validity, y_true, probabilities, classes, scored.validity is not None)
     metrics["protocol"] = block
     metrics["skipped"] = [{"file": relative_name(p, scan.root), "reason": r} for p, r in scores.skipped]
     metrics["provenance"] = {**provenance(loaded, scan.root), "engine": engine.info()}
@@ -230,16 +239,61 @@ def evaluate_scan(
             true=label,
             predicted=classes[int(np.argmax(pr))],
             probabilities={c: float(v) for c, v in zip(classes, pr)},
+            in_distribution=v.in_distribution,
+            ood_score=v.ood_score,
+            reasons=v.reasons,
         )
-        for p, label, pr in zip(scores.paths, labels, probabilities)
+        for p, label, pr, v in zip(scores.paths, labels, probabilities, validity)
     ]
     return Evaluation(preds, metrics)
 
 
+def validity_block(
+    validity: list[Validity], y_true: np.ndarray, probabilities: np.ndarray, classes: list[str], scored: bool
+) -> dict[str, Any]:
+    """How many calls were flagged and why, and the figures on the accepted images alone."""
+    from core.options import VALIDITY_ACCEPT
+
+    correct = probabilities.argmax(1) == y_true if len(y_true) else np.zeros(0, bool)
+    block = summarize(validity, correct)
+    block["scored"] = scored
+    block["threshold"] = 1.0
+    block["accept"] = VALIDITY_ACCEPT
+    accepted = np.array([v.in_distribution for v in validity], bool)
+    if accepted.any():
+        m = classification_metrics(y_true[accepted], probabilities[accepted], classes)
+        block["accepted"] = {"n_images": int(accepted.sum()), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    return block
+
+
+VALIDITY_COLUMNS = ("in_distribution", "ood_score", "validity_reasons")
+
+
 def write_predictions(path: Path, predictions: list[Prediction], classes: list[str]) -> Path:
-    header = ["file", "true", "predicted", *[f"p_{c}" for c in classes]]
-    rows = ([p.file, p.true, p.predicted, *[f"{p.probabilities[c]:.6f}" for c in classes]] for p in predictions)
+    header = ["file", "true", "predicted", *[f"p_{c}" for c in classes], *VALIDITY_COLUMNS]
+    rows = (
+        [
+            p.file,
+            p.true,
+            p.predicted,
+            *[f"{p.probabilities[c]:.6f}" for c in classes],
+            "" if p.in_distribution is None else str(p.in_distribution).lower(),
+            "" if p.ood_score is None else f"{p.ood_score:.4f}",
+            NOTE_SEP.join(p.reasons),
+        ]
+        for p in predictions
+    )
     return write_csv(path, header, rows)
+
+
+def _validity_of(row: dict[str, str]) -> dict[str, Any]:
+    """The validity columns of a predictions.csv row (absent in files written before them)."""
+    flag, score, why = (row.get(k) or "" for k in VALIDITY_COLUMNS)
+    return {
+        "in_distribution": {"true": True, "false": False}.get(flag),
+        "ood_score": float(score) if score else None,
+        "reasons": tuple(why.split(NOTE_SEP)) if why else (),
+    }
 
 
 def read_predictions(path: str | Path, classes: list[str]) -> list[Prediction]:
@@ -254,7 +308,10 @@ def read_predictions(path: str | Path, classes: list[str]) -> list[Prediction]:
         raise DataError(f"{path} is not an evaluate predictions.csv for classes {', '.join(classes)}")
     try:
         return [
-            Prediction(r["file"], r["true"], r["predicted"], {c: float(r[f"p_{c}"]) for c in classes}) for r in rows
+            Prediction(
+                r["file"], r["true"], r["predicted"], {c: float(r[f"p_{c}"]) for c in classes}, **_validity_of(r)
+            )
+            for r in rows
         ]
     except ValueError as exc:
         raise DataError(f"{path} has a malformed row: {exc}") from None

@@ -16,6 +16,7 @@ from core.evaluation import Prediction
 from core.images import read_image
 from core.metrics import outcome_mask
 from core.options import DEFAULT_OPACITY, GALLERY_MAX_SIDE, GALLERY_PER_PAGE
+from core.validity import FLAG_MARK
 
 if TYPE_CHECKING:
     from core.inference import Explainer
@@ -41,8 +42,10 @@ def select(predictions: Sequence[Prediction], classes: Sequence[str], cls: str, 
 
 
 def caption(p: Prediction) -> str:
+    """File name, true and predicted class; a flagged call (:mod:`core.validity`) is marked."""
     name = p.file.rsplit("/", 1)[-1]
-    return f"{name}\ntrue {p.true} | pred {p.predicted} ({p.probabilities[p.predicted]:.0%})"
+    mark = f"\n{FLAG_MARK}" if p.in_distribution is False else ""
+    return f"{name}\ntrue {p.true} | pred {p.predicted} ({p.probabilities[p.predicted]:.0%}){mark}"
 
 
 def render_pages(

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.errors import InputError
-from core.model import LOGITS_LAYER
+from core.model import LOGITS_LAYER, validity_summary
 from core.options import CAM_METHODS
 
 
@@ -28,6 +28,7 @@ class CamResult:
     target_classes: np.ndarray  # (B,)
     layer_names: list[str]
     maps: list[np.ndarray]  # one (B, h_l, w_l) array per layer, values in [0, 1]
+    summaries: np.ndarray | None = None  # (B, d) the validity summary, when the CAM was built with one
 
 
 def normalize_map(cam: np.ndarray) -> np.ndarray:
@@ -41,12 +42,22 @@ def normalize_map(cam: np.ndarray) -> np.ndarray:
 class BaseCAM:
     """Gradient-weighted class activation maps; subclasses override :meth:`channel_weights`."""
 
-    def __init__(self, model: keras.Model, layer_names: list[str], logits_layer: str = LOGITS_LAYER) -> None:
+    def __init__(
+        self,
+        model: keras.Model,
+        layer_names: list[str],
+        logits_layer: str = LOGITS_LAYER,
+        summary_layer: str | None = None,
+    ) -> None:
+        """``summary_layer``: also return that layer's validity summary (channel spreads) from the same pass."""
         if not layer_names:
             raise InputError("at least one layer to explain is needed")
         self.layer_names = list(layer_names)
+        self.with_summary = summary_layer is not None
         outputs = [model.get_layer(n).output for n in self.layer_names]
         outputs.append(model.get_layer(logits_layer).output)
+        if summary_layer is not None:
+            outputs.append(validity_summary(model, summary_layer))
         inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
         self._model = keras.Model(inputs, outputs, name="gradcam_probe")
         spec = [
@@ -62,13 +73,15 @@ class BaseCAM:
 
     def _raw_maps(self, images: tf.Tensor, targets: tf.Tensor):
         with tf.GradientTape() as tape:
-            *acts, logits = self._model(images, training=False)
+            outs = self._model(images, training=False)
+            summary = outs[-1] if self.with_summary else tf.zeros([tf.shape(images)[0], 0])
+            *acts, logits = outs[:-1] if self.with_summary else outs
             predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
             classes = tf.where(targets >= 0, targets, predicted)
             score = tf.reduce_sum(tf.gather(logits, classes, axis=1, batch_dims=1))
         grads = tape.gradient(score, acts)
         maps = [tf.nn.relu(tf.reduce_sum(self.contributions(a, g), axis=-1)) for a, g in zip(acts, grads)]
-        return tf.nn.softmax(logits), classes, maps
+        return tf.nn.softmax(logits), classes, maps, summary
 
     def __call__(self, images: np.ndarray, target: int | np.ndarray | None = None) -> CamResult:
         """Explain a batch; ``target`` is a class index (or one per image), default the predicted one."""
@@ -79,9 +92,10 @@ class BaseCAM:
             t = np.full(len(x), -1, dtype=np.int32)
         else:
             t = np.broadcast_to(np.asarray(target, dtype=np.int32), (len(x),)).copy()
-        probs, classes, raw = self._run(tf.constant(x), tf.constant(t))
+        probs, classes, raw, summary = self._run(tf.constant(x), tf.constant(t))
         maps = [np.stack([normalize_map(m) for m in layer.numpy()]) for layer in raw]
-        return CamResult(probs.numpy(), classes.numpy(), self.layer_names, maps)
+        summaries = summary.numpy() if self.with_summary else None
+        return CamResult(probs.numpy(), classes.numpy(), self.layer_names, maps, summaries)
 
 
 def _weighted(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:

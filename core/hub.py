@@ -10,7 +10,7 @@ import re
 import warnings
 from pathlib import Path
 
-from core.artifact import META_FILE, MODEL_FILE, HubRef
+from core.artifact import META_FILE, MODEL_FILE, VALIDITY_FILE, HubRef, read_meta
 from core.errors import ModelLoadError
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -24,7 +24,7 @@ def is_pinned(revision: str | None) -> bool:
 def download_from_hub(
     repo_id: str, revision: str, cache_dir: str | Path | None = None, allow_unpinned: bool = False
 ) -> Path:
-    """Fetch ``model.json`` and ``model.keras`` at ``revision``; returns their folder."""
+    """Fetch ``model.json`` and ``model.keras`` at ``revision`` (and ``validity.npz`` if it names one); their folder."""
     from huggingface_hub import hf_hub_download
 
     if not is_pinned(revision):
@@ -40,7 +40,10 @@ def download_from_hub(
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot get {repo_id}@{revision} from the Hugging Face Hub: {first}") from None
-    return Path(paths[0]).parent
+    folder = Path(paths[0]).parent
+    if read_meta(folder).validity.get("sha256"):
+        download_optional(HubRef(repo_id, revision, cache_dir), VALIDITY_FILE)
+    return folder
 
 
 def download_optional(hub: HubRef, name: str) -> Path | None:

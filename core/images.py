@@ -13,6 +13,7 @@ import io
 import stat
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,15 @@ IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
 
 _PIL_FORMATS = ("JPEG", "PNG", "BMP")
 _DICOM_MAGIC_OFFSET = 128
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a file says about itself (DICOM tags; empty for JPEG, PNG and BMP), for the validity checks."""
+
+    modality: str = ""
+    body_part: str = ""
+    view: str = ""
 
 
 def is_image_name(path: str | Path) -> bool:
@@ -87,7 +97,7 @@ def _pil_to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def read_raster(path: Path, data: bytes) -> np.ndarray:
+def read_raster(path: Path, data: bytes) -> tuple[np.ndarray, Header]:
     """JPEG, PNG or BMP through Pillow, dimensions checked before decoding."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -105,7 +115,7 @@ def read_raster(path: Path, data: bytes) -> np.ndarray:
             raise ImageLoadError(path, "not a JPEG, PNG, BMP or DICOM image") from None
         except Exception as exc:  # Pillow raises many types for corrupt data
             raise ImageLoadError(path, f"corrupt or truncated image ({_describe(exc)})") from None
-    return np.ascontiguousarray(rgb, dtype=np.uint8)
+    return np.ascontiguousarray(rgb, dtype=np.uint8), Header()
 
 
 def dicom_range(ds: object) -> tuple[float, float]:
@@ -133,7 +143,12 @@ def scale_to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.round(np.clip(v, 0, 255)).astype(np.uint8)
 
 
-def read_dicom(path: Path, data: bytes) -> np.ndarray:
+def dicom_header(ds: object) -> Header:
+    """Modality, body part and view position, as the file states them."""
+    return Header(*(str(ds.get(tag, "") or "").strip() for tag in ("Modality", "BodyPartExamined", "ViewPosition")))
+
+
+def read_dicom(path: Path, data: bytes) -> tuple[np.ndarray, Header]:
     """DICOM through pydicom: modality LUT, then the window or VOI LUT the file has, MONOCHROME1 inverted.
 
     The result is scaled from the range those transforms can output (the
@@ -164,9 +179,9 @@ def read_dicom(path: Path, data: bytes) -> np.ndarray:
             gray = scale_to_uint8(values, *dicom_range(ds))
             if photometric == "MONOCHROME1":
                 gray = 255 - gray
-            return gray_to_rgb(gray)
+            return gray_to_rgb(gray), dicom_header(ds)
         if pixels.ndim == 3 and pixels.shape[-1] == 3:
-            return pixels if pixels.dtype == np.uint8 else window_to_uint8(pixels)
+            return (pixels if pixels.dtype == np.uint8 else window_to_uint8(pixels)), dicom_header(ds)
     except ImageLoadError:
         raise
     except Exception as exc:
@@ -202,7 +217,7 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-Reader = Callable[[Path, bytes], np.ndarray]
+Reader = Callable[[Path, bytes], tuple[np.ndarray, Header]]
 
 
 def pick_reader(data: bytes, path: Path) -> Reader:
@@ -212,8 +227,13 @@ def pick_reader(data: bytes, path: Path) -> Reader:
     return read_raster
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode one file into an ``HxWx3`` uint8 RGB array in display orientation."""
+def read_image_and_header(path: str | Path) -> tuple[np.ndarray, Header]:
+    """Decode one file into an ``HxWx3`` uint8 RGB array in display orientation, and what its header says."""
     p = Path(path)
     data = _read_bytes(p)
     return pick_reader(data, p)(p, data)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode one file into an ``HxWx3`` uint8 RGB array in display orientation."""
+    return read_image_and_header(path)[0]

@@ -22,10 +22,12 @@ from core.artifact import LoadedModel
 from core.config import FEATURES_LAYER, check_cam_method
 from core.errors import ImageLoadError, InputError
 from core.gradcam import METHODS, BaseCAM
-from core.images import read_image
+from core.images import Header, read_image, read_image_and_header
+from core.model import validity_summary
 from core.options import DEFAULT_BATCH_SIZE, DEFAULT_OPACITY
 from core.overlay import blend, colorize, upsample
 from core.preprocess import InputSpec, fit_within, to_model_input
+from core.validity import NOTE_SEP, Validity, ValidityStats, input_reasons, verdict, verdicts
 
 
 def load_model_input(path: str | Path, spec: InputSpec) -> np.ndarray:
@@ -33,37 +35,55 @@ def load_model_input(path: str | Path, spec: InputSpec) -> np.ndarray:
     return to_model_input(read_image(path), spec)
 
 
+def load_checked_input(path: str | Path, spec: InputSpec) -> tuple[np.ndarray, list[str]]:
+    """File -> model input, and the sure signs that it is not a chest radiograph (``core.validity.input_reasons``)."""
+    rgb, header = read_image_and_header(path)
+    x = to_model_input(rgb, spec)
+    return x, input_reasons(x, header)
+
+
 _FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def compile_forward(model: keras.Model, features: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
+def compile_forward(
+    model: keras.Model, features: bool = False, summary_layer: str | None = None
+) -> Callable[[tf.Tensor], tf.Tensor | list[tf.Tensor]]:
     """The inference-mode forward pass, traced once per model for any batch size.
 
-    ``features``: it returns ``(probabilities, pooled features)``, for the site tuning that re-fits the head.
+    Plain: the probabilities. ``features`` (the pooled features, for the site tuning that
+    re-fits the head) and ``summary_layer`` (the validity summary of that layer) make it
+    return ``[probabilities, *those asked for]`` from the same pass.
     """
     traced = _FORWARDS.setdefault(model, {})
-    if features not in traced:
+    key = (features, summary_layer)
+    if key not in traced:
         spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
         net = model
-        if features:
-            net = keras.Model(model.inputs[0], [model.output, model.get_layer(FEATURES_LAYER).output])
-        traced[features] = tf.function(lambda x: net(x, training=False), input_signature=[spec])
-    return traced[features]
+        if features or summary_layer:
+            extra = [model.get_layer(FEATURES_LAYER).output] if features else []
+            extra += [validity_summary(model, summary_layer)] if summary_layer else []
+            net = keras.Model(model.inputs[0], [model.output, *extra])
+        traced[key] = tf.function(lambda x: net(x, training=False), input_signature=[spec])
+    return traced[key]
 
 
 def image_dataset(paths: Sequence[str | Path], spec: InputSpec, batch_size: int) -> tf.data.Dataset:
-    """Batches of ``(images, error_reasons)``; an unreadable file gives a zero image and its reason."""
+    """Batches of ``(images, error_reasons, notes)``; an unreadable file gives a zero image and its reason.
+
+    ``notes``: the sure validity checks' reasons for each readable file, joined ("" when none).
+    """
     zeros = np.zeros(spec.shape, np.float32)
 
-    def load(path_bytes: bytes) -> tuple[np.ndarray, bytes]:
+    def load(path_bytes: bytes) -> tuple[np.ndarray, bytes, bytes]:
         try:
-            return load_model_input(path_bytes.decode("utf-8", "surrogateescape"), spec), b""
+            x, reasons = load_checked_input(path_bytes.decode("utf-8", "surrogateescape"), spec)
+            return x, b"", NOTE_SEP.join(reasons).encode("utf-8")
         except ImageLoadError as exc:
-            return zeros, exc.reason.encode("utf-8", "replace")
+            return zeros, exc.reason.encode("utf-8", "replace"), b""
 
     def tf_load(p: tf.Tensor):
-        x, err = tf.numpy_function(load, [p], (tf.float32, tf.string), stateful=False)
-        return tf.ensure_shape(x, spec.shape), tf.ensure_shape(err, [])
+        x, err, notes = tf.numpy_function(load, [p], (tf.float32, tf.string, tf.string), stateful=False)
+        return tf.ensure_shape(x, spec.shape), tf.ensure_shape(err, []), tf.ensure_shape(notes, [])
 
     names = [str(p).encode("utf-8", "surrogateescape") for p in paths]
     workers = max(2, os.cpu_count() or 1)
@@ -85,6 +105,7 @@ class Batch:
     paths: list[Path]
     skipped: list[tuple[Path, str]]
     size: int  # files in the batch, readable or not (for progress bars)
+    notes: list[str]  # per readable file: the sure validity checks' reasons, joined ("" when none)
 
 
 def image_batches(
@@ -93,26 +114,37 @@ def image_batches(
     """The one walk over image files that every scorer uses: decoded batches, unreadable files named."""
     paths = [Path(p) for p in paths]
     start = 0
-    for x, errors in image_dataset(paths, spec, batch_size):
-        errs = errors.numpy()
+    for x, errors, notes in image_dataset(paths, spec, batch_size):
+        errs, texts = errors.numpy(), notes.numpy()
         ok = [i for i, e in enumerate(errs) if not e]
         yield Batch(
             images=x.numpy()[ok] if len(ok) < len(errs) else x.numpy(),
             paths=[paths[start + i] for i in ok],
             skipped=[(paths[start + i], e.decode("utf-8", "replace")) for i, e in enumerate(errs) if e],
             size=len(errs),
+            notes=[texts[i].decode("utf-8") for i in ok],
         )
         start += len(errs)
 
 
 @dataclass
 class Scores:
-    """Probabilities for the files that could be read; the others with their reason."""
+    """Probabilities for the files that could be read; the others with their reason.
+
+    ``ood_scores`` (when the model has validity statistics) and ``notes`` (the sure
+    checks' reasons, joined) make each call's :class:`core.validity.Validity`.
+    """
 
     paths: list[Path]
     probabilities: np.ndarray  # (n, n_classes)
     skipped: list[tuple[Path, str]]
     features: np.ndarray | None = None  # (n, d) pooled features, when asked for
+    ood_scores: np.ndarray | None = None  # (n,)
+    notes: list[str] | None = None  # (n,), "" where no sure check fired
+
+    def validity(self) -> list[Validity]:
+        """Each readable file's validity."""
+        return verdicts(self.ood_scores, self.notes or [""] * len(self.paths))
 
 
 def score_files(
@@ -122,35 +154,65 @@ def score_files(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
     features: bool = False,
+    validity: ValidityStats | None = None,
 ) -> Scores:
     """Score every file; ``on_batch(n)`` is called after each batch of ``n`` files.
 
-    ``features``: keep each image's pooled features too (one forward pass gives both).
+    ``features``: keep each image's pooled features too; ``validity``: give each
+    image its ``ood_score`` (one forward pass gives all of them).
     """
-    forward = compile_forward(model, features)
+    layer = validity.layer if validity is not None else None
+    forward = compile_forward(model, features, layer)
     kept: list[Path] = []
     outs: list[list[np.ndarray]] = []
     skipped: list[tuple[Path, str]] = []
+    notes: list[str] = []
     for batch in image_batches(paths, spec, batch_size):
         if len(batch.images):
             out = forward(batch.images)
-            outs.append([o.numpy() for o in out] if features else [out.numpy()])
+            outs.append([o.numpy() for o in out] if (features or layer) else [out.numpy()])
         kept += batch.paths
         skipped += batch.skipped
+        notes += batch.notes
         if on_batch:
             on_batch(batch.size)
-    widths = [model.output_shape[-1], *([model.get_layer(FEATURES_LAYER).output.shape[-1]] if features else [])]
+    widths = [model.output_shape[-1]]
+    widths += [model.get_layer(FEATURES_LAYER).output.shape[-1]] if features else []
+    widths += [model.get_layer(layer).output.shape[-1]] if layer else []
     arrays = [np.concatenate(a) for a in zip(*outs)] if outs else [np.zeros((0, w), np.float32) for w in widths]
-    return Scores(kept, arrays[0], skipped, arrays[1] if features else None)
+    ood = validity.scores(arrays[-1]) if validity is not None else None
+    return Scores(kept, arrays[0], skipped, arrays[1] if features else None, ood, notes)
 
 
-def probabilities_of(loaded: LoadedModel, images: Sequence[np.ndarray]) -> list[dict[str, float]]:
-    """Class probabilities of decoded RGB images (no Grad-CAM): one forward pass."""
+def layer_summaries(
+    model: keras.Model, spec: InputSpec, paths: Sequence[str | Path], layer: str, batch_size: int = DEFAULT_BATCH_SIZE
+) -> tuple[list[Path], np.ndarray]:
+    """The readable files and their validity summaries of ``layer`` (what the validity statistics are fitted on)."""
+    forward = compile_forward(model, summary_layer=layer)
+    kept: list[Path] = []
+    outs = [np.zeros((0, model.get_layer(layer).output.shape[-1]), np.float32)]
+    for batch in image_batches(paths, spec, batch_size):
+        if len(batch.images):
+            outs.append(forward(batch.images)[1].numpy())
+        kept += batch.paths
+    return kept, np.concatenate(outs)
+
+
+def probabilities_of(
+    loaded: LoadedModel, images: Sequence[np.ndarray], headers: Sequence[Header] | None = None
+) -> list[tuple[dict[str, float], Validity]]:
+    """Class probabilities of decoded RGB images (no Grad-CAM) and each call's validity: one forward pass."""
     if not images:
         return []
     x = np.stack([to_model_input(img, loaded.meta.input) for img in images])
-    p = compile_forward(loaded.model)(x).numpy()
-    return [{c: float(v) for c, v in zip(loaded.meta.classes, row)} for row in p]
+    stats = loaded.validity
+    out = compile_forward(loaded.model, summary_layer=stats.layer if stats else None)(x)
+    p, ood = (out[0].numpy(), stats.scores(out[1].numpy())) if stats else (out.numpy(), [None] * len(x))
+    headers = headers or [Header()] * len(x)
+    return [
+        ({c: float(v) for c, v in zip(loaded.meta.classes, row)}, verdict(s, input_reasons(xi, h)))
+        for row, s, xi, h in zip(p, ood, x, headers)
+    ]
 
 
 @dataclass
@@ -164,6 +226,7 @@ class Explanation:
     image: np.ndarray  # RGB uint8 display copy
     heatmaps: list[np.ndarray]  # [0, 1] maps at display size
     overlays: list[np.ndarray]  # RGB uint8 at display size
+    validity: Validity
 
 
 class Explainer:
@@ -185,8 +248,9 @@ class Explainer:
         """The compiled CAM for these layers and method (default: the explainer's), built on first use."""
         key = (check_cam_method(method or self.method), tuple(layer_names))
         if key not in self._cams:
-            meta = self.loaded.meta
-            self._cams[key] = METHODS[key[0]](self.loaded.model, list(key[1]), meta.logits_layer)
+            meta, stats = self.loaded.meta, self.loaded.validity
+            summary = stats.layer if stats else None
+            self._cams[key] = METHODS[key[0]](self.loaded.model, list(key[1]), meta.logits_layer, summary)
         return self._cams[key]
 
     def explain_file(
@@ -199,7 +263,8 @@ class Explainer:
         method: str | None = None,
     ) -> Explanation:
         """Read one file (any supported format) and explain it; unreadable files raise ImageLoadError."""
-        return self.explain([read_image(path)], n_layers, target, alpha, max_side, method)[0]
+        rgb, header = read_image_and_header(path)
+        return self.explain([rgb], n_layers, target, alpha, max_side, method, [header])[0]
 
     def explain(
         self,
@@ -209,11 +274,13 @@ class Explainer:
         alpha: float = DEFAULT_OPACITY,
         max_side: int | None = None,
         method: str | None = None,
+        headers: Sequence[Header] | None = None,
     ) -> list[Explanation]:
-        """Explain RGB images in one batch.
+        """Explain RGB images in one batch, each call with its validity.
 
         ``target`` names the class to explain (one for all, or one per image);
         default: each image's predicted class. ``method``: default the explainer's.
+        ``headers``: what each file said about itself (DICOM tags), for the validity checks.
         """
         meta = self.loaded.meta
         n_layers = n_layers or meta.explain.layers
@@ -231,6 +298,9 @@ class Explainer:
         layers = meta.last_layers(n_layers)
         x = np.stack([to_model_input(img, meta.input) for img in images])
         result = self.cam(layers, method)(x, targets)
+        stats = self.loaded.validity
+        ood = stats.scores(result.summaries) if stats is not None else [None] * len(x)
+        headers = headers or [Header()] * len(x)
         out = []
         for i, img in enumerate(images):
             shown = fit_within(img, max_side) if max_side else img
@@ -246,6 +316,7 @@ class Explainer:
                     image=shown,
                     heatmaps=heat,
                     overlays=[blend(shown, colorize(m), alpha) for m in heat],
+                    validity=verdict(ood[i], input_reasons(x[i], headers[i])),
                 )
             )
         return out

@@ -167,3 +167,8 @@ def set_fine_tuning(model: keras.Model, fine_tune_from: int | None) -> None:
     for i, layer in enumerate(backbone_layers(model)):
         unfreeze = fine_tune_from is not None and i >= fine_tune_from
         layer.trainable = unfreeze and not isinstance(layer, layers.BatchNormalization)
+
+
+def validity_summary(model: keras.Model, layer: str) -> keras.KerasTensor:
+    """The validity summary of one conv layer (core.validity): each channel's spatial standard deviation, per image."""
+    return ops.std(model.get_layer(layer).output, axis=(1, 2))

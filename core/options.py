@@ -50,6 +50,16 @@ TUNE_MIN_PER_CLASS = 5
 #: site-curve: labelled images per fold to try (the whole labelled half is always added), and random halvings.
 SITE_CURVE_SIZES = (25, 50, 100, 200)
 SITE_CURVE_REPEATS = 3
+#: Validity (core.validity): the conv layer whose per-channel spatial spread is summarised (chosen on validation and
+#: on images that are not chest X-rays by bench/choose_validity.py), the share of validation images the threshold
+#: accepts, and the sure checks: the most colourfulness (mean distance of a pixel from its grey, 0..255) an X-ray may
+#: have, and the DICOM modalities, body parts and views of a frontal chest radiograph (an absent tag passes).
+VALIDITY_LAYER = "out_relu"
+VALIDITY_ACCEPT = 0.95
+COLOUR_MAX = 8.0
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
+CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
+FRONTAL_VIEWS = ("PA", "AP")
 #: Training augmentations (core.augment).
 AUGMENTATIONS = ("seed", "acquisition", "invariance")
 

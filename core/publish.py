@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.artifact import CARD_FILE, META_FILE, MODEL_FILE, SOURCE_STATS_FILE, TRAINING_FILES
+from core.artifact import CARD_FILE, META_FILE, MODEL_FILE, SOURCE_STATS_FILE, TRAINING_FILES, VALIDITY_FILE
 from core.errors import PublishError
 from core.hub import is_pinned
 from core.paths import REPO_ROOT
 
 MODEL_CARD = CARD_FILE
 REQUIRED_MODEL_FILES = (MODEL_FILE, META_FILE, MODEL_CARD)
-OPTIONAL_MODEL_FILES = (SOURCE_STATS_FILE, *TRAINING_FILES)
+OPTIONAL_MODEL_FILES = (SOURCE_STATS_FILE, VALIDITY_FILE, *TRAINING_FILES)
 
 
 def model_files(folder: str | Path) -> list[Path]:
@@ -46,7 +46,7 @@ def space_files(root: Path = REPO_ROOT, with_weights: bool = False) -> list[tupl
     pairs += [(p, p.relative_to(root).as_posix()) for p in sorted((root / "space" / "examples").glob("*"))]
     if with_weights:
         weights = root / "weights"
-        pairs += [(weights / n, f"weights/{n}") for n in (MODEL_FILE, META_FILE, SOURCE_STATS_FILE)]
+        pairs += [(weights / n, f"weights/{n}") for n in (MODEL_FILE, META_FILE, SOURCE_STATS_FILE, VALIDITY_FILE)]
     pairs += [(root / "requirements.txt", "requirements.txt"), (root / "space" / "README.md", "README.md")]
     missing = [str(p) for p, _ in pairs if not p.is_file()]
     if missing:

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 PATH = "path"
 ERROR = "error"
 PROBABILITIES = "probabilities"
+OOD_SCORE = "ood_score"  # NaN where unreadable or the model has no validity statistics
+NOTES = "notes"  # the sure validity checks' reasons, joined
 PROBE_SECONDS = 5.0
 CPUS_PER_WORKER = 1  # each actor's Ray reservation, and so its TensorFlow threads
 
@@ -98,20 +100,34 @@ class BatchScorer:
         from core.inference import score_files
 
         paths = [str(p) for p in batch[PATH]]
-        scores = score_files(self.loaded.model, self.loaded.meta.input, paths, batch_size=max(1, len(paths)))
-        return to_rows(paths, scores, len(self.loaded.meta.classes))
+        loaded = self.loaded
+        scores = score_files(
+            loaded.model, loaded.meta.input, paths, batch_size=max(1, len(paths)), validity=loaded.validity
+        )
+        return to_rows(paths, scores, len(loaded.meta.classes))
 
 
 def to_rows(paths: Sequence[str], scores: Scores, n_classes: int) -> dict[str, np.ndarray]:
-    """One row per input path: probabilities (NaN if unreadable) and the reason it was not read ("" if read)."""
+    """One row per input path: probabilities (NaN if unreadable), validity, and the reason it was not read."""
     probs = np.full((len(paths), n_classes), np.nan, np.float32)
-    errors = [""] * len(paths)
+    ood = np.full(len(paths), np.nan, np.float32)
+    errors, notes = [""] * len(paths), [""] * len(paths)
     where = {p: i for i, p in enumerate(paths)}
-    for p, row in zip(scores.paths, scores.probabilities):
-        probs[where[str(p)]] = row
+    for k, (p, row) in enumerate(zip(scores.paths, scores.probabilities)):
+        i = where[str(p)]
+        probs[i] = row
+        notes[i] = scores.notes[k] if scores.notes else ""
+        if scores.ood_scores is not None:
+            ood[i] = scores.ood_scores[k]
     for p, reason in scores.skipped:
         errors[where[str(p)]] = reason
-    return {PATH: np.array(paths, dtype=object), ERROR: np.array(errors, dtype=object), PROBABILITIES: probs}
+    return {
+        PATH: np.array(paths, dtype=object),
+        ERROR: np.array(errors, dtype=object),
+        PROBABILITIES: probs,
+        OOD_SCORE: ood,
+        NOTES: np.array(notes, dtype=object),
+    }
 
 
 def worker_path(path: str | Path) -> str:
@@ -119,8 +135,11 @@ def worker_path(path: str | Path) -> str:
     return str(Path(path).absolute())
 
 
-def merge_rows(paths: Sequence[Path], rows: dict[str, tuple[str, np.ndarray]], n_classes: int) -> Scores:
-    """Rows keyed by worker path back into a :class:`Scores` of ``paths``, in their order; a missing file fails."""
+def merge_rows(paths: Sequence[Path], rows: dict[str, tuple], n_classes: int, validity: bool = False) -> Scores:
+    """Rows keyed by worker path back into a :class:`Scores` of ``paths``, in their order; a missing file fails.
+
+    A row is ``(error, probabilities, ood_score, notes)``; ``validity``: the model has validity statistics.
+    """
     from core.inference import Scores
 
     missing = [p for p in paths if worker_path(p) not in rows]
@@ -129,15 +148,20 @@ def merge_rows(paths: Sequence[Path], rows: dict[str, tuple[str, np.ndarray]], n
     kept: list[Path] = []
     probs: list[np.ndarray] = []
     skipped: list[tuple[Path, str]] = []
+    ood: list[float] = []
+    notes: list[str] = []
     for p in paths:
-        error, row = rows[worker_path(p)]
+        error, row, score, note = rows[worker_path(p)]
         if error:
             skipped.append((p, error))
         else:
             kept.append(p)
             probs.append(row)
+            ood.append(score)
+            notes.append(note)
     arr = np.stack(probs).astype(np.float32) if probs else np.zeros((0, n_classes), np.float32)
-    return Scores(kept, arr, skipped)
+    scores = np.array(ood, np.float32) if validity else None
+    return Scores(kept, arr, skipped, ood_scores=scores, notes=notes)
 
 
 class RayEngine:
@@ -206,16 +230,18 @@ class RayEngine:
             compute=ray.data.ActorPoolStrategy(size=self.workers),
             num_cpus=CPUS_PER_WORKER,
         )
-        rows: dict[str, tuple[str, np.ndarray]] = {}
+        rows: dict[str, tuple] = {}
         try:
             for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for p, error, row in zip(out[PATH], out[ERROR], out[PROBABILITIES]):
-                    rows[str(p)] = (str(error), np.asarray(row, np.float32))
+                for p, error, row, ood, note in zip(
+                    out[PATH], out[ERROR], out[PROBABILITIES], out[OOD_SCORE], out[NOTES]
+                ):
+                    rows[str(p)] = (str(error), np.asarray(row, np.float32), float(ood), str(note))
                 if on_batch:
                     on_batch(len(out[PATH]))
         except ray.exceptions.RayError as exc:
             raise known_worker_error(exc) from None
-        return merge_rows(paths, rows, len(loaded.meta.classes))
+        return merge_rows(paths, rows, len(loaded.meta.classes), loaded.validity is not None)
 
     def info(self) -> dict[str, Any]:
         return {

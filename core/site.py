@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from core import calibration, tuning
-from core.adaptation import adapted_copy, clone
+from core.adaptation import adapted_site, clone
 from core.artifact import LoadedModel, ModelMeta, is_model_entry, save_artifact
 from core.atomic import replace_folder
 from core.config import FEATURES_LAYER
@@ -63,11 +63,14 @@ def adapt_to_site(
 ) -> ModelMeta:
     """Adapt to the images under ``folder`` (no label read) and write the adapted model to ``out``."""
     paths = site_images(folder)
-    model, info = adapted_copy(loaded, paths, method, batch_size, on_batch)
+    adapted, info = adapted_site(loaded, paths, method, batch_size, on_batch)
     meta = _derived_meta(loaded, "adapted")
-    meta.adaptation = {**meta.adaptation, "applied": {**info, "folder": Path(folder).resolve().name, "date": _now()}}
+    site = Path(folder).resolve().name
+    meta.adaptation = {**meta.adaptation, "applied": {**info, "folder": site, "date": _now()}}
+    if adapted.validity is not None:
+        meta.validity = {**meta.validity, "rematched": {"folder": site, "n_images": info["n_images"]}}
     with replace_folder(out, is_model_entry, overwrite) as staging:
-        save_artifact(model, meta, staging)
+        save_artifact(adapted.model, meta, staging, validity=adapted.validity)
     return meta
 
 
@@ -104,7 +107,7 @@ def calibrate_to_site(
         **({"previous": previous} if previous else {}),
     }
     with replace_folder(out, is_model_entry, overwrite) as staging:
-        save_artifact(model, meta, staging)
+        save_artifact(model, meta, staging, validity=loaded.validity)
     return meta
 
 
@@ -140,7 +143,7 @@ def tune_to_site(
         "in_sample": _in_sample(y, scores.probabilities, tuned_p, classes),
     }
     with replace_folder(out, is_model_entry, overwrite) as staging:
-        save_artifact(model, meta, staging)
+        save_artifact(model, meta, staging, validity=loaded.validity)
     return meta
 
 

@@ -64,6 +64,10 @@ def report_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     for key, value in flatten(metrics.get("ci95", {})).items():
         if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
             out[f"ci95.{key}.low"], out[f"ci95.{key}.high"] = float(value[0]), float(value[1])
+    valid = metrics.get("validity", {})
+    for key in ("n_flagged", "share_flagged", "accuracy_accepted"):
+        if isinstance(valid.get(key), (int, float)):
+            out[f"validity.{key}"] = float(valid[key])
     return out
 
 

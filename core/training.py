@@ -29,12 +29,15 @@ import numpy as np
 import tensorflow as tf
 from sklearn.model_selection import StratifiedGroupKFold
 
+from core import validity
 from core.augment import acquisition_augmenter, augment_params
 from core.config import ArchConfig, InputSpec, TrainConfig
 from core.data import Sample, Scan, class_indices, labels_of, patient_id, relative_name
 from core.errors import DataError, InputError
 from core.inference import image_batches
 from core.model import BLUR_LAYER, FEATURES_LAYER, STANDARDIZE_LAYER, backbone_layers, set_fine_tuning
+from core.options import VALIDITY_LAYER
+from core.validity import ValidityStats
 
 if TYPE_CHECKING:
     from core.adaptation import LayerStats
@@ -272,6 +275,7 @@ class TrainResult:
     history: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     source_stats: LayerStats | None = None
     validation_files: list[str] = field(default_factory=list)  # relative to the data folder
+    validity: ValidityStats | None = None
 
 
 def train_model(
@@ -393,7 +397,8 @@ def train_model(
         "validation_shift": shift or _validation_stress(model, spec, val, classes),
     }
     stats = source_statistics(model, spec, [s.path for s in train])
-    return TrainResult(model, meta, history, stats, [relative_name(s.path, scan.root) for s in val])
+    validity, meta.validity = validity_statistics(model, spec, train, val, classes, TRAINING_IMAGES)
+    return TrainResult(model, meta, history, stats, [relative_name(s.path, scan.root) for s in val], validity)
 
 
 def choose_wise_ft(
@@ -436,6 +441,48 @@ def source_statistics(model: keras.Model, spec: InputSpec, paths: Sequence[str |
     from core.adaptation import layer_statistics, measured_layers
 
     return layer_statistics(model, spec, paths, measured_layers(model))
+
+
+TRAINING_IMAGES = "the training split (validation excluded), clean, no augmentation"
+
+
+def validity_statistics(
+    model: keras.Model,
+    spec: InputSpec,
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    classes: Sequence[str],
+    images: str,
+    layer: str = VALIDITY_LAYER,
+) -> tuple[ValidityStats, dict[str, Any]]:
+    """Fit the validity statistics on the training split, the threshold on validation; and their record."""
+    from core.inference import layer_summaries
+
+    kept, train_summaries = layer_summaries(model, spec, [s.path for s in train], layer)
+    y = class_indices(labels_of(list(train), kept), list(classes))
+    _, val_summaries = layer_summaries(model, spec, [s.path for s in val], layer)
+    stats = validity.fit(train_summaries, y, val_summaries, layer)
+    return stats, validity.record(stats, train_summaries, val_summaries, images)
+
+
+def add_validity(loaded: Any, scan: Scan) -> Path:
+    """Fit and store the validity statistics of a model trained before they were kept.
+
+    The training and validation splits are rebuilt from the configuration in
+    ``model.json`` (same fraction and seed, so the same patients), which makes
+    the result what training would have stored.
+    """
+    from core.artifact import META_FILE, store_validity
+    from core.atomic import write_json
+
+    train, val = split_by_patient(scan.samples, *recorded_split(loaded.meta.training))
+    images = TRAINING_IMAGES + "; measured after training"
+    stats, loaded.meta.validity = validity_statistics(
+        loaded.model, loaded.meta.input, train, val, loaded.meta.classes, images
+    )
+    path = store_validity(loaded.directory, loaded.meta, stats)
+    write_json(loaded.directory / META_FILE, loaded.meta.to_dict())
+    return path
 
 
 def _validation_stress(model: keras.Model, spec: InputSpec, val: list[Sample], classes: list[str]) -> dict[str, Any]:
@@ -545,7 +592,9 @@ def train_to_folder(
                 "validation %s", json.dumps({k: v for k, v in metrics["validation"].items() if k != "calibration_bins"})
             )
             log.info("validation under perturbation %s", json.dumps(metrics["validation_shift"]))
-            save_artifact(result.model, result.meta, staging, source_stats=result.source_stats)
+            save_artifact(
+                result.model, result.meta, staging, source_stats=result.source_stats, validity=result.validity
+            )
             write_json(staging / history_file, result.history)
             save_figure(training_curves_figure(result.history), staging / curves_file)
             write_text(staging / validation_file, "".join(f"{f}\n" for f in result.validation_files))

@@ -29,6 +29,7 @@ from core.options import CAM_METHODS, MAX_SHOWN_LAYERS  # noqa: E402
 from core.overlay import colour_scale, encode_png  # noqa: E402
 from core.resolve import load_model  # noqa: E402
 from core.space_config import SpaceConfig, example_files, load_space_config, model_line  # noqa: E402
+from core.validity import WARNING  # noqa: E402
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom"]
 PREDICTED = "predicted class"
@@ -106,6 +107,8 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
             f"Predicted **{e.predicted}** ({e.probabilities[e.predicted]:.0%}); heatmaps explain **{e.explained}**. "
             "Drag the slider over the X-ray to compare it with the deepest layer's heatmap."
         )
+        if not e.validity.in_distribution:
+            summary = f"⚠️ **{WARNING}** ({'; '.join(e.validity.reasons)}).\n\n{summary}"
         files = overlay_files.write([*e.overlays, e.image], [*e.layer_names, "xray"])
         return e.probabilities, list(zip(files, captions)), summary, (files[-1], files[-2])
 
@@ -124,8 +127,8 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
                 if examples:
                     gr.Examples(examples, inputs=[image], label="Example X-rays (click one)", cache_examples=False)
             with gr.Column(scale=2):
+                summary = gr.Markdown(label="summary", elem_id="summary")  # above the probabilities: the warning
                 label = gr.Label(num_top_classes=len(classes), label="Probabilities", elem_id="label")
-                summary = gr.Markdown(label="summary", elem_id="summary")
                 slider = gr.ImageSlider(
                     label="The X-ray | the deepest layer's heatmap", type="filepath", elem_id="slider", height=520
                 )

@@ -26,7 +26,7 @@ def decode_bytes(data: bytes, name: str = "<upload>") -> np.ndarray:
     p = Path(name)
     if not data:
         raise ImageLoadError(p, "file is empty")
-    return pick_reader(data, p)(p, data)
+    return pick_reader(data, p)(p, data)[0]
 
 
 def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float) -> np.ndarray:
@@ -149,8 +149,24 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_file:
     model = build_model(TINY_ARCH, TINY_SPEC, backbone_weights=str(tiny_backbone_file))
     meta = new_meta(model, TINY_ARCH, TINY_SPEC, list(DEFAULT_CLASSES))
     out = tmp_path_factory.mktemp("tiny_model")
-    save_artifact(model, meta, out)
+    stats, meta.validity = tiny_validity(model)
+    save_artifact(model, meta, out, validity=stats)
     return out
+
+
+def tiny_validity(model: keras.Model) -> tuple:
+    """Validity statistics for a tiny model, fitted as training fits them, on X-ray-like images made here."""
+    from core import validity
+    from core.inference import compile_forward
+    from core.options import VALIDITY_LAYER
+
+    def summaries(seeds: range) -> np.ndarray:
+        x = np.stack([np.repeat(xray_like(64, 64, seed=i)[..., None], 3, -1) for i in seeds]).astype("float32")
+        return compile_forward(model, summary_layer=VALIDITY_LAYER)(x)[1].numpy()
+
+    train, val = summaries(range(1000, 1048)), summaries(range(2000, 2020))
+    stats = validity.fit(train, np.arange(len(train)) % 3, val, VALIDITY_LAYER)
+    return stats, validity.record(stats, train, val, "X-ray-like images made by the tests")
 
 
 @pytest.fixture(scope="session")

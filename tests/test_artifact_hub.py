@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_ARCH, TINY_SPEC, save_gray, xray_like
-from core.artifact import META_FILE, MODEL_FILE, load_artifact, new_meta, read_meta, save_artifact
+from core.artifact import META_FILE, MODEL_FILE, VALIDITY_FILE, load_artifact, new_meta, read_meta, save_artifact
 from core.errors import ModelLoadError
 from core.hub import is_pinned
 from core.model import backbone_layers, build_model, conv_layer_names, set_fine_tuning
@@ -113,8 +113,9 @@ def fill_hub_cache(cache: Path, repo_id: str, commit: str, model_dir: Path) -> P
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     snap = repo / "snapshots" / commit
     snap.mkdir(parents=True)
-    for name in (META_FILE, MODEL_FILE):
-        shutil.copy(model_dir / name, snap / name)
+    for name in (META_FILE, MODEL_FILE, VALIDITY_FILE):
+        if (model_dir / name).is_file():
+            shutil.copy(model_dir / name, snap / name)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     return snap
@@ -139,7 +140,8 @@ def test_hub_download_from_prefilled_cache(tiny_model_dir: Path, tmp_path: Path)
     source = resolve_model(repo_id="pneumocam/test-model", revision=COMMIT, cache_dir=cache)
     assert source.directory == snap
     assert "pneumocam/test-model@" + COMMIT in source.description
-    assert load_artifact(source.directory).meta.classes == ["BACTERIA", "NORMAL", "VIRUS"]
+    loaded = load_artifact(source.directory)
+    assert loaded.meta.classes == ["BACTERIA", "NORMAL", "VIRUS"] and loaded.validity is not None
 
 
 def test_hub_errors_and_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

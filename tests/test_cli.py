@@ -53,8 +53,15 @@ def test_evaluate_writes_four_consistent_files(data_with_junk, tiny_model_dir: P
     assert [m["per_class"][c]["support"] for c in CLASSES] == [counts[c] for c in CLASSES]
     assert m["skipped"] == [{"file": "PNEUMONIA/person77_virus_1.jpeg", "reason": m["skipped"][0]["reason"]}]
     rows = read_csv(out / "predictions.csv")
-    assert list(rows[0]) == ["file", "true", "predicted", "p_BACTERIA", "p_NORMAL", "p_VIRUS"]
+    assert list(rows[0]) == [
+        "file", "true", "predicted", "p_BACTERIA", "p_NORMAL", "p_VIRUS", "in_distribution", "ood_score",
+        "validity_reasons",
+    ]  # fmt: skip
     assert len(rows) == n
+    flagged = [r for r in rows if r["in_distribution"] == "false"]
+    assert all(float(r["ood_score"]) > 1 or r["validity_reasons"] for r in flagged)
+    assert m["validity"]["scored"] and m["validity"]["n_flagged"] == len(flagged)
+    assert m["validity"]["n_images"] == n and "validity (score and sure checks)" in result.output
     cm = np.zeros((3, 3), int)
     for r in rows:
         probs = [float(r[f"p_{c}"]) for c in CLASSES]
@@ -199,7 +206,9 @@ def test_predict_a_folder_lists_failures_and_skips_gradcam_without_cam_out(tiny_
     table = run("predict", folder, "--model", tiny_model_dir)
     assert table.exit_code == 1
     lines = table.stdout.strip().splitlines()
-    assert lines[0].split("\t") == ["file", "predicted", "p_BACTERIA", "p_NORMAL", "p_VIRUS"]
+    assert lines[0].split("\t") == [
+        "file", "predicted", "p_BACTERIA", "p_NORMAL", "p_VIRUS", "in_distribution", "ood_score"
+    ]  # fmt: skip
     assert {line.split("\t")[0] for line in lines[1:]} == {str(a), str(b)}
     as_json = json.loads(run("predict", folder, "--model", tiny_model_dir, "--json", "--layers", 8).stdout)
     assert {r["file"]: r.get("error") for r in as_json} == {
@@ -208,6 +217,9 @@ def test_predict_a_folder_lists_failures_and_skips_gradcam_without_cam_out(tiny_
         str(bad): "not a JPEG, PNG, BMP or DICOM image",
     }
     assert not any("gradcam" in r for r in as_json)
+    for r in [r for r in as_json if "error" not in r]:
+        assert isinstance(r["in_distribution"], bool) and r["ood_score"] > 0
+        assert r["in_distribution"] == (r["ood_score"] <= 1 and not r["reasons"])
     wrong = run("predict", a, "--model", tiny_model_dir, "--explain", "PNEUMONIA")
     assert wrong.exit_code == 2 and "BACTERIA, NORMAL, VIRUS" in wrong.output
 

@@ -85,10 +85,12 @@ def test_the_pool_has_one_actor_per_cpu() -> None:
 def test_a_file_missing_from_the_results_fails_the_run() -> None:
     paths = [Path("/a.jpeg"), Path("/b.jpeg")]
     row = np.array([0.2, 0.3, 0.5], np.float32)
-    scores = merge_rows(paths[::-1], {"/a.jpeg": ("", row), "/b.jpeg": ("file is empty", row * np.nan)}, 3)
+    rows = {"/a.jpeg": ("", row, 0.5, ""), "/b.jpeg": ("file is empty", row * np.nan, np.nan, "")}
+    scores = merge_rows(paths[::-1], rows, 3, validity=True)
     assert scores.paths == [Path("/a.jpeg")] and scores.skipped == [(Path("/b.jpeg"), "file is empty")]
+    assert scores.ood_scores.tolist() == [0.5] and scores.validity()[0].in_distribution
     with pytest.raises(EngineError, match="no result for 1 file"):
-        merge_rows(paths, {"/a.jpeg": ("", row)}, 3)
+        merge_rows(paths, {"/a.jpeg": ("", row, 0.5, "")}, 3)
 
 
 def test_an_address_that_does_not_answer_fails_in_one_line(tiny_model_dir: Path, broken_folder) -> None:

@@ -129,6 +129,9 @@ def test_adaptation_gives_the_recorded_figures_on_the_other_layout(tmp_path: Pat
     m = json.loads((tmp_path / "three" / "metrics.json").read_text())
     recorded = read_meta(DEFAULT_WEIGHTS_DIR).metrics["test:site-adapted"]
     assert m["protocol"]["name"] == "site-adapted" and m["n_images"] == 624
+    # The validity statistics follow the adaptation (as adapt's model folder stores them): 95 % still accepted.
+    assert m["validity"]["scored"] and m["validity"]["share_flagged"] <= 0.05
+    assert m["validity"]["n_flagged"] == recorded["validity"]["n_flagged"]
     assert abs(m["accuracy"] - recorded["accuracy"]) <= 0.001 + 1e-9
     assert m["confusion_matrix"] == recorded["confusion_matrix"]
     for cls in CLASSES:
@@ -149,3 +152,71 @@ def test_site_curve_figures_hold(tmp_path: Path) -> None:
     assert {point_key(p) for p in got["points"]} == set(want)
     for p in got["points"]:
         assert abs(p["accuracy"] - want[point_key(p)]["accuracy"]) <= 0.005 + 1e-9, p["size"]
+
+
+def altered_xrays(folder: Path, n: int = 20) -> dict[str, list[Path]]:
+    """Test X-rays made into what an archive also holds: inverted, turned, cropped to a corner, tiled; text pages."""
+    import cv2
+
+    made: dict[str, list[Path]] = {k: [] for k in ("inverted", "rot90", "corner", "tiled", "page")}
+    for src in sorted((TEST_DIR / "NORMAL").glob("*.jpeg"))[:n] + sorted((TEST_DIR / "PNEUMONIA").glob("*.jpeg"))[:n]:
+        g = np.asarray(Image.open(src).convert("L"))
+        h, w = g.shape
+        variants = {
+            "inverted": 255 - g,
+            "rot90": np.rot90(g).copy(),
+            "corner": g[: h // 3, : w // 3],
+            "tiled": np.tile(cv2.resize(g, (w // 2, h // 2)), (2, 2)),
+        }
+        for kind, img in variants.items():
+            made[kind].append(folder / kind / f"{src.stem}.png")
+            made[kind][-1].parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(made[kind][-1])
+    for i in range(3):
+        page = np.full((900, 700), 245, np.uint8)
+        for k in range(20):
+            cv2.putText(
+                page, f"Discharge summary, line {k + i}", (40, 60 + 40 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.9, 20, 2
+            )
+        made["page"].append(folder / "page" / f"page_{i}.png")
+        made["page"][-1].parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(page).save(made["page"][-1])
+    return made
+
+
+def shipped_images(folder: Path) -> list[Path]:
+    """Images our dependencies ship: matplotlib's samples, pydicom's test files, scikit-image's data."""
+    import shutil
+
+    import matplotlib
+    import pydicom
+    import skimage
+
+    sources = [Path(matplotlib.get_data_path()) / "sample_data" / n for n in ("grace_hopper.jpg", "logo2.png")]
+    sources += sorted((Path(pydicom.__file__).parent / "data" / "test_files").glob("*.dcm"))
+    sources += sorted(p for p in (Path(skimage.__file__).parent / "data").iterdir() if p.suffix in (".png", ".jpg"))
+    folder.mkdir()
+    return [Path(shutil.copy(p, folder / f"{p.parent.name}_{p.name}")) for p in sources]
+
+
+def test_validity_accepts_the_test_x_rays_and_flags_what_is_not_one(evaluation: Path, tmp_path: Path) -> None:
+    """The issue's bars: 95 % of the test X-rays accepted; 95 % of the rest flagged, AUROC at least 0.98."""
+    from sklearn.metrics import roc_auc_score
+
+    m = json.loads((evaluation / "metrics.json").read_text())
+    assert m["validity"]["scored"] and m["validity"]["share_flagged"] <= 0.05
+    recorded = read_meta(DEFAULT_WEIGHTS_DIR).metrics["test"]["validity"]
+    assert m["validity"]["n_flagged"] == recorded["n_flagged"]
+    with open(evaluation / "predictions.csv", newline="") as f:
+        xrays = [float(r["ood_score"]) for r in csv.DictReader(f)]
+    altered = altered_xrays(tmp_path / "altered")
+    shipped = shipped_images(tmp_path / "shipped")
+    calls = json.loads(CliRunner().invoke(main, ["predict", str(tmp_path), "--json"]).stdout)
+    scored = {Path(c["file"]).resolve(): c for c in calls if "error" not in c}
+    assert len([p for p in shipped if p.resolve() in scored]) >= 50  # the rest are not images (RT plans, reports)
+    flagged = {k: np.mean([not scored[p.resolve()]["in_distribution"] for p in v]) for k, v in altered.items()}
+    assert flagged["rot90"] == flagged["corner"] == flagged["page"] == 1.0, flagged
+    assert flagged["inverted"] >= 0.85 and flagged["tiled"] >= 0.9, flagged  # the hardest: see docs/validity.md
+    assert np.mean([not c["in_distribution"] for c in scored.values()]) >= 0.95
+    others = [c["ood_score"] for c in scored.values()]
+    assert roc_auc_score([0] * len(xrays) + [1] * len(others), xrays + others) >= 0.98

@@ -15,7 +15,7 @@ from cli.app import main
 from conftest import make_dataset, save_gray, xray_like
 from core import calibration
 from core.adaptation import adapted_copy, layer_statistics, load_source_stats, measured_layers
-from core.artifact import SOURCE_STATS_FILE, load_artifact
+from core.artifact import SOURCE_STATS_FILE, VALIDITY_FILE, load_artifact
 from core.data import patient_id, scan_dataset
 from core.errors import DataError, ModelLoadError
 from core.inference import Explainer, score_files
@@ -260,6 +260,9 @@ def test_calibrate_cli_folds_the_fit_into_the_logits(adaptable_dir: Path, site_d
     np.testing.assert_allclose(p_cal, calibration.apply(p_base, cal), atol=1e-4)
     e = Explainer(cal_model).explain_file(paths[0], n_layers=1)
     assert e.probabilities == pytest.approx(dict(zip(CLASSES, p_cal[0].tolist())), abs=1e-4)
+    # Calibration leaves the features alone, so the validity statistics travel unchanged.
+    assert cal_model.validity is not None and cal_model.validity.threshold == base.validity.threshold
+    assert e.validity.ood_score == pytest.approx(Explainer(base).explain_file(paths[0]).validity.ood_score, rel=1e-4)
 
 
 def test_calibrate_refuses_a_folder_with_a_class_missing(adaptable_dir: Path, tmp_path: Path) -> None:
@@ -321,7 +324,7 @@ def test_source_stats_are_checked_against_their_hash(adaptable_dir: Path, tmp_pa
 
 
 def test_a_hub_model_brings_its_training_statistics(adaptable_dir: Path, darker_site: Path, tmp_path: Path) -> None:
-    """hf_hub_download fetches source_stats.npz with the model (here from a pre-filled cache, offline)."""
+    """hf_hub_download fetches source_stats.npz and validity.npz with the model (a pre-filled cache, offline)."""
     import huggingface_hub.constants
 
     from core.resolve import load_model
@@ -330,7 +333,7 @@ def test_a_hub_model_brings_its_training_statistics(adaptable_dir: Path, darker_
     repo = tmp_path / "hub" / "models--org--pneumocam"
     snap = repo / "snapshots" / commit
     snap.mkdir(parents=True)
-    for name in ("model.json", "model.keras", SOURCE_STATS_FILE):
+    for name in ("model.json", "model.keras", SOURCE_STATS_FILE, VALIDITY_FILE):
         shutil.copy(adaptable_dir / name, snap / name)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
@@ -340,6 +343,6 @@ def test_a_hub_model_brings_its_training_statistics(adaptable_dir: Path, darker_
         loaded = load_model(repo_id="org/pneumocam", revision=commit, cache_dir=tmp_path / "hub")
     finally:
         mp.undo()
-    assert loaded.from_hub and loaded.directory == snap
+    assert loaded.from_hub and loaded.directory == snap and loaded.validity is not None
     model, info = adapted_copy(loaded, sorted(darker_site.glob("*.png")), batch_size=6)
     assert info["n_images"] == 12 and model is not loaded.model

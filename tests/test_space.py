@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -75,6 +76,10 @@ def test_predict_endpoint_through_gradio_client(server: str, xray: Path, tmp_pat
     assert shown.size == heat.size == size
     assert np.abs(np.asarray(shown.convert("L"), float) - np.asarray(Image.open(xray).convert("L"), float)).mean() < 1
     assert np.asarray(heat, float).std(axis=-1).mean() > 5  # coloured, unlike the grey X-ray
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    _, _, warned, _ = client.predict(handle_file(str(photo)), 1, api_name="/predict")
+    assert warned.startswith("⚠️ **This does not look like a frontal pediatric chest X-ray") and "colour" in warned
 
     _, default, _, _ = client.predict(handle_file(str(xray)), api_name="/predict")  # every other input defaulted
     from core.artifact import read_meta
@@ -187,7 +192,7 @@ def test_deploy_space_never_makes_a_space_without_a_model() -> None:
     expected = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "core").rglob("*.py")}
     expected |= {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "space" / "examples").iterdir()}
     expected |= {"space/app.py", "space/config.json", "requirements.txt", "README.md"}
-    expected |= {"weights/model.keras", "weights/model.json", "weights/source_stats.npz"}
+    expected |= {"weights/model.keras", "weights/model.json", "weights/source_stats.npz", "weights/validity.npz"}
     assert set(listed) == expected and len(listed) == len(expected)
 
 

@@ -89,10 +89,13 @@ def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: 
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["model.keras", "model.json", "history.json", "training_curves.png", "train.log", "source_stats.npz"]
-        + ["validation.txt"]
+        + ["validation.txt", "validity.npz"]
     )
     listed = (out / "validation.txt").read_text().splitlines()
     assert len(listed) == loaded_n_val(out) and all((tiny_data / f).is_file() for f in listed)
+    trained = load_artifact(out)  # training fits the validity statistics: the threshold accepts 95 % of validation
+    assert trained.validity is not None and trained.meta.validity["validation"]["n_images"] == len(listed)
+    assert trained.meta.validity["validation"]["accepted"] >= 0.95
     stress_out = tmp_path / "stress"
     stressed = CliRunner().invoke(
         main,
@@ -128,8 +131,8 @@ def test_publish_dry_run_lists_exactly_the_model_files(tiny_model_dir: Path, tmp
     result = CliRunner().invoke(main, ["publish", str(folder), "--repo-id", "me/x", "--dry-run"])
     assert result.exit_code == 0, result.output
     listed = [line.split("\t")[0] for line in result.stdout.splitlines() if "\t" in line]
-    assert sorted(listed) == ["README.md", "model.json", "model.keras"]
-    assert "dry run: 3 file(s)" in result.stdout
+    assert sorted(listed) == ["README.md", "model.json", "model.keras", "validity.npz"]
+    assert "dry run: 4 file(s)" in result.stdout
 
 
 def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:

@@ -1,0 +1,180 @@
+"""The validity score: statistics, sure checks, every entry point, and adapted models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+from pydicom.data import get_testdata_file
+
+from cli.app import main
+from conftest import make_dataset, save_gray, xray_like
+from core import validity
+from core.artifact import VALIDITY_FILE, load_artifact
+from core.errors import ModelLoadError
+from core.images import Header, read_image_and_header
+from core.inference import Explainer, layer_summaries, probabilities_of, score_files
+from core.validity import ValidityStats, input_reasons
+
+SAMPLE_DATA = Path(matplotlib.get_data_path()) / "sample_data"
+
+
+def gaussian_stats(rng: np.random.Generator, d: int = 6) -> tuple[ValidityStats, np.ndarray]:
+    train = rng.normal(0, 1, (600, d)) + np.repeat(np.eye(3, d) * 3, 200, axis=0)
+    labels = np.repeat(np.arange(3), 200)
+    val = rng.normal(0, 1, (400, d)) + np.eye(3, d)[np.arange(400) % 3] * 3
+    return validity.fit(train, labels, val, "out_relu"), val
+
+
+def test_the_threshold_accepts_the_share_of_validation_and_far_points_are_flagged() -> None:
+    stats, val = gaussian_stats(np.random.default_rng(0))
+    accepted = np.mean(stats.scores(val) <= 1)
+    assert 0.95 <= accepted < 0.96
+    far = np.random.default_rng(1).normal(0, 1, (50, 6)) + 12
+    assert (stats.scores(far) > 1).all()
+    # The distance is to the nearest class mean: each class's own centre scores near zero.
+    assert (stats.scores(stats.means) < 0.05).all()
+
+
+def test_statistics_survive_saving_and_rematching_maps_a_shifted_site_back(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    stats, val = gaussian_stats(rng)
+    back = ValidityStats.load(stats.save(tmp_path / VALIDITY_FILE))
+    assert back.layer == "out_relu" and back.threshold == stats.threshold
+    assert np.allclose(back.scores(val), stats.scores(val))
+    site = val * 0.5 + 4.0  # another site: the same X-rays, other spread and offset
+    assert np.mean(stats.scores(site) <= 1) < 0.2
+    matched = stats.rematched(site.mean(0), site.std(0))
+    assert np.mean(matched.scores(site) <= 1) > 0.9
+
+
+def test_the_sure_checks_read_colour_and_the_dicom_header() -> None:
+    photo, header = read_image_and_header(SAMPLE_DATA / "grace_hopper.jpg")
+    assert header == Header() and any("colour image" in r for r in input_reasons(photo, header))
+    ct, header = read_image_and_header(get_testdata_file("CT_small.dcm"))
+    assert header.modality == "CT" and any("modality CT" in r for r in input_reasons(ct, header))
+    grey = np.repeat(xray_like(64, 64)[..., None], 3, -1)
+    assert input_reasons(grey, Header()) == []
+    assert input_reasons(grey, Header("DX", "CHEST", "PA")) == []
+    reasons = input_reasons(grey, Header("CR", "HAND", "LL"))
+    assert len(reasons) == 2 and "body part HAND" in reasons[0] and "view LL" in reasons[1]
+
+
+def test_every_entry_point_gives_one_image_the_same_score(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Batch scoring, one-image probabilities and Grad-CAM compute the same validity."""
+    loaded = load_artifact(tiny_model_dir)
+    assert loaded.validity is not None and loaded.meta.validity["validation"]["accepted"] >= 0.95
+    files = [save_gray(tmp_path / f"x{i}.png", xray_like(64, 64, seed=3000 + i)) for i in range(3)]
+    files.append(tmp_path / "photo.jpg")
+    shutil.copy(SAMPLE_DATA / "grace_hopper.jpg", files[-1])
+    scores = score_files(loaded.model, loaded.meta.input, files, batch_size=2, validity=loaded.validity)
+    batch = scores.validity()
+    decoded = [read_image_and_header(f) for f in files]
+    single = [v for _, v in probabilities_of(loaded, [d[0] for d in decoded], [d[1] for d in decoded])]
+    explained = [
+        e.validity for e in Explainer(loaded).explain([d[0] for d in decoded], headers=[d[1] for d in decoded])
+    ]
+    for a, b, c in zip(batch, single, explained):
+        assert a.ood_score == pytest.approx(b.ood_score, rel=1e-4) == pytest.approx(c.ood_score, rel=1e-4)
+        assert a.in_distribution == b.in_distribution == c.in_distribution
+    assert not batch[-1].in_distribution and any("colour" in r for r in batch[-1].reasons)
+
+
+def test_a_tampered_validity_file_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    stats = ValidityStats.load(folder / VALIDITY_FILE)
+    stats.threshold *= 100  # would accept anything
+    stats.save(folder / VALIDITY_FILE)
+    with pytest.raises(ModelLoadError, match="does not match the SHA-256"):
+        load_artifact(folder)
+    (folder / VALIDITY_FILE).unlink()
+    with pytest.raises(ModelLoadError, match="lacks it"):
+        load_artifact(folder)
+
+
+def test_predict_flags_the_files_of_the_issue_with_any_model(tiny_model_dir: Path) -> None:
+    """The colour and header checks flag these whatever the statistics say."""
+    files = [
+        SAMPLE_DATA / "grace_hopper.jpg",
+        SAMPLE_DATA / "logo2.png",
+        get_testdata_file("CT_small.dcm"),
+        get_testdata_file("MR_small.dcm"),
+        get_testdata_file("SC_rgb_dcmtk_+eb+cr.dcm"),
+    ]
+    out = CliRunner().invoke(main, ["predict", *map(str, files), "--json", "--model", str(tiny_model_dir)])
+    assert out.exit_code == 0, out.output
+    calls = json.loads(out.stdout)
+    assert [c["in_distribution"] for c in calls] == [False] * 5
+    assert all(c["reasons"] for c in calls)
+
+
+def test_fit_validity_adds_statistics_to_an_older_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "older"
+    shutil.copytree(tiny_model_dir, folder)
+    meta = json.loads((folder / "model.json").read_text())
+    meta.pop("validity")
+    (folder / "model.json").write_text(json.dumps(meta))
+    (folder / VALIDITY_FILE).unlink()
+    assert load_artifact(folder).validity is None
+    data = tmp_path / "train"
+    make_dataset(data, per_class=8)
+    out = CliRunner().invoke(main, ["fit-validity", str(data), "--model-dir", str(folder)])
+    assert out.exit_code == 0, out.output
+    loaded = load_artifact(folder)
+    record = loaded.meta.validity
+    assert loaded.validity is not None and record["layer"] == loaded.validity.layer
+    assert record["n_train"] + record["validation"]["n_images"] == 8 * 3 + 3
+    assert record["validation"]["accepted"] >= 0.95 and "threshold accepts" in out.output
+
+
+def test_adapting_rematches_the_statistics_to_the_site(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from core.site import adapt_to_site
+    from core.training import add_source_stats
+
+    data = tmp_path / "train"
+    make_dataset(data, per_class=6)
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    from core.data import scan_dataset
+
+    add_source_stats(load_artifact(folder), scan_dataset(data))
+    base = load_artifact(folder)
+    site = tmp_path / "site"
+    for i in range(12):
+        save_gray(site / f"s{i}.png", (0.5 * xray_like(64, 64, seed=700 + i).astype(float) + 90).astype(np.uint8))
+    paths = sorted(site.glob("*.png"))
+    meta = adapt_to_site(base, site, tmp_path / "adapted")
+    adapted = load_artifact(tmp_path / "adapted")
+    assert meta.validity["rematched"] == {"folder": "site", "n_images": 12}
+    assert not np.allclose(adapted.validity.scale, 1.0)
+    _, raw = layer_summaries(adapted.model, adapted.meta.input, paths, adapted.validity.layer)
+    mapped = raw * adapted.validity.scale + adapted.validity.shift
+    live = (raw.std(0) > 1e-3) & (base.validity.train_std > 1e-3)
+    assert live.sum() > 100  # the site's summaries now have the training X-rays' mean and spread
+    assert np.allclose(mapped.mean(0)[live], base.validity.train_mean[live], atol=1e-3, rtol=1e-3)
+    assert np.allclose(mapped.std(0)[live], base.validity.train_std[live], atol=1e-3, rtol=1e-2)
+
+
+def test_a_dicom_of_another_body_part_is_flagged_by_evaluate(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """An archive with a hand radiograph among the chest X-rays: scored, flagged, counted."""
+    root = tmp_path / "data"
+    make_dataset(root, per_class=3)
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.Modality, ds.BodyPartExamined = "CR", "HAND"
+    ds.save_as(root / "NORMAL" / "IM-9999-0001.dcm")
+    out = CliRunner().invoke(
+        main, ["evaluate", str(root), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r")]
+    )
+    assert out.exit_code == 0, out.output
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["n_images"] == 3 * 3 + 3 + 1 and m["validity"]["reasons"]["DICOM body part HAND, not the chest"] == 1
+    rows = (tmp_path / "r" / "predictions.csv").read_text().splitlines()
+    hand = next(r for r in rows if r.startswith("NORMAL/IM-9999-0001.dcm"))
+    assert ",false," in hand and "body part HAND" in hand
