@@ -73,7 +73,7 @@ def adapt(
 
     check_adaptable(loaded)
     with tracked_command(mlflow_uri, "adapt", loaded, image_dir, out.name, protocol="site-adapted") as run:
-        with progress(n * stat_passes(method), "measuring site statistics") as bar:
+        with progress(n * stat_passes(method, loaded.validity is not None), "measuring site statistics") as bar:
             meta = adapt_to_site(loaded, image_dir, out, method, batch_size, bar.update, overwrite)
         info = meta.adaptation["applied"]
         click.echo(

@@ -262,13 +262,8 @@ def check_consistency(model: keras.Model, meta: ModelMeta) -> None:
         raise ModelLoadError(f"metadata explains {meta.explain.layers} layers of {len(meta.gradcam_layers)}")
 
 
-def load_artifact(
-    directory: str | Path, source: str | None = None, hub: HubRef | None = None, validity_dir: Path | None = None
-) -> LoadedModel:
-    """Load a model folder in Keras safe mode, verifying hashes and metadata.
-
-    ``validity_dir``: where ``validity.npz`` lies if not beside the model (a Hub download's own cache path).
-    """
+def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef | None = None) -> LoadedModel:
+    """Load a model folder in Keras safe mode, verifying hashes and metadata (validity statistics included)."""
     d = Path(directory)
     meta = read_meta(d)
     weights = d / MODEL_FILE
@@ -289,7 +284,7 @@ def load_artifact(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {weights}: {first}") from None
     check_consistency(model, meta)
-    validity = load_validity(validity_dir or d, meta)
+    validity = load_validity(d, meta)
     if validity is not None and validity.layer not in {layer.name for layer in model.layers}:
         raise ModelLoadError(f"{VALIDITY_FILE} summarises layer {validity.layer}, which the model lacks")
     return LoadedModel(model=model, meta=meta, source=source or str(d), directory=d, hub=hub, validity=validity)

@@ -25,6 +25,7 @@ from core.options import (
     LAME,
     LAME_BLOCK,
     LAME_KNN,
+    VALIDITY_ACCEPT,
 )
 from core.validity import NOTE_SEP, Validity, summarize
 
@@ -252,8 +253,6 @@ def validity_block(
     validity: list[Validity], y_true: np.ndarray, probabilities: np.ndarray, classes: list[str], scored: bool
 ) -> dict[str, Any]:
     """How many calls were flagged and why, and the figures on the accepted images alone."""
-    from core.options import VALIDITY_ACCEPT
-
     correct = probabilities.argmax(1) == y_true if len(y_true) else np.zeros(0, bool)
     block = summarize(validity, correct)
     block["scored"] = scored

@@ -209,8 +209,9 @@ def verdicts(ood_scores: np.ndarray | None, notes: Sequence[str]) -> list[Validi
     return [verdict(s, r) for s, r in zip(scores, split)]
 
 
-#: How the sure checks' reasons are joined in one string (the scoring pipeline carries one per image).
-NOTE_SEP = "; "
+#: How the sure checks' reasons are joined in one string (the scoring pipeline carries one per image); reasons
+#: themselves may hold "; ", so the separator is one they never hold.
+NOTE_SEP = " | "
 
 WARNING = "This does not look like a frontal pediatric chest X-ray: the call below is not meaningful"
 #: The mark on a flagged image in galleries and overlays.

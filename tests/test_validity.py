@@ -83,6 +83,7 @@ def test_every_entry_point_gives_one_image_the_same_score(tiny_model_dir: Path, 
     for a, b, c in zip(batch, single, explained):
         assert a.ood_score == pytest.approx(b.ood_score, rel=1e-4) == pytest.approx(c.ood_score, rel=1e-4)
         assert a.in_distribution == b.in_distribution == c.in_distribution
+        assert a.reasons == b.reasons == c.reasons  # the batch path carries them joined, and splits them whole
     assert not batch[-1].in_distribution and any("colour" in r for r in batch[-1].reasons)
 
 
