@@ -6,6 +6,7 @@ its arguments, paths and class names before the model (and TensorFlow) loads.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from collections.abc import Callable
@@ -43,6 +44,7 @@ class ModelChoice:
     repo_id: str | None
     revision: str | None
     allow_unpinned: bool = False
+    views: bool = True  # average the model's test-time views (--no-views: the image alone)
 
     def is_hub(self) -> bool:
         """Whether this choice resolves to a Hugging Face Hub download (no local folder given)."""
@@ -80,7 +82,12 @@ class ModelChoice:
             loaded = load_model(self.path, self.repo_id, self.revision, allow_unpinned=self.allow_unpinned)
         for w in caught:
             click.echo(f"warning: {w.message}", err=True)
-        click.echo(f"model: {loaded.source}", err=True)
+        if not self.views:
+            from core.options import NO_VIEWS
+
+            loaded.views = NO_VIEWS
+        shown = "" if len(loaded.views) == 1 else f" (test-time views: {', '.join(loaded.views)})"
+        click.echo(f"model: {loaded.source}{shown}", err=True)
         return loaded
 
 
@@ -102,6 +109,23 @@ def model_options(f: Callable) -> Callable:
         *args: Any, model_path: Path | None, repo_id: str | None, revision: str | None, allow_unpinned: bool, **kw: Any
     ) -> Any:
         return f(*args, model=ModelChoice(model_path, repo_id, revision, allow_unpinned), **kw)
+
+    return wrapper
+
+
+def views_option(f: Callable) -> Callable:
+    """Add --views/--no-views; goes below ``@model_options``, whose model it switches."""
+
+    @click.option(
+        "--views/--no-views",
+        default=True,
+        show_default=True,
+        help="Average the model's test-time views (model.json predict.views: e.g. a JPEG re-encoding, a slight "
+        "blur, a small zoom), which steadies the call; --no-views scores the image alone, faster.",
+    )
+    @functools.wraps(f)
+    def wrapper(*args: Any, views: bool, model: ModelChoice, **kw: Any) -> Any:
+        return f(*args, model=dataclasses.replace(model, views=views), **kw)
 
     return wrapper
 

@@ -20,6 +20,7 @@ from cli.common import (
     overwrite_option,
     progress,
     tracked_command,
+    views_option,
 )
 from core.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LIMIT, GALLERY_PER_PAGE, RAY_INSTALL
 
@@ -27,6 +28,7 @@ from core.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LI
 @command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @model_options
+@views_option
 @click.option("--out", type=click.Path(path_type=Path), help="Report folder [default: reports/<DATA_DIR name>/].")
 @batch_size_option()
 @click.option(
@@ -198,6 +200,7 @@ def evaluate(
 @command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @model_options
+@views_option
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Report folder [default: reports/<DATA_DIR name>-stress/]."
 )
@@ -318,6 +321,7 @@ def stress(
 @batch_size_option()
 @overwrite_option("--out")
 @model_options
+@views_option
 def gallery(
     data_dir: Path,
     cls: str,

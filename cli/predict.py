@@ -18,6 +18,7 @@ from cli.common import (
     layers_option,
     model_options,
     opacity_option,
+    views_option,
 )
 from core.options import PREDICT_MAX_SIDE
 
@@ -35,6 +36,7 @@ from core.options import PREDICT_MAX_SIDE
 @opacity_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 @model_options
+@views_option
 def predict(
     images: tuple[Path, ...],
     n_layers: int | None,

@@ -112,6 +112,14 @@ T, A, I = TrainConfig, ArchConfig, InputSpec  # noqa: E741  (the defaults shown 
     help="Weight-space ensemble (WiSE-FT): keep this share of the fine-tuning, the rest from the weights before "
     "it (one model, no extra cost). Several, e.g. 0.5,0.75,1: the validation rule picks one.",
 )
+@click.option(
+    "--consistency",
+    default=T.consistency,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Fine-tuning: weight of the Jensen-Shannon consistency among each image's clean and two augmented views "
+    "(AugMix); 0: plain cross-entropy.",
+)
 @click.option("--val-fraction", default=T.val_fraction, show_default=True, type=click.FloatRange(0.05, 0.45))
 @click.option("--label-smoothing", default=T.label_smoothing, show_default=True, type=click.FloatRange(0, 0.5))
 @click.option("--class-weight", type=click.Choice(["balanced", "none"]), default=T.class_weight, show_default=True)
@@ -213,7 +221,7 @@ def train(
         shift = result.meta.metrics["validation_shift"]
         click.echo(
             f"validation under perturbation: mean accuracy {shift['mean_accuracy']:.1%}, worst {shift['worst']}; "
-            f"re-encoding/resampling changed at most {shift['max_changed_encoding']:.1%} of calls"
+            f"re-encoding, resampling and an original changed at most {shift['max_changed_encoding']:.1%} of calls"
         )
         if run:
             final = {f"final.validation.{k}": v for k, v in report_metrics(val).items()}

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.atomic import write_json
-from core.config import LOGITS_LAYER, ArchConfig, ExplainDefaults, InputSpec
+from core.config import LOGITS_LAYER, ArchConfig, ExplainDefaults, InputSpec, PredictDefaults
 from core.data import CLASSES
 from core.errors import InputError, ModelLoadError
+from core.options import NO_VIEWS
 from core.validity import ValidityStats
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class ModelMeta:
     validity: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
     explain: ExplainDefaults = field(default_factory=ExplainDefaults)
+    predict: PredictDefaults = field(default_factory=PredictDefaults)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +70,7 @@ class ModelMeta:
             "logits_layer": self.logits_layer,
             "gradcam_layers": list(self.gradcam_layers),
             "explain": self.explain.to_dict(),
+            "predict": self.predict.to_dict(),
             "weights_file": MODEL_FILE,
             "weights_sha256": self.weights_sha256,
             "training": self.training,
@@ -96,6 +99,7 @@ class ModelMeta:
                 logits_layer=d.get("logits_layer", LOGITS_LAYER),
                 gradcam_layers=list(d["gradcam_layers"]),
                 explain=ExplainDefaults.from_dict(d.get("explain", {})),
+                predict=PredictDefaults.from_dict(d.get("predict", {})),
                 weights_sha256=d.get("weights_sha256", ""),
                 training=d.get("training", {}),
                 metrics=d.get("metrics", {}),
@@ -134,6 +138,7 @@ class LoadedModel:
     directory: Path
     hub: HubRef | None = None
     validity: ValidityStats | None = None  # None: a model trained before validity statistics were kept
+    views: tuple[str, ...] = NO_VIEWS  # the test-time views every entry point averages (core.views)
 
     @property
     def from_hub(self) -> bool:
@@ -247,6 +252,14 @@ def record_explain(directory: str | Path, gradcam_layers: list[str], explain: Ex
     return meta
 
 
+def record_views(directory: str | Path, predict: PredictDefaults) -> ModelMeta:
+    """Store the test-time views a model scores with (what the validation rule chose) in its metadata."""
+    meta = read_meta(directory)
+    meta.predict = predict
+    write_json(Path(directory) / META_FILE, meta.to_dict())
+    return meta
+
+
 def check_consistency(model: keras.Model, meta: ModelMeta) -> None:
     """Refuse a model whose metadata disagrees with it."""
     out_dim = model.output_shape[-1]
@@ -284,7 +297,15 @@ def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {weights}: {first}") from None
     check_consistency(model, meta)
+    from core.views import check_views
+
+    try:
+        views = check_views(meta.predict.views)
+    except InputError as exc:
+        raise ModelLoadError(f"{META_FILE} predict.views: {exc}") from None
     validity = load_validity(d, meta)
     if validity is not None and validity.layer not in {layer.name for layer in model.layers}:
         raise ModelLoadError(f"{VALIDITY_FILE} summarises layer {validity.layer}, which the model lacks")
-    return LoadedModel(model=model, meta=meta, source=source or str(d), directory=d, hub=hub, validity=validity)
+    return LoadedModel(
+        model=model, meta=meta, source=source or str(d), directory=d, hub=hub, validity=validity, views=views
+    )

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from core.errors import InputError
-from core.options import AUGMENTATIONS, CAM_METHODS, DEFAULT_CAM_METHOD, DEFAULT_LAYERS
+from core.options import AUGMENTATIONS, CAM_METHODS, DEFAULT_CAM_METHOD, DEFAULT_LAYERS, NO_VIEWS
 
 PIL_BILINEAR = "pil-bilinear"
 #: Layer names every entry point relies on: the pre-softmax logits Grad-CAM explains, the pooled features.
@@ -79,6 +79,17 @@ class ExplainDefaults(Stored):
 
 
 @dataclass(frozen=True)
+class PredictDefaults(Stored):
+    """How every entry point scores an image: the test-time views averaged (:mod:`core.views`).
+
+    ``choice`` says how the views were chosen (``bench/choose_views.py``), empty for the default.
+    """
+
+    views: tuple[str, ...] = NO_VIEWS
+    choice: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ArchConfig(Stored):
     """Everything needed to rebuild the architecture; stored in the metadata."""
 
@@ -115,6 +126,8 @@ class TrainConfig(Stored):
     class_weight: str = "balanced"
     label_smoothing: float = 0.0
     augment: str = AUGMENTATIONS[0]
+    #: Fine-tuning: weight of the Jensen-Shannon consistency among an image's views (core.consistency); 0: none.
+    consistency: float = 0.0
     #: Shares of the fine-tuning a weight-space ensemble keeps (core.weight_space); several: validation picks.
     wise_ft: tuple[float, ...] = (1.0,)
 
@@ -122,5 +135,9 @@ class TrainConfig(Stored):
         from core.weight_space import check_alphas
 
         object.__setattr__(self, "wise_ft", check_alphas(self.wise_ft))
+        if self.consistency < 0:
+            raise InputError("the consistency weight must be at least 0")
+        if self.consistency > 0 and (self.fine_tune_from is None or self.views < 3):
+            raise InputError("consistency training needs the fine-tuning stage and at least 3 views (--views)")
         if self.fine_tune_from is None and self.wise_ft != (1.0,):
             raise InputError("a weight-space ensemble needs the fine-tuning stage (--fine-tune-from)")

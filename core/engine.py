@@ -51,7 +51,9 @@ class LocalEngine:
     ) -> Scores:
         from core.inference import score_files
 
-        return score_files(loaded.model, loaded.meta.input, paths, batch_size, on_batch, features, loaded.validity)
+        return score_files(
+            loaded.model, loaded.meta.input, paths, batch_size, on_batch, features, loaded.validity, loaded.views
+        )
 
     def info(self) -> dict[str, Any]:
         import core

@@ -66,6 +66,7 @@ def provenance(loaded: LoadedModel, data_dir: Path) -> dict[str, Any]:
     packages = {name: version(name) for name in ("keras", "numpy", "scikit-learn", "pillow", "pydicom")}
     return {
         "model": {"name": loaded.meta.name, "sha256": loaded.meta.weights_sha256, "source": loaded.source},
+        "views": list(loaded.views),
         "data_dir": Path(data_dir).resolve().name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {"pneumocam": core.__version__, "tensorflow": tf.__version__, **packages},

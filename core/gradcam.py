@@ -9,6 +9,7 @@ short subclass that overrides :meth:`BaseCAM.contributions` alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import keras
@@ -18,6 +19,7 @@ import tensorflow as tf
 from core.errors import InputError
 from core.model import LOGITS_LAYER, validity_summary
 from core.options import CAM_METHODS
+from core.views import NO_VIEWS, average, check_views, first_view, make_views, map_back
 
 
 @dataclass
@@ -48,11 +50,16 @@ class BaseCAM:
         layer_names: list[str],
         logits_layer: str = LOGITS_LAYER,
         summary_layer: str | None = None,
+        views: Sequence[str] = NO_VIEWS,
     ) -> None:
-        """``summary_layer``: also return that layer's validity summary (channel spreads) from the same pass."""
+        """``summary_layer``: also return that layer's validity summary (channel spreads) from the same pass.
+
+        ``views``: the test-time views (:mod:`core.views`); the map then explains their averaged logit.
+        """
         if not layer_names:
             raise InputError("at least one layer to explain is needed")
         self.layer_names = list(layer_names)
+        self.views = check_views(views)
         self.with_summary = summary_layer is not None
         outputs = [model.get_layer(n).output for n in self.layer_names]
         outputs.append(model.get_layer(logits_layer).output)
@@ -72,16 +79,21 @@ class BaseCAM:
         raise NotImplementedError
 
     def _raw_maps(self, images: tf.Tensor, targets: tf.Tensor):
+        n_views = len(self.views)
         with tf.GradientTape() as tape:
-            outs = self._model(images, training=False)
-            summary = outs[-1] if self.with_summary else tf.zeros([tf.shape(images)[0], 0])
+            outs = self._model(make_views(images, self.views), training=False)
+            summary = outs[-1] if self.with_summary else tf.zeros([tf.shape(images)[0] * n_views, 0])
             *acts, logits = outs[:-1] if self.with_summary else outs
-            predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            probabilities = average(tf.nn.softmax(logits), n_views)
+            predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
             classes = tf.where(targets >= 0, targets, predicted)
-            score = tf.reduce_sum(tf.gather(logits, classes, axis=1, batch_dims=1))
+            score = tf.reduce_sum(tf.gather(average(logits, n_views), classes, axis=1, batch_dims=1))
         grads = tape.gradient(score, acts)
-        maps = [tf.nn.relu(tf.reduce_sum(self.contributions(a, g), axis=-1)) for a, g in zip(acts, grads)]
-        return tf.nn.softmax(logits), classes, maps, summary
+        maps = [
+            map_back(tf.nn.relu(tf.reduce_sum(self.contributions(a, g), axis=-1)), self.views)
+            for a, g in zip(acts, grads)
+        ]
+        return probabilities, classes, maps, first_view(summary, n_views)
 
     def __call__(self, images: np.ndarray, target: int | np.ndarray | None = None) -> CamResult:
         """Explain a batch; ``target`` is a class index (or one per image), default the predicted one."""

@@ -28,6 +28,7 @@ from core.options import DEFAULT_BATCH_SIZE, DEFAULT_OPACITY
 from core.overlay import blend, colorize, upsample
 from core.preprocess import InputSpec, fit_within, to_model_input
 from core.validity import NOTE_SEP, Validity, ValidityStats, input_reasons, verdict, verdicts
+from core.views import NO_VIEWS, average, check_views, first_view, make_views
 
 
 def load_model_input(path: str | Path, spec: InputSpec) -> np.ndarray:
@@ -46,16 +47,21 @@ _FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def compile_forward(
-    model: keras.Model, features: bool = False, summary_layer: str | None = None
+    model: keras.Model,
+    features: bool = False,
+    summary_layer: str | None = None,
+    views: Sequence[str] = NO_VIEWS,
 ) -> Callable[[tf.Tensor], tf.Tensor | list[tf.Tensor]]:
-    """The inference-mode forward pass, traced once per model for any batch size.
+    """The inference-mode forward pass, traced once per model and views for any batch size.
 
-    Plain: the probabilities. ``features`` (the pooled features, for the site tuning that
-    re-fits the head) and ``summary_layer`` (the validity summary of that layer) make it
-    return ``[probabilities, *those asked for]`` from the same pass.
+    Plain: the probabilities, averaged over the test-time ``views`` (:mod:`core.views`).
+    ``features`` (the pooled features, for the site tuning that re-fits the head) and
+    ``summary_layer`` (the validity summary of that layer) make it return
+    ``[probabilities, *those asked for]`` from the same pass, both of the ``identity`` view.
     """
     traced = _FORWARDS.setdefault(model, {})
-    key = (features, summary_layer)
+    views = check_views(views)
+    key = (features, summary_layer, views)
     if key not in traced:
         spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
         net = model
@@ -63,7 +69,15 @@ def compile_forward(
             extra = [model.get_layer(FEATURES_LAYER).output] if features else []
             extra += [validity_summary(model, summary_layer)] if summary_layer else []
             net = keras.Model(model.inputs[0], [model.output, *extra])
-        traced[key] = tf.function(lambda x: net(x, training=False), input_signature=[spec])
+        n = len(views)
+
+        def run(x: tf.Tensor) -> tf.Tensor | list[tf.Tensor]:
+            out = net(make_views(x, views), training=False)
+            if not isinstance(out, list | tuple):
+                return average(out, n)
+            return [average(out[0], n), *(first_view(o, n) for o in out[1:])]
+
+        traced[key] = tf.function(run, input_signature=[spec])
     return traced[key]
 
 
@@ -155,14 +169,16 @@ def score_files(
     on_batch: Callable[[int], None] | None = None,
     features: bool = False,
     validity: ValidityStats | None = None,
+    views: Sequence[str] = NO_VIEWS,
 ) -> Scores:
     """Score every file; ``on_batch(n)`` is called after each batch of ``n`` files.
 
     ``features``: keep each image's pooled features too; ``validity``: give each
-    image its ``ood_score`` (one forward pass gives all of them).
+    image its ``ood_score`` (one forward pass gives all of them); ``views``: the
+    test-time views averaged (a loaded model's own are ``loaded.views``).
     """
     layer = validity.layer if validity is not None else None
-    forward = compile_forward(model, features, layer)
+    forward = compile_forward(model, features, layer, views)
     kept: list[Path] = []
     outs: list[list[np.ndarray]] = []
     skipped: list[tuple[Path, str]] = []
@@ -206,7 +222,7 @@ def probabilities_of(
         return []
     x = np.stack([to_model_input(img, loaded.meta.input) for img in images])
     stats = loaded.validity
-    out = compile_forward(loaded.model, summary_layer=stats.layer if stats else None)(x)
+    out = compile_forward(loaded.model, summary_layer=stats.layer if stats else None, views=loaded.views)(x)
     p, ood = (out[0].numpy(), stats.scores(out[1].numpy())) if stats else (out.numpy(), [None] * len(x))
     headers = headers or [Header()] * len(x)
     return [
@@ -250,7 +266,9 @@ class Explainer:
         if key not in self._cams:
             meta, stats = self.loaded.meta, self.loaded.validity
             summary = stats.layer if stats else None
-            self._cams[key] = METHODS[key[0]](self.loaded.model, list(key[1]), meta.logits_layer, summary)
+            self._cams[key] = METHODS[key[0]](
+                self.loaded.model, list(key[1]), meta.logits_layer, summary, self.loaded.views
+            )
         return self._cams[key]
 
     def explain_file(

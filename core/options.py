@@ -60,6 +60,8 @@ COLOUR_MAX = 8.0
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
 FRONTAL_VIEWS = ("PA", "AP")
+#: Test-time views (core.views): the model input alone, what ``--no-views`` scores and a model without views uses.
+NO_VIEWS = ("identity",)
 #: Training augmentations (core.augment).
 AUGMENTATIONS = ("seed", "acquisition", "invariance")
 

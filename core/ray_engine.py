@@ -77,7 +77,9 @@ def pool_size(cluster_cpus: float, workers: int | None) -> int:
 class BatchScorer:
     """The Ray Data actor: loads the model folder once, then scores batches of paths."""
 
-    def __init__(self, model_dir: str, weights_sha256: str | None, threads: int = CPUS_PER_WORKER) -> None:
+    def __init__(
+        self, model_dir: str, weights_sha256: str | None, threads: int = CPUS_PER_WORKER, views: list[str] | None = None
+    ) -> None:
         from core.runtime import import_tensorflow_quietly
 
         import_tensorflow_quietly()
@@ -95,6 +97,8 @@ class BatchScorer:
         self.loaded = load_artifact(model_dir)
         if weights_sha256 and self.loaded.meta.weights_sha256 != weights_sha256:
             raise ModelLoadError(f"the model in {model_dir} on this worker is not the one the driver loaded")
+        if views is not None:  # the driver's choice (--no-views) over the folder's own
+            self.loaded.views = tuple(views)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from core.inference import score_files
@@ -102,7 +106,12 @@ class BatchScorer:
         paths = [str(p) for p in batch[PATH]]
         loaded = self.loaded
         scores = score_files(
-            loaded.model, loaded.meta.input, paths, batch_size=max(1, len(paths)), validity=loaded.validity
+            loaded.model,
+            loaded.meta.input,
+            paths,
+            batch_size=max(1, len(paths)),
+            validity=loaded.validity,
+            views=loaded.views,
         )
         return to_rows(paths, scores, len(loaded.meta.classes))
 
@@ -224,6 +233,7 @@ class RayEngine:
                 "model_dir": str(Path(loaded.directory).resolve()),
                 "weights_sha256": loaded.meta.weights_sha256,
                 "threads": CPUS_PER_WORKER,
+                "views": list(loaded.views),
             },
             batch_size=batch_size,
             batch_format="numpy",

@@ -156,7 +156,13 @@ def _score_labelled(
 ) -> tuple[Scores, np.ndarray]:
     """Score a labelled folder once; the readable files' scores and their class indices."""
     scores = score_files(
-        loaded.model, loaded.meta.input, [s.path for s in scan.samples], batch_size, on_batch, features
+        loaded.model,
+        loaded.meta.input,
+        [s.path for s in scan.samples],
+        batch_size,
+        on_batch,
+        features,
+        views=loaded.views,
     )
     if not scores.paths:
         raise none_readable(len(scan.samples), scan.root, scores.skipped)

@@ -142,7 +142,9 @@ def score_site(
     classes = loaded.meta.classes
     check_labels(scan, classes)
     paths = [s.path for s in scan.samples]
-    scores = score_files(loaded.model, loaded.meta.input, paths, batch_size, on_batch, features=True)
+    scores = score_files(
+        loaded.model, loaded.meta.input, paths, batch_size, on_batch, features=True, views=loaded.views
+    )
     if not scores.paths:
         raise none_readable(len(paths), scan.root, scores.skipped)
     y = class_indices(labels_of(scan.samples, scores.paths), classes)

@@ -67,4 +67,5 @@ def model_line(loaded: LoadedModel) -> str:
         if test
         else "; not yet measured on a test split"
     )
-    return f"**{meta.name}** ({version}){measured}"
+    views = f"; each X-ray scored as {len(loaded.views)} test-time views, averaged" if len(loaded.views) > 1 else ""
+    return f"**{meta.name}** ({version}){measured}{views}"

@@ -32,6 +32,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from core import validity
 from core.augment import acquisition_augmenter, augment_params
 from core.config import ArchConfig, InputSpec, TrainConfig
+from core.consistency import fit_consistent
 from core.data import Sample, Scan, class_indices, labels_of, patient_id, relative_name
 from core.errors import DataError, InputError
 from core.inference import image_batches
@@ -349,12 +350,7 @@ def train_model(
     if top is not None:
         before = model.get_weights()
         set_fine_tuning(model, cfg.fine_tune_from)
-        history["fine-tuning"] = fit(
-            top,
-            x_train,
-            y_train_all,
-            x_val,
-            y_val,
+        stage = dict(
             learning_rate=cfg.learning_rate / cfg.fine_tune_lr_divisor,
             epochs=cfg.fine_tune_epochs,
             batch_size=cfg.fine_tune_batch_size,
@@ -362,6 +358,12 @@ def train_model(
             verbose=verbose,
             **common,
         )
+        if cfg.consistency > 0:
+            history["fine-tuning"] = fit_consistent(
+                top, a_train, y_train, x_val, y_val, weight=cfg.consistency, **stage
+            )
+        else:
+            history["fine-tuning"] = fit(top, x_train, y_train_all, x_val, y_val, **stage)
         set_fine_tuning(model, None)
         if cfg.wise_ft != (1.0,):
             wise_ft, shift = choose_wise_ft(model, before, cfg.wise_ft, spec, val, classes)

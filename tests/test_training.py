@@ -247,3 +247,40 @@ def test_training_twice_in_one_process_gives_the_same_model(tiny_data: Path, tin
     second = train_model(scan, cfg, TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), verbose=0).model.get_weights()
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_consistency_loss_is_cross_entropy_plus_the_divergence_among_views() -> None:
+    from core.consistency import consistency_loss
+
+    y = np.array([[1.0, 0.0, 0.0]], np.float32)
+    agree = np.array([[[0.7, 0.2, 0.1]] * 3], np.float32)
+    differ = np.array([[[0.7, 0.2, 0.1], [0.1, 0.7, 0.2], [0.2, 0.1, 0.7]]], np.float32)
+    loss = consistency_loss(10.0, 0.0, 3)
+    assert float(loss(y, agree)[0]) == pytest.approx(-np.log(0.7), rel=1e-5)  # no divergence between equal views
+    p = differ[0]
+    m = p.mean(0)
+    js = np.mean([np.sum(q * np.log(q / m)) for q in p])
+    ce = -np.mean(np.log(p[:, 0]))
+    assert float(loss(y, differ)[0]) == pytest.approx(ce + 10.0 * js, rel=1e-5)
+
+
+def test_consistency_training_pulls_the_views_of_an_image_together(tiny_data: Path, tiny_backbone_file: Path) -> None:
+    scan = scan_dataset(tiny_data)
+    base = dict(epochs=1, batch_size=16, fine_tune_epochs=3, fine_tune_batch_size=8, views=3, augment="acquisition")
+    result = train_model(
+        scan, TrainConfig(consistency=50.0, **base), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), verbose=0
+    )
+    assert result.meta.training["config"]["consistency"] == 50.0
+    assert len(result.history["fine-tuning"]["loss"]) == 3 and "val_accuracy" in result.history["fine-tuning"]
+    plain = train_model(scan, TrainConfig(**base), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), verbose=0)
+
+    def spread(model) -> float:
+        paths = [s.path for s in scan.samples]
+        acts, _ = extract_activations(model, TINY_SPEC, paths, "out_relu", views=3, augment="acquisition")
+        head = upper_model(model, "out_relu")
+        probs = np.stack([head(a.astype(np.float32), training=False).numpy() for a in acts])
+        return float(np.abs(probs - probs.mean(0)).mean())
+
+    assert spread(result.model) < spread(plain.model)
+    with pytest.raises(ValueError, match="at least 3 views"):
+        TrainConfig(consistency=1.0, views=2)

@@ -1,0 +1,164 @@
+"""Test-time views: each view undone on the heatmaps, averaged by every entry point, switched off by --no-views."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+from keras import layers
+
+from cli.app import main
+from conftest import save_gray, xray_like
+from core.artifact import load_artifact, record_views
+from core.config import PredictDefaults
+from core.errors import InputError, ModelLoadError
+from core.gradcam import GradCAM, normalize_map
+from core.inference import Explainer, compile_forward, probabilities_of, score_files
+from core.options import VALIDITY_LAYER
+from core.views import check_views, make_views, map_back, view
+
+
+def smooth_maps(n: int = 2, size: int = 16) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    return np.stack([np.sin(2 * yy + k) * np.cos(3 * xx - k) + 1.5 for k in range(n)]).astype("float32")
+
+
+def test_view_names_are_checked() -> None:
+    assert check_views(["identity", "jpeg-75", "blur-0.7", "zoom-1.1", "flip"])[1] == "jpeg-75"
+    for bad in (["jpeg-75"], ["identity", "jpeg-0"], ["identity", "zoom-0.9"], ["identity", "sharpen"]):
+        with pytest.raises(InputError):
+            check_views(bad)
+    with pytest.raises(InputError, match="once"):
+        check_views(["identity", "flip", "flip"])
+
+
+@pytest.mark.parametrize("name", ["flip", "zoom-1.25", "blur-0.7"])
+def test_map_back_undoes_each_view(name: str) -> None:
+    m = smooth_maps()
+    seen = view(tf.constant(m[..., None]), name)[..., 0]
+    back = map_back(tf.concat([tf.constant(m), seen], axis=0), ["identity", name]).numpy()
+    tolerance = 0.15 if name == "blur-0.7" else 0.05  # blur leaves the map blurred; zoom re-samples it
+    assert np.abs(back - m).max() < tolerance
+    if name == "flip":  # the mirrored map, not mapped back, would be far off
+        assert np.abs(seen.numpy() - m).max() > 0.5
+
+
+def test_zoom_map_covers_only_the_centre() -> None:
+    m = np.zeros((1, 8, 8), np.float32)
+    back = map_back(tf.concat([tf.constant(m), tf.ones((1, 8, 8))], axis=0), ["identity", "zoom-2"]).numpy()[0]
+    assert back[0, 0] == pytest.approx(0.0) and back[4, 4] == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.fixture(scope="module")
+def gap_model() -> keras.Model:
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((32, 32, 3))
+    x = layers.Rescaling(1 / 127.5, offset=-1)(inp)
+    x = layers.Conv2D(8, 3, activation="relu", name="conv_a")(x)
+    x = layers.Conv2D(6, 3, strides=2, activation="relu", name="conv_b")(x)
+    logits = layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inp, layers.Activation("softmax")(logits))
+
+
+def images(n: int = 3, size: int = 32) -> np.ndarray:
+    return np.stack([np.repeat(xray_like(size, size, seed=i)[..., None], 3, -1) for i in range(n)]).astype("float32")
+
+
+def test_forward_averages_the_views(gap_model: keras.Model) -> None:
+    x = images()
+    names = ("identity", "flip", "jpeg-60", "zoom-1.2")
+    got = compile_forward(gap_model, views=names)(x).numpy()
+    each = [gap_model(view(tf.constant(x), n), training=False).numpy() for n in names]
+    np.testing.assert_allclose(got, np.mean(each, axis=0), atol=1e-6)
+    assert np.abs(got - each[0]).max() > 1e-4  # the views did change something
+    np.testing.assert_allclose(compile_forward(gap_model)(x).numpy(), each[0], atol=1e-6)
+    assert make_views(tf.constant(x), names).shape[0] == 4 * len(x)
+
+
+def test_gradcam_explains_the_averaged_logit(gap_model: keras.Model) -> None:
+    """For conv -> GAP -> linear, each view's map is its CAM; the flipped one is flipped back, then averaged."""
+    x = images(2)
+    result = GradCAM(gap_model, ["conv_b"], views=("identity", "flip"))(x)
+    probe = keras.Model(gap_model.inputs[0], gap_model.get_layer("conv_b").output)
+    kernel = gap_model.get_layer("logits").kernel.numpy()
+    plain, mirrored = probe(x).numpy(), probe(x[:, :, ::-1]).numpy()
+    averaged = (gap_model(x).numpy() + gap_model(x[:, :, ::-1]).numpy()) / 2
+    np.testing.assert_allclose(result.probabilities, averaged, atol=1e-5)
+    for i, c in enumerate(result.target_classes):
+        assert c == averaged[i].argmax()
+        cam = [np.maximum(np.einsum("hwk,k->hw", a[i], kernel[:, c]), 0) for a in (plain, mirrored)]
+        expected = normalize_map(cam[0] + cam[1][:, ::-1])
+        np.testing.assert_allclose(result.maps[0][i], expected, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def viewed_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("viewed") / "model"
+    shutil.copytree(tiny_model_dir, out)
+    record_views(out, PredictDefaults(views=("identity", "jpeg-75", "blur-0.7", "zoom-1.1")))
+    return out
+
+
+def test_every_entry_point_gives_one_image_the_same_averaged_call(viewed_model: Path, tmp_path: Path) -> None:
+    loaded = load_artifact(viewed_model)
+    assert loaded.views == ("identity", "jpeg-75", "blur-0.7", "zoom-1.1")
+    rgb = np.repeat(xray_like(64, 64, seed=5)[..., None], 3, -1)
+    path = save_gray(tmp_path / "x.png", rgb[..., 0])
+    scored = score_files(loaded.model, loaded.meta.input, [path], views=loaded.views, validity=loaded.validity)
+    explained = Explainer(loaded).explain([rgb])[0]
+    probs, validity = probabilities_of(loaded, [rgb])[0]
+    row = [probs[c] for c in loaded.meta.classes]
+    np.testing.assert_allclose(scored.probabilities[0], row, atol=1e-5)
+    np.testing.assert_allclose([explained.probabilities[c] for c in loaded.meta.classes], row, atol=1e-5)
+    plain = compile_forward(loaded.model, summary_layer=VALIDITY_LAYER)(rgb[None].astype("float32"))
+    assert np.abs(plain[0].numpy()[0] - row).max() > 1e-5  # the views moved the call's probabilities
+    # the validity score is the image's own, whatever the views
+    assert validity.ood_score == pytest.approx(float(loaded.validity.scores(plain[1].numpy())[0]), rel=1e-4)
+    assert scored.ood_scores[0] == pytest.approx(validity.ood_score, rel=1e-4)
+
+
+def test_predict_and_evaluate_switch_views_off(viewed_model: Path, dataset_download, tmp_path: Path) -> None:
+    image = save_gray(tmp_path / "x.png", xray_like(90, 70, seed=2))
+    runner = CliRunner()
+    calls = {}
+    for flag in ("--views", "--no-views"):
+        res = runner.invoke(main, ["predict", str(image), "--json", "--model", str(viewed_model), flag])
+        assert res.exit_code == 0, res.output
+        calls[flag] = json.loads(res.stdout)[0]["probabilities"]
+    assert calls["--views"] != calls["--no-views"]
+    assert (
+        "test-time views: identity, jpeg-75"
+        in runner.invoke(main, ["predict", str(image), "--model", str(viewed_model)]).stderr
+    )
+    data, _ = dataset_download
+    out = tmp_path / "report"
+    res = runner.invoke(main, ["evaluate", str(data), "--model", str(viewed_model), "--out", str(out), "--no-views"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "metrics.json").read_text())["provenance"]["views"] == ["identity"]
+
+
+def test_a_model_json_naming_an_unknown_view_is_refused(viewed_model: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(viewed_model, bad)
+    meta = json.loads((bad / "model.json").read_text())
+    meta["predict"]["views"] = ["identity", "sharpen"]
+    (bad / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="predict.views"):
+        load_artifact(bad)
+
+
+def test_the_card_and_the_space_say_which_views_score(viewed_model: Path, tiny_loaded) -> None:
+    from core.card import model_card
+    from core.space_config import model_line
+
+    loaded = load_artifact(viewed_model)
+    card = model_card(loaded.meta)
+    assert "## Test-time views" in card and "`jpeg-75`" in card
+    assert "4 test-time views" in model_line(loaded)
+    assert "## Test-time views" not in model_card(tiny_loaded.meta) and "views" not in model_line(tiny_loaded)
