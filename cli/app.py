@@ -35,6 +35,7 @@ COMMANDS = (
     site.site_curve,
     train.train,
     train.fit_validity,
+    train.choose_views,
     hub.model_card_cmd,
     hub.publish,
     hub.deploy_space,

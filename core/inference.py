@@ -51,17 +51,19 @@ def compile_forward(
     features: bool = False,
     summary_layer: str | None = None,
     views: Sequence[str] = NO_VIEWS,
+    per_view: bool = False,
 ) -> Callable[[tf.Tensor], tf.Tensor | list[tf.Tensor]]:
     """The inference-mode forward pass, traced once per model and views for any batch size.
 
-    Plain: the probabilities, averaged over the test-time ``views`` (:mod:`core.views`).
+    Plain: the probabilities, averaged over the test-time ``views`` (:mod:`core.views`);
+    ``per_view``: each view's own, ``(views, n, classes)``, which is what choosing the views needs.
     ``features`` (the pooled features, for the site tuning that re-fits the head) and
     ``summary_layer`` (the validity summary of that layer) make it return
     ``[probabilities, *those asked for]`` from the same pass, both of the ``identity`` view.
     """
     traced = _FORWARDS.setdefault(model, {})
     views = check_views(views)
-    key = (features, summary_layer, views)
+    key = (features, summary_layer, views, per_view)
     if key not in traced:
         spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
         net = model
@@ -73,9 +75,11 @@ def compile_forward(
 
         def run(x: tf.Tensor) -> tf.Tensor | list[tf.Tensor]:
             out = net(make_views(x, views), training=False)
+            probs = out[0] if isinstance(out, list | tuple) else out
+            probs = tf.reshape(probs, [n, tf.shape(x)[0], -1]) if per_view else average(probs, n)
             if not isinstance(out, list | tuple):
-                return average(out, n)
-            return [average(out[0], n), *(first_view(o, n) for o in out[1:])]
+                return probs
+            return [probs, *(first_view(o, n) for o in out[1:])]
 
         traced[key] = tf.function(run, input_signature=[spec])
     return traced[key]

@@ -62,6 +62,9 @@ CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
 FRONTAL_VIEWS = ("PA", "AP")
 #: Test-time views (core.views): the model input alone, what ``--no-views`` scores and a model without views uses.
 NO_VIEWS = ("identity",)
+#: The views the validation rule may add to ``identity`` (any subset; core.view_choice): a JPEG re-encoding at the data
+#: set's own quality, a slight blur, a small zoom.
+VIEW_CANDIDATES = ("jpeg-75", "blur-0.7", "zoom-1.1")
 #: Training augmentations (core.augment).
 AUGMENTATIONS = ("seed", "acquisition", "invariance")
 

@@ -199,16 +199,17 @@ def stress_probabilities(
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
     views: Sequence[str] = NO_VIEWS,
+    per_view: bool = False,
 ) -> tuple[list[Path], dict[str, np.ndarray], list[tuple[Path, str]]]:
     """Decode each file once and score it under every named perturbation (the test-time ``views`` averaged).
 
-    Returns the readable paths, ``{name: probabilities (n, classes)}`` and the
-    skipped files with their reason.
+    Returns the readable paths, ``{name: probabilities (n, classes)}`` (``per_view``: each
+    view's, ``(views, n, classes)``) and the skipped files with their reason.
     """
     from core.inference import compile_forward, image_batches
 
     check_names(names)
-    forward = compile_forward(model, views=views)
+    forward = compile_forward(model, views=views, per_view=per_view)
     kept: list[Path] = []
     probs: dict[str, list[np.ndarray]] = {name: [] for name in names}
     skipped: list[tuple[Path, str]] = []
@@ -221,11 +222,9 @@ def stress_probabilities(
         if on_batch:
             on_batch(batch.size)
     n_classes = model.output_shape[-1]
-    return (
-        kept,
-        {k: np.concatenate(v) if v else np.zeros((0, n_classes), np.float32) for k, v in probs.items()},
-        skipped,
-    )
+    empty = np.zeros((len(views), 0, n_classes) if per_view else (0, n_classes), np.float32)
+    axis = 1 if per_view else 0
+    return kept, {k: np.concatenate(v, axis=axis) if v else empty for k, v in probs.items()}, skipped
 
 
 def selection_score(validation_shift: dict[str, Any]) -> float:

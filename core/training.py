@@ -39,6 +39,7 @@ from core.inference import image_batches
 from core.model import BLUR_LAYER, FEATURES_LAYER, STANDARDIZE_LAYER, backbone_layers, set_fine_tuning
 from core.options import VALIDITY_LAYER
 from core.validity import ValidityStats
+from core.view_choice import choose_views
 
 if TYPE_CHECKING:
     from core.adaptation import LayerStats
@@ -292,7 +293,6 @@ def train_model(
 ) -> TrainResult:
     """Split by patient, cache activations at the cut, train the baseline then fine-tune."""
     from core.artifact import DEFAULT_CLASSES, new_meta
-    from core.metrics import classification_metrics
     from core.model import build_model
 
     arch = arch or ArchConfig()
@@ -346,7 +346,6 @@ def train_model(
         )
     }
     wise_ft: dict[str, Any] | None = None
-    shift: dict[str, Any] | None = None
     if top is not None:
         before = model.get_weights()
         set_fine_tuning(model, cfg.fine_tune_from)
@@ -366,10 +365,7 @@ def train_model(
             history["fine-tuning"] = fit(top, x_train, y_train_all, x_val, y_val, **stage)
         set_fine_tuning(model, None)
         if cfg.wise_ft != (1.0,):
-            wise_ft, shift = choose_wise_ft(model, before, cfg.wise_ft, spec, val, classes)
-        val_probs = _predict(top, x_val)
-    else:
-        val_probs = _predict(head, f_val)
+            wise_ft, _ = choose_wise_ft(model, before, cfg.wise_ft, spec, val, classes)
 
     meta = new_meta(model, arch, spec, classes)
     meta.training = {
@@ -394,10 +390,7 @@ def train_model(
         "n_train": int(len(y_train)),
         "n_val": int(len(y_val)),
     }
-    meta.metrics = {
-        "validation": classification_metrics(y_val, val_probs, classes),
-        "validation_shift": shift or _validation_stress(model, spec, val, classes),
-    }
+    choose_views(model, spec, val, classes).record_into(meta)  # validation metrics and stress, with the views
     stats = source_statistics(model, spec, [s.path for s in train])
     validity, meta.validity = validity_statistics(model, spec, train, val, classes, TRAINING_IMAGES)
     return TrainResult(model, meta, history, stats, [relative_name(s.path, scan.root) for s in val], validity)
@@ -485,6 +478,22 @@ def add_validity(loaded: Any, scan: Scan) -> Path:
     path = store_validity(loaded.directory, loaded.meta, stats)
     write_json(loaded.directory / META_FILE, loaded.meta.to_dict())
     return path
+
+
+def add_views(loaded: Any, scan: Scan, on_batch: Callable[[int], None] | None = None) -> Any:
+    """Choose and store the test-time views of a model trained before they were chosen (its rebuilt validation split).
+
+    Returns the :class:`core.view_choice.ViewChoice`; ``model.json`` gets ``predict`` and the validation
+    figures with the chosen views (those of the image alone beside them).
+    """
+    from core.artifact import META_FILE
+    from core.atomic import write_json
+
+    _, val = split_by_patient(scan.samples, *recorded_split(loaded.meta.training))
+    choice = choose_views(loaded.model, loaded.meta.input, val, loaded.meta.classes, on_batch=on_batch)
+    choice.record_into(loaded.meta)
+    write_json(loaded.directory / META_FILE, loaded.meta.to_dict())
+    return choice
 
 
 def _validation_stress(model: keras.Model, spec: InputSpec, val: list[Sample], classes: list[str]) -> dict[str, Any]:

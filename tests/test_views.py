@@ -162,3 +162,43 @@ def test_the_card_and_the_space_say_which_views_score(viewed_model: Path, tiny_l
     assert "## Test-time views" in card and "`jpeg-75`" in card
     assert "4 test-time views" in model_line(loaded)
     assert "## Test-time views" not in model_card(tiny_loaded.meta) and "views" not in model_line(tiny_loaded)
+
+
+def test_the_rule_prefers_a_stable_set_and_else_the_steadiest() -> None:
+    from core.stress import CLEAN, PERTURBATIONS
+    from core.view_choice import candidate_sets, judge
+
+    union = ("identity", "jpeg-75", "blur-0.7", "zoom-1.1")
+    assert len(candidate_sets(union[1:])) == 8
+    y = np.arange(100) % 3
+    right = np.eye(3)[y] * 0.9 + 0.03
+    wrong = 0.45 * np.eye(3)[(y + 1) % 3] + 0.35 * np.eye(3)[y] + 0.2 * np.eye(3)[(y + 2) % 3]  # narrowly wrong
+    per_view = {}
+    for name in (CLEAN, *PERTURBATIONS):
+        views = np.stack([right] * 4)
+        if name == "jpeg-50":  # the image alone flips 10 calls under JPEG; the blurred view flips none
+            views[0, :10] = wrong[:10]
+            views[1, :10] = wrong[:10]
+            views[3, :10] = wrong[:10]
+        per_view[name] = views
+    best, shifts = judge(per_view, y, ["B", "N", "V"], union)
+    assert shifts[("identity",)]["max_changed_encoding"] == pytest.approx(0.10)
+    assert "blur-0.7" in best and shifts[best]["max_changed_encoding"] <= 0.03
+    assert best == ("identity", "blur-0.7")  # the stable sets tie on the score: the fewest views win
+
+
+def test_choose_views_cli_records_the_choice(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from conftest import make_dataset
+
+    make_dataset(tmp_path / "data", "download", per_class=10)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    res = CliRunner().invoke(main, ["choose-views", str(tmp_path / "data"), "--model-dir", str(model)])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((model / "model.json").read_text())
+    views = meta["predict"]["views"]
+    assert views[0] == "identity" and f"chosen: {', '.join(views)}" in res.stdout
+    assert len(meta["predict"]["choice"]["table"]) == 8
+    assert meta["metrics"]["validation_shift"]["perturbations"]["original"]["changed"] >= 0
+    assert meta["metrics"]["validation"]["n_images"] == meta["predict"]["choice"]["n_images"]
+    assert load_artifact(model).views == tuple(views)
