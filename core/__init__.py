@@ -14,11 +14,13 @@ Module map, by concept (flat on purpose; this file imports nothing, so ``--help`
 * Scoring -- ``inference`` (the one batch walk over files, scoring, the Explainer), ``engine``
   (where scoring runs: this process or ``ray_engine``, a Ray Data actor pool), ``metrics``
   (figures, bootstrap intervals), ``evaluation`` (evaluate and its protocols), ``stress``
-  (perturbations and the stress test), ``plots``, ``atomic`` (files written whole).
+  (perturbations and the stress test), ``views`` (test-time views, averaged by every forward pass),
+  ``view_choice`` (which views, chosen on validation), ``plots``, ``atomic`` (files written whole).
 * Explaining -- ``gradcam`` (CAM methods), ``overlay`` (heatmaps on images), ``gallery``;
   auditing them: ``sanity`` (cascading randomisation), ``faithfulness`` (deletion, insertion,
   baselines, border mass), ``audit`` (the report and the recommended defaults).
-* Training -- ``augment`` (augmented views), ``training`` (two stages on cached activations).
+* Training -- ``augment`` (augmented views), ``training`` (two stages on cached activations),
+  ``consistency`` (the Jensen-Shannon term between an image's views), ``weight_space`` (WiSE-FT).
 * A new site -- ``adaptation`` (unlabelled, AdaBN and LAME), ``calibration`` (temperature and
   class biases, cross-fitting), ``tuning`` (the head re-fitted on labelled site images),
   ``site`` (adapted, calibrated and tuned model folders), ``site_curve`` (how many labels pay).

@@ -18,9 +18,11 @@ validity summary and the pooled features are read from it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from core.errors import InputError
@@ -80,15 +82,38 @@ def _blur(x: tf.Tensor, sigma: float) -> tf.Tensor:
     return tf.nn.depthwise_conv2d(out, tf.transpose(column, [1, 0, 2, 3]), [1, 1, 1, 1], "VALID")
 
 
-def _boxes(n: tf.Tensor, half: float) -> tf.Tensor:
-    """``n`` centred boxes reaching ``half`` (normalised) to each side, for ``tf.image.crop_and_resize``."""
-    box = tf.constant([[0.5 - half, 0.5 - half, 0.5 + half, 0.5 + half]], tf.float32)
-    return tf.tile(box, [n, 1])
+@functools.lru_cache(maxsize=32)
+def _zoom_matrix(n: int, factor: float, inverse: bool = False) -> np.ndarray:
+    """``(n, n)`` bilinear resampling along one axis: a centre crop enlarged ``factor`` times, or its inverse.
+
+    Pixel centres sit at ``(i + 0.5) / n``. Forward, output pixel ``i`` reads the input at
+    ``0.5 + (t - 0.5) / factor``; ``inverse`` reads the zoomed image at ``0.5 + (t - 0.5) * factor``,
+    and a pixel the zoomed image does not cover gets a zero row (so the row sums are the coverage).
+    """
+    t = (np.arange(n) + 0.5) / n
+    source = 0.5 + (t - 0.5) * (factor if inverse else 1.0 / factor)
+    p = source * n - 0.5
+    out = np.zeros((n, n), np.float32)
+    for i, pos in enumerate(p):
+        if pos < -0.5 or pos > n - 0.5:
+            continue
+        lo = int(np.floor(pos))
+        frac = pos - lo
+        out[i, min(max(lo, 0), n - 1)] += 1.0 - frac
+        out[i, min(max(lo + 1, 0), n - 1)] += frac
+    return out
+
+
+def _resample(x: tf.Tensor, rows: np.ndarray, cols: np.ndarray) -> tf.Tensor:
+    """``rows @ image @ cols.T`` for each image (and channel) of a batch ``(b, h, w[, c])``."""
+    if x.shape.rank == 4:
+        return tf.einsum("ij,bjkc,lk->bilc", rows, x, cols)
+    return tf.einsum("ij,bjk,lk->bil", rows, x, cols)
 
 
 def _zoom(x: tf.Tensor, factor: float) -> tf.Tensor:
-    n = tf.shape(x)[0]
-    return tf.image.crop_and_resize(x, _boxes(n, 0.5 / factor), tf.range(n), tf.shape(x)[1:3])
+    h, w = x.shape[1], x.shape[2]
+    return _resample(x, _zoom_matrix(h, factor), _zoom_matrix(w, factor))
 
 
 def view(x: tf.Tensor, name: str) -> tf.Tensor:
@@ -134,7 +159,7 @@ def map_back(maps: tf.Tensor, names: Sequence[str]) -> tf.Tensor:
     if len(names) == 1:
         return maps
     h, w = maps.shape[1], maps.shape[2]
-    per_view = tf.split(maps[..., None], len(names), axis=0)
+    per_view = tf.split(maps, len(names), axis=0)
     total, cover = 0.0, 0.0
     for m, name in zip(per_view, names):
         kind, number = parse_view(name)
@@ -142,10 +167,8 @@ def map_back(maps: tf.Tensor, names: Sequence[str]) -> tf.Tensor:
         if kind == "flip":
             m = tf.reverse(m, axis=[2])
         if kind == "zoom":
-            n = tf.shape(m)[0]
-            boxes, index = _boxes(n, 0.5 * number), tf.range(n)
-            m = tf.image.crop_and_resize(m, boxes, index, [h, w], extrapolation_value=0.0)
-            ones = tf.image.crop_and_resize(ones, boxes, index, [h, w], extrapolation_value=0.0)
+            rows, cols = _zoom_matrix(h, number, inverse=True), _zoom_matrix(w, number, inverse=True)
+            m, ones = _resample(m, rows, cols), _resample(ones, rows, cols)
         total += m
         cover += ones
-    return (total / tf.maximum(cover, 1e-6))[..., 0]
+    return total / tf.maximum(cover, 1e-6)
