@@ -11,6 +11,7 @@ from cli.common import command, mlflow_option, model_out_option, progress
 from core.config import POOLINGS, ArchConfig, InputSpec, TrainConfig
 from core.options import AUGMENTATIONS
 from core.paths import ENV_BACKBONE_WEIGHTS
+from core.runtime import import_tensorflow_quietly
 
 T, A, I = TrainConfig, ArchConfig, InputSpec  # noqa: E741  (the defaults shown in --help)
 
@@ -167,7 +168,6 @@ def train(
           --backbone-weights ../shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5
     """
     from core.data import scan_dataset
-    from core.runtime import import_tensorflow_quietly
 
     try:
         units = tuple(int(u) for u in dense_units.split(",") if u.strip())
@@ -255,6 +255,7 @@ def fit_validity(data_dir: Path, model_dir: Path) -> None:
     Example:
       python -m cli fit-validity ../shared/data/chest_xray/train --model-dir weights
     """
+    import_tensorflow_quietly()
     from core.artifact import load_artifact
     from core.data import scan_dataset
     from core.training import add_validity
@@ -294,6 +295,7 @@ def choose_views(data_dir: Path, model_dir: Path) -> None:
     Example:
       python -m cli choose-views ../shared/data/chest_xray/train --model-dir weights
     """
+    import_tensorflow_quietly()
     from core.artifact import load_artifact
     from core.data import scan_dataset
     from core.training import add_views, recorded_split, split_by_patient
