@@ -70,7 +70,9 @@ class ViewBatches(keras.utils.PyDataset):
     """Batches of ``(views, one-hot labels, class weights)``: each image's clean view and random others.
 
     ``activations`` has shape ``(views, n, ...)`` with view 0 clean; the draws are
-    seeded and new in every epoch.
+    seeded and new in every epoch. An epoch passes over the images about
+    ``views / 3`` times, so it reads as many views as an epoch of the plain stage
+    and the two stages' epoch counts and patience mean the same.
     """
 
     def __init__(
@@ -90,20 +92,24 @@ class ViewBatches(keras.utils.PyDataset):
         table = np.array([(weights or {}).get(k, 1.0) for k in range(n_classes)], np.float32)
         self.sample_weight = table[y]
         self.rng = np.random.default_rng(seed)
+        # An epoch reads about as many cached views as the plain stage's (all of them, once).
+        self.passes = max(1, round(activations.shape[0] / STEP_VIEWS))
         self.on_epoch_end()
 
     def on_epoch_end(self) -> None:
+        """New draws: ``passes`` shuffled passes over the images, each with the clean view and others at random."""
         n, views = len(self.y), self.acts.shape[0]
-        self.order = self.rng.permutation(n)
-        others = np.argsort(self.rng.random((n, views - 1)), axis=1)[:, : STEP_VIEWS - 1] + 1
-        self.views = np.concatenate([np.zeros((n, 1), int), others], axis=1)
+        self.order = np.concatenate([self.rng.permutation(n) for _ in range(self.passes)])
+        others = np.argsort(self.rng.random((len(self.order), views - 1)), axis=1)[:, : STEP_VIEWS - 1] + 1
+        self.views = np.concatenate([np.zeros((len(self.order), 1), int), others], axis=1)
 
     def __len__(self) -> int:
-        return int(np.ceil(len(self.y) / self.batch_size))
+        return int(np.ceil(len(self.order) / self.batch_size))
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-        x = self.acts[self.views[idx], idx[:, None]].astype(np.float32)
+        part = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        idx = self.order[part]
+        x = self.acts[self.views[part], idx[:, None]].astype(np.float32)
         return x, self.onehot[idx], self.sample_weight[idx]
 
 
