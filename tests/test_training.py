@@ -96,6 +96,10 @@ def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: 
     trained = load_artifact(out)  # training fits the validity statistics: the threshold accepts 95 % of validation
     assert trained.validity is not None and trained.meta.validity["validation"]["n_images"] == len(listed)
     assert trained.meta.validity["validation"]["accepted"] >= 0.95
+    chosen = trained.meta.predict  # training chose the test-time views on its validation split, and serves them
+    assert trained.views == chosen.views and len(chosen.choice["table"]) == 8
+    assert f"test-time views (chosen on validation): {', '.join(chosen.views)}" in result.output
+    assert trained.meta.metrics["validation_shift"]["max_changed_encoding"] is not None
     stress_out = tmp_path / "stress"
     stressed = CliRunner().invoke(
         main,
