@@ -96,7 +96,12 @@ T, A, I = TrainConfig, ArchConfig, InputSpec  # noqa: E741  (the defaults shown 
     "artefacts differ by scanner and encoder. 0: none.",
 )
 @click.option(
-    "--views", default=T.views, show_default=True, type=click.IntRange(1), help="Augmented views cached per image."
+    "--cached-views",
+    "views",
+    default=T.views,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Augmented training views cached per image (view 0 is the image itself).",
 )
 @click.option(
     "--augment",
@@ -233,14 +238,19 @@ def train(
             run.artifacts(out, under="model")
 
 
+def model_dir_option(what: str) -> Any:
+    """``--model-dir``: a model folder a command completes in place."""
+    return click.option(
+        "--model-dir",
+        required=True,
+        type=click.Path(path_type=Path, file_okay=False),
+        help=f"The model folder {what} (its model.json is updated).",
+    )
+
+
 @command("fit-validity")
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--model-dir",
-    required=True,
-    type=click.Path(path_type=Path, file_okay=False),
-    help="The model folder to add validity.npz to (its model.json is updated).",
-)
+@model_dir_option("to add validity.npz to")
 def fit_validity(data_dir: Path, model_dir: Path) -> None:
     """Fit the validity statistics of a model trained before they were kept, from its training data.
 
@@ -273,12 +283,7 @@ def fit_validity(data_dir: Path, model_dir: Path) -> None:
 
 @command("choose-views")
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--model-dir",
-    required=True,
-    type=click.Path(path_type=Path, file_okay=False),
-    help="The model folder whose test-time views to choose (its model.json is updated).",
-)
+@model_dir_option("whose test-time views to choose")
 def choose_views(data_dir: Path, model_dir: Path) -> None:
     """Choose the test-time views of a model trained before training chose them, on its validation split.
 

@@ -138,6 +138,8 @@ class TrainConfig(Stored):
         if self.consistency < 0:
             raise InputError("the consistency weight must be at least 0")
         if self.consistency > 0 and (self.fine_tune_from is None or self.views < 3):
-            raise InputError("consistency training needs the fine-tuning stage and at least 3 views (--views)")
+            raise InputError(
+                "consistency training needs the fine-tuning stage and at least 3 cached views (--cached-views)"
+            )
         if self.fine_tune_from is None and self.wise_ft != (1.0,):
             raise InputError("a weight-space ensemble needs the fine-tuning stage (--fine-tune-from)")

@@ -12,7 +12,7 @@ the clean view and two other cached views drawn at random.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -111,47 +111,3 @@ class ViewBatches(keras.utils.PyDataset):
         idx = self.order[part]
         x = self.acts[self.views[part], idx[:, None]].astype(np.float32)
         return x, self.onehot[idx], self.sample_weight[idx]
-
-
-def fit_consistent(
-    net: keras.Model,
-    activations: np.ndarray,
-    y: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    *,
-    weight: float,
-    learning_rate: float,
-    epochs: int,
-    batch_size: int,
-    patience: int,
-    weights: dict[int, float] | None,
-    label_smoothing: float,
-    seed: int,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    verbose: int | str = "auto",
-) -> dict[str, list[float]]:
-    """Adam on cross-entropy plus the consistency term; the epoch with the best validation loss is kept.
-
-    The validation loss is the clean images' cross-entropy (one view: no divergence),
-    the same quantity the plain stage stops on.
-    """
-    n_classes = net.output_shape[-1]
-    keras.utils.set_random_seed(seed)
-    wrapped = PerView(net)
-    wrapped.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=consistency_loss(weight, label_smoothing, n_classes),
-        metrics=[view_accuracy],
-    )
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    val = (x_val[:, None].astype(np.float32), np.eye(n_classes, dtype=np.float32)[y_val])
-    history = wrapped.fit(
-        ViewBatches(activations, y, n_classes, batch_size, weights, seed),
-        validation_data=val,
-        validation_batch_size=256,
-        epochs=epochs,
-        verbose=verbose,
-        callbacks=[stop, *callbacks],
-    )
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}

@@ -32,7 +32,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from core import validity
 from core.augment import acquisition_augmenter, augment_params
 from core.config import ArchConfig, InputSpec, TrainConfig
-from core.consistency import fit_consistent
+from core.consistency import PerView, ViewBatches, consistency_loss, view_accuracy
 from core.data import Sample, Scan, class_indices, labels_of, patient_id, relative_name
 from core.errors import DataError, InputError
 from core.inference import image_batches
@@ -236,31 +236,43 @@ def fit(
     weights: dict[int, float] | None,
     label_smoothing: float,
     seed: int,
+    consistency: float = 0.0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
 ) -> dict[str, list[float]]:
-    """Adam + cross-entropy; the epoch with the best validation loss is kept (early stopping)."""
+    """Adam + cross-entropy; the epoch with the best validation loss is kept (early stopping).
+
+    ``consistency`` > 0 adds that weight of the Jensen-Shannon term among each image's views
+    (:mod:`core.consistency`); ``x`` is then the cache itself, ``(views, n, ...)``, and ``y`` one label per
+    image. The validation loss stays the clean images' cross-entropy either way.
+    """
     if len(x) == 0 or len(x_val) == 0:
         raise DataError("training and validation sets must both be non-empty")
     n_classes = net.output_shape[-1]
     keras.utils.set_random_seed(seed)
-    net.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-        metrics=_metrics(),
-    )
+    val_y = keras.utils.to_categorical(y_val, n_classes)
+    if consistency > 0:
+        trained, metrics = PerView(net), [view_accuracy]
+        loss = consistency_loss(consistency, label_smoothing, n_classes)
+        data = {
+            "x": ViewBatches(x, y, n_classes, batch_size, weights, seed),
+            "validation_data": (x_val[:, None], val_y),
+            "validation_batch_size": 256,
+        }
+    else:
+        trained, metrics = net, _metrics()
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+        data = {
+            "x": x,
+            "y": keras.utils.to_categorical(y, n_classes),
+            "validation_data": (x_val, val_y),
+            "batch_size": batch_size,
+            "class_weight": weights,
+            "shuffle": True,
+        }
+    trained.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    history = net.fit(
-        x,
-        keras.utils.to_categorical(y, n_classes),
-        validation_data=(x_val, keras.utils.to_categorical(y_val, n_classes)),
-        epochs=epochs,
-        batch_size=batch_size,
-        class_weight=weights,
-        shuffle=True,
-        verbose=verbose,
-        callbacks=[stop, *callbacks],
-    )
+    history = trained.fit(**data, epochs=epochs, verbose=verbose, callbacks=[stop, *callbacks])
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
@@ -357,12 +369,8 @@ def train_model(
             verbose=verbose,
             **common,
         )
-        if cfg.consistency > 0:
-            history["fine-tuning"] = fit_consistent(
-                top, a_train, y_train, x_val, y_val, weight=cfg.consistency, **stage
-            )
-        else:
-            history["fine-tuning"] = fit(top, x_train, y_train_all, x_val, y_val, **stage)
+        x_fit, y_fit = (a_train, y_train) if cfg.consistency > 0 else (x_train, y_train_all)
+        history["fine-tuning"] = fit(top, x_fit, y_fit, x_val, y_val, consistency=cfg.consistency, **stage)
         set_fine_tuning(model, None)
         if cfg.wise_ft != (1.0,):
             wise_ft, _ = choose_wise_ft(model, before, cfg.wise_ft, spec, val, classes)

@@ -116,7 +116,7 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_file: P
     make_dataset(data, "download", per_class=6)
     out = root / "model"
     args = ["train", data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
-    args += ["--image-size", "64", "--epochs", "3", "--fine-tune-from", "none", "--views", "1"]
+    args += ["--image-size", "64", "--epochs", "3", "--fine-tune-from", "none", "--cached-views", "1"]
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return data, out

@@ -51,7 +51,7 @@ def test_train_then_evaluate_are_logged_with_params_metrics_steps_and_artifacts(
     make_dataset(data, "download", per_class=6)
     model = tmp_path / "model"
     args = ["train", data, "--out", model, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
-    args += ["--image-size", "64", "--epochs", "2", "--fine-tune-epochs", "2", "--views", "1", "--mlflow", store]
+    args += ["--image-size", "64", "--epochs", "2", "--fine-tune-epochs", "2", "--cached-views", "1", "--mlflow", store]
     result = run(*args)
     assert result.exit_code == 0, result.output
     history = json.loads((model / "history.json").read_text())

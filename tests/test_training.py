@@ -84,7 +84,8 @@ def test_two_stages_train_only_what_they_should(tiny_data: Path, tiny_backbone_f
 def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
     args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
-    args += ["--image-size", "64", "--epochs", "2", "--fine-tune-epochs", "1", "--views", "2", "--batch-size", "16"]
+    args += ["--image-size", "64", "--epochs", "2", "--fine-tune-epochs", "1", "--cached-views", "2"]
+    args += ["--batch-size", "16"]
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -196,7 +197,7 @@ def test_standardize_makes_the_call_blind_to_exposure_and_survives_reload(
 
     out = tmp_path / "model"
     args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
-    args += ["--image-size", "64", "--epochs", "1", "--fine-tune-from", "none", "--views", "1", "--standardize"]
+    args += ["--image-size", "64", "--epochs", "1", "--fine-tune-from", "none", "--cached-views", "1", "--standardize"]
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     loaded = load_artifact(out)
@@ -227,7 +228,8 @@ def test_input_blur_matches_opencv_and_survives_reload(tiny_data: Path, tiny_bac
     assert np.abs(blurred - expected).max() < 0.5 < np.abs(blurred - image).max()
     out = tmp_path / "model"
     args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
-    args += ["--image-size", "64", "--epochs", "1", "--fine-tune-from", "none", "--views", "1", "--input-blur", "1.5"]
+    args += ["--image-size", "64", "--epochs", "1", "--fine-tune-from", "none", "--cached-views", "1"]
+    args += ["--input-blur", "1.5"]
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     loaded = load_artifact(out)
@@ -286,5 +288,5 @@ def test_consistency_training_pulls_the_views_of_an_image_together(tiny_data: Pa
         return float(np.abs(probs - probs.mean(0)).mean())
 
     assert spread(result.model) < spread(plain.model)
-    with pytest.raises(ValueError, match="at least 3 views"):
+    with pytest.raises(ValueError, match="at least 3 cached views"):
         TrainConfig(consistency=1.0, views=2)
