@@ -78,9 +78,13 @@ def reliability_figure(metrics: dict[str, Any], title: str = "") -> Figure:
 
 
 def training_curves_figure(history: dict[str, dict[str, list[float]]]) -> Figure:
-    """One row per training stage: train vs validation for each metric Keras recorded."""
+    """One row per training stage: train vs validation for each metric every stage recorded."""
     stages = list(history)
-    keys = [k for k in history[stages[0]] if not k.startswith("val_") and f"val_{k}" in history[stages[0]]]
+    keys = [
+        k
+        for k in history[stages[0]]
+        if not k.startswith("val_") and all(f"val_{k}" in h and k in h for h in history.values())
+    ]
     fig, axes = plt.subplots(len(stages), len(keys), figsize=(3.4 * len(keys), 2.9 * len(stages)), squeeze=False)
     for row, stage in zip(axes, stages):
         h = history[stage]

@@ -270,12 +270,18 @@ def test_consistency_loss_is_cross_entropy_plus_the_divergence_among_views() -> 
     assert float(loss(y, differ)[0]) == pytest.approx(ce + 10.0 * js, rel=1e-5)
 
 
-def test_consistency_training_pulls_the_views_of_an_image_together(tiny_data: Path, tiny_backbone_file: Path) -> None:
+def test_consistency_training_pulls_the_views_of_an_image_together(
+    tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path
+) -> None:
+    from core.training import train_to_folder
+
     scan = scan_dataset(tiny_data)
     base = dict(epochs=1, batch_size=16, fine_tune_epochs=3, fine_tune_batch_size=8, views=3, augment="acquisition")
-    result = train_model(
-        scan, TrainConfig(consistency=50.0, **base), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), verbose=0
+    out = tmp_path / "model"  # the whole folder, curves included: the two stages record different metrics
+    result = train_to_folder(
+        scan, out, TrainConfig(consistency=50.0, **base), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file)
     )
+    assert (out / "training_curves.png").stat().st_size > 1000 and load_artifact(out).views[0] == "identity"
     assert result.meta.training["config"]["consistency"] == 50.0
     assert len(result.history["fine-tuning"]["loss"]) == 3 and "val_accuracy" in result.history["fine-tuning"]
     plain = train_model(scan, TrainConfig(**base), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), verbose=0)
