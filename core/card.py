@@ -230,8 +230,8 @@ def views_text(meta: Any) -> str:
     ]
     if choice.get("table"):
         lines.append(
-            f"\nChosen on the {choice.get('split', 'validation')} split by `{choice.get('script')}`: "
-            f"{choice.get('rule')}.\n"
+            f"\nChosen on the {choice.get('split', 'validation')} split ({choice.get('n_images', '?')} images; by "
+            f"training, or `python -m cli choose-views` for an older model): {choice.get('rule')}.\n"
         )
         lines.append("| views | stable | rule score | clean | mean under perturbation | most calls changed |")
         lines.append("|---|---|---|---|---|---|")
