@@ -29,7 +29,6 @@ from core.errors import InputError
 from core.options import NO_VIEWS
 
 IDENTITY = NO_VIEWS[0]
-KINDS = ("identity", "jpeg", "blur", "zoom", "flip")
 
 
 def parse_view(name: str) -> tuple[str, float]:
