@@ -2,9 +2,9 @@
 
     python bench/bench_audit.py [--data ../shared/data/chest_xray/test] [--model weights/] [--limit 100]
 
-Times ``core.audit.audit_images`` (all four CAM methods, the default layer sets,
-16 deletion and insertion steps, 4 randomisation stages) on a seeded sample,
-after the model has loaded.
+Times ``core.audit.audit_images`` with the command's defaults (four CAM methods,
+two explained scores, the default layer sets, ROAD at six shares, deletion and
+insertion, 4 randomisation stages) on a seeded sample, after the model has loaded.
 """
 
 from __future__ import annotations
@@ -48,9 +48,13 @@ def main() -> None:
         [
             ("machine", f"{os.cpu_count()} CPUs"),
             ("images", f"{result['n_images']} from {args.data}"),
-            ("methods x layer sets", f"{len(plan.methods)} x {len(result['layer_sets'])}"),
+            (
+                "methods x scores x layer sets",
+                f"{len(plan.methods)} x {len(plan.scores)} x {len(result['layer_sets'])}",
+            ),
+            ("measured (passed sanity)", f"{sum(r['morf_auc'] is not None for r in result['table'])} rows"),
             ("audit time", f"{seconds / 60:.1f} min ({seconds / result['n_images']:.2f} s per image)"),
-            ("recommended", f"{rec['method']}, {rec['layer_set']}"),
+            ("recommended", f"{rec['method']} ({rec['score']}), {rec['layer_set']}"),
             ("border-flagged", f"{len(result['border_flagged'])}"),
         ]
     )

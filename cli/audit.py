@@ -17,7 +17,7 @@ from cli.common import (
     progress,
     tracked_command,
 )
-from core.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS, DEFAULT_LAYERS, MAX_SHOWN_LAYERS
+from core.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS, CAM_SCORES, DEFAULT_LAYERS, MAX_SHOWN_LAYERS
 
 
 @command()
@@ -28,6 +28,12 @@ from core.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS, DEFAULT_LAYERS, M
     default=",".join(CAM_METHODS),
     show_default=True,
     help="Comma-separated CAM methods to audit.",
+)
+@click.option(
+    "--scores",
+    default=",".join(CAM_SCORES),
+    show_default=True,
+    help="Comma-separated scores each method explains: the class's logit, its log-probability.",
 )
 @click.option(
     "--layers",
@@ -59,6 +65,7 @@ def audit(
     data_dir: Path,
     model: ModelChoice,
     methods: str,
+    scores: str,
     n_layers: int,
     limit: int,
     seed: int,
@@ -71,23 +78,25 @@ def audit(
     """Check that the heatmaps show what the model uses, for every CAM method and layer set.
 
     On a seeded sample of DATA_DIR's images (labels unused; each map explains
-    the predicted class):
+    the predicted class, through its logit or its log-probability):
 
     \b
     - sanity (Adebayo et al. 2018): the head, then Conv_1, block_16 and
-      block_15 are randomised in turn; a method and layer pass when the median
+      block_15 are randomised in turn; a candidate and layer pass when the median
       |Spearman rho| with the trained map drops below 0.3 once the head is random;
-    - faithfulness (RISE deletion and insertion): pixels removed from the
-      image, or inserted into a blurred copy, most important first; the areas
-      under the class probability, against a random and a centred map;
+    - faithfulness (ROAD, Rong et al. 2022): 10-90 % of the image removed in
+      the map's order, most or least relevant first, and filled from its
+      neighbours by noisy linear imputation; the areas under the class
+      probability, against a random and a centred map. RISE deletion and
+      insertion are reported beside it;
     - shortcuts: the share of each map in the outer 10 % band of the image
       (markers, text, borders); images above half are flagged and shown.
 
     Layer sets: the last N explainable layers (their mean map), the deepest
-    alone, and the last conv layer before (Conv_1) and after (out_relu) its
-    activation. Recommends the most faithful method and layer set that passes
-    sanity; --record makes it the model's default. Writes audit.json,
-    sanity.png, curves.png, border_flagged.png and index.html.
+    alone (7x7 at 224 px), the deepest 14x14 layer alone and fused with the
+    deepest. Recommends the widest ROAD gap (least- minus most-relevant-first
+    area) that passes sanity; --record makes it the model's default. Writes
+    audit.json, sanity.png, curves.png, border_flagged.png and index.html.
 
     \b
     Example:
@@ -102,7 +111,7 @@ def audit(
 
     if record and model.is_hub():
         raise click.UsageError("--record needs a local model folder (--model), not a Hub download")
-    plan = AuditPlan(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), n_layers=n_layers, seed=seed)
+    plan = AuditPlan(methods=_names(methods), scores=_names(scores), n_layers=n_layers, seed=seed)
     scan = scan_dataset(data_dir)
     if subset:
         scan = data_subset(scan, subset)
@@ -135,6 +144,10 @@ def audit(
         layers, defaults = explain_defaults(result, loaded)
         record_explain(loaded.directory, layers, defaults)
         click.echo(
-            f"default heatmaps of {loaded.directory}: {defaults.method}, last {defaults.layers} layer(s) "
-            f"({', '.join(layers[-defaults.layers :])}); recorded in model.json"
+            f"default heatmaps of {loaded.directory}: {defaults.method} explaining the {defaults.score}, on "
+            f"{', '.join(defaults.layer_names or layers[-defaults.layers :])}; recorded in model.json"
         )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())

@@ -17,8 +17,9 @@ Module map, by concept (flat on purpose; this file imports nothing, so ``--help`
   (perturbations and the stress test), ``views`` (test-time views, averaged by every forward pass),
   ``view_choice`` (which views, chosen on validation), ``plots``, ``atomic`` (files written whole).
 * Explaining -- ``gradcam`` (CAM methods), ``overlay`` (heatmaps on images), ``gallery``;
-  auditing them: ``sanity`` (cascading randomisation), ``faithfulness`` (deletion, insertion,
-  baselines, border mass), ``audit`` (the report and the recommended defaults).
+  auditing them: ``sanity`` (cascading randomisation), ``road`` (removal with noisy linear
+  imputation), ``faithfulness`` (deletion, insertion, baselines, border mass), ``audit`` (the
+  report and the recommended defaults).
 * Training -- ``augment`` (augmented views), ``training`` (two stages on cached activations),
   ``consistency`` (the Jensen-Shannon term between an image's views), ``weight_space`` (WiSE-FT).
 * A new site -- ``adaptation`` (unlabelled, AdaBN and LAME), ``calibration`` (temperature and

@@ -113,10 +113,22 @@ class ModelMeta:
             raise ModelLoadError(f"model metadata is incomplete or invalid: {exc}") from None
 
     def last_layers(self, n: int) -> list[str]:
-        """The last ``n`` conv layers (deepest last), the default Grad-CAM targets."""
+        """The last ``n`` conv layers (deepest last)."""
         if n < 1:
             raise InputError("number of layers must be at least 1")
         return self.gradcam_layers[-n:]
+
+    def shown_layers(self, n: int | None = None) -> list[str]:
+        """The layers a heatmap shows: the model's default set for ``None`` or its size, else the last ``n``.
+
+        The default set is ``explain.layer_names`` when the audit chose named layers (say a 14x14 layer
+        fused with the deepest), else the last ``explain.layers``.
+        """
+        if n is not None and not 1 <= n <= len(self.gradcam_layers):
+            raise InputError(f"number of layers must be between 1 and {len(self.gradcam_layers)}")
+        if self.explain.layer_names and n in (None, len(self.explain.layer_names)):
+            return list(self.explain.layer_names)
+        return self.last_layers(n or self.explain.layers)
 
 
 @dataclass(frozen=True)
@@ -273,6 +285,9 @@ def check_consistency(model: keras.Model, meta: ModelMeta) -> None:
         raise ModelLoadError(f"metadata names layers the model lacks: {', '.join(missing[:5])}")
     if meta.explain.layers > len(meta.gradcam_layers):
         raise ModelLoadError(f"metadata explains {meta.explain.layers} layers of {len(meta.gradcam_layers)}")
+    unknown = [n for n in meta.explain.layer_names if n not in meta.gradcam_layers]
+    if unknown:
+        raise ModelLoadError(f"metadata shows layers it cannot explain: {', '.join(unknown)}")
 
 
 def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef | None = None) -> LoadedModel:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.artifact import ModelMeta
+from core.options import LOG_PROBABILITY
 
 #: What each class means, for readers of the card.
 CLASS_TEXT = {"BACTERIA": " (bacterial pneumonia)", "VIRUS": " (viral pneumonia)"}
@@ -222,11 +223,11 @@ def views_clause(meta: Any) -> str:
 def views_text(meta: Any) -> str:
     """The views every entry point averages, and the validation table that chose them."""
     choice = meta.predict.choice
+    explained = "log of the averaged probability" if meta.explain.score == LOG_PROBABILITY else "averaged logit"
     lines = [
         f"Every entry point (`predict`, `evaluate`, `stress`, the Space) scores an X-ray as {len(meta.predict.views)} "
         f"views, {', '.join(f'`{v}`' for v in meta.predict.views)}, and averages their probabilities; Grad-CAM "
-        "explains the averaged logit, each view's map mapped back onto the image. `--no-views` scores the image "
-        "alone."
+        f"explains the {explained}, each view's map mapped back onto the image. `--no-views` scores the image alone."
     ]
     if choice.get("table"):
         lines.append(
@@ -243,47 +244,78 @@ def views_text(meta: Any) -> str:
     return "\n".join(lines)
 
 
+AREA_COLUMNS = ("morf_auc", "lerf_auc", "road_gap", "deletion_auc", "insertion_auc")
+
+
+def area_text(value: float | None) -> str:
+    """An audit area for a table; "-" where it was not measured (the candidate failed sanity)."""
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _beats(row: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    """Lower ROAD MoRF area and higher LeRF area than the baseline map (False where not measured)."""
+    if row["morf_auc"] is None:
+        return False
+    return row["morf_auc"] < baseline["morf_auc"] and row["lerf_auc"] > baseline["lerf_auc"]
+
+
 def audit_table(explain: Any) -> str:
-    """The audit behind the default heatmaps: method x layer set, with baselines and the sanity check."""
+    """The audit behind the default heatmaps: candidate x layer set, ROAD first, with baselines and sanity."""
     a = explain.audit
     rec = a["recommendation"]
+    if "road" not in a:
+        return (
+            f"Chosen by an audit of {a['n_images']} images ({a['date'][:10]}) that predates ROAD; run "
+            "`python -m cli audit --record` again for the table."
+        )
     rows = [
-        "| method | layer set | deletion AUC (lower is better) | insertion AUC (higher is better) | "
-        "insertion - deletion | median abs(rho) after head | sanity |",
-        "|---|---|---|---|---|---|---|",
+        "| method | explains | layer set | ROAD MoRF (lower is better) | ROAD LeRF (higher is better) | "
+        "LeRF - MoRF | deletion | insertion | median abs(rho) after head | sanity |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    chosen = (rec["method"], rec["score"], rec["layer_set"])
     for r in a["table"]:
-        mark = "**" if (r["method"], r["layer_set"]) == (rec["method"], rec["layer_set"]) else ""
+        mark = "**" if (r["method"], r["score"], r["layer_set"]) == chosen else ""
         named = r["layer_set"] if r["layers"] == [r["layer_set"]] else f"{r['layer_set']} ({', '.join(r['layers'])})"
+        areas = " | ".join(
+            area_text(r[k]) for k in ("morf_auc", "lerf_auc", "road_gap", "deletion_auc", "insertion_auc")
+        )
         rows.append(
-            f"| {mark}{r['method']}{mark} | {mark}{named}{mark} | {r['deletion_auc']:.3f} | "
-            f"{r['insertion_auc']:.3f} | {r['insertion_auc'] - r['deletion_auc']:.3f} | {r['rho_after_head']:.2f} | "
-            f"{'pass' if r['sanity_pass'] else 'fail'} |"
+            f"| {mark}{r['method']}{mark} | {r['score']} | {mark}{named}{mark} | {areas} | "
+            f"{r['rho_after_head']:.2f} | {'pass' if r['sanity_pass'] else 'fail'} |"
         )
     for name, b in a["baselines"].items():
         rows.append(
-            f"| {name} map (baseline) | | {b['deletion_auc']:.3f} | {b['insertion_auc']:.3f} | "
-            f"{b['insertion_auc'] - b['deletion_auc']:.3f} | | |"
+            f"| {name} map (baseline) | | | {b['morf_auc']:.3f} | {b['lerf_auc']:.3f} | "
+            f"{b['lerf_auc'] - b['morf_auc']:.3f} | {b['deletion_auc']:.3f} | {b['insertion_auc']:.3f} | | |"
         )
-    centre = a["baselines"]["center"]
-    beat = [r for r in a["table"] if r["sanity_pass"] and r["score"] > centre["insertion_auc"] - centre["deletion_auc"]]
-    caveat = (
-        f"Only {len(beat)} of the method and layer sets that pass sanity beat a centred Gaussian map, which knows "
-        "nothing of the image: the maps are coarse (7x7 cells at 224 px) and mostly say which part of the chest "
-        "mattered, not which structure."
-    )
+    base = a["baselines"]
+    beats = [
+        r
+        for r in a["table"]
+        if r["sanity_pass"]
+        and all(r["morf_auc"] < b["morf_auc"] and r["lerf_auc"] > b["lerf_auc"] for b in base.values())
+    ]
+    shares = ", ".join(f"{s:.0%}" for s in a["road"]["shares"])
     return "\n".join(
         [
             f"`python -m cli audit` on {a['n_images']} images of `{a['data_dir']}` ({a['date'][:10]}; each map "
             "explains the predicted class). Sanity (Adebayo et al. 2018): the head is randomised and the map must "
-            f"change, median abs(Spearman rho) below {a['sanity_threshold']}. Faithfulness (RISE): pixels deleted "
-            "from the image, or inserted into a blurred copy, most important first. The default is the most "
-            f"faithful method and layer set that passes sanity: **{rec['method']} on {rec['layer_set']}**, "
-            f"shown by default as the last {explain.layers} layer(s).",
+            f"change, median abs(Spearman rho) below {a['sanity_threshold']}. Faithfulness (ROAD, Rong et al. 2022): "
+            f"{shares} of the image removed in the map's order, most relevant first (MoRF) or least relevant first "
+            "(LeRF), the removed pixels filled from their neighbours by noisy linear imputation "
+            f"({a['road']['grid']}x{a['road']['grid']} cells, noise {a['road']['noise']} grey levels), so the "
+            "model loses the information, not a grey patch's edges. Deletion and insertion (RISE) are kept as "
+            "secondary figures; a candidate that fails sanity on a layer set is not measured there (-). Each "
+            "candidate is a CAM method explaining either the class's logit (textbook) or "
+            "its log-probability (the percentage shown, so also the evidence against the other classes). The "
+            "default is the widest LeRF - MoRF gap that passes sanity: "
+            f"**{rec['method']} on {rec['layer_set']}, explaining the {rec['score']}**.",
             "",
             *rows,
             "",
-            caveat,
+            f"{len(beats)} of the {len(a['table'])} candidates pass sanity and beat both the random map and a "
+            "centred Gaussian (which knows nothing of the image) on both ROAD orders.",
         ]
     )
 
@@ -348,8 +380,8 @@ def model_card(meta: ModelMeta) -> str:
         f"- Architecture: MobileNetV2 (alpha {meta.arch.alpha}, ImageNet weights, frozen) → global "
         f"{meta.arch.pooling} pooling → dropout {meta.arch.dropout} → dense {list(meta.arch.dense_units)} ReLU → "
         f"{len(meta.classes)} logits → softmax. Classes in output order: {', '.join(meta.classes)}.",
-        f"- Heatmaps by default: {meta.explain.method}, the last {meta.explain.layers} explainable layer(s) "
-        f"({', '.join(meta.gradcam_layers[-meta.explain.layers :])}); the deepest three explainable layers are "
+        f"- Heatmaps by default: {meta.explain.method} explaining the class's {meta.explain.score}, on "
+        f"{', '.join(meta.shown_layers())}; the deepest three explainable layers are "
         f"{', '.join(meta.gradcam_layers[-3:])}.",
         "- Files: `model.keras` (load with `keras.models.load_model(..., safe_mode=True)`), `model.json` "
         "(metadata, SHA-256 of the weights).",

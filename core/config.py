@@ -10,7 +10,15 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from core.errors import InputError
-from core.options import AUGMENTATIONS, CAM_METHODS, DEFAULT_CAM_METHOD, DEFAULT_LAYERS, NO_VIEWS
+from core.options import (
+    AUGMENTATIONS,
+    CAM_METHODS,
+    CAM_SCORES,
+    DEFAULT_CAM_METHOD,
+    DEFAULT_CAM_SCORE,
+    DEFAULT_LAYERS,
+    NO_VIEWS,
+)
 
 PIL_BILINEAR = "pil-bilinear"
 #: Layer names every entry point relies on: the pre-softmax logits Grad-CAM explains, the pooled features.
@@ -61,19 +69,34 @@ def check_cam_method(method: str) -> str:
     return method
 
 
+def check_cam_score(score: str) -> str:
+    """A score we know how to explain, or the one-line error that lists them."""
+    if score not in CAM_SCORES:
+        raise InputError(f"unknown CAM score {score!r}; use one of {', '.join(CAM_SCORES)}")
+    return score
+
+
 @dataclass(frozen=True)
 class ExplainDefaults(Stored):
-    """The heatmaps a model shows unless the user asks otherwise: CAM method, how many of the last layers.
+    """The heatmaps a model shows unless the user asks otherwise: CAM method, score and layers.
 
-    ``audit`` says where the choice came from (``python -m cli audit --record``), empty for the defaults.
+    ``layers``: how many layers are shown; the last ``layers`` explainable ones, unless ``layer_names`` names
+    them (an audited set such as a 14x14 layer fused with the deepest). ``audit`` says where the choice
+    came from (``python -m cli audit --record``), empty for the defaults.
     """
 
     method: str = DEFAULT_CAM_METHOD
     layers: int = DEFAULT_LAYERS
+    score: str = DEFAULT_CAM_SCORE
+    layer_names: tuple[str, ...] = ()
     audit: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_cam_method(self.method)
+        check_cam_score(self.score)
+        object.__setattr__(self, "layer_names", tuple(self.layer_names))
+        if self.layer_names:
+            object.__setattr__(self, "layers", len(self.layer_names))
         if self.layers < 1:
             raise InputError("the default number of layers must be at least 1")
 

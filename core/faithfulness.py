@@ -53,9 +53,15 @@ def curves(
     steps: int,
     mode: str,
 ) -> np.ndarray:
-    """(len(maps), steps + 1): the explained class's probability along each map's series, one batch."""
-    x = np.concatenate([series(image, m, steps, mode) for m in maps])
-    return probabilities(x)[:, cls].reshape(len(maps), steps + 1)
+    """(len(maps), steps + 1): the explained class's probability along each map's series, one batch.
+
+    The two ends (nothing and everything changed) do not depend on the map: they are scored once.
+    """
+    made = [series(image, m, steps, mode) for m in maps]
+    x = np.concatenate([made[0][[0, -1]], *(s[1:-1] for s in made)])
+    p = probabilities(x)[:, cls]
+    inner = p[2:].reshape(len(maps), steps - 1)
+    return np.column_stack([np.full(len(maps), p[0]), inner, np.full(len(maps), p[1])])
 
 
 def area(curve: np.ndarray) -> np.ndarray:

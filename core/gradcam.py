@@ -16,10 +16,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from core.config import check_cam_score
 from core.errors import InputError
 from core.model import LOGITS_LAYER, validity_summary
-from core.options import CAM_METHODS
-from core.views import NO_VIEWS, average, check_views, first_view, make_views, map_back
+from core.options import CAM_METHODS, DEFAULT_CAM_SCORE, LOG_PROBABILITY
+from core.views import NO_VIEWS, average, check_views, first_view, log_average_probability, make_views, map_back
 
 
 @dataclass
@@ -51,14 +52,18 @@ class BaseCAM:
         logits_layer: str = LOGITS_LAYER,
         summary_layer: str | None = None,
         views: Sequence[str] = NO_VIEWS,
+        score: str = DEFAULT_CAM_SCORE,
     ) -> None:
         """``summary_layer``: also return that layer's validity summary (channel spreads) from the same pass.
 
-        ``views``: the test-time views (:mod:`core.views`); the map then explains their averaged logit.
+        ``views``: the test-time views (:mod:`core.views`); the map then explains their averaged logit, or
+        the log of their averaged probability. ``score``: ``logit`` or ``log-probability`` (see
+        :data:`core.options.CAM_SCORES`).
         """
         if not layer_names:
             raise InputError("at least one layer to explain is needed")
         self.layer_names = list(layer_names)
+        self.score = check_cam_score(score)
         self.views = check_views(views)
         self.with_summary = summary_layer is not None
         outputs = [model.get_layer(n).output for n in self.layer_names]
@@ -87,7 +92,11 @@ class BaseCAM:
             probabilities = average(tf.nn.softmax(logits), n_views)
             predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
             classes = tf.where(targets >= 0, targets, predicted)
-            score = tf.reduce_sum(tf.gather(average(logits, n_views), classes, axis=1, batch_dims=1))
+            if self.score == LOG_PROBABILITY:
+                explained = log_average_probability(logits, n_views)
+            else:
+                explained = average(logits, n_views)
+            score = tf.reduce_sum(tf.gather(explained, classes, axis=1, batch_dims=1))
         grads = tape.gradient(score, acts)
         maps = [
             map_back(tf.nn.relu(tf.reduce_sum(self.contributions(a, g), axis=-1)), self.views)

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.artifact import LoadedModel
-from core.config import FEATURES_LAYER, check_cam_method
+from core.config import FEATURES_LAYER, check_cam_method, check_cam_score
 from core.errors import ImageLoadError, InputError
 from core.gradcam import METHODS, BaseCAM
 from core.images import Header, read_image, read_image_and_header
@@ -252,12 +252,13 @@ class Explanation:
 class Explainer:
     """A loaded model plus its CAM methods, compiled once per choice of layers.
 
-    Method and number of layers default to the model's own (``model.json`` ``explain``).
+    Method, explained score and layers default to the model's own (``model.json`` ``explain``).
     """
 
-    def __init__(self, loaded: LoadedModel, method: str | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, method: str | None = None, score: str | None = None) -> None:
         self.loaded = loaded
         self.method = check_cam_method(method or loaded.meta.explain.method)
+        self.score = check_cam_score(score or loaded.meta.explain.score)
         self._cams: dict[tuple[str, tuple[str, ...]], BaseCAM] = {}
 
     @property
@@ -271,7 +272,7 @@ class Explainer:
             meta, stats = self.loaded.meta, self.loaded.validity
             summary = stats.layer if stats else None
             self._cams[key] = METHODS[key[0]](
-                self.loaded.model, list(key[1]), meta.logits_layer, summary, self.loaded.views
+                self.loaded.model, list(key[1]), meta.logits_layer, summary, self.loaded.views, self.score
             )
         return self._cams[key]
 
@@ -297,17 +298,17 @@ class Explainer:
         max_side: int | None = None,
         method: str | None = None,
         headers: Sequence[Header] | None = None,
+        layer_names: Sequence[str] | None = None,
     ) -> list[Explanation]:
         """Explain RGB images in one batch, each call with its validity.
 
         ``target`` names the class to explain (one for all, or one per image);
         default: each image's predicted class. ``method``: default the explainer's.
         ``headers``: what each file said about itself (DICOM tags), for the validity checks.
+        ``layer_names``: these layers instead of ``n_layers`` (an audited set).
         """
         meta = self.loaded.meta
-        n_layers = n_layers or meta.explain.layers
-        if n_layers < 1 or n_layers > len(meta.gradcam_layers):
-            raise InputError(f"number of layers must be between 1 and {len(meta.gradcam_layers)}")
+        layers = list(layer_names) if layer_names else meta.shown_layers(n_layers)
         if not images:
             return []
         targets = None
@@ -317,7 +318,6 @@ class Explainer:
             if bad:
                 raise InputError(f"unknown class {bad[0]!r}; the model knows {', '.join(meta.classes)}")
             targets = np.array([meta.classes.index(t) for t in names], dtype=np.int32)
-        layers = meta.last_layers(n_layers)
         x = np.stack([to_model_input(img, meta.input) for img in images])
         result = self.cam(layers, method)(x, targets)
         stats = self.loaded.validity

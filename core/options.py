@@ -11,6 +11,11 @@ DEFAULT_LAYERS = 3
 DEFAULT_OPACITY = 0.4
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
 DEFAULT_CAM_METHOD = "gradcam"
+#: What a map explains: the class's pre-softmax logit (the textbook Grad-CAM) or its log-probability (the shown
+#: percentage, so also the evidence against the other classes).
+LOGIT, LOG_PROBABILITY = "logit", "log-probability"
+CAM_SCORES = (LOGIT, LOG_PROBABILITY)
+DEFAULT_CAM_SCORE = LOGIT
 #: The most layers a page (gallery, predict, Space) shows side by side.
 MAX_SHOWN_LAYERS = 8
 #: Longest side of the X-ray shown beside its heatmaps: gallery pages, predict overlays.
@@ -76,7 +81,11 @@ RAY_INSTALL = "pip install -r requirements-ray.txt"
 # audit: sanity and faithfulness of the CAM methods (core/sanity.py, core/faithfulness.py, core/audit.py).
 AUDIT_LIMIT = 100  # images audited
 AUDIT_SEED = 0  # which images, and the random baseline map
-AUDIT_STEPS = 16  # deletion / insertion steps
+AUDIT_STEPS = 8  # deletion / insertion steps
+#: ROAD (core.road): the shares removed, the lattice removal and imputation run on, the imputation noise (grey levels).
+ROAD_SHARES = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+ROAD_GRID = 56
+ROAD_NOISE = 2.55
 AUDIT_BLUR_SIGMA = 5.0  # the blurred image insertion starts from (RISE)
 AUDIT_BLOCKS = 3  # randomisation stages after the head: Conv_1, block_16, block_15
 SANITY_MAX_RHO = 0.3  # a method and layer passes when median |rho| is below this once the head is random

@@ -140,22 +140,30 @@ def sanity_figure(audit: dict[str, Any]) -> Figure:
 
 
 def audit_curves_figure(audit: dict[str, Any]) -> Figure:
-    """Mean deletion and insertion curves of each method (default layer set) and the two baselines."""
-    faith = audit["faithfulness"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, mode in zip(axes, ("deletion", "insertion")):
+    """Mean ROAD, deletion and insertion curves of each candidate (recommended layer set) and the two baselines."""
+    panels = (
+        ("road", "morf", "ROAD, most relevant first", "removed and imputed, most relevant first"),
+        ("road", "lerf", "ROAD, least relevant first", "removed and imputed, least relevant first"),
+        ("faithfulness", "deletion", "deletion (grey fill)", "removed, most important first"),
+        ("faithfulness", "insertion", "insertion (into a blurred copy)", "inserted, most important first"),
+    )
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.6))
+    for ax, (block, mode, title, xlabel) in zip(axes.ravel(), panels):
+        entries = audit[block]
         for name in [*audit["methods"], "random", "center"]:
-            entry = faith[name]
+            if name not in entries:  # failed sanity on every layer set: not measured
+                continue
+            entry = entries[name]
             source = entry["sets"][entry["layer_set"]] if "sets" in entry else entry
             curve = source[f"{mode}_curve"]
+            x = [0.0, *audit["road"]["shares"]] if block == "road" else np.linspace(0, 1, len(curve))
             style = "--" if name in ("random", "center") else "-"
-            x = np.linspace(0, 1, len(curve))
-            ax.plot(x, curve, style, label=f"{name} ({entry[f'{mode}_auc']:.3f})")
-        ax.set_xlabel(f"share of pixels {'removed' if mode == 'deletion' else 'inserted'}, most important first")
+            ax.plot(x, curve, style, label=f"{name} ({entry[f'{mode}_auc']:.3f})", linewidth=1.2)
+        ax.set_xlabel(f"share of pixels {xlabel}")
         ax.set_ylabel("probability of the explained class")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{mode} (area in brackets)", fontsize=10)
-        ax.legend(fontsize=7)
+        ax.set_title(f"{title} (area in brackets)", fontsize=10)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 

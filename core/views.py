@@ -142,6 +142,15 @@ def average(values: tf.Tensor, n_views: int) -> tf.Tensor:
     return tf.reduce_mean(tf.reshape(values, shape), axis=0)
 
 
+def log_average_probability(logits: tf.Tensor, n_views: int) -> tf.Tensor:
+    """``(views * n, C)`` logits -> ``(n, C)``: the log of the views' mean softmax, computed stably."""
+    log_p = tf.nn.log_softmax(logits)
+    if n_views == 1:
+        return log_p
+    shape = tf.concat([[n_views, -1], tf.shape(log_p)[1:]], axis=0)
+    return tf.reduce_logsumexp(tf.reshape(log_p, shape), axis=0) - tf.math.log(float(n_views))
+
+
 def first_view(values: tf.Tensor, n_views: int) -> tf.Tensor:
     """``(views * n, ...)`` view-major -> the ``identity`` view's ``(n, ...)``."""
     if n_views == 1:

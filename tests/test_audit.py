@@ -107,6 +107,14 @@ def test_a_model_that_looks_at_the_border_gets_its_images_flagged(tmp_path: Path
     g = patch["faithfulness"]
     assert g["gradcam"]["deletion_auc"] < g["random"]["deletion_auc"]
     assert g["gradcam"]["insertion_auc"] > g["random"]["insertion_auc"]
+    road = patch["road"]
+    assert road["grid"] == SIZE  # never finer than the image
+    for name in ("gradcam", "gradcam (log-probability)"):
+        assert (
+            road[name]["morf_auc"] < road["random"]["morf_auc"] and road[name]["morf_auc"] < road["center"]["morf_auc"]
+        )
+        assert road[name]["lerf_auc"] > road["random"]["lerf_auc"]
+    assert set(road["gradcam"]["sets"]["last 1 conv"]["per_class"]) == {"BACTERIA"}
 
 
 @pytest.fixture(scope="module")
@@ -152,20 +160,44 @@ def test_audit_cli_writes_the_report(trained_tiny, tmp_path: Path) -> None:
     }
     audit = json.loads((out / "audit.json").read_text())
     assert audit["n_images"] == 5
-    for method in ("gradcam", "gradcam++", "hirescam", "layercam"):
-        assert set(audit["sanity"][method]) == {"block_16_project", "Conv_1", "out_relu"}
-        assert 0 <= audit["sanity"][method]["Conv_1"]["rho_after_head"] <= 1
-        assert 0 <= audit["faithfulness"][method]["deletion_auc"] <= 1
-        assert 0 <= audit["faithfulness"][method]["insertion_auc"] <= 1
+    assert audit["layer_sets"] == {
+        "last 2 conv": ["block_16_project", "out_relu"],
+        "out_relu": ["out_relu"],
+        "block_13_expand": ["block_13_expand"],
+        "block_13_expand + out_relu": ["block_13_expand", "out_relu"],
+    }
+    assert len(audit["table"]) == 4 * 2 * 4
+    for method in ("gradcam", "gradcam++", "hirescam", "layercam (log-probability)"):
+        assert set(audit["sanity"][method]) == {"block_16_project", "block_13_expand", "out_relu"}
+        assert 0 <= audit["sanity"][method]["block_13_expand"]["rho_after_head"] <= 1
+    border = (audit["border"]["method"], audit["border"]["score"], audit["border"]["layer_set"])
+    for row in audit["table"]:
+        name = row["method"] if row["score"] == "logit" else f"{row['method']} ({row['score']})"
+        measured = row["sanity_pass"] or (row["method"], row["score"], row["layer_set"]) == border
+        assert (row["morf_auc"] is not None) == measured, row  # faithfulness only where sanity passed
+        if measured:
+            for block, keys in (
+                ("faithfulness", ("deletion_auc", "insertion_auc")),
+                ("road", ("morf_auc", "lerf_auc")),
+            ):
+                entry = audit[block][name]["sets"][row["layer_set"]]
+                assert all(0 <= entry[k] <= 1 for k in keys)
+            assert row["road_gap"] == pytest.approx(row["lerf_auc"] - row["morf_auc"])
+    assert len(audit["road"]["gradcam"]["sets"]["last 2 conv"]["morf_curve"]) == len(audit["road"]["shares"]) + 1
     for baseline in ("random", "center"):
         assert {"deletion_auc", "insertion_auc"} <= set(audit["faithfulness"][baseline])
+        assert {"morf_auc", "lerf_auc", "per_class"} <= set(audit["road"][baseline])
     assert isinstance(audit["border_flagged"], list)
     rec = audit["recommendation"]
     passing = [r for r in audit["table"] if r["sanity_pass"]]
     if passing:  # the best row that passes, else the model's own default (3 layers, which --layers 2 leaves out)
-        assert (rec["method"], rec["layer_set"]) == (passing[0]["method"], passing[0]["layer_set"])
+        assert (rec["method"], rec["score"], rec["layer_set"]) == tuple(
+            passing[0][k] for k in ("method", "score", "layer_set")
+        )
+        assert passing[0]["road_gap"] == max(r["road_gap"] for r in passing)
     else:
         assert (rec["method"], rec["layer_set"], rec["is_default"]) == ("gradcam", "last 3 conv", True)
+    assert "ROAD" in result.output and "MoRF" in result.output
     html = (out / "index.html").read_text()
     assert "sanity.png" in html and "curves.png" in html and rec["method"] in html
     for png in ("sanity.png", "curves.png"):
@@ -182,29 +214,52 @@ def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, 
 
     from core.artifact import record_explain
     from core.audit import explain_defaults, models_default, recommend
+    from core.card import model_card
     from core.inference import Explainer
 
     data, model_dir = trained_tiny
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
     loaded = load_artifact(copy)
-    result = audit_images(loaded, sorted(data.rglob("*.jpeg"))[:4], AuditPlan(methods=("hirescam",), steps=4))
+    plan = AuditPlan(methods=("hirescam",), scores=("log-probability",), steps=4, shares=(0.2, 0.5))
+    result = audit_images(loaded, sorted(data.rglob("*.jpeg"))[:4], plan)
     rows = {r["layer_set"]: r for r in result["table"]}
-    assert set(rows) == {"last 3 conv", "out_relu", "Conv_1"}
+    assert set(rows) == {"last 3 conv", "out_relu", "block_13_expand", "block_13_expand + out_relu"}
     result["recommendation"] = {**rows["out_relu"], "is_default": False, "why": "test"}
     layers, defaults = explain_defaults(result, loaded)
     record_explain(copy, layers, defaults)
     again = load_artifact(copy)
-    assert again.meta.explain.method == "hirescam" and again.meta.explain.layers == 1
-    assert again.meta.explain.audit["table"] == result["table"]
+    explain = again.meta.explain
+    assert (explain.method, explain.score, explain.layers, explain.layer_names) == (
+        "hirescam",
+        "log-probability",
+        1,
+        (),
+    )
+    assert explain.audit["table"] == result["table"] and explain.audit["road"]["shares"] == [0.2, 0.5]
     shown = Explainer(again).explain_file(sorted(data.rglob("*.jpeg"))[0])
     assert shown.layer_names == ["out_relu"]
     todays = models_default(again, result["layer_sets"])  # "today's default" is the model's own now
-    assert todays == {"method": "hirescam", "layer_set": "out_relu", "layers": ["out_relu"]}
-    assert recommend(rows["out_relu"], todays)["is_default"] and not recommend(rows["Conv_1"], todays)["is_default"]
+    assert todays == {"method": "hirescam", "score": "log-probability", "layer_set": "out_relu", "layers": ["out_relu"]}
+    assert (
+        recommend(rows["out_relu"], todays)["is_default"] and not recommend(rows["last 3 conv"], todays)["is_default"]
+    )
     assert recommend(None, todays)["layers"] == ["out_relu"]
     audited = audit_images(again, sorted(data.rglob("*.jpeg"))[:2], AuditPlan(methods=("gradcam", "hirescam"), steps=2))
-    assert (audited["border"]["method"], audited["border"]["layer_set"]) == ("hirescam", "out_relu")
-    result["recommendation"] = {**rows["Conv_1"], "is_default": False, "why": "test"}
-    with pytest.raises(InputError, match="not the last 1 explainable layers"):
+    border = audited["border"]
+    assert (border["method"], border["score"], border["layer_set"]) == ("hirescam", "log-probability", "out_relu")
+
+    fused = rows["block_13_expand + out_relu"]  # not the last N layers: recorded by name
+    result["recommendation"] = {**fused, "is_default": False, "why": "test"}
+    record_explain(copy, *explain_defaults(result, loaded))
+    named = load_artifact(copy)
+    assert named.meta.explain.layer_names == ("block_13_expand", "out_relu") and named.meta.explain.layers == 2
+    assert named.meta.shown_layers() == ["block_13_expand", "out_relu"] == named.meta.shown_layers(2)
+    assert named.meta.shown_layers(1) == ["out_relu"]  # another count: the last N, as before
+    shown = Explainer(named).explain_file(sorted(data.rglob("*.jpeg"))[0])
+    assert shown.layer_names == ["block_13_expand", "out_relu"] and shown.heatmaps[0].shape == shown.image.shape[:2]
+    card = model_card(named.meta)
+    assert "ROAD MoRF" in card and "explaining the log-probability" in card
+    result["recommendation"] = {**fused, "layers": ["dense"], "is_default": False, "why": "test"}
+    with pytest.raises(InputError, match="not explainable layers"):
         explain_defaults(result, loaded)

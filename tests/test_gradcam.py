@@ -8,6 +8,7 @@ import pytest
 from keras import layers
 
 from conftest import TINY_SPEC, overlay, xray_like
+from core.errors import InputError
 from core.gradcam import METHODS, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, normalize_map
 from core.overlay import blend, colorize, upsample
 
@@ -40,6 +41,22 @@ def test_gradcam_equals_class_activation_map(gap_model: keras.Model) -> None:
         assert expected.max() == 1.0
         rel = np.abs(got - expected).max() / np.abs(expected).max()
         assert rel < 1e-4
+
+
+def test_gradcam_of_the_log_probability_weighs_each_class_against_the_others(gap_model: keras.Model) -> None:
+    """d log p_c / d features = w_c - sum_j p_j w_j: the evidence for c that is not also evidence for the rest."""
+    x = batch(3)
+    result = GradCAM(gap_model, ["conv_b"], score="log-probability")(x)
+    acts = keras.Model(gap_model.inputs[0], gap_model.get_layer("conv_b").output)(x).numpy()
+    kernel = gap_model.get_layer("logits").kernel.numpy()
+    logit = GradCAM(gap_model, ["conv_b"])(x)
+    for i, c in enumerate(result.target_classes):
+        contrast = kernel[:, c] - kernel @ result.probabilities[i]
+        expected = normalize_map(np.maximum(np.einsum("hwk,k->hw", acts[i], contrast), 0))
+        np.testing.assert_allclose(result.maps[0][i], expected, atol=1e-4)
+    assert not np.allclose(result.maps[0], logit.maps[0], atol=1e-3)  # not the logit's map
+    with pytest.raises(InputError, match="unknown CAM score 'softmax'"):
+        GradCAM(gap_model, ["conv_b"], score="softmax")
 
 
 @pytest.fixture(scope="module")
