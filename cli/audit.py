@@ -93,7 +93,7 @@ def audit(
       (markers, text, borders); images above half are flagged and shown.
 
     Layer sets: the last N explainable layers (their mean map), the deepest
-    alone (7x7 at 224 px), the deepest 14x14 layer alone and fused with the
+    alone (7x7 at 224 px), and the deepest 14x14 layer fused with the
     deepest. Recommends the widest ROAD gap (least- minus most-relevant-first
     area) that passes sanity; --record makes it the model's default. Writes
     audit.json, sanity.png, curves.png, border_flagged.png and index.html.

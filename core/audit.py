@@ -123,10 +123,11 @@ def finer_layer(loaded: LoadedModel) -> str | None:
 
 
 def layer_sets(loaded: LoadedModel, n_layers: int) -> dict[str, list[str]]:
-    """The layer sets compared: the last ``n`` explainable layers, the deepest alone, the finer grid alone and fused.
+    """The layer sets compared: the last ``n`` explainable layers, the deepest alone, the finer grid fused with it.
 
     A set's map is the mean of its layers' maps, each scaled to [0, 1]. The finer layer (14x14) says which
     structure mattered, the deepest (7x7) which part of the chest; fused, the two agree where both point.
+    (The finer layer alone ranked last for every candidate in the first ROAD audit, docs/heatmaps.md.)
     """
     conv = loaded.meta.last_layers(n_layers)
     deepest = conv[-1]
@@ -134,10 +135,8 @@ def layer_sets(loaded: LoadedModel, n_layers: int) -> dict[str, list[str]]:
     if n_layers > 1:
         sets[deepest] = [deepest]
     fine = finer_layer(loaded)
-    if fine is not None:
-        for name, group in ((fine, [fine]), (f"{fine} + {deepest}", [fine, deepest])):
-            if group not in sets.values():
-                sets[name] = group
+    if fine is not None and [fine, deepest] not in sets.values():
+        sets[f"{fine} + {deepest}"] = [fine, deepest]
     return sets
 
 

@@ -81,7 +81,7 @@ RAY_INSTALL = "pip install -r requirements-ray.txt"
 # audit: sanity and faithfulness of the CAM methods (core/sanity.py, core/faithfulness.py, core/audit.py).
 AUDIT_LIMIT = 100  # images audited
 AUDIT_SEED = 0  # which images, and the random baseline map
-AUDIT_STEPS = 8  # deletion / insertion steps
+AUDIT_STEPS = 4  # deletion / insertion steps (secondary figures since ROAD)
 #: ROAD (core.road): the shares removed, the lattice removal and imputation run on, the imputation noise (grey levels).
 ROAD_SHARES = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 ROAD_GRID = 56

@@ -76,7 +76,8 @@ def impute(image: np.ndarray, removed: np.ndarray, noise: float = 0.0, seed: int
     cols.append(np.arange(n))
     vals.append(diag)
     a = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    solved = sla.splu(a).solve(rhs)
+    # Symmetric (each pair of neighbours shares one weight): a symmetric ordering factors it faster.
+    solved = sla.splu(a, permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True}).solve(rhs)
     if noise > 0:
         solved = solved + np.random.default_rng(seed).normal(0.0, noise, (n, 1))
     out[ys, xs] = solved
