@@ -13,31 +13,28 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table
 
-from common import print_table  # noqa: E402
-
-from core.runtime import import_tensorflow_quietly  # noqa: E402
+from core.runtime import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from core.data import scan_dataset  # noqa: E402
-from core.evaluation import Prediction  # noqa: E402
-from core.gallery import render_pages  # noqa: E402
-from core.gradcam import METHODS  # noqa: E402
-from core.images import read_image  # noqa: E402
-from core.inference import Explainer, compile_forward, load_model_input, score_files  # noqa: E402
+from core.explain.explainer import Explainer  # noqa: E402
+from core.explain.gradcam import METHODS  # noqa: E402
+from core.images.data import scan_dataset  # noqa: E402
+from core.images.readers import read_image  # noqa: E402
+from core.model.resolve import load_model  # noqa: E402
 from core.paths import REPO_ROOT  # noqa: E402
-from core.resolve import load_model  # noqa: E402
+from core.reports.evaluation import Prediction  # noqa: E402
+from core.reports.gallery import render_pages  # noqa: E402
+from core.scoring.forward import compile_forward, load_model_input, score_files  # noqa: E402
 
 
 def timed(fn, repeat: int, warmup: int = 2) -> float:

@@ -2,7 +2,7 @@
 
     python bench/bench_audit.py [--data ../shared/data/chest_xray/test] [--model weights/] [--limit 100]
 
-Times ``core.audit.audit_images`` with the command's defaults (four CAM methods,
+Times ``core.explain.audit.audit_images`` with the command's defaults (four CAM methods,
 two explained scores, the default layer sets, ROAD at six shares, deletion and
 insertion, 4 randomisation stages) on a seeded sample, after the model has loaded.
 """
@@ -11,21 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table
 
-from common import print_table  # noqa: E402
-
-from core.audit import AuditPlan, audit_images  # noqa: E402
-from core.data import scan_dataset  # noqa: E402
-from core.options import AUDIT_SEED  # noqa: E402
-from core.paths import REPO_ROOT  # noqa: E402
-from core.resolve import load_model  # noqa: E402
+from core.explain.audit import AuditPlan, audit_images, audit_sample
+from core.images.data import scan_dataset
+from core.model.resolve import load_model
+from core.paths import REPO_ROOT
 
 
 def main() -> None:
@@ -35,9 +29,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=100)
     args = ap.parse_args()
 
-    samples = list(scan_dataset(args.data).samples)
-    random.Random(AUDIT_SEED).shuffle(samples)
-    paths = sorted(s.path for s in samples[: args.limit])
+    paths = audit_sample(scan_dataset(args.data).samples, args.limit)
     loaded = load_model(args.model)
     plan = AuditPlan()
     start = time.perf_counter()

@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table
 
-from common import print_table  # noqa: E402
-
-from core.data import scan_dataset  # noqa: E402
-from core.engine import make_engine  # noqa: E402
-from core.inference import score_files  # noqa: E402
-from core.options import DEFAULT_BATCH_SIZE  # noqa: E402
-from core.paths import REPO_ROOT  # noqa: E402
-from core.resolve import load_model  # noqa: E402
+from core.images.data import scan_dataset
+from core.model.resolve import load_model
+from core.options import DEFAULT_BATCH_SIZE
+from core.paths import REPO_ROOT
+from core.scoring.engine import make_engine
+from core.scoring.forward import score_files
 
 
 def main() -> None:

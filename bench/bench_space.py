@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import ROOT, print_table, process_memory_mib, running_space  # noqa: E402
+from common import ROOT, print_table, process_memory_mib, running_space
 
 DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "chest_xray" / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
 

@@ -19,10 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_space import DEFAULT_IMAGE  # noqa: E402
-from common import process_memory_mib, running_space  # noqa: E402
+from bench_space import DEFAULT_IMAGE
+from common import process_memory_mib, running_space
 
 
 def main() -> None:

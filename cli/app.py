@@ -4,7 +4,8 @@ Commands parse arguments and print; the work is in ``core``. Each module holds
 one group of commands (``evaluate.py``: evaluate, stress, gallery; ``site.py``:
 adapt, calibrate, tune, site-curve; ``audit.py``; ``predict.py``; ``train.py``; ``data.py``; ``hub.py``:
 model-card, publish, deploy-space); the options they share are typed once in
-``common.py``.
+``common.py``. Commands import ``core`` inside their bodies: ``--help`` and a
+mistake in the arguments are answered before TensorFlow loads (``tests/test_cli.py``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import click
@@ -105,9 +104,17 @@ def audit(
       python -m cli audit data/test --methods gradcam,layercam --layers 1
     """
     from core.atomic import check_out, replace_folder
-    from core.audit import AUDIT_FILES, AuditPlan, audit_images, audit_metrics, format_audit, write_audit
-    from core.data import scan_dataset
-    from core.data import subset as data_subset
+    from core.explain.audit import (
+        AUDIT_FILES,
+        AuditPlan,
+        audit_images,
+        audit_metrics,
+        audit_sample,
+        format_audit,
+        write_audit,
+    )
+    from core.images.data import scan_dataset
+    from core.images.data import subset as data_subset
 
     if record and model.is_hub():
         raise click.UsageError("--record needs a local model folder (--model), not a Hub download")
@@ -117,11 +124,9 @@ def audit(
         scan = data_subset(scan, subset)
     out = out or default_out(data_dir, "audit")
     check_out(out, lambda name: name in AUDIT_FILES, overwrite)
-    samples = list(scan.samples)
-    random.Random(seed).shuffle(samples)
-    paths = sorted(s.path for s in samples[:limit])
+    paths = audit_sample(scan.samples, limit, seed)
     loaded = model.load()
-    from core.sanity import stages
+    from core.explain.sanity import stages
 
     with tracked_command(mlflow_uri, "audit", loaded, data_dir, out.name) as run:
         with progress(len(paths) + len(stages(loaded.model, plan.blocks)), "auditing") as bar:
@@ -138,8 +143,8 @@ def audit(
             run.tags({"recommended": f"{rec['method']}, {rec['layer_set']}"})
             run.artifacts(out)
     if record:
-        from core.artifact import record_explain
-        from core.audit import explain_defaults
+        from core.explain.audit import explain_defaults
+        from core.model.artifact import record_explain
 
         layers, defaults = explain_defaults(result, loaded)
         record_explain(loaded.directory, layers, defaults)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,31 @@ from core.runtime import import_tensorflow_quietly
 
 EXIT_ERROR = 1  # input or model problems; click uses 2 for bad usage
 REPORTS_DIR = Path("reports")
+
+
+class IntList(click.ParamType):
+    """Comma-separated positive integers, e.g. ``25,50,100``; at least ``at_least`` of them."""
+
+    name = "N,N,..."
+
+    def __init__(self, at_least: int = 1) -> None:
+        self.at_least = at_least
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers, e.g. 25,50,100", param, ctx)
+        if len(out) < self.at_least or (out and min(out) < 1):
+            self.fail(f"{value!r}: give at least {self.at_least} positive integer(s)", param, ctx)
+        return out
+
+
+def choice_option(flag: str, choices: Sequence[str], default: str, text: str) -> Callable:
+    """An option that takes one of ``choices``, its default shown in --help."""
+    return click.option(flag, type=click.Choice(choices), default=default, show_default=True, help=text)
 
 
 def command(name: str | None = None) -> Callable:
@@ -59,8 +84,8 @@ class ModelChoice:
 
         A Hub model is downloaded (and loaded) for it.
         """
-        from core.artifact import read_meta
-        from core.resolve import resolve_model
+        from core.model.artifact import read_meta
+        from core.model.resolve import resolve_model
 
         if self.is_hub():
             return self.load().meta
@@ -75,7 +100,7 @@ class ModelChoice:
         import warnings
 
         import_tensorflow_quietly()
-        from core.resolve import load_model
+        from core.model.resolve import load_model
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -92,7 +117,7 @@ class ModelChoice:
 
 
 def model_options(f: Callable) -> Callable:
-    """Add --model / --repo-id / --revision (resolved by core.resolve; default: the bundled weights/)."""
+    """Add --model / --repo-id / --revision (resolved by core.model.resolve; default: the bundled weights/)."""
 
     @click.option(
         "--model", "model_path", type=click.Path(path_type=Path), help="Model folder (model.keras + model.json)."
@@ -193,7 +218,7 @@ def tracked_command(
 ) -> Any:
     """The MLflow run of a command on a loaded model (a no-op when tracking is off), tagged with the
     model's weights and source and the data folder."""
-    from core.tracking import tracked, tracking_uri
+    from core.reports.tracking import tracked, tracking_uri
 
     tags = {
         "model.sha256": loaded.meta.weights_sha256,

@@ -26,7 +26,7 @@ def prepare_data(src: Path, dest: Path, overwrite: bool) -> None:
     Example:
       python -m cli prepare-data ~/Downloads/chest_xray/test data/test
     """
-    from core.data import prepare_layout
+    from core.images.data import prepare_layout
 
     scan = prepare_layout(src, dest, overwrite=overwrite)
     for name, n in scan.counts().items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ from cli.common import (
     ModelChoice,
     batch_size_option,
     cam_method_option,
+    choice_option,
     command,
     default_out,
     explain_option,
@@ -23,6 +25,11 @@ from cli.common import (
     views_option,
 )
 from core.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LIMIT, GALLERY_PER_PAGE, RAY_INSTALL
+
+
+def _folds_option(flag: str, dest: str, text: str) -> Callable:
+    """A cross-fitted site protocol: K folds of DATA_DIR, each scored by a fit on the others."""
+    return click.option(flag, dest, type=click.IntRange(2, 10), metavar="K", help=text)
 
 
 @command()
@@ -44,20 +51,16 @@ from core.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LI
     help="Unlabelled site adaptation first: re-standardise the model on DATA_DIR's own images (labels unused; "
     "transductive), then score.",
 )
-@click.option(
+@_folds_option(
     "--cross-calibrate",
     "folds",
-    type=click.IntRange(2, 10),
-    metavar="K",
-    help="Labelled site calibration, cross-fitted: split DATA_DIR into K folds (by class, grouped by patient) "
+    "Labelled site calibration, cross-fitted: split DATA_DIR into K folds (by class, grouped by patient) "
     "and score each fold with a temperature and class biases fitted on the others. The benchmark uses K=2.",
 )
-@click.option(
+@_folds_option(
     "--cross-tune",
     "tune_folds",
-    type=click.IntRange(2, 10),
-    metavar="K",
-    help="Labelled site tuning, cross-fitted: the same K-fold split; each fold scored by a head re-fitted on the "
+    "Labelled site tuning, cross-fitted: the same K-fold split; each fold scored by a head re-fitted on the "
     "others (its strength chosen inside them). The benchmark uses K=2. Not with --cross-calibrate.",
 )
 @click.option(
@@ -67,12 +70,11 @@ from core.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LI
     type=int,
     help="Seed of the --cross-calibrate / --cross-tune split.",
 )
-@click.option(
+@choice_option(
     "--engine",
-    type=click.Choice(ENGINES),
-    default=DEFAULT_ENGINE,
-    show_default=True,
-    help="local: this process. ray: a Ray Data actor pool, on a local Ray or the cluster at --ray-address "
+    ENGINES,
+    DEFAULT_ENGINE,
+    "local: this process. ray: a Ray Data actor pool, on a local Ray or the cluster at --ray-address "
     f"(optional install: {RAY_INSTALL}). The report is the same.",
 )
 @click.option(
@@ -126,9 +128,9 @@ def evaluate(
       python -m cli evaluate /archive/xrays --engine ray --ray-address auto --out reports/archive
     """
     from core.atomic import check_out, replace_folder
-    from core.data import scan_dataset
-    from core.engine import make_engine
-    from core.evaluation import (
+    from core.images.data import scan_dataset
+    from core.model.validity import format_summary
+    from core.reports.evaluation import (
         ADAPT_ENGINE_HINT,
         GALLERY_DIR,
         TUNE_ENGINE_HINT,
@@ -137,9 +139,9 @@ def evaluate(
         is_report_entry,
         write_report,
     )
-    from core.metrics import format_table
-    from core.tracking import report_metrics
-    from core.validity import format_summary
+    from core.reports.tracking import report_metrics
+    from core.scoring.engine import make_engine
+    from core.scoring.metrics import format_table
 
     if engine == "local":
         ctx = click.get_current_context()
@@ -161,7 +163,7 @@ def evaluate(
     loaded = model.load()
     protocol = Protocol(adapt=adapt, cross_calibrate=folds, cross_tune=tune_folds, split_seed=split_seed)
     if adapt:
-        from core.adaptation import check_adaptable
+        from core.site.adaptation import check_adaptable
 
         check_adaptable(loaded)
     label = "adapting, then scoring" if adapt else f"scoring ({engine})"
@@ -190,9 +192,10 @@ def evaluate(
             run.metrics(report_metrics(result.metrics))
             run.artifacts(out)
     if record_as:
-        from core.artifact import record_metrics
+        from core.model.artifact import record_metrics
+        from core.reports.evaluation import metrics_key
 
-        key = record_as if protocol.name == "train-only" else f"{record_as}:{protocol.name}"
+        key = metrics_key(record_as, protocol.name)
         record_metrics(loaded.directory, key, {**result.metrics, "data_dir": data_dir.resolve().name})
         click.echo(f"metrics recorded as {key!r} in {loaded.directory}/model.json")
 
@@ -233,7 +236,7 @@ def stress(
     differently (another scanner, site or year), without touching a test split:
     run it on a validation split: `train` writes the list of its validation
     images as validation.txt in the model folder, for --subset. Every
-    perturbation is fixed and deterministic (see core/stress.py). Writes
+    perturbation is fixed and deterministic (see core/reports/stress.py). Writes
     stress.json and stress.png (accuracy, recall per class and the share of
     calls changed, for each perturbation).
 
@@ -243,13 +246,14 @@ def stress(
       python -m cli stress data/site-b --only blur-3,noise-8,zoom-in-1.2
     """
     from core.atomic import check_out, replace_folder
-    from core.data import scan_dataset
-    from core.data import subset as data_subset
-    from core.stress import (
+    from core.images.data import scan_dataset
+    from core.images.data import subset as data_subset
+    from core.reports.stress import (
         CLEAN,
         PERTURBATIONS,
         STRESS_FILES,
         format_stress,
+        run_metrics,
         stress_scan,
         unknown_names,
         write_stress_report,
@@ -279,13 +283,7 @@ def stress(
         click.echo(f"report written to {out}/")
         if run:
             run.params({"perturbations": ",".join(names), "subset": subset.name if subset else "", "batch": batch_size})
-            figures = {
-                f"{name}.{k}": float(row[k])
-                for name, row in result["perturbations"].items()
-                for k in ("accuracy", "changed")
-                if k in row
-            }
-            run.metrics({**figures, "mean_accuracy": result["mean_accuracy"], "n_images": result["n_images"]})
+            run.metrics(run_metrics(result))
             run.artifacts(out)
 
 
@@ -350,10 +348,10 @@ def gallery(
           --predictions reports/test/predictions.csv
     """
     from core.atomic import check_out, replace_folder
-    from core.data import scan_dataset
     from core.errors import DataError
-    from core.evaluation import GALLERY_DIR, evaluate_scan, matching_predictions, read_predictions
-    from core.gallery import is_gallery_entry, render_pages, select, write_index
+    from core.images.data import scan_dataset
+    from core.reports.evaluation import GALLERY_DIR, evaluate_scan, matching_predictions, read_predictions
+    from core.reports.gallery import is_gallery_entry, render_pages, select, write_index
 
     if predictions and not data_dir.is_dir():
         raise DataError(f"data folder {data_dir} does not exist")
@@ -374,7 +372,7 @@ def gallery(
             scan = None
     loaded = model.load()
 
-    from core.inference import Explainer
+    from core.explain.explainer import Explainer
 
     if scan is None:
         preds = read_predictions(predictions, classes)

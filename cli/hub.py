@@ -22,9 +22,9 @@ def model_card_cmd(model_dir: Path) -> None:
     Example:
       python -m cli model-card weights/
     """
-    from core.artifact import read_meta
     from core.atomic import write_text
-    from core.card import model_card
+    from core.model.artifact import read_meta
+    from core.reports.card import model_card
 
     path = write_text(model_dir / "README.md", model_card(read_meta(model_dir)))
     click.echo(f"model card written to {path}")
@@ -49,8 +49,8 @@ def publish(folder: Path, repo_id: str, message: str, private: bool, dry_run: bo
       python -m cli publish weights/ --repo-id org/pneumocam --dry-run
       python -m cli publish weights/ --repo-id org/pneumocam --message "fine-tuned, 3 views"
     """
-    from core.artifact import load_artifact
-    from core.publish import model_files, upload
+    from core.deploy.publish import model_files, upload
+    from core.model.artifact import load_artifact
 
     files = model_files(folder)
     load_artifact(folder)
@@ -83,7 +83,7 @@ def deploy_space(space_id: str, message: str, dry_run: bool, with_weights: bool)
       python -m cli deploy-space --space-id org/pneumocam --dry-run
       python -m cli deploy-space --space-id org/pneumocam --with-weights
     """
-    from core.publish import space_files, upload
+    from core.deploy.publish import space_files, upload
 
     pairs = space_files(with_weights=with_weights)
     model = "weights/ uploaded with it" if with_weights else "the Hub model pinned in space/config.json"

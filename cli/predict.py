@@ -66,7 +66,7 @@ def predict(
       python -m cli predict a.png b.dcm --cam-out cams/ --json
       python -m cli predict scans/ --json > calls.json
     """
-    from core.data import list_images
+    from core.images.data import list_images
 
     files = [f for p in images for f in (list_images(p) if p.is_dir() else [p])]
     if not files:
@@ -79,11 +79,12 @@ def predict(
 
     from core.atomic import write_bytes
     from core.errors import ImageLoadError
-    from core.images import read_image_and_header
-    from core.inference import Explainer, probabilities_of
-    from core.overlay import encode_png
-    from core.pages import compose_page
-    from core.validity import FLAG_MARK, NOTE_SEP, WARNING
+    from core.explain.explainer import Explainer
+    from core.explain.overlay import encode_png
+    from core.explain.pages import compose_page
+    from core.images.readers import read_image_and_header
+    from core.model.validity import FLAG_MARK, NOTE_SEP, WARNING
+    from core.scoring.forward import probabilities_of
 
     explainer = Explainer(loaded, method=method)
     results: list[dict[str, Any]] = []

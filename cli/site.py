@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
 from cli.common import (
+    IntList,
     ModelChoice,
     batch_size_option,
+    choice_option,
     command,
     mlflow_option,
     model_options,
@@ -24,12 +29,11 @@ from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD, 
 @click.argument("image_dir", type=click.Path(path_type=Path))
 @model_out_option()
 @model_options
-@click.option(
+@choice_option(
     "--method",
-    type=click.Choice(ADAPT_METHODS),
-    default=DEFAULT_ADAPT_METHOD,
-    show_default=True,
-    help="Re-standardise every batch-norm layer and the pooled features (bn+features), the pooled features only "
+    ADAPT_METHODS,
+    DEFAULT_ADAPT_METHOD,
+    "Re-standardise every batch-norm layer and the pooled features (bn+features), the pooled features only "
     "(features), or the batch-norm layers only (bn, AdaBN as published).",
 )
 @batch_size_option(ADAPT_BATCH_SIZE)
@@ -61,15 +65,15 @@ def adapt(
       python -m cli adapt /archive/site-b/xrays --out models/site-b
       python -m cli evaluate data/site-b-labelled --model models/site-b
     """
-    from core.artifact import is_model_entry
     from core.atomic import check_out
-    from core.site import adapt_to_site, site_images
+    from core.model.artifact import is_model_entry
+    from core.site.models import adapt_to_site, site_images
 
     n = len(site_images(image_dir))
     check_out(out, is_model_entry, overwrite)
     loaded = model.load()
 
-    from core.adaptation import check_adaptable, stat_passes
+    from core.site.adaptation import check_adaptable, stat_passes
 
     check_adaptable(loaded)
     with tracked_command(mlflow_uri, "adapt", loaded, image_dir, out.name, protocol="site-adapted") as run:
@@ -86,13 +90,24 @@ def adapt(
             run.artifacts(out, under="model")
 
 
+def _labelled_site_options(f: Callable) -> Callable:
+    """What calibrate and tune take: a labelled folder, OUT, the model, batch size, --overwrite, --mlflow."""
+    for option in reversed(
+        [
+            click.argument("data_dir", type=click.Path(path_type=Path)),
+            model_out_option(),
+            model_options,
+            batch_size_option(),
+            overwrite_option("OUT"),
+            mlflow_option,
+        ]
+    ):
+        f = option(f)
+    return f
+
+
 @command()
-@click.argument("data_dir", type=click.Path(path_type=Path))
-@model_out_option()
-@model_options
-@batch_size_option()
-@overwrite_option("OUT")
-@mlflow_option
+@_labelled_site_options
 def calibrate(
     data_dir: Path, out: Path, model: ModelChoice, batch_size: int, overwrite: bool, mlflow_uri: str | None
 ) -> None:
@@ -108,45 +123,22 @@ def calibrate(
       python -m cli calibrate data/site-b-sample --out models/site-b-calibrated
       python -m cli calibrate data/site-b-sample --model models/site-b --out models/site-b-final
     """
-    from core.artifact import is_model_entry
-    from core.atomic import check_out
-    from core.data import scan_dataset
-    from core.site import calibrate_to_site
-
-    scan = scan_dataset(data_dir)
-    check_out(out, is_model_entry, overwrite)
-    loaded = model.load()
-    with tracked_command(mlflow_uri, "calibrate", loaded, data_dir, out.name, protocol="site-calibrated") as run:
-        with progress(len(scan.samples), "scoring") as bar:
-            meta = calibrate_to_site(loaded, scan, out, batch_size, bar.update, overwrite)
+    with _labelled_site_run("calibrate", data_dir, out, model, batch_size, overwrite, mlflow_uri) as (meta, run):
         cal = meta.calibration
-        b, a = cal["in_sample"]["before"], cal["in_sample"]["after"]
         click.echo(
             f"temperature {cal['temperature']:.3f}, biases "
             + ", ".join(f"{c} {v:+.3f}" for c, v in zip(meta.classes, cal["biases"]))
         )
-        click.echo(
-            f"on {cal['n_images']} images (in-sample): accuracy {b['accuracy']:.1%} -> {a['accuracy']:.1%}, "
-            f"ECE {b['ece']:.3f} -> {a['ece']:.3f}"
-        )
-        click.echo(f"model written to {out}/")
+        click.echo(_in_sample_line(cal))
         if run:
             run.params({"batch_size": batch_size, "data_dir": data_dir.resolve().name})
             figures = {"temperature": float(cal["temperature"]), "n_images": float(cal["n_images"])}
             figures |= {f"bias.{c}": float(v) for c, v in zip(meta.classes, cal["biases"])}
-            for when, d in (("before", b), ("after", a)):
-                figures |= {f"in_sample.{when}.{k}": float(d[k]) for k in ("accuracy", "ece")}
-            run.metrics(figures)
-            run.artifacts(out, under="model")
+            run.metrics(figures | _in_sample_figures(cal))
 
 
 @command()
-@click.argument("data_dir", type=click.Path(path_type=Path))
-@model_out_option()
-@model_options
-@batch_size_option()
-@overwrite_option("OUT")
-@mlflow_option
+@_labelled_site_options
 def tune(
     data_dir: Path, out: Path, model: ModelChoice, batch_size: int, overwrite: bool, mlflow_uri: str | None
 ) -> None:
@@ -168,19 +160,8 @@ def tune(
       python -m cli tune data/site-b-labelled --out models/site-b-tuned
       python -m cli tune data/site-b-labelled --model models/site-b --out models/site-b-tuned
     """
-    from core.artifact import is_model_entry
-    from core.atomic import check_out
-    from core.data import scan_dataset
-    from core.site import tune_to_site
-
-    scan = scan_dataset(data_dir)
-    check_out(out, is_model_entry, overwrite)
-    loaded = model.load()
-    with tracked_command(mlflow_uri, "tune", loaded, data_dir, out.name, protocol="site-tuned") as run:
-        with progress(len(scan.samples), "scoring") as bar:
-            meta = tune_to_site(loaded, scan, out, batch_size, bar.update, overwrite)
+    with _labelled_site_run("tune", data_dir, out, model, batch_size, overwrite, mlflow_uri) as (meta, run):
         t = meta.tuning
-        b, a = t["in_sample"]["before"], t["in_sample"]["after"]
         losses = t["inner_cv"]["log_loss"]
         chosen = "the model untouched" if t["kind"] == "untouched" else t["kind"]
         if t["kind"] == "tune":
@@ -189,36 +170,57 @@ def tune(
             f"inner {t['inner_cv']['folds']}-fold cross-validation chose {chosen}: log loss "
             f"{min(losses.values()):.3f} (untouched {losses['untouched']:.3f}, calibrate {losses['calibrate']:.3f})"
         )
-        click.echo(
-            f"on {t['n_images']} images (in-sample): accuracy {b['accuracy']:.1%} -> {a['accuracy']:.1%}, "
-            f"ECE {b['ece']:.3f} -> {a['ece']:.3f}"
-        )
-        click.echo(f"model written to {out}/")
+        click.echo(_in_sample_line(t))
         if run:
             run.params({"batch_size": batch_size, "data_dir": data_dir.resolve().name, "kind": t["kind"]})
             figures = {"n_images": float(t["n_images"]), "temperature": float(t["temperature"])}
             figures |= {f"inner_log_loss.{k}": float(v) for k, v in losses.items()}
-            for when, d in (("before", b), ("after", a)):
-                figures |= {f"in_sample.{when}.{k}": float(d[k]) for k in ("accuracy", "ece")}
-            run.metrics(figures)
+            run.metrics(figures | _in_sample_figures(t))
+
+
+@contextmanager
+def _labelled_site_run(
+    name: str,
+    data_dir: Path,
+    out: Path,
+    model: ModelChoice,
+    batch_size: int,
+    overwrite: bool,
+    mlflow_uri: str | None,
+) -> Iterator[tuple[Any, Any]]:
+    """Calibrate or tune: score the labelled folder, fit, write OUT; yields the new metadata and the tracked run."""
+    from core.atomic import check_out
+    from core.images.data import scan_dataset
+    from core.model.artifact import is_model_entry
+    from core.site.models import fit_to_site
+
+    protocol = {"calibrate": "site-calibrated", "tune": "site-tuned"}[name]
+    scan = scan_dataset(data_dir)
+    check_out(out, is_model_entry, overwrite)
+    loaded = model.load()
+    with tracked_command(mlflow_uri, name, loaded, data_dir, out.name, protocol=protocol) as run:
+        with progress(len(scan.samples), "scoring") as bar:
+            meta = fit_to_site(name, loaded, scan, out, batch_size, bar.update, overwrite)
+        yield meta, run
+        click.echo(f"model written to {out}/")
+        if run:
             run.artifacts(out, under="model")
 
 
-class IntList(click.ParamType):
-    """A comma-separated list of positive integers, e.g. 25,50,100."""
+def _in_sample_line(record: dict[str, Any]) -> str:
+    b, a = record["in_sample"]["before"], record["in_sample"]["after"]
+    return (
+        f"on {record['n_images']} images (in-sample): accuracy {b['accuracy']:.1%} -> {a['accuracy']:.1%}, "
+        f"ECE {b['ece']:.3f} -> {a['ece']:.3f}"
+    )
 
-    name = "N,N,..."
 
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            out = tuple(int(v) for v in str(value).split(",") if v.strip())
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
-        if not out or min(out) < 1:
-            self.fail(f"{value!r}: give at least one positive integer", param, ctx)
-        return out
+def _in_sample_figures(record: dict[str, Any]) -> dict[str, float]:
+    return {
+        f"in_sample.{when}.{k}": float(record["in_sample"][when][k])
+        for when in ("before", "after")
+        for k in ("accuracy", "ece")
+    }
 
 
 @command("site-curve")
@@ -270,9 +272,9 @@ def site_curve(
       python -m cli site-curve data/test --sizes 25,50,100,200 --repeats 3 --out reports/test-site-curve
     """
     from core.atomic import check_out, replace_folder, save_figure, write_json
-    from core.data import scan_dataset
+    from core.images.data import scan_dataset
     from core.plots import site_curve_figure
-    from core.site_curve import (
+    from core.reports.site_curve import (
         SITE_CURVE_FILE,
         SITE_CURVE_FILES,
         SITE_CURVE_PLOT,
@@ -282,7 +284,7 @@ def site_curve(
         format_curve,
         score_site,
     )
-    from core.site_curve import site_curve as make_curve
+    from core.reports.site_curve import site_curve as make_curve
 
     scan = scan_dataset(data_dir)
     out = out or Path("reports", data_dir.resolve().name + "-site-curve")
@@ -303,8 +305,9 @@ def site_curve(
         )
     click.echo(f"report written to {out}/")
     if record_as:
-        from core.artifact import record_metrics
+        from core.model.artifact import record_metrics
+        from core.reports.evaluation import SITE_CURVE, metrics_key
 
-        key = f"{record_as}:site-curve"
+        key = metrics_key(record_as, SITE_CURVE)
         record_metrics(loaded.directory, key, result)
         click.echo(f"curve recorded as {key!r} in {loaded.directory}/model.json")

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core.errors import DataError
 from core.options import FIGURE_DPI
 
 
@@ -80,7 +81,6 @@ def save_figure(fig: Any, path: str | Path, dpi: int = FIGURE_DPI) -> Path:
 
 def check_out(out: str | Path, ours: Callable[[str], bool], overwrite: bool = False) -> None:
     """Refuse, before any work, an output that is a file or a folder holding what ``ours`` does not recognise."""
-    from core.errors import DataError
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -103,13 +103,17 @@ class ExplainDefaults(Stored):
 
 @dataclass(frozen=True)
 class PredictDefaults(Stored):
-    """How every entry point scores an image: the test-time views averaged (:mod:`core.views`).
+    """How every entry point scores an image: the test-time views averaged (:mod:`core.model.views`).
 
-    ``choice`` says how the views were chosen (``bench/choose_views.py``), empty for the default.
+    ``choice`` says how the views were chosen (``python -m cli choose-views``), empty for the default.
     """
 
     views: tuple[str, ...] = NO_VIEWS
     choice: dict = field(default_factory=dict)
+
+
+#: Architecture options that lost on validation and left the code: their "off" value and the last commit with them.
+RETIRED_ARCH_OPTIONS = {"standardize": (False, "fa6124a"), "blur": (0.0, "fa6124a")}
 
 
 @dataclass(frozen=True)
@@ -123,11 +127,20 @@ class ArchConfig(Stored):
     dense_units: tuple[int, ...] = (128,)
     flip: str = "horizontal"
     rotation: float = 0.1
-    standardize: bool = False
-    #: Gaussian low-pass of every input, sigma in pixels (0: none); see core.model.GaussianBlur.
-    blur: float = 0.0
     backbone: str = "MobileNetV2"
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArchConfig:
+        """Older model.json files name options that lost on validation and left the code (docs/experiments.md).
+
+        Off, they change nothing and are dropped; on, the model needs the commit that built it.
+        """
+        d = dict(d)
+        for name, (off, commit) in RETIRED_ARCH_OPTIONS.items():
+            if d.pop(name, off) != off:
+                raise InputError(f"this model was built with {name!r}, which left PneumoCAM; load it at {commit}")
+        return super().from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -149,20 +162,14 @@ class TrainConfig(Stored):
     class_weight: str = "balanced"
     label_smoothing: float = 0.0
     augment: str = AUGMENTATIONS[0]
-    #: Fine-tuning: weight of the Jensen-Shannon consistency among an image's views (core.consistency); 0: none.
+    #: Fine-tuning: weight of the Jensen-Shannon consistency among an image's views (core.training.consistency);
+    #: 0: none.
     consistency: float = 0.0
-    #: Shares of the fine-tuning a weight-space ensemble keeps (core.weight_space); several: validation picks.
-    wise_ft: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
-        from core.weight_space import check_alphas
-
-        object.__setattr__(self, "wise_ft", check_alphas(self.wise_ft))
         if self.consistency < 0:
             raise InputError("the consistency weight must be at least 0")
         if self.consistency > 0 and (self.fine_tune_from is None or self.views < 3):
             raise InputError(
                 "consistency training needs the fine-tuning stage and at least 3 cached views (--cached-views)"
             )
-        if self.fine_tune_from is None and self.wise_ft != (1.0,):
-            raise InputError("a weight-space ensemble needs the fine-tuning stage (--fine-tune-from)")

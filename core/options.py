@@ -34,7 +34,7 @@ ADAPT_METHODS = ("bn+features", "features", "bn")
 DEFAULT_ADAPT_METHOD = "bn+features"
 #: ``evaluate --adapt`` then adjusts the adapted model's probabilities over the whole folder with LAME (Laplacian-
 #: adjusted maximum likelihood on a k-nearest-neighbour graph of the pooled features; chosen on shifted validation
-#: images by bench/choose_adaptation.py), in blocks of images taken in content order; it needs the folder at
+#: images by experiments/choose_adaptation.py), in blocks of images taken in content order; it needs the folder at
 #: prediction time, so a model folder cannot hold it.
 LAME = "lame"
 DEFAULT_EVALUATE_ADAPT_METHOD = f"{DEFAULT_ADAPT_METHOD}+{LAME}"
@@ -46,7 +46,7 @@ ADAPT_BATCH_SIZE = DEFAULT_BATCH_SIZE
 #: Folds of the cross-fitted site calibration in the benchmark, and the seed of its split.
 DEFAULT_CROSS_FOLDS = 2
 DEFAULT_SPLIT_SEED = 0
-#: Site tuning (core.tuning): the L2 strengths tried for the re-fitted read-out of the pooled features, the folds
+#: Site tuning (core.site.tuning): the L2 strengths tried for the re-fitted read-out of the pooled features, the folds
 #: of the inner cross-validation that chooses among them (and calibration, and the model untouched), and the
 #: fewest labelled images per class it accepts.
 TUNE_PENALTIES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -55,34 +55,36 @@ TUNE_MIN_PER_CLASS = 5
 #: site-curve: labelled images per fold to try (the whole labelled half is always added), and random halvings.
 SITE_CURVE_SIZES = (25, 50, 100, 200)
 SITE_CURVE_REPEATS = 3
-#: Validity (core.validity): the conv layer whose per-channel spatial spread is summarised (chosen on validation and
-#: on images that are not chest X-rays by bench/choose_validity.py), the share of validation images the threshold
-#: accepts, and the sure checks: the most colourfulness (mean distance of a pixel from its grey, 0..255) an X-ray may
-#: have, and the DICOM modalities, body parts and views of a frontal chest radiograph (an absent tag passes).
+#: Validity (core.model.validity): the conv layer whose per-channel spatial spread is summarised (chosen on
+#: validation and on images that are not chest X-rays by experiments/choose_validity.py), the share of
+#: validation images the threshold accepts, and the sure checks: the most colourfulness (mean distance of a
+#: pixel from its grey, 0..255) an X-ray may have, and the DICOM modalities, body parts and views of a frontal
+#: chest radiograph (an absent tag passes).
 VALIDITY_LAYER = "out_relu"
 VALIDITY_ACCEPT = 0.95
 COLOUR_MAX = 8.0
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
 FRONTAL_VIEWS = ("PA", "AP")
-#: Test-time views (core.views): the model input alone, what ``--no-views`` scores and a model without views uses.
+#: Test-time views (core.model.views): the model input alone, what ``--no-views`` scores and a model without views uses.
 NO_VIEWS = ("identity",)
-#: The views the validation rule may add to ``identity`` (any subset; core.view_choice): a JPEG re-encoding at the data
-#: set's own quality, a slight blur, a small zoom.
+#: The views the validation rule may add to ``identity`` (any subset; core.training.view_choice): a JPEG
+#: re-encoding at the data set's own quality, a slight blur, a small zoom.
 VIEW_CANDIDATES = ("jpeg-75", "blur-0.7", "zoom-1.1")
-#: Training augmentations (core.augment).
-AUGMENTATIONS = ("seed", "acquisition", "invariance")
+#: Training augmentations (core.training.augment).
+AUGMENTATIONS = ("flips", "acquisition", "invariance")
 
 # Where evaluate scores: "local" (this process, nothing extra installed) or "ray" (Ray Data, optional install).
 ENGINES = ("local", "ray")
 DEFAULT_ENGINE = "local"
 RAY_INSTALL = "pip install -r requirements-ray.txt"
 
-# audit: sanity and faithfulness of the CAM methods (core/sanity.py, core/faithfulness.py, core/audit.py).
+# audit: sanity and faithfulness of the CAM methods (core/explain/: sanity, faithfulness, road, audit).
 AUDIT_LIMIT = 100  # images audited
 AUDIT_SEED = 0  # which images, and the random baseline map
 AUDIT_STEPS = 4  # deletion / insertion steps (secondary figures since ROAD)
-#: ROAD (core.road): the shares removed, the lattice removal and imputation run on, the imputation noise (grey levels).
+#: ROAD (core.explain.road): the shares removed, the lattice removal and imputation run on, the imputation
+#: noise (grey levels).
 ROAD_SHARES = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 ROAD_GRID = 56
 ROAD_NOISE = 2.55

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
+
+
+def bundled_weights_dir(root: Path = REPO_ROOT) -> Path:
+    """A checkout's ``weights/``; in an installed package, the copy ``pip install`` put in ``core/weights``."""
+    checkout = root / "weights"
+    return checkout if (checkout / "model.json").is_file() else Path(__file__).resolve().parent / "weights"
+
+
+DEFAULT_WEIGHTS_DIR = bundled_weights_dir()
 
 ENV_BACKBONE_WEIGHTS = "PNEUMOCAM_BACKBONE_WEIGHTS"
 ENV_MODEL_PATH = "PNEUMOCAM_MODEL"

@@ -23,13 +23,13 @@ import_tensorflow_quietly()
 import gradio as gr  # noqa: E402
 
 from core.atomic import write_bytes  # noqa: E402
+from core.deploy.space_config import SpaceConfig, example_files, load_space_config, model_line  # noqa: E402
 from core.errors import ImageLoadError, PneumoCAMError  # noqa: E402
-from core.inference import Explainer  # noqa: E402
+from core.explain.explainer import Explainer  # noqa: E402
+from core.explain.overlay import colour_scale, encode_png  # noqa: E402
+from core.model.resolve import load_model  # noqa: E402
+from core.model.validity import WARNING  # noqa: E402
 from core.options import CAM_METHODS, MAX_SHOWN_LAYERS  # noqa: E402
-from core.overlay import colour_scale, encode_png  # noqa: E402
-from core.resolve import load_model  # noqa: E402
-from core.space_config import SpaceConfig, example_files, load_space_config, model_line  # noqa: E402
-from core.validity import WARNING  # noqa: E402
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom"]
 PREDICTED = "predicted class"
@@ -155,10 +155,7 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
 
 def warm_up(explainer: Explainer, config: SpaceConfig) -> None:
     """Trace the model and Grad-CAM once at start-up, so the first visitor waits no longer than the others."""
-    import numpy as np
-
-    blank = np.full((*explainer.loaded.meta.input.shape[:2], 3), 128, np.uint8)
-    explainer.explain([blank], n_layers=shown_layers(explainer, config), alpha=config.default_opacity)
+    explainer.warm_up(n_layers=shown_layers(explainer, config))
 
 
 def create(config: SpaceConfig | None = None) -> tuple[gr.Blocks, SpaceConfig]:

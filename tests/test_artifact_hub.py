@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from conftest import TINY_ARCH, TINY_SPEC, save_gray, xray_like
-from core.artifact import META_FILE, MODEL_FILE, VALIDITY_FILE, load_artifact, new_meta, read_meta, save_artifact
 from core.errors import ModelLoadError
-from core.hub import is_pinned
-from core.model import backbone_layers, build_model, conv_layer_names, set_fine_tuning
+from core.model.artifact import META_FILE, MODEL_FILE, VALIDITY_FILE, load_artifact, new_meta, read_meta, save_artifact
+from core.model.hub import is_pinned
+from core.model.network import backbone_layers, build_model, conv_layer_names, set_fine_tuning
+from core.model.resolve import resolve_model
 from core.paths import REPO_ROOT
-from core.resolve import resolve_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -69,7 +69,7 @@ def test_a_newer_metadata_format_is_refused_with_a_clear_message(tiny_model_dir:
     from click.testing import CliRunner
 
     from cli.app import main
-    from core.artifact import FORMAT_VERSION
+    from core.model.artifact import FORMAT_VERSION
 
     d = copy_model(tiny_model_dir, tmp_path / "m")
     meta = json.loads((d / META_FILE).read_text())

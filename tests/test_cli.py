@@ -70,7 +70,7 @@ def test_evaluate_writes_four_consistent_files(data_with_junk, tiny_model_dir: P
         cm[CLASSES.index(r["true"]), CLASSES.index(r["predicted"])] += 1
     assert cm.tolist() == m["confusion_matrix"]
     assert m["accuracy"] == pytest.approx(np.trace(cm) / n)
-    from core.artifact import read_meta
+    from core.model.artifact import read_meta
 
     prov = m["provenance"]
     assert prov["model"]["sha256"] == read_meta(tiny_model_dir).weights_sha256 and prov["data_dir"] == root.name

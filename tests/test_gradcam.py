@@ -9,8 +9,8 @@ from keras import layers
 
 from conftest import TINY_SPEC, overlay, xray_like
 from core.errors import InputError
-from core.gradcam import METHODS, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, normalize_map
-from core.overlay import blend, colorize, upsample
+from core.explain.gradcam import METHODS, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, normalize_map
+from core.explain.overlay import blend, colorize, upsample
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,9 @@ from core.paths import REPO_ROOT
 
 ray = pytest.importorskip("ray", reason="Ray is an optional install: pip install -r requirements-ray.txt")
 
-from core.engine import make_engine  # noqa: E402
-from core.inference import score_files  # noqa: E402
-from core.ray_engine import ERROR, PATH, PROBABILITIES, BatchScorer, merge_rows, pool_size, probe  # noqa: E402
+from core.scoring.engine import make_engine  # noqa: E402
+from core.scoring.forward import score_files  # noqa: E402
+from core.scoring.ray_engine import ERROR, PATH, PROBABILITIES, BatchScorer, merge_rows, pool_size, probe  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)  # a Ray job that hangs fails here, not at CI's limit
 
@@ -200,7 +200,7 @@ def test_a_killed_worker_loses_and_repeats_no_row(local_ray, tiny_loaded, tmp_pa
 def test_a_model_folder_workers_cannot_read_is_one_line(local_ray, tiny_model_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from core.artifact import load_artifact
+    from core.model.artifact import load_artifact
 
     copy = tmp_path / "model"
     shutil.copytree(tiny_model_dir, copy)

@@ -17,10 +17,10 @@ from PIL import Image
 
 from cli.app import main
 from conftest import SHARED_DATA, SHARED_WEIGHTS, requires_shared
-from core.artifact import read_meta
-from core.model import ArchConfig, build_model
+from core.model.artifact import read_meta
+from core.model.network import ArchConfig, build_model
 from core.paths import DEFAULT_WEIGHTS_DIR
-from core.site_curve import point_key
+from core.reports.site_curve import point_key
 
 pytestmark = [requires_shared, pytest.mark.shared]
 TEST_DIR = SHARED_DATA / "test"

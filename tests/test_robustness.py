@@ -22,7 +22,7 @@ from test_images import bomb_png, write_dicom
 from cli.app import main
 from conftest import decode_bytes, make_dataset, save_gray, xray_like
 from core.errors import ImageLoadError
-from core.images import read_image
+from core.images.readers import read_image
 from core.paths import REPO_ROOT
 
 VALID = "valid"
@@ -119,7 +119,7 @@ def test_huge_but_legal_image_is_read(tmp_path: Path) -> None:
 
 
 def test_exif_rotated_overlay_lines_up_with_the_displayed_image(tmp_path: Path, tiny_loaded) -> None:
-    from core.inference import Explainer
+    from core.explain.explainer import Explainer
 
     upright = xray_like(90, 140)
     exif = Image.Exif()

@@ -12,16 +12,16 @@ import pytest
 from click.testing import CliRunner
 
 from cli.app import main
-from conftest import make_dataset, save_gray, xray_like
-from core import calibration
-from core.adaptation import adapted_copy, layer_statistics, load_source_stats, measured_layers
-from core.artifact import SOURCE_STATS_FILE, VALIDITY_FILE, load_artifact
-from core.data import patient_id, scan_dataset
+from conftest import make_dataset, save_gray, site_fixtures, xray_like
 from core.errors import DataError, ModelLoadError
-from core.inference import Explainer, score_files
-from core.metrics import bootstrap_ci, classification_metrics
-from core.model import FEATURES_LAYER
-from core.training import add_source_stats
+from core.explain.explainer import Explainer
+from core.images.data import patient_id, scan_dataset
+from core.model.artifact import SOURCE_STATS_FILE, VALIDITY_FILE, load_artifact
+from core.model.network import FEATURES_LAYER
+from core.scoring.forward import score_files
+from core.scoring.metrics import bootstrap_ci, classification_metrics
+from core.site import calibration
+from core.site.adaptation import adapted_site, layer_statistics, load_source_stats, measured_layers
 
 CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
 
@@ -30,20 +30,7 @@ def run(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def site_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("site") / "data"
-    make_dataset(root, "download", per_class=8)
-    return root
-
-
-@pytest.fixture(scope="module")
-def adaptable_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, site_data: Path) -> Path:
-    """The tiny model with training statistics measured on the generated data set."""
-    out = tmp_path_factory.mktemp("adaptable") / "model"
-    shutil.copytree(tiny_model_dir, out)
-    add_source_stats(load_artifact(out), scan_dataset(site_data))
-    return out
+site_data, adaptable_dir = site_fixtures("site", per_class=8)
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +123,12 @@ def test_bootstrap_intervals_bracket_the_estimate_and_widen_with_correlated_imag
 
 def test_adapting_to_the_training_images_changes_nothing(adaptable_dir: Path, site_data: Path) -> None:
     loaded = load_artifact(adaptable_dir)
-    from core.training import split_by_patient
+    from core.training.trainer import split_by_patient
 
     train, _ = split_by_patient(scan_dataset(site_data).samples)
     paths = [s.path for s in train]
-    adapted, info = adapted_copy(loaded, paths, batch_size=32)
+    adapted, info = adapted_site(loaded, paths, batch_size=32)
+    adapted = adapted.model
     before = score_files(loaded.model, loaded.meta.input, paths).probabilities
     after = score_files(adapted, loaded.meta.input, paths).probabilities
     np.testing.assert_allclose(after, before, atol=2e-3)
@@ -155,13 +143,14 @@ def test_adaptation_maps_the_site_statistics_onto_the_training_ones(adaptable_di
     bns = measured_layers(loaded.model)[:-1]
     deep = bns[-1]
     before = layer_statistics(loaded.model, spec, paths, [deep])
-    adapted, _ = adapted_copy(loaded, paths, batch_size=len(paths))  # one batch: batch statistics are exact
+    adapted, _ = adapted_site(loaded, paths, batch_size=len(paths))  # one batch: batch statistics are exact
+    adapted = adapted.model
     # what the deepest batch norm now outputs for the site equals what it output for the training images
     import keras
 
     def bn_output_stats(model: keras.Model) -> np.ndarray:
         probe = keras.Model(model.inputs[0], model.get_layer(deep).output)
-        from core.inference import load_model_input
+        from core.scoring.forward import load_model_input
 
         out = probe(np.stack([load_model_input(p, spec) for p in paths]), training=False).numpy()
         return out.reshape(-1, out.shape[-1]).mean(0)
@@ -182,11 +171,12 @@ def test_adaptation_maps_the_site_statistics_onto_the_training_ones(adaptable_di
 def test_each_method_moves_only_its_own_layers(
     method: str, bn_moves: bool, head_moves: bool, adaptable_dir: Path, darker_site: Path
 ) -> None:
-    from core.adaptation import first_head_dense, stat_passes
+    from core.site.adaptation import first_head_dense, stat_passes
 
     loaded = load_artifact(adaptable_dir)
     paths = sorted(darker_site.glob("*.png"))
-    adapted, info = adapted_copy(loaded, paths, method=method, batch_size=len(paths))
+    adapted, info = adapted_site(loaded, paths, method=method, batch_size=len(paths))
+    adapted = adapted.model
     assert info["method"] == method and stat_passes(method) == 1 and stat_passes("bn+features") == 2
     deep = measured_layers(loaded.model, "bn")[-1]
     assert FEATURES_LAYER not in measured_layers(loaded.model, "bn")
@@ -327,7 +317,7 @@ def test_a_hub_model_brings_its_training_statistics(adaptable_dir: Path, darker_
     """hf_hub_download fetches source_stats.npz and validity.npz with the model (a pre-filled cache, offline)."""
     import huggingface_hub.constants
 
-    from core.resolve import load_model
+    from core.model.resolve import load_model
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--org--pneumocam"
@@ -344,5 +334,6 @@ def test_a_hub_model_brings_its_training_statistics(adaptable_dir: Path, darker_
     finally:
         mp.undo()
     assert loaded.from_hub and loaded.directory == snap and loaded.validity is not None
-    model, info = adapted_copy(loaded, sorted(darker_site.glob("*.png")), batch_size=6)
+    model, info = adapted_site(loaded, sorted(darker_site.glob("*.png")), batch_size=6)
+    model = model.model
     assert info["n_images"] == 12 and model is not loaded.model

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from cli.app import main
 from conftest import make_dataset
 from core.paths import REPO_ROOT
-from core.tracking import tracked, tracking_uri
+from core.reports.tracking import tracked, tracking_uri
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is an optional install: pip install -r requirements-mlflow.txt")
 

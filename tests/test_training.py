@@ -11,12 +11,12 @@ from click.testing import CliRunner
 
 from cli.app import main
 from conftest import TINY_ARCH, TINY_SPEC, make_dataset
-from core.artifact import load_artifact
-from core.data import scan_dataset
-from core.inference import load_model_input
-from core.model import backbone_layers, build_model
-from core.stress import CLEAN, PERTURBATIONS
-from core.training import TrainConfig, cut_layer_name, extract_activations, train_model, upper_model
+from core.images.data import scan_dataset
+from core.model.artifact import load_artifact
+from core.model.network import backbone_layers, build_model
+from core.reports.stress import CLEAN, PERTURBATIONS
+from core.scoring.forward import load_model_input
+from core.training.trainer import TrainConfig, cut_layer_name, extract_activations, train_model, upper_model
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +141,9 @@ def test_publish_dry_run_lists_exactly_the_model_files(tiny_model_dir: Path, tmp
 
 
 def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:
-    from core.artifact import read_meta
-    from core.card import model_card
+    from core.model.artifact import read_meta
     from core.paths import DEFAULT_WEIGHTS_DIR
+    from core.reports.card import model_card
 
     meta = read_meta(DEFAULT_WEIGHTS_DIR)
     card = model_card(meta)
@@ -167,7 +167,8 @@ def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:
     shift = meta.metrics["validation_shift"]
     assert "## Robustness" in card
     assert f"| **mean under perturbation** | **{100 * shift['mean_accuracy']:.1f}** |" in card
-    assert meta.training["config"]["augment"] == "acquisition" and "blur, gamma, contrast and noise" in card
+    assert meta.training["config"]["augment"] == "invariance"  # the published recipe's, in the card's words:
+    assert "blur, gamma, contrast and noise changes; resampling filters, scale and JPEG quality" in card
     for key in ("test", "test:site-adapted", "test:site-calibrated"):
         m = meta.metrics[key]
         lo, hi = m["ci95"]["per_class"]["VIRUS"]["precision"]
@@ -189,59 +190,54 @@ def test_a_failed_training_leaves_no_folder_and_no_log_handler(tiny_data: Path, 
     assert not any(isinstance(h, logging.FileHandler) for h in handlers)
 
 
-def test_standardize_makes_the_call_blind_to_exposure_and_survives_reload(
+def test_train_reads_a_recipe_file_and_records_it_with_the_overrides(
     tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path
 ) -> None:
-    from core.inference import compile_forward
-    from core.model import STANDARDIZE_LAYER, conv_layer_names
+    import hashlib
 
+    from core.reports.card import model_card
+
+    recipe = tmp_path / "quick.json"
+    recipe.write_text(
+        json.dumps({"train": {"epochs": 1, "fine_tune_from": None, "views": 1}, "arch": {"dropout": 0.3}})
+    )
     out = tmp_path / "model"
     args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
-    args += ["--image-size", "64", "--epochs", "1", "--fine-tune-from", "none", "--cached-views", "1", "--standardize"]
+    args += ["--image-size", "64", "--recipe", recipe, "--dropout", "0.25"]
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     loaded = load_artifact(out)
-    assert loaded.meta.arch.standardize and STANDARDIZE_LAYER in [layer.name for layer in loaded.model.layers]
-    assert conv_layer_names(loaded.model)[-1] == "Conv_1"  # Grad-CAM still reaches the backbone
-    assert loaded.meta.gradcam_layers[-1] == "out_relu"
-    x = np.stack([load_model_input(p, loaded.meta.input) for p in sorted(tiny_data.rglob("*.jpeg"))[:4]])
-    forward = compile_forward(loaded.model)
-    darker = np.clip(x * 0.6 + 10, 0, 255)  # another exposure: linear, no clipping at 0.6x + 10
-    assert np.allclose(forward(x).numpy(), forward(darker).numpy(), atol=1e-4)
-    from core.inference import Explainer
-
-    explained = Explainer(loaded).explain_file(sorted(tiny_data.rglob("*.jpeg"))[0], n_layers=3)
-    assert explained.layer_names == loaded.meta.gradcam_layers[-3:]
-    # a layer's map may be all zero (Grad-CAM keeps only positive evidence); the maps must exist and some show it
-    assert all(np.isfinite(h).all() for h in explained.heatmaps) and any(h.max() > 0 for h in explained.heatmaps)
+    training = loaded.meta.training
+    assert training["config"]["epochs"] == 1 and training["epochs_run"] == {"baseline": 1}  # from the file
+    assert loaded.meta.arch.dropout == 0.25 and loaded.meta.input.height == 64  # the command line wins
+    assert training["recipe"]["name"] == str(recipe)
+    assert training["recipe"]["sha256"] == hashlib.sha256(recipe.read_bytes()).hexdigest()
+    assert training["recipe"]["overrides"]["arch"] == {"alpha": 0.35, "dropout": 0.25}
+    assert f"recipe `{recipe}` with" in model_card(loaded.meta)
+    recipe.write_text(json.dumps({"train": {"epoch": 1}}))
+    refused = CliRunner().invoke(main, [str(a) for a in [*args, "--overwrite"]])
+    assert refused.exit_code == 1 and "unknown train setting(s) epoch" in refused.output
 
 
-def test_input_blur_matches_opencv_and_survives_reload(tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path):
-    import cv2
+def test_the_shipped_recipes_are_the_seed_defaults_and_the_published_model() -> None:
+    from core.config import ArchConfig, InputSpec
+    from core.errors import InputError
+    from core.model.artifact import read_meta
+    from core.paths import DEFAULT_WEIGHTS_DIR
+    from core.training.recipe import PUBLISHED_RECIPE, SEED_RECIPE, available_recipes, load_recipe
 
-    from core.model import BLUR_LAYER, GaussianBlur
-    from core.training import cache_key
-
-    image = load_model_input(sorted(tiny_data.rglob("*.jpeg"))[0], TINY_SPEC)
-    blurred = GaussianBlur(1.5)(image[None]).numpy()[0]
-    expected = cv2.GaussianBlur(image, (0, 0), 1.5, borderType=cv2.BORDER_REFLECT_101)
-    assert np.abs(blurred - expected).max() < 0.5 < np.abs(blurred - image).max()
-    out = tmp_path / "model"
-    args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
-    args += ["--image-size", "64", "--epochs", "1", "--fine-tune-from", "none", "--cached-views", "1"]
-    args += ["--input-blur", "1.5"]
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    loaded = load_artifact(out)
-    assert loaded.meta.arch.blur == 1.5 and loaded.model.get_layer(BLUR_LAYER).sigma == 1.5
-    assert loaded.meta.gradcam_layers[-1] == "out_relu"  # Grad-CAM still reaches the backbone
-    from core.card import model_card
-
-    assert "a Gaussian low-pass (sigma 1.5 px)" in model_card(loaded.meta)
-    paths = sorted(tiny_data.rglob("*.jpeg"))[:2]
-    sharp = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
-    keys = {cache_key(paths, m, TINY_SPEC, "out_relu", 1, 42) for m in (sharp, loaded.model)}
-    assert len(keys) == 2  # cached activations of a sharp model are never reused for a blurred one
+    assert {PUBLISHED_RECIPE, SEED_RECIPE} <= set(available_recipes())
+    seed = load_recipe(SEED_RECIPE)
+    assert (seed.train, seed.arch, seed.input) == (TrainConfig(), ArchConfig(), InputSpec())
+    published, meta = load_recipe(PUBLISHED_RECIPE), read_meta(DEFAULT_WEIGHTS_DIR)
+    assert meta.training["recipe"]["name"] == PUBLISHED_RECIPE
+    assert meta.training["recipe"]["sha256"] == published.sha256  # the file the model was trained from, unchanged
+    assert published.train.to_dict() == meta.training["config"] and published.arch == meta.arch
+    with pytest.raises(InputError, match="pneumocam, seed"):
+        load_recipe("no-such-recipe")
+    with pytest.raises(InputError, match="left PneumoCAM; load it at"):
+        ArchConfig.from_dict({"standardize": True})
+    assert ArchConfig.from_dict({"standardize": False, "blur": 0.0}) == ArchConfig()  # older files, options off
 
 
 def test_training_twice_in_one_process_gives_the_same_model(tiny_data: Path, tiny_backbone_file: Path) -> None:
@@ -256,7 +252,7 @@ def test_training_twice_in_one_process_gives_the_same_model(tiny_data: Path, tin
 
 
 def test_consistency_loss_is_cross_entropy_plus_the_divergence_among_views() -> None:
-    from core.consistency import consistency_loss
+    from core.training.consistency import consistency_loss
 
     y = np.array([[1.0, 0.0, 0.0]], np.float32)
     agree = np.array([[[0.7, 0.2, 0.1]] * 3], np.float32)
@@ -273,7 +269,7 @@ def test_consistency_loss_is_cross_entropy_plus_the_divergence_among_views() -> 
 def test_consistency_training_pulls_the_views_of_an_image_together(
     tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path
 ) -> None:
-    from core.training import train_to_folder
+    from core.training.trainer import train_to_folder
 
     scan = scan_dataset(tiny_data)
     base = dict(epochs=1, batch_size=16, fine_tune_epochs=3, fine_tune_batch_size=8, views=3, augment="acquisition")
@@ -284,6 +280,14 @@ def test_consistency_training_pulls_the_views_of_an_image_together(
     assert (out / "training_curves.png").stat().st_size > 1000 and load_artifact(out).views[0] == "identity"
     assert result.meta.training["config"]["consistency"] == 50.0
     assert len(result.history["fine-tuning"]["loss"]) == 3 and "val_accuracy" in result.history["fine-tuning"]
+    # The validity statistics training stored fit the model it saved: reloaded, they accept its validation images.
+    from core.scoring.forward import layer_summaries
+
+    reloaded = load_artifact(out)
+    val = [tiny_data / f for f in (out / "validation.txt").read_text().split()]
+    _, summaries = layer_summaries(reloaded.model, TINY_SPEC, val, reloaded.validity.layer)
+    accepted = float(np.mean(reloaded.validity.scores(summaries) <= 1.0))
+    assert accepted == pytest.approx(reloaded.meta.validity["validation"]["accepted"]) and accepted >= 0.95
     plain = train_model(scan, TrainConfig(**base), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), verbose=0)
 
     def spread(model) -> float:

@@ -12,15 +12,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli.app import main
-from conftest import make_dataset
-from core import tuning
-from core.artifact import load_artifact
-from core.data import class_indices, labels_of, patient_id, scan_dataset
+from conftest import make_dataset, site_fixtures
 from core.errors import DataError
-from core.inference import Explainer, score_files
+from core.explain.explainer import Explainer
+from core.images.data import class_indices, labels_of, patient_id, scan_dataset
+from core.model.artifact import load_artifact
 from core.options import TUNE_PENALTIES
-from core.site_curve import curve
-from core.training import add_source_stats
+from core.reports.site_curve import curve
+from core.scoring.forward import score_files
+from core.site import tuning
 
 CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
 
@@ -40,19 +40,7 @@ def synthetic(n: int, d: int, seed: int, signal: float) -> tuple[np.ndarray, np.
     return probs, f, y, [f"p{i}" for i in range(n)]
 
 
-@pytest.fixture(scope="module")
-def site_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tune") / "data"
-    make_dataset(root, "download", per_class=12)
-    return root
-
-
-@pytest.fixture(scope="module")
-def adaptable_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, site_data: Path) -> Path:
-    out = tmp_path_factory.mktemp("adaptable") / "model"
-    shutil.copytree(tiny_model_dir, out)
-    add_source_stats(load_artifact(out), scan_dataset(site_data))
-    return out
+site_data, adaptable_dir = site_fixtures("tune", per_class=12)
 
 
 # --- the fit --------------------------------------------------------------------------------------
@@ -72,7 +60,7 @@ def test_tuning_refits_when_the_features_know_more_than_the_model() -> None:
 
 def test_tuning_falls_back_when_the_features_carry_nothing_new() -> None:
     """60 labels, 200 features of pure noise: whatever the inner CV picks must score new images like calibration."""
-    from core import calibration
+    from core.site import calibration
 
     p, f, y, g = synthetic(660, 200, seed=1, signal=0.0)
     fitted = tuning.fit(p[:60], f[:60], y[:60], g[:60], 3)
@@ -148,8 +136,8 @@ def test_a_tuned_head_that_refits_is_folded_exactly(tiny_loaded, site_data: Path
     """Force a re-fitted read-out (random weights) and check the folded Dense layer against the formula."""
     import keras
 
-    from core.adaptation import clone
     from core.config import FEATURES_LAYER
+    from core.site.adaptation import clone
 
     paths = [s.path for s in scan_dataset(site_data).samples][:8]
     s = score_files(tiny_loaded.model, tiny_loaded.meta.input, paths, features=True)
@@ -251,7 +239,7 @@ def test_site_curve_cli_writes_json_and_plot(adaptable_dir: Path, site_data: Pat
 
 
 def test_adaptation_ignores_names_order_and_layout(adaptable_dir: Path, site_data: Path, tmp_path: Path) -> None:
-    from core.adaptation import adapted_copy
+    from core.site.adaptation import adapted_site
 
     loaded = load_artifact(adaptable_dir)
     scan = scan_dataset(site_data)
@@ -262,8 +250,10 @@ def test_adaptation_ignores_names_order_and_layout(adaptable_dir: Path, site_dat
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(s, dest)
     moved = sorted(relaid.rglob("*.jpeg"), reverse=True)
-    first, _ = adapted_copy(loaded, [s.path for s in scan.samples], batch_size=8)
-    second, _ = adapted_copy(loaded, moved, batch_size=8)
+    first, _ = adapted_site(loaded, [s.path for s in scan.samples], batch_size=8)
+    first = first.model
+    second, _ = adapted_site(loaded, moved, batch_size=8)
+    second = second.model
     for a, b in zip(first.get_weights(), second.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     report = tmp_path / "report"
@@ -274,7 +264,7 @@ def test_adaptation_ignores_names_order_and_layout(adaptable_dir: Path, site_dat
 
 
 def test_lame_pulls_an_unsure_image_towards_its_confident_neighbours() -> None:
-    from core.adaptation import lame
+    from core.site.adaptation import lame
 
     # two clusters in feature space; in each, four confident images and one the model is unsure about
     rng = np.random.default_rng(0)
@@ -299,8 +289,8 @@ def test_lame_pulls_an_unsure_image_towards_its_confident_neighbours() -> None:
 
 
 def test_lame_on_a_folder_ignores_the_order_of_its_files(tmp_path: Path) -> None:
-    from core.adaptation import lame_scores
-    from core.inference import Scores
+    from core.scoring.forward import Scores
+    from core.site.adaptation import lame_scores
 
     rng = np.random.default_rng(1)
     paths = []

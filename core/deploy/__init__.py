@@ -1,0 +1,1 @@
+"""Publishing: the Hub upload and the Space's files and configuration."""

@@ -1,0 +1,326 @@
+"""A model on disk: ``model.keras`` plus ``model.json``, its metadata.
+
+The metadata is the one place that says what the model means: class names in
+output order, the input recipe, the conv layers Grad-CAM explains, how it was
+trained, what it scored and on which data. The CLI and the Space read it from
+here and nowhere else. Loading always uses Keras safe mode and checks the
+weights file's SHA-256 against the metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.atomic import write_json
+from core.config import LOGITS_LAYER, ArchConfig, ExplainDefaults, InputSpec, PredictDefaults
+from core.errors import InputError, ModelLoadError
+from core.images.data import CLASSES
+from core.model.validity import ValidityStats
+from core.options import NO_VIEWS
+
+if TYPE_CHECKING:
+    import keras
+
+MODEL_FILE = "model.keras"
+META_FILE = "model.json"
+SOURCE_STATS_FILE = "source_stats.npz"  # training statistics for site adaptation (core.site.adaptation)
+VALIDITY_FILE = (
+    "validity.npz"  # the training X-rays' statistics behind every call's validity score (core.model.validity)
+)
+CARD_FILE = "README.md"
+#: What training writes beside the model; the last lists its validation images (for stress --subset).
+HISTORY_FILE = "history.json"
+TRAINING_FILES = (HISTORY_FILE, "training_curves.png", "train.log", "validation.txt")
+#: What a model folder may hold: the model, its metadata and statistics, its card, and what training wrote.
+MODEL_FOLDER_FILES = (MODEL_FILE, META_FILE, SOURCE_STATS_FILE, VALIDITY_FILE, CARD_FILE, *TRAINING_FILES)
+FORMAT_VERSION = 1
+DEFAULT_CLASSES = CLASSES  # the order of the model outputs unless a model says otherwise
+
+
+@dataclass
+class ModelMeta:
+    """What travels beside the weights. ``gradcam_layers`` is ordered shallow to deep."""
+
+    classes: list[str]
+    input: InputSpec
+    arch: ArchConfig
+    gradcam_layers: list[str]
+    logits_layer: str = LOGITS_LAYER
+    name: str = "pneumocam-mobilenetv2"
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    adaptation: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
+    validity: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str = ""
+    explain: ExplainDefaults = field(default_factory=ExplainDefaults)
+    predict: PredictDefaults = field(default_factory=PredictDefaults)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "classes": list(self.classes),
+            "input": self.input.to_dict(),
+            "arch": self.arch.to_dict(),
+            "logits_layer": self.logits_layer,
+            "gradcam_layers": list(self.gradcam_layers),
+            "explain": self.explain.to_dict(),
+            "predict": self.predict.to_dict(),
+            "weights_file": MODEL_FILE,
+            "weights_sha256": self.weights_sha256,
+            "training": self.training,
+            "metrics": self.metrics,
+            "data": self.data,
+            "adaptation": self.adaptation,
+            "calibration": self.calibration,
+            **({"tuning": self.tuning} if self.tuning else {}),
+            **({"validity": self.validity} if self.validity else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
+        version = d.get("format_version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelLoadError(
+                f"model.json has format version {version}; this PneumoCAM reads up to {FORMAT_VERSION}: "
+                "upgrade PneumoCAM to use this model"
+            )
+        try:
+            return cls(
+                name=d.get("name", "pneumocam"),
+                classes=list(d["classes"]),
+                input=InputSpec.from_dict(d["input"]),
+                arch=ArchConfig.from_dict(d["arch"]),
+                logits_layer=d.get("logits_layer", LOGITS_LAYER),
+                gradcam_layers=list(d["gradcam_layers"]),
+                explain=ExplainDefaults.from_dict(d.get("explain", {})),
+                predict=PredictDefaults.from_dict(d.get("predict", {})),
+                weights_sha256=d.get("weights_sha256", ""),
+                training=d.get("training", {}),
+                metrics=d.get("metrics", {}),
+                data=d.get("data", {}),
+                adaptation=d.get("adaptation", {}),
+                calibration=d.get("calibration", {}),
+                tuning=d.get("tuning", {}),
+                validity=d.get("validity", {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"model metadata is incomplete or invalid: {exc}") from None
+
+    def last_layers(self, n: int) -> list[str]:
+        """The last ``n`` conv layers (deepest last)."""
+        if n < 1:
+            raise InputError("number of layers must be at least 1")
+        return self.gradcam_layers[-n:]
+
+    def shown_layers(self, n: int | None = None) -> list[str]:
+        """The layers a heatmap shows: the model's default set for ``None`` or its size, else the last ``n``.
+
+        The default set is ``explain.layer_names`` when the audit chose named layers (say a 14x14 layer
+        fused with the deepest), else the last ``explain.layers``.
+        """
+        if n is not None and not 1 <= n <= len(self.gradcam_layers):
+            raise InputError(f"number of layers must be between 1 and {len(self.gradcam_layers)}")
+        if self.explain.layer_names and n in (None, len(self.explain.layer_names)):
+            return list(self.explain.layer_names)
+        return self.last_layers(n or self.explain.layers)
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """Where a Hub model came from, to fetch its optional files later."""
+
+    repo_id: str
+    revision: str
+    cache_dir: str | Path | None = None
+
+
+@dataclass
+class LoadedModel:
+    """A Keras model and its metadata, checked against each other."""
+
+    model: keras.Model
+    meta: ModelMeta
+    source: str
+    directory: Path
+    hub: HubRef | None = None
+    validity: ValidityStats | None = None  # None: a model trained before validity statistics were kept
+    views: tuple[str, ...] = NO_VIEWS  # the test-time views every entry point averages (core.model.views)
+
+    @property
+    def from_hub(self) -> bool:
+        return self.hub is not None
+
+
+def new_meta(model: keras.Model, arch: ArchConfig, spec: InputSpec, classes: list[str]) -> ModelMeta:
+    """Metadata for a freshly built model: Grad-CAM candidates read off the model."""
+    from core.model.network import explainable_layer_names  # Keras: read_meta and --help stay without it
+
+    return ModelMeta(classes=list(classes), input=spec, arch=arch, gradcam_layers=explainable_layer_names(model))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_artifact(
+    model: keras.Model,
+    meta: ModelMeta,
+    directory: str | Path,
+    source_stats: Any = None,
+    validity: ValidityStats | None = None,
+) -> Path:
+    """Write ``model.keras`` and ``model.json`` (with the weights' hash) into a folder.
+
+    ``source_stats`` (a :class:`core.site.adaptation.LayerStats`) goes beside them as
+    ``source_stats.npz``, its hash and image count recorded in the metadata;
+    ``validity`` as ``validity.npz``, its hash in ``meta.validity``.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (MODEL_FILE + ".tmp.keras")
+    model.save(tmp)
+    tmp.replace(out / MODEL_FILE)
+    meta.weights_sha256 = file_sha256(out / MODEL_FILE)
+    if source_stats is not None:
+        path = source_stats.save(out / SOURCE_STATS_FILE)
+        meta.adaptation["source_stats"] = {
+            "file": SOURCE_STATS_FILE,
+            "sha256": file_sha256(path),
+            "n_images": source_stats.n_images,
+            "images": "the training split (validation excluded), clean, no augmentation",
+        }
+    if validity is not None:
+        store_validity(out, meta, validity)
+    write_json(out / META_FILE, meta.to_dict())
+    return out
+
+
+def store_validity(directory: Path, meta: ModelMeta, validity: ValidityStats) -> Path:
+    """Write ``validity.npz`` into a model folder and record its hash in ``meta`` (the caller writes model.json)."""
+    path = validity.save(Path(directory) / VALIDITY_FILE)
+    meta.validity = {**meta.validity, "file": VALIDITY_FILE, "sha256": file_sha256(path)}
+    return path
+
+
+def load_validity(directory: Path, meta: ModelMeta) -> ValidityStats | None:
+    """The validity statistics a model folder holds, checked against their hash; None for a model without them."""
+    if not meta.validity.get("sha256"):
+        return None
+    path = Path(directory) / VALIDITY_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"model.json names {VALIDITY_FILE} but {directory} lacks it")
+    if file_sha256(path) != meta.validity["sha256"]:
+        raise ModelLoadError(f"{path} does not match the SHA-256 recorded in {META_FILE}")
+    return ValidityStats.load(path)
+
+
+def is_model_entry(name: str) -> bool:
+    """Names a model folder may hold (anything else there is someone else's file)."""
+    return name in MODEL_FOLDER_FILES
+
+
+def read_meta(directory: str | Path) -> ModelMeta:
+    path = Path(directory) / META_FILE
+    try:
+        return ModelMeta.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ModelLoadError(f"no {META_FILE} in {directory}") from None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON ({exc.msg})") from None
+
+
+def record_metrics(directory: str | Path, split: str, metrics: dict[str, Any]) -> ModelMeta:
+    """Store measured metrics (e.g. on the test split) in a model folder's metadata."""
+    meta = read_meta(directory)
+    meta.metrics[split] = {k: v for k, v in metrics.items() if k != "skipped"}
+    write_json(Path(directory) / META_FILE, meta.to_dict())
+    return meta
+
+
+def record_run(directory: str | Path, run: dict[str, str]) -> ModelMeta:
+    """Name the MLflow run that trained a model in its metadata (and so in its model card)."""
+    meta = read_meta(directory)
+    meta.training["mlflow"] = dict(run)
+    write_json(Path(directory) / META_FILE, meta.to_dict())
+    return meta
+
+
+def record_explain(directory: str | Path, gradcam_layers: list[str], explain: ExplainDefaults) -> ModelMeta:
+    """Store the layers a model may explain and its default heatmaps (what an audit chose) in its metadata."""
+    meta = read_meta(directory)
+    meta.gradcam_layers = list(gradcam_layers)
+    meta.explain = explain
+    write_json(Path(directory) / META_FILE, meta.to_dict())
+    return meta
+
+
+def record_views(directory: str | Path, predict: PredictDefaults) -> ModelMeta:
+    """Store the test-time views a model scores with (what the validation rule chose) in its metadata."""
+    meta = read_meta(directory)
+    meta.predict = predict
+    write_json(Path(directory) / META_FILE, meta.to_dict())
+    return meta
+
+
+def check_consistency(model: keras.Model, meta: ModelMeta) -> None:
+    """Refuse a model whose metadata disagrees with it."""
+    out_dim = model.output_shape[-1]
+    if out_dim != len(meta.classes):
+        raise ModelLoadError(f"model has {out_dim} outputs but metadata lists {len(meta.classes)} classes")
+    if tuple(model.input_shape[1:]) != meta.input.shape:
+        raise ModelLoadError(f"model input {model.input_shape[1:]} differs from metadata {meta.input.shape}")
+    names = {layer.name for layer in model.layers}
+    missing = [n for n in [meta.logits_layer, *meta.gradcam_layers] if n not in names]
+    if missing:
+        raise ModelLoadError(f"metadata names layers the model lacks: {', '.join(missing[:5])}")
+    if meta.explain.layers > len(meta.gradcam_layers):
+        raise ModelLoadError(f"metadata explains {meta.explain.layers} layers of {len(meta.gradcam_layers)}")
+    unknown = [n for n in meta.explain.layer_names if n not in meta.gradcam_layers]
+    if unknown:
+        raise ModelLoadError(f"metadata shows layers it cannot explain: {', '.join(unknown)}")
+
+
+def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef | None = None) -> LoadedModel:
+    """Load a model folder in Keras safe mode, verifying hashes and metadata (validity statistics included)."""
+    d = Path(directory)
+    meta = read_meta(d)
+    weights = d / MODEL_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"no {MODEL_FILE} in {d}")
+    if meta.weights_sha256 and file_sha256(weights) != meta.weights_sha256:
+        raise ModelLoadError(f"{weights} does not match the SHA-256 recorded in {META_FILE}")
+    try:
+        from core.runtime import import_tensorflow_quietly  # TensorFlow only once a model is loaded
+
+        import_tensorflow_quietly()
+        import keras
+
+        model = keras.models.load_model(weights, compile=False, safe_mode=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load {weights}: {first}") from None
+    check_consistency(model, meta)
+    from core.model.views import check_views  # TensorFlow: see above
+
+    try:
+        views = check_views(meta.predict.views)
+    except InputError as exc:
+        raise ModelLoadError(f"{META_FILE} predict.views: {exc}") from None
+    validity = load_validity(d, meta)
+    if validity is not None and validity.layer not in {layer.name for layer in model.layers}:
+        raise ModelLoadError(f"{VALIDITY_FILE} summarises layer {validity.layer}, which the model lacks")
+    return LoadedModel(
+        model=model, meta=meta, source=source or str(d), directory=d, hub=hub, validity=validity, views=views
+    )

@@ -1,0 +1,198 @@
+"""A model for a new site: adapted to its unlabelled images, or calibrated on a labelled sample.
+
+Each writes a new model folder (whole or not at all) whose ``model.json``
+says what was done: the kind, the folder, how many images, when, the
+parameters, and the figures before and after where labels exist. Every entry
+point then serves it like any other model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.atomic import replace_folder
+from core.config import FEATURES_LAYER
+from core.errors import DataError, none_readable
+from core.images.data import Scan, check_labels, class_indices, labels_of, list_images, patient_id
+from core.model.artifact import LoadedModel, ModelMeta, is_model_entry, save_artifact
+from core.options import ADAPT_BATCH_SIZE, DEFAULT_ADAPT_METHOD, DEFAULT_BATCH_SIZE
+from core.scoring.forward import Scores, score_files
+from core.scoring.metrics import classification_metrics
+from core.site import calibration, tuning
+from core.site.adaptation import adapted_site, clone
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def site_images(folder: str | Path) -> list[Path]:
+    """Every image under ``folder`` (labels, if any, are not read)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist")
+    paths = list_images(folder)
+    if not paths:
+        raise DataError(f"no images found in {folder}")
+    return paths
+
+
+def _derived_meta(loaded: LoadedModel, suffix: str) -> ModelMeta:
+    """The base model's metadata for a derived model: its test figures no longer apply."""
+    meta = copy.deepcopy(loaded.meta)
+    meta.name = f"{loaded.meta.name}-{suffix}"
+    meta.metrics = {k: v for k, v in meta.metrics.items() if k != "test"}
+    meta.training = {**meta.training, "base_model": {"name": loaded.meta.name, "sha256": loaded.meta.weights_sha256}}
+    return meta
+
+
+def adapt_to_site(
+    loaded: LoadedModel,
+    folder: str | Path,
+    out: str | Path,
+    method: str = DEFAULT_ADAPT_METHOD,
+    batch_size: int = ADAPT_BATCH_SIZE,
+    on_batch: Callable[[int], None] | None = None,
+    overwrite: bool = False,
+) -> ModelMeta:
+    """Adapt to the images under ``folder`` (no label read) and write the adapted model to ``out``."""
+    paths = site_images(folder)
+    adapted, info = adapted_site(loaded, paths, method, batch_size, on_batch)
+    meta = _derived_meta(loaded, "adapted")
+    site = Path(folder).resolve().name
+    meta.adaptation = {**meta.adaptation, "applied": {**info, "folder": site, "date": _now()}}
+    if adapted.validity is not None:
+        meta.validity = {**meta.validity, "rematched": {"folder": site, "n_images": info["n_images"]}}
+    return _write_site_model(adapted.model, meta, out, overwrite, adapted.validity)
+
+
+CALIBRATE, TUNE = "calibrate", "tune"
+
+
+def fit_to_site(
+    kind: str,
+    loaded: LoadedModel,
+    scan: Scan,
+    out: str | Path,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: Callable[[int], None] | None = None,
+    overwrite: bool = False,
+) -> ModelMeta:
+    """Calibrate (a temperature and per-class biases) or tune (the head re-fitted) on a labelled folder.
+
+    The labelled folder is scored once; the fitted model goes to ``out``, and ``model.json`` records the fit under
+    ``calibration`` or ``tuning``.
+    """
+    classes = loaded.meta.classes
+    check_labels(scan, classes)
+    fitters = {CALIBRATE: _calibrated, TUNE: _tuned}
+    if kind not in fitters:
+        raise ValueError(f"unknown site fit {kind!r}")
+    if kind == TUNE and loaded.meta.tuning:
+        raise DataError(f"{loaded.source} is already site-tuned; tune the original (or adapted) model instead")
+    counts = scan.counts()
+    if kind == CALIBRATE and (missing := [c for c in classes if not counts.get(c)]):
+        raise DataError(f"{scan.root} has no {missing[0]} images; calibration needs every class")
+    if kind == TUNE:
+        tuning.check_counts([counts.get(c, 0) for c in classes], classes, str(scan.root))
+    scores, y = _score_labelled(loaded, scan, batch_size, on_batch, features=kind == TUNE)
+    if kind == TUNE:
+        tuning.check_counts(np.bincount(y, minlength=len(classes)), classes, f"{scan.root} (readable images)")
+    model, text, fitted, after, counts = fitters[kind](loaded, scores, y, counts)
+    meta = _derived_meta(loaded, {CALIBRATE: "calibrated", TUNE: "tuned"}[kind])
+    record = _site_record(text, fitted, scan, len(y), counts, _in_sample(y, scores.probabilities, after, classes))
+    if kind == CALIBRATE:
+        previous = loaded.meta.calibration or None
+        meta.calibration = record | ({"previous": previous} if previous else {})
+    else:
+        meta.tuning = record
+    return _write_site_model(model, meta, out, overwrite, loaded.validity)
+
+
+def _calibrated(
+    loaded: LoadedModel, scores: Scores, y: np.ndarray, counts: dict[str, int]
+) -> tuple[Any, str, dict[str, Any], np.ndarray, dict[str, int]]:
+    """The calibrated model, what it is, its parameters, the sample's probabilities after, the counts."""
+    cal = calibration.fit(scores.probabilities, y, len(loaded.meta.classes))
+    model = clone(loaded.model)
+    logits = model.get_layer(loaded.meta.logits_layer)
+    logits.set_weights(list(calibration.fold_into_logits(*[np.array(w) for w in logits.get_weights()], cal)))
+    text = "labelled site calibration (temperature and per-class logit biases)"
+    return model, text, cal.to_dict(), calibration.apply(scores.probabilities, cal), counts
+
+
+def _tuned(
+    loaded: LoadedModel, scores: Scores, y: np.ndarray, counts: dict[str, int]
+) -> tuple[Any, str, dict[str, Any], np.ndarray, dict[str, int]]:
+    """The tuned model (:mod:`core.site.tuning`), what it is, the fit, the sample's probabilities after, the counts."""
+    classes = loaded.meta.classes
+    groups = [patient_id(p) for p in scores.paths]
+    fitted = tuning.fit(scores.probabilities, scores.features, y, groups, len(classes))
+    model = tuning.tuned_model(clone(loaded.model), loaded.meta.logits_layer, FEATURES_LAYER, fitted.tuning)
+    text = "labelled site tuning (the head re-fitted on the pooled features, the trained logits as offset)"
+    after = fitted.tuning.apply(scores.probabilities, scores.features)
+    return model, text, fitted.to_dict(), after, dict(zip(classes, fitted.counts))
+
+
+def _site_record(
+    kind: str, fitted: dict[str, Any], scan: Scan, n_images: int, counts: dict[str, int], in_sample: dict[str, Any]
+) -> dict[str, Any]:
+    """What model.json says about a fit on a labelled site folder: its parameters, the folder, the counts, when."""
+    return {
+        "kind": kind,
+        **fitted,
+        "folder": scan.root.resolve().name,
+        "n_images": n_images,
+        "counts": counts,
+        "date": _now(),
+        "in_sample": in_sample,
+    }
+
+
+def _write_site_model(model: Any, meta: ModelMeta, out: str | Path, overwrite: bool, validity: Any) -> ModelMeta:
+    """A site model's folder, written whole (built beside ``out`` and swapped in)."""
+    with replace_folder(out, is_model_entry, overwrite) as staging:
+        save_artifact(model, meta, staging, validity=validity)
+    return meta
+
+
+def _score_labelled(
+    loaded: LoadedModel,
+    scan: Scan,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None,
+    features: bool = False,
+) -> tuple[Scores, np.ndarray]:
+    """Score a labelled folder once; the readable files' scores and their class indices."""
+    scores = score_files(
+        loaded.model,
+        loaded.meta.input,
+        [s.path for s in scan.samples],
+        batch_size,
+        on_batch,
+        features,
+        views=loaded.views,
+    )
+    if not scores.paths:
+        raise none_readable(len(scan.samples), scan.root, scores.skipped)
+    return scores, class_indices(labels_of(scan.samples, scores.paths), loaded.meta.classes)
+
+
+def _in_sample(y: np.ndarray, before: np.ndarray, after: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """The sample's own figures before and after a fit (in-sample: optimistic by construction)."""
+    return {k: _summary(classification_metrics(y, p, classes)) for k, p in (("before", before), ("after", after))}
+
+
+def _summary(m: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "ece": m["ece"],
+        "recall": {c: v["recall"] for c, v in m["per_class"].items()},
+    }

@@ -1,0 +1,53 @@
+"""The package installs: ``pip install .`` gives a ``pneumocam`` command that finds the bundled model anywhere."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from conftest import make_dataset
+from core.model.artifact import read_meta
+from core.paths import REPO_ROOT
+
+#: What a checkout holds besides the package sources (caches, local runs, data): left out of the copy installed.
+_TOP_LEVEL_EXTRAS = {"runs", "data", ".git", "test-artifacts", "build", "reports", "pneumocam.egg-info"}
+
+
+def _not_sources(folder: str, names: list[str]) -> set[str]:
+    """``copytree``'s ignore: the checkout's own extras at its top, caches anywhere (``core/reports`` is a package)."""
+    top = Path(folder).resolve() == REPO_ROOT.resolve()
+    return {n for n in names if (top and n in _TOP_LEVEL_EXTRAS) or n == "__pycache__" or n.endswith("_cache")}
+
+
+@pytest.mark.slow
+def test_pip_install_gives_a_pneumocam_command_that_runs_from_any_folder(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(REPO_ROOT, src, ignore=_not_sources)
+    env_dir = tmp_path / "venv"
+    # The test machine's packages are seen through, so nothing is downloaded; ours are installed from the copy.
+    venv.create(env_dir, system_site_packages=True, with_pip=True)
+    bindir = env_dir / ("Scripts" if sys.platform == "win32" else "bin")
+    pip = [str(bindir / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", str(src)]
+    subprocess.run(pip, check=True, capture_output=True, text=True, timeout=600)
+    shutil.rmtree(src)  # the command must not lean on the checkout it came from
+
+    elsewhere = tmp_path / "elsewhere"
+    make_dataset(elsewhere / "data", "download", per_class=2)
+    command = str(bindir / "pneumocam")
+    proc = subprocess.run(
+        [command, "evaluate", "data", "--out", "report"], cwd=elsewhere, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((elsewhere / "report" / "metrics.json").read_text())
+    assert metrics["n_images"] == 3 * 2 + 3
+    model = metrics["provenance"]["model"]
+    assert model["sha256"] == read_meta(REPO_ROOT / "weights").weights_sha256 and "site-packages" in model["source"]
+    assert str(REPO_ROOT) not in model["source"]
+    usage = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 0 and usage.stdout.startswith("Usage: pneumocam")
