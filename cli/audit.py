@@ -103,7 +103,7 @@ def audit(
       python -m cli audit ../shared/data/chest_xray/train --subset weights/validation.txt
       python -m cli audit data/test --methods gradcam,layercam --layers 1
     """
-    from core.atomic import check_out, replace_folder
+    from core.atomic import claim_output
     from core.explain.audit import (
         AUDIT_FILES,
         AuditPlan,
@@ -123,7 +123,7 @@ def audit(
     if subset:
         scan = data_subset(scan, subset)
     out = out or default_out(data_dir, "audit")
-    check_out(out, lambda name: name in AUDIT_FILES, overwrite)
+    write = claim_output(out, lambda name: name in AUDIT_FILES, overwrite)
     paths = audit_sample(scan.samples, limit, seed)
     loaded = model.load()
     from core.explain.sanity import stages
@@ -133,7 +133,7 @@ def audit(
             result = audit_images(loaded, paths, plan, on_step=bar.update)
         result["data_dir"] = data_dir.resolve().name + (f", the files in {subset.name}" if subset else "")
         click.echo(format_audit(result))
-        with replace_folder(out, lambda name: name in AUDIT_FILES, overwrite) as staging:
+        with write() as staging:
             write_audit(staging, result, loaded, title=f"Heatmap audit: {data_dir.name}, {result['n_images']} images")
         click.echo(f"report written to {out}/")
         if run:

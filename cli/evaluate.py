@@ -127,7 +127,7 @@ def evaluate(
       python -m cli evaluate data/test --cross-tune 2 --out reports/test-tuned
       python -m cli evaluate /archive/xrays --engine ray --ray-address auto --out reports/archive
     """
-    from core.atomic import check_out, replace_folder
+    from core.atomic import claim_output
     from core.images.data import scan_dataset
     from core.model.validity import format_summary
     from core.reports.evaluation import (
@@ -157,7 +157,7 @@ def evaluate(
     scorer = make_engine(engine, ray_address, workers)
     scan = scan_dataset(data_dir)
     out = out or default_out(data_dir)
-    check_out(out, is_report_entry, overwrite)
+    write = claim_output(out, is_report_entry, overwrite, keep=lambda name: name == GALLERY_DIR)
     if record_as and model.is_hub():
         raise click.UsageError("--record-as needs a local model folder (--model), not a Hub download")
     loaded = model.load()
@@ -179,7 +179,7 @@ def evaluate(
             click.echo(f"skipped {len(skipped)} unreadable file(s); see {out / 'metrics.json'}", err=True)
         if run:
             result.metrics["provenance"]["mlflow"] = run.describe()
-        with replace_folder(out, is_report_entry, overwrite, keep=lambda name: name == GALLERY_DIR) as staging:
+        with write() as staging:
             title = f"{data_dir.name} ({result.metrics['n_images']} images, {protocol.name})"
             write_report(staging, result, loaded.meta.classes, title=title)
         click.echo(f"report written to {out}/")
@@ -245,7 +245,7 @@ def stress(
       python -m cli stress ../shared/data/chest_xray/train --subset weights/validation.txt
       python -m cli stress data/site-b --only blur-3,noise-8,zoom-in-1.2
     """
-    from core.atomic import check_out, replace_folder
+    from core.atomic import claim_output
     from core.images.data import scan_dataset
     from core.images.data import subset as data_subset
     from core.reports.stress import (
@@ -269,7 +269,7 @@ def stress(
     if subset:
         scan = data_subset(scan, subset)
     out = out or Path("reports", data_dir.resolve().name + "-stress")
-    check_out(out, lambda name: name in STRESS_FILES, overwrite)
+    write = claim_output(out, lambda name: name in STRESS_FILES, overwrite)
     loaded = model.load()
     with tracked_command(mlflow_uri, "stress", loaded, data_dir, out.name) as run:
         with progress(len(scan.samples), f"scoring x{len(names)}") as bar:
@@ -277,7 +277,7 @@ def stress(
         click.echo(format_stress(result))
         if result["skipped"]:
             click.echo(f"skipped {len(result['skipped'])} unreadable file(s); see {out / STRESS_FILES[0]}", err=True)
-        with replace_folder(out, lambda name: name in STRESS_FILES, overwrite) as staging:
+        with write() as staging:
             title = f"{data_dir.name}: {result['n_images']} images under perturbation"
             write_stress_report(staging, result, title=title)
         click.echo(f"report written to {out}/")
@@ -347,7 +347,7 @@ def gallery(
       python -m cli gallery data/test --class BACTERIA --outcome FP --layers 1 \\
           --predictions reports/test/predictions.csv
     """
-    from core.atomic import check_out, replace_folder
+    from core.atomic import claim_output
     from core.errors import DataError
     from core.images.data import scan_dataset
     from core.reports.evaluation import GALLERY_DIR, evaluate_scan, matching_predictions, read_predictions
@@ -364,7 +364,7 @@ def gallery(
     if cls not in classes:
         raise click.BadParameter(f"choose one of {', '.join(classes)}", param_hint="--class")
     out = out or default_out(data_dir, GALLERY_DIR, f"{cls}_{outcome}")
-    check_out(out, is_gallery_entry, overwrite)
+    write = claim_output(out, is_gallery_entry, overwrite)
     if scan is not None and not predictions:
         predictions = matching_predictions(default_out(data_dir), meta, data_dir)
         if predictions:
@@ -385,7 +385,7 @@ def gallery(
     shown = chosen[:limit]
     title = f"{cls} {outcome}: {len(chosen)} image(s), explaining the {explain} class"
     explainer = Explainer(loaded, method=method)
-    with replace_folder(out, is_gallery_entry, overwrite) as staging, progress(len(shown), "explaining") as bar:
+    with write() as staging, progress(len(shown), "explaining") as bar:
         pages, failed = render_pages(
             explainer, shown, root, staging, n_layers, per_page, explain, alpha, title, on_page=bar.update
         )

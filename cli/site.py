@@ -271,7 +271,7 @@ def site_curve(
       python -m cli site-curve data/site-b-labelled
       python -m cli site-curve data/test --sizes 25,50,100,200 --repeats 3 --out reports/test-site-curve
     """
-    from core.atomic import check_out, replace_folder, save_figure, write_json
+    from core.atomic import claim_output, save_figure, write_json
     from core.images.data import scan_dataset
     from core.plots import site_curve_figure
     from core.reports.site_curve import (
@@ -288,7 +288,7 @@ def site_curve(
 
     scan = scan_dataset(data_dir)
     out = out or Path("reports", data_dir.resolve().name + "-site-curve")
-    check_out(out, lambda name: name in SITE_CURVE_FILES, overwrite)
+    write = claim_output(out, lambda name: name in SITE_CURVE_FILES, overwrite)
     if record_as and model.is_hub():
         raise click.UsageError("--record-as needs a local model folder (--model), not a Hub download")
     check_plan(sizes, repeats, len(model.meta().classes))
@@ -298,7 +298,7 @@ def site_curve(
     with progress(fits_needed(sizes, repeats), "fitting") as bar:
         result = make_curve(site, sizes, repeats, bar.update)
     click.echo(format_curve(result))
-    with replace_folder(out, lambda name: name in SITE_CURVE_FILES, overwrite) as staging:
+    with write() as staging:
         write_json(staging / SITE_CURVE_FILE, result)
         save_figure(
             site_curve_figure(result, f"{data_dir.name}: {result['n_images']} images"), staging / SITE_CURVE_PLOT

@@ -5,7 +5,9 @@ An interrupted run leaves either the previous file or the new one, never half of
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import io
 import json
 import os
@@ -81,7 +83,6 @@ def save_figure(fig: Any, path: str | Path, dpi: int = FIGURE_DPI) -> Path:
 
 def check_out(out: str | Path, ours: Callable[[str], bool], overwrite: bool = False) -> None:
     """Refuse, before any work, an output that is a file or a folder holding what ``ours`` does not recognise."""
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder")
@@ -92,6 +93,20 @@ def check_out(out: str | Path, ours: Callable[[str], bool], overwrite: bool = Fa
                 f"{out} holds files that are not part of this kind of output ({', '.join(foreign[:3])}); "
                 "choose another --out or pass --overwrite"
             )
+
+
+def claim_output(
+    out: str | Path,
+    ours: Callable[[str], bool],
+    overwrite: bool = False,
+    keep: Callable[[str], bool] = lambda name: False,
+) -> Callable[[], contextlib.AbstractContextManager[Path]]:
+    """Check a command's output folder now, before any work; what it returns writes the folder whole later.
+
+    ``write = claim_output(out, ours)`` at the start, then ``with write() as staging:`` (:func:`replace_folder`).
+    """
+    check_out(out, ours, overwrite)
+    return functools.partial(replace_folder, out, ours, overwrite, keep)
 
 
 @contextmanager

@@ -97,3 +97,9 @@ BORDER_FLAG = 0.5  # an image is flagged when more than this share of its map li
 # MLflow tracking (optional install): `--mlflow` without a URI logs here.
 MLFLOW_DEFAULT_URI = "sqlite:///mlflow.db"
 MLFLOW_INSTALL = "pip install -r requirements-mlflow.txt"
+
+# Metrics (core.scoring.metrics): bootstrap resamples of patients for the 95 % intervals; reliability bins (ECE).
+N_BOOTSTRAP = 1000
+ECE_BINS = 10
+# Training (core.training.trainer): images per forward pass where training scores cached activations.
+CACHE_PREDICT_BATCH = 256

@@ -60,6 +60,7 @@ from core.options import (
     DEFAULT_CAM_SCORE,
     DEFAULT_LAYERS,
     DEFAULT_OPACITY,
+    GALLERY_LIMIT,
     ROAD_GRID,
     ROAD_NOISE,
     ROAD_SHARES,
@@ -517,7 +518,7 @@ def format_audit(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def border_rows(loaded: LoadedModel, result: dict[str, Any], limit: int = 24) -> list[dict[str, Any]]:
+def border_rows(loaded: LoadedModel, result: dict[str, Any], limit: int = GALLERY_LIMIT) -> list[dict[str, Any]]:
     """Rows for a page of the flagged images: the X-ray, then the map the border share was measured on."""
     border = result["border"]
     explainer = Explainer(loaded, border["method"], border["score"])

@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
 from core.errors import InputError
+from core.options import ECE_BINS, N_BOOTSTRAP
 
 
 def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
@@ -53,7 +54,6 @@ def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray, cla
     }
 
 
-N_BOOTSTRAP = 1000
 CI_LEVEL = 0.95
 
 
@@ -133,7 +133,7 @@ def bootstrap_ci(
     }
 
 
-def reliability(y_true: Sequence[int], probabilities: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
+def reliability(y_true: Sequence[int], probabilities: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, Any]:
     """Top-label calibration: per confidence bin, mean confidence vs accuracy; ECE = weighted gap.
 
     ECE (expected calibration error) = sum over bins of (bin share) x |accuracy - confidence|.

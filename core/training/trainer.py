@@ -47,7 +47,7 @@ from core.model.artifact import (
 )
 from core.model.network import FEATURES_LAYER, backbone_layers, build_model, set_fine_tuning
 from core.model.validity import ValidityStats
-from core.options import AUGMENTATIONS, VALIDITY_LAYER
+from core.options import AUGMENTATIONS, CACHE_PREDICT_BATCH, VALIDITY_LAYER
 from core.plots import training_curves_figure
 from core.scoring.forward import image_batches, layer_summaries
 from core.site.adaptation import layer_statistics, measured_layers
@@ -268,7 +268,7 @@ def fit(
         data = {
             "x": ViewBatches(x, y, n_classes, batch_size, weights, seed),
             "validation_data": (x_val[:, None], val_y),
-            "validation_batch_size": 256,
+            "validation_batch_size": CACHE_PREDICT_BATCH,
         }
     else:
         trained, metrics = net, _metrics()
@@ -287,7 +287,7 @@ def fit(
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
-def _predict(net: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def _predict(net: keras.Model, x: np.ndarray, batch_size: int = CACHE_PREDICT_BATCH) -> np.ndarray:
     return net.predict(x, batch_size=batch_size, verbose=0)
 
 
