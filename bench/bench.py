@@ -19,22 +19,22 @@ from pathlib import Path
 
 from common import print_table
 
-from core.runtime import import_tensorflow_quietly
+from pneumocam.runtime import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from core.explain.explainer import Explainer  # noqa: E402
-from core.explain.gradcam import METHODS  # noqa: E402
-from core.images.data import scan_dataset  # noqa: E402
-from core.images.readers import read_image  # noqa: E402
-from core.model.resolve import load_model  # noqa: E402
-from core.paths import REPO_ROOT  # noqa: E402
-from core.reports.evaluation import Prediction  # noqa: E402
-from core.reports.gallery import render_pages  # noqa: E402
-from core.scoring.forward import compile_forward, load_model_input, score_files  # noqa: E402
+from pneumocam.explain.explainer import Explainer  # noqa: E402
+from pneumocam.explain.gradcam import METHODS  # noqa: E402
+from pneumocam.images.data import scan_dataset  # noqa: E402
+from pneumocam.images.readers import read_image  # noqa: E402
+from pneumocam.model.resolve import load_model  # noqa: E402
+from pneumocam.paths import REPO_ROOT  # noqa: E402
+from pneumocam.reports.evaluation import Prediction  # noqa: E402
+from pneumocam.reports.gallery import render_pages  # noqa: E402
+from pneumocam.scoring.forward import compile_forward, load_model_input, score_files  # noqa: E402
 
 
 def timed(fn, repeat: int, warmup: int = 2) -> float:

@@ -2,7 +2,7 @@
 
     python bench/bench_audit.py [--data ../shared/data/chest_xray/test] [--model weights/] [--limit 100]
 
-Times ``core.explain.audit.audit_images`` with the command's defaults (four CAM methods,
+Times ``pneumocam.explain.audit.audit_images`` with the command's defaults (four CAM methods,
 two explained scores, the default layer sets, ROAD at six shares, deletion and
 insertion, 4 randomisation stages) on a seeded sample, after the model has loaded.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 
 from common import print_table
 
-from core.explain.audit import AuditPlan, audit_images, audit_sample
-from core.images.data import scan_dataset
-from core.model.resolve import load_model
-from core.paths import REPO_ROOT
+from pneumocam.explain.audit import AuditPlan, audit_images, audit_sample
+from pneumocam.images.data import scan_dataset
+from pneumocam.model.resolve import load_model
+from pneumocam.paths import REPO_ROOT
 
 
 def main() -> None:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from common import print_table
 
-from core.images.data import scan_dataset
-from core.model.resolve import load_model
-from core.options import DEFAULT_BATCH_SIZE
-from core.paths import REPO_ROOT
-from core.scoring.engine import make_engine
-from core.scoring.forward import score_files
+from pneumocam.images.data import scan_dataset
+from pneumocam.model.resolve import load_model
+from pneumocam.options import DEFAULT_BATCH_SIZE
+from pneumocam.paths import REPO_ROOT
+from pneumocam.scoring.engine import make_engine
+from pneumocam.scoring.forward import score_files
 
 
 def main() -> None:

@@ -17,11 +17,12 @@ from typing import Any
 
 import click
 
-from cli import audit, data, evaluate, hub, predict, site, train
-from cli.common import EXIT_ERROR
-from core import __version__
-from core.errors import PneumoCAMError
-from core.paths import ENV_DEBUG
+from pneumocam import __version__
+from pneumocam.errors import PneumoCAMError
+from pneumocam.paths import ENV_DEBUG
+
+from . import audit, data, evaluate, hub, predict, site, train
+from .common import EXIT_ERROR
 
 COMMANDS = (
     data.prepare_data,

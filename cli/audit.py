@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from cli.common import (
+from pneumocam.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS, CAM_SCORES, DEFAULT_LAYERS, MAX_SHOWN_LAYERS
+
+from .common import (
     ModelChoice,
     command,
     default_out,
@@ -16,7 +18,6 @@ from cli.common import (
     progress,
     tracked_command,
 )
-from core.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS, CAM_SCORES, DEFAULT_LAYERS, MAX_SHOWN_LAYERS
 
 
 @command()
@@ -103,8 +104,8 @@ def audit(
       python -m cli audit ../shared/data/chest_xray/train --subset weights/validation.txt
       python -m cli audit data/test --methods gradcam,layercam --layers 1
     """
-    from core.atomic import claim_output
-    from core.explain.audit import (
+    from pneumocam.atomic import claim_output
+    from pneumocam.explain.audit import (
         AUDIT_FILES,
         AuditPlan,
         audit_images,
@@ -113,8 +114,8 @@ def audit(
         format_audit,
         write_audit,
     )
-    from core.images.data import scan_dataset
-    from core.images.data import subset as data_subset
+    from pneumocam.images.data import scan_dataset
+    from pneumocam.images.data import subset as data_subset
 
     if record and model.is_hub():
         raise click.UsageError("--record needs a local model folder (--model), not a Hub download")
@@ -126,7 +127,7 @@ def audit(
     write = claim_output(out, lambda name: name in AUDIT_FILES, overwrite)
     paths = audit_sample(scan.samples, limit, seed)
     loaded = model.load()
-    from core.explain.sanity import stages
+    from pneumocam.explain.sanity import stages
 
     with tracked_command(mlflow_uri, "audit", loaded, data_dir, out.name) as run:
         with progress(len(paths) + len(stages(loaded.model, plan.blocks)), "auditing") as bar:
@@ -143,8 +144,8 @@ def audit(
             run.tags({"recommended": f"{rec['method']}, {rec['layer_set']}"})
             run.artifacts(out)
     if record:
-        from core.explain.audit import explain_defaults
-        from core.model.artifact import record_explain
+        from pneumocam.explain.audit import explain_defaults
+        from pneumocam.model.artifact import record_explain
 
         layers, defaults = explain_defaults(result, loaded)
         record_explain(loaded.directory, layers, defaults)

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from core.options import (
+from pneumocam.options import (
     CAM_METHODS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_OPACITY,
@@ -25,7 +25,7 @@ from core.options import (
     MLFLOW_DEFAULT_URI,
     MLFLOW_INSTALL,
 )
-from core.runtime import import_tensorflow_quietly
+from pneumocam.runtime import import_tensorflow_quietly
 
 EXIT_ERROR = 1  # input or model problems; click uses 2 for bad usage
 REPORTS_DIR = Path("reports")
@@ -75,7 +75,7 @@ class ModelChoice:
         """Whether this choice resolves to a Hugging Face Hub download (no local folder given)."""
         import os
 
-        from core.paths import ENV_MODEL_PATH, ENV_REPO_ID
+        from pneumocam.paths import ENV_MODEL_PATH, ENV_REPO_ID
 
         return not (self.path or os.environ.get(ENV_MODEL_PATH)) and bool(self.repo_id or os.environ.get(ENV_REPO_ID))
 
@@ -84,8 +84,8 @@ class ModelChoice:
 
         A Hub model is downloaded (and loaded) for it.
         """
-        from core.model.artifact import read_meta
-        from core.model.resolve import resolve_model
+        from pneumocam.model.artifact import read_meta
+        from pneumocam.model.resolve import resolve_model
 
         if self.is_hub():
             return self.load().meta
@@ -100,7 +100,7 @@ class ModelChoice:
         import warnings
 
         import_tensorflow_quietly()
-        from core.model.resolve import load_model
+        from pneumocam.model.resolve import load_model
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -108,7 +108,7 @@ class ModelChoice:
         for w in caught:
             click.echo(f"warning: {w.message}", err=True)
         if not self.views:
-            from core.options import NO_VIEWS
+            from pneumocam.options import NO_VIEWS
 
             loaded.views = NO_VIEWS
         shown = "" if len(loaded.views) == 1 else f" (test-time views: {', '.join(loaded.views)})"
@@ -117,7 +117,7 @@ class ModelChoice:
 
 
 def model_options(f: Callable) -> Callable:
-    """Add --model / --repo-id / --revision (resolved by core.model.resolve; default: the bundled weights/)."""
+    """Add --model / --repo-id / --revision (resolved by pneumocam.model.resolve; default: the bundled weights/)."""
 
     @click.option(
         "--model", "model_path", type=click.Path(path_type=Path), help="Model folder (model.keras + model.json)."
@@ -218,7 +218,7 @@ def tracked_command(
 ) -> Any:
     """The MLflow run of a command on a loaded model (a no-op when tracking is off), tagged with the
     model's weights and source and the data folder."""
-    from core.reports.tracking import tracked, tracking_uri
+    from pneumocam.reports.tracking import tracked, tracking_uri
 
     tags = {
         "model.sha256": loaded.meta.weights_sha256,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import (
+from .common import (
     command,
 )
 
@@ -26,7 +26,7 @@ def prepare_data(src: Path, dest: Path, overwrite: bool) -> None:
     Example:
       python -m cli prepare-data ~/Downloads/chest_xray/test data/test
     """
-    from core.images.data import prepare_layout
+    from pneumocam.images.data import prepare_layout
 
     scan = prepare_layout(src, dest, overwrite=overwrite)
     for name, n in scan.counts().items():

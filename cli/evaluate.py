@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from cli.common import (
+from pneumocam.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LIMIT, GALLERY_PER_PAGE, RAY_INSTALL
+
+from .common import (
     ModelChoice,
     batch_size_option,
     cam_method_option,
@@ -24,7 +26,6 @@ from cli.common import (
     tracked_command,
     views_option,
 )
-from core.options import DEFAULT_ENGINE, DEFAULT_SPLIT_SEED, ENGINES, GALLERY_LIMIT, GALLERY_PER_PAGE, RAY_INSTALL
 
 
 def _folds_option(flag: str, dest: str, text: str) -> Callable:
@@ -127,10 +128,10 @@ def evaluate(
       python -m cli evaluate data/test --cross-tune 2 --out reports/test-tuned
       python -m cli evaluate /archive/xrays --engine ray --ray-address auto --out reports/archive
     """
-    from core.atomic import claim_output
-    from core.images.data import scan_dataset
-    from core.model.validity import format_summary
-    from core.reports.evaluation import (
+    from pneumocam.atomic import claim_output
+    from pneumocam.images.data import scan_dataset
+    from pneumocam.model.validity import format_summary
+    from pneumocam.reports.evaluation import (
         ADAPT_ENGINE_HINT,
         GALLERY_DIR,
         TUNE_ENGINE_HINT,
@@ -139,9 +140,9 @@ def evaluate(
         is_report_entry,
         write_report,
     )
-    from core.reports.tracking import report_metrics
-    from core.scoring.engine import make_engine
-    from core.scoring.metrics import format_table
+    from pneumocam.reports.tracking import report_metrics
+    from pneumocam.scoring.engine import make_engine
+    from pneumocam.scoring.metrics import format_table
 
     if engine == "local":
         ctx = click.get_current_context()
@@ -163,7 +164,7 @@ def evaluate(
     loaded = model.load()
     protocol = Protocol(adapt=adapt, cross_calibrate=folds, cross_tune=tune_folds, split_seed=split_seed)
     if adapt:
-        from core.site.adaptation import check_adaptable
+        from pneumocam.site.adaptation import check_adaptable
 
         check_adaptable(loaded)
     label = "adapting, then scoring" if adapt else f"scoring ({engine})"
@@ -192,8 +193,8 @@ def evaluate(
             run.metrics(report_metrics(result.metrics))
             run.artifacts(out)
     if record_as:
-        from core.model.artifact import record_metrics
-        from core.reports.evaluation import metrics_key
+        from pneumocam.model.artifact import record_metrics
+        from pneumocam.reports.evaluation import metrics_key
 
         key = metrics_key(record_as, protocol.name)
         record_metrics(loaded.directory, key, {**result.metrics, "data_dir": data_dir.resolve().name})
@@ -245,10 +246,10 @@ def stress(
       python -m cli stress ../shared/data/chest_xray/train --subset weights/validation.txt
       python -m cli stress data/site-b --only blur-3,noise-8,zoom-in-1.2
     """
-    from core.atomic import claim_output
-    from core.images.data import scan_dataset
-    from core.images.data import subset as data_subset
-    from core.reports.stress import (
+    from pneumocam.atomic import claim_output
+    from pneumocam.images.data import scan_dataset
+    from pneumocam.images.data import subset as data_subset
+    from pneumocam.reports.stress import (
         CLEAN,
         PERTURBATIONS,
         STRESS_FILES,
@@ -347,11 +348,11 @@ def gallery(
       python -m cli gallery data/test --class BACTERIA --outcome FP --layers 1 \\
           --predictions reports/test/predictions.csv
     """
-    from core.atomic import claim_output
-    from core.errors import DataError
-    from core.images.data import scan_dataset
-    from core.reports.evaluation import GALLERY_DIR, evaluate_scan, matching_predictions, read_predictions
-    from core.reports.gallery import is_gallery_entry, render_pages, select, write_index
+    from pneumocam.atomic import claim_output
+    from pneumocam.errors import DataError
+    from pneumocam.images.data import scan_dataset
+    from pneumocam.reports.evaluation import GALLERY_DIR, evaluate_scan, matching_predictions, read_predictions
+    from pneumocam.reports.gallery import is_gallery_entry, render_pages, select, write_index
 
     if predictions and not data_dir.is_dir():
         raise DataError(f"data folder {data_dir} does not exist")
@@ -372,7 +373,7 @@ def gallery(
             scan = None
     loaded = model.load()
 
-    from core.explain.explainer import Explainer
+    from pneumocam.explain.explainer import Explainer
 
     if scan is None:
         preds = read_predictions(predictions, classes)

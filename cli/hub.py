@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import (
+from .common import (
     command,
 )
 
@@ -22,9 +22,9 @@ def model_card_cmd(model_dir: Path) -> None:
     Example:
       python -m cli model-card weights/
     """
-    from core.atomic import write_text
-    from core.model.artifact import read_meta
-    from core.reports.card import model_card
+    from pneumocam.atomic import write_text
+    from pneumocam.model.artifact import read_meta
+    from pneumocam.reports.card import model_card
 
     path = write_text(model_dir / "README.md", model_card(read_meta(model_dir)))
     click.echo(f"model card written to {path}")
@@ -49,8 +49,8 @@ def publish(folder: Path, repo_id: str, message: str, private: bool, dry_run: bo
       python -m cli publish weights/ --repo-id org/pneumocam --dry-run
       python -m cli publish weights/ --repo-id org/pneumocam --message "fine-tuned, 3 views"
     """
-    from core.deploy.publish import model_files, upload
-    from core.model.artifact import load_artifact
+    from pneumocam.deploy.publish import model_files, upload
+    from pneumocam.model.artifact import load_artifact
 
     files = model_files(folder)
     load_artifact(folder)
@@ -83,7 +83,7 @@ def deploy_space(space_id: str, message: str, dry_run: bool, with_weights: bool)
       python -m cli deploy-space --space-id org/pneumocam --dry-run
       python -m cli deploy-space --space-id org/pneumocam --with-weights
     """
-    from core.deploy.publish import space_files, upload
+    from pneumocam.deploy.publish import space_files, upload
 
     pairs = space_files(with_weights=with_weights)
     model = "weights/ uploaded with it" if with_weights else "the Hub model pinned in space/config.json"

@@ -9,7 +9,9 @@ from typing import Any
 
 import click
 
-from cli.common import (
+from pneumocam.options import PREDICT_MAX_SIDE
+
+from .common import (
     EXIT_ERROR,
     ModelChoice,
     cam_method_option,
@@ -20,7 +22,6 @@ from cli.common import (
     opacity_option,
     views_option,
 )
-from core.options import PREDICT_MAX_SIDE
 
 
 @command()
@@ -66,7 +67,7 @@ def predict(
       python -m cli predict a.png b.dcm --cam-out cams/ --json
       python -m cli predict scans/ --json > calls.json
     """
-    from core.images.data import list_images
+    from pneumocam.images.data import list_images
 
     files = [f for p in images for f in (list_images(p) if p.is_dir() else [p])]
     if not files:
@@ -77,14 +78,14 @@ def predict(
         raise click.BadParameter(f"'predicted' or one of {', '.join(classes)}", param_hint="--explain")
     target = None if target == "predicted" else target
 
-    from core.atomic import write_bytes
-    from core.errors import ImageLoadError
-    from core.explain.explainer import Explainer
-    from core.explain.overlay import encode_png
-    from core.explain.pages import compose_page
-    from core.images.readers import read_image_and_header
-    from core.model.validity import FLAG_MARK, NOTE_SEP, WARNING
-    from core.scoring.forward import probabilities_of
+    from pneumocam.atomic import write_bytes
+    from pneumocam.errors import ImageLoadError
+    from pneumocam.explain.explainer import Explainer
+    from pneumocam.explain.overlay import encode_png
+    from pneumocam.explain.pages import compose_page
+    from pneumocam.images.readers import read_image_and_header
+    from pneumocam.model.validity import FLAG_MARK, NOTE_SEP, WARNING
+    from pneumocam.scoring.forward import probabilities_of
 
     explainer = Explainer(loaded, method=method)
     results: list[dict[str, Any]] = []

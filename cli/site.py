@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from cli.common import (
+from pneumocam.options import (
+    ADAPT_BATCH_SIZE,
+    ADAPT_METHODS,
+    DEFAULT_ADAPT_METHOD,
+    SITE_CURVE_REPEATS,
+    SITE_CURVE_SIZES,
+)
+
+from .common import (
     IntList,
     ModelChoice,
     batch_size_option,
@@ -22,7 +30,6 @@ from cli.common import (
     progress,
     tracked_command,
 )
-from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD, SITE_CURVE_REPEATS, SITE_CURVE_SIZES
 
 
 @command()
@@ -65,15 +72,15 @@ def adapt(
       python -m cli adapt /archive/site-b/xrays --out models/site-b
       python -m cli evaluate data/site-b-labelled --model models/site-b
     """
-    from core.atomic import check_out
-    from core.model.artifact import is_model_entry
-    from core.site.models import adapt_to_site, site_images
+    from pneumocam.atomic import check_out
+    from pneumocam.model.artifact import is_model_entry
+    from pneumocam.site.models import adapt_to_site, site_images
 
     n = len(site_images(image_dir))
     check_out(out, is_model_entry, overwrite)
     loaded = model.load()
 
-    from core.site.adaptation import check_adaptable, stat_passes
+    from pneumocam.site.adaptation import check_adaptable, stat_passes
 
     check_adaptable(loaded)
     with tracked_command(mlflow_uri, "adapt", loaded, image_dir, out.name, protocol="site-adapted") as run:
@@ -189,10 +196,10 @@ def _labelled_site_run(
     mlflow_uri: str | None,
 ) -> Iterator[tuple[Any, Any]]:
     """Calibrate or tune: score the labelled folder, fit, write OUT; yields the new metadata and the tracked run."""
-    from core.atomic import check_out
-    from core.images.data import scan_dataset
-    from core.model.artifact import is_model_entry
-    from core.site.models import fit_to_site
+    from pneumocam.atomic import check_out
+    from pneumocam.images.data import scan_dataset
+    from pneumocam.model.artifact import is_model_entry
+    from pneumocam.site.models import fit_to_site
 
     protocol = {"calibrate": "site-calibrated", "tune": "site-tuned"}[name]
     scan = scan_dataset(data_dir)
@@ -271,10 +278,10 @@ def site_curve(
       python -m cli site-curve data/site-b-labelled
       python -m cli site-curve data/test --sizes 25,50,100,200 --repeats 3 --out reports/test-site-curve
     """
-    from core.atomic import claim_output, save_figure, write_json
-    from core.images.data import scan_dataset
-    from core.plots import site_curve_figure
-    from core.reports.site_curve import (
+    from pneumocam.atomic import claim_output, save_figure, write_json
+    from pneumocam.images.data import scan_dataset
+    from pneumocam.plots import site_curve_figure
+    from pneumocam.reports.site_curve import (
         SITE_CURVE_FILE,
         SITE_CURVE_FILES,
         SITE_CURVE_PLOT,
@@ -284,7 +291,7 @@ def site_curve(
         format_curve,
         score_site,
     )
-    from core.reports.site_curve import site_curve as make_curve
+    from pneumocam.reports.site_curve import site_curve as make_curve
 
     scan = scan_dataset(data_dir)
     out = out or Path("reports", data_dir.resolve().name + "-site-curve")
@@ -305,8 +312,8 @@ def site_curve(
         )
     click.echo(f"report written to {out}/")
     if record_as:
-        from core.model.artifact import record_metrics
-        from core.reports.evaluation import SITE_CURVE, metrics_key
+        from pneumocam.model.artifact import record_metrics
+        from pneumocam.reports.evaluation import SITE_CURVE, metrics_key
 
         key = metrics_key(record_as, SITE_CURVE)
         record_metrics(loaded.directory, key, result)

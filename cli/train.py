@@ -7,12 +7,13 @@ from typing import Any
 
 import click
 
-from cli.common import IntList, command, mlflow_option, model_out_option, progress
-from core.config import POOLINGS
-from core.options import AUGMENTATIONS
-from core.paths import ENV_BACKBONE_WEIGHTS
-from core.runtime import import_tensorflow_quietly
-from core.training.recipe import PUBLISHED_RECIPE, SEED_RECIPE, available_recipes, load_recipe
+from pneumocam.config import POOLINGS
+from pneumocam.options import AUGMENTATIONS
+from pneumocam.paths import ENV_BACKBONE_WEIGHTS
+from pneumocam.runtime import import_tensorflow_quietly
+from pneumocam.training.recipe import PUBLISHED_RECIPE, SEED_RECIPE, available_recipes, load_recipe
+
+from .common import IntList, command, mlflow_option, model_out_option, progress
 
 
 class LayerIndex(click.ParamType):
@@ -153,7 +154,7 @@ def train(
       python -m cli train ../shared/data/chest_xray/train --out runs/published --recipe pneumocam \\
           --backbone-weights ../shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5
     """
-    from core.images.data import scan_dataset
+    from pneumocam.images.data import scan_dataset
 
     if backbone_weights != "imagenet" and not Path(backbone_weights).is_file():
         raise click.BadParameter(f"{backbone_weights} is not a file", param_hint="--backbone-weights")
@@ -164,9 +165,9 @@ def train(
     cfg, arch, spec = chosen.train, chosen.arch, chosen.input
     scan = scan_dataset(data_dir)
     import_tensorflow_quietly()
-    from core.model.artifact import ModelMeta, record_run
-    from core.reports.tracking import report_metrics, tracked, tracking_uri
-    from core.training.trainer import train_to_folder
+    from pneumocam.model.artifact import ModelMeta, record_run
+    from pneumocam.reports.tracking import report_metrics, tracked, tracking_uri
+    from pneumocam.training.trainer import train_to_folder
 
     tags = {"data_dir": data_dir.resolve().name, "protocol": "train-only", "backbone": Path(backbone_weights).name}
     with tracked(tracking_uri(mlflow_uri), "train", ModelMeta.name, out.name, tags) as run:
@@ -238,9 +239,9 @@ def fit_validity(data_dir: Path, model_dir: Path) -> None:
       python -m cli fit-validity ../shared/data/chest_xray/train --model-dir weights
     """
     import_tensorflow_quietly()
-    from core.images.data import scan_dataset
-    from core.model.artifact import load_artifact
-    from core.training.trainer import add_validity
+    from pneumocam.images.data import scan_dataset
+    from pneumocam.model.artifact import load_artifact
+    from pneumocam.training.trainer import add_validity
 
     scan = scan_dataset(data_dir)
     loaded = load_artifact(model_dir)
@@ -273,10 +274,10 @@ def choose_views(data_dir: Path, model_dir: Path) -> None:
       python -m cli choose-views ../shared/data/chest_xray/train --model-dir weights
     """
     import_tensorflow_quietly()
-    from core.images.data import scan_dataset
-    from core.model.artifact import load_artifact
-    from core.training.trainer import add_views, recorded_split, split_by_patient
-    from core.training.view_choice import format_choice
+    from pneumocam.images.data import scan_dataset
+    from pneumocam.model.artifact import load_artifact
+    from pneumocam.training.trainer import add_views, recorded_split, split_by_patient
+    from pneumocam.training.view_choice import format_choice
 
     scan = scan_dataset(data_dir)
     loaded = load_artifact(model_dir)

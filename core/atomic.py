@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.errors import DataError
-from core.options import FIGURE_DPI
+from pneumocam.errors import DataError
+from pneumocam.options import FIGURE_DPI
 
 
 def _current_umask() -> int:

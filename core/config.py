@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from core.errors import InputError
-from core.options import (
+from pneumocam.errors import InputError
+from pneumocam.options import (
     AUGMENTATIONS,
     CAM_METHODS,
     CAM_SCORES,
@@ -103,7 +103,7 @@ class ExplainDefaults(Stored):
 
 @dataclass(frozen=True)
 class PredictDefaults(Stored):
-    """How every entry point scores an image: the test-time views averaged (:mod:`core.model.views`).
+    """How every entry point scores an image: the test-time views averaged (:mod:`pneumocam.model.views`).
 
     ``choice`` says how the views were chosen (``python -m cli choose-views``), empty for the default.
     """
@@ -162,7 +162,7 @@ class TrainConfig(Stored):
     class_weight: str = "balanced"
     label_smoothing: float = 0.0
     augment: str = AUGMENTATIONS[0]
-    #: Fine-tuning: weight of the Jensen-Shannon consistency among an image's views (core.training.consistency);
+    #: Fine-tuning: weight of the Jensen-Shannon consistency among an image's views (pneumocam.training.consistency);
     #: 0: none.
     consistency: float = 0.0
 

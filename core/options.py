@@ -46,7 +46,7 @@ ADAPT_BATCH_SIZE = DEFAULT_BATCH_SIZE
 #: Folds of the cross-fitted site calibration in the benchmark, and the seed of its split.
 DEFAULT_CROSS_FOLDS = 2
 DEFAULT_SPLIT_SEED = 0
-#: Site tuning (core.site.tuning): the L2 strengths tried for the re-fitted read-out of the pooled features, the folds
+#: Site tuning (site.tuning): the L2 strengths tried for the re-fitted read-out of the pooled features, the folds
 #: of the inner cross-validation that chooses among them (and calibration, and the model untouched), and the
 #: fewest labelled images per class it accepts.
 TUNE_PENALTIES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -55,7 +55,7 @@ TUNE_MIN_PER_CLASS = 5
 #: site-curve: labelled images per fold to try (the whole labelled half is always added), and random halvings.
 SITE_CURVE_SIZES = (25, 50, 100, 200)
 SITE_CURVE_REPEATS = 3
-#: Validity (core.model.validity): the conv layer whose per-channel spatial spread is summarised (chosen on
+#: Validity (pneumocam.model.validity): the conv layer whose per-channel spatial spread is summarised (chosen on
 #: validation and on images that are not chest X-rays by experiments/choose_validity.py), the share of
 #: validation images the threshold accepts, and the sure checks: the most colourfulness (mean distance of a
 #: pixel from its grey, 0..255) an X-ray may have, and the DICOM modalities, body parts and views of a frontal
@@ -66,12 +66,12 @@ COLOUR_MAX = 8.0
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
 FRONTAL_VIEWS = ("PA", "AP")
-#: Test-time views (core.model.views): the model input alone, what ``--no-views`` scores and a model without views uses.
+#: Test-time views (model.views): the model input alone, what ``--no-views`` scores and a model without views uses.
 NO_VIEWS = ("identity",)
-#: The views the validation rule may add to ``identity`` (any subset; core.training.view_choice): a JPEG
+#: The views the validation rule may add to ``identity`` (any subset; pneumocam.training.view_choice): a JPEG
 #: re-encoding at the data set's own quality, a slight blur, a small zoom.
 VIEW_CANDIDATES = ("jpeg-75", "blur-0.7", "zoom-1.1")
-#: Training augmentations (core.training.augment).
+#: Training augmentations (pneumocam.training.augment).
 AUGMENTATIONS = ("flips", "acquisition", "invariance")
 
 # Where evaluate scores: "local" (this process, nothing extra installed) or "ray" (Ray Data, optional install).
@@ -83,7 +83,7 @@ RAY_INSTALL = "pip install -r requirements-ray.txt"
 AUDIT_LIMIT = 100  # images audited
 AUDIT_SEED = 0  # which images, and the random baseline map
 AUDIT_STEPS = 4  # deletion / insertion steps (secondary figures since ROAD)
-#: ROAD (core.explain.road): the shares removed, the lattice removal and imputation run on, the imputation
+#: ROAD (pneumocam.explain.road): the shares removed, the lattice removal and imputation run on, the imputation
 #: noise (grey levels).
 ROAD_SHARES = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 ROAD_GRID = 56
@@ -98,8 +98,8 @@ BORDER_FLAG = 0.5  # an image is flagged when more than this share of its map li
 MLFLOW_DEFAULT_URI = "sqlite:///mlflow.db"
 MLFLOW_INSTALL = "pip install -r requirements-mlflow.txt"
 
-# Metrics (core.scoring.metrics): bootstrap resamples of patients for the 95 % intervals; reliability bins (ECE).
+# Metrics (pneumocam.scoring.metrics): bootstrap resamples of patients for the 95 % intervals; reliability bins (ECE).
 N_BOOTSTRAP = 1000
 ECE_BINS = 10
-# Training (core.training.trainer): images per forward pass where training scores cached activations.
+# Training (pneumocam.training.trainer): images per forward pass where training scores cached activations.
 CACHE_PREDICT_BATCH = 256

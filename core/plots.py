@@ -1,4 +1,4 @@
-"""The evaluation and training figures (matplotlib, no display); gallery pages are composed in core.explain.pages."""
+"""The evaluation and training figures (matplotlib, no display); gallery pages: explain.pages."""
 
 from __future__ import annotations
 

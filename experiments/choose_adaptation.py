@@ -7,14 +7,14 @@ Each variant is scored as is and after unlabelled adaptation with each
 candidate; the candidate with the best mean accuracy over the variants (clean
 included, where adapting must not hurt) is the one to use.
 
-Candidates: the re-standardisations of ``core.site.adaptation`` (``bn+features``,
+Candidates: the re-standardisations of ``pneumocam.site.adaptation`` (``bn+features``,
 ``bn``, ``features``), and two back-propagation-free methods that work on the
 outputs, each alone and on top of ``bn+features``:
 
 * T3A (Iwasawa and Matsuo 2021): per class, the ``K`` lowest-entropy site
   features called that class (and the trained class weights) form prototypes
   that replace the last layer; on a whole folder at once, so no order enters.
-* LAME (Boudiaf et al. 2022, ``core.site.adaptation.lame``): the probabilities are
+* LAME (Boudiaf et al. 2022, ``pneumocam.site.adaptation.lame``): the probabilities are
   pulled towards those of each image's nearest neighbours (5-NN on the pooled
   features) by a Laplacian-regularised maximum likelihood; it needs the folder
   at prediction time and cannot be folded into a model, so it serves
@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.runtime import import_tensorflow_quietly
+from pneumocam.runtime import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 
@@ -39,14 +39,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from core.images.data import Sample, Scan, class_indices, labels_of, scan_dataset  # noqa: E402
-from core.model.artifact import load_artifact  # noqa: E402
-from core.model.network import FEATURES_LAYER  # noqa: E402
-from core.options import ADAPT_METHODS  # noqa: E402
-from core.reports.stress import CLEAN, perturb  # noqa: E402
-from core.scoring.forward import image_batches, load_model_input  # noqa: E402
-from core.site.adaptation import adapted_site, lame  # noqa: E402
-from core.training.trainer import recorded_split, split_by_patient  # noqa: E402
+from pneumocam.images.data import Sample, Scan, class_indices, labels_of, scan_dataset  # noqa: E402
+from pneumocam.model.artifact import load_artifact  # noqa: E402
+from pneumocam.model.network import FEATURES_LAYER  # noqa: E402
+from pneumocam.options import ADAPT_METHODS  # noqa: E402
+from pneumocam.reports.stress import CLEAN, perturb  # noqa: E402
+from pneumocam.scoring.forward import image_batches, load_model_input  # noqa: E402
+from pneumocam.site.adaptation import adapted_site, lame  # noqa: E402
+from pneumocam.training.trainer import recorded_split, split_by_patient  # noqa: E402
 
 SHIFTS = (CLEAN, "blur-3", "noise-8", "gamma-1.6", "equalize")
 T3A_FILTERS = (20, 100)

@@ -3,7 +3,7 @@
 Each model folder is scored once on its validation split (the same seed and
 share for all, so the same images) clean and under the perturbations of
 ``core/reports/stress.py``; every combination's averaged probabilities are then ranked
-by the rule that ranks training candidates (``core.reports.stress.selection_score``).
+by the rule that ranks training candidates (``pneumocam.reports.stress.selection_score``).
 Greedy selection (add the model that helps most, stop when none helps) gives
 the ensemble worth building. No test image is read.
 
@@ -18,16 +18,16 @@ import itertools
 import time
 from pathlib import Path
 
-from core.runtime import import_tensorflow_quietly
+from pneumocam.runtime import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 
 import numpy as np  # noqa: E402
 
-from core.images.data import class_indices, labels_of, scan_dataset  # noqa: E402
-from core.model.artifact import load_artifact, read_meta  # noqa: E402
-from core.reports.stress import CLEAN, selection_score, stress_metrics, stress_probabilities  # noqa: E402
-from core.training.trainer import recorded_split, split_by_patient  # noqa: E402
+from pneumocam.images.data import class_indices, labels_of, scan_dataset  # noqa: E402
+from pneumocam.model.artifact import load_artifact, read_meta  # noqa: E402
+from pneumocam.reports.stress import CLEAN, selection_score, stress_metrics, stress_probabilities  # noqa: E402
+from pneumocam.training.trainer import recorded_split, split_by_patient  # noqa: E402
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import json
 import shutil
 from pathlib import Path
 
-from core.runtime import import_tensorflow_quietly
+from pneumocam.runtime import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 
@@ -33,13 +33,13 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from core.images.data import class_indices, labels_of, scan_dataset  # noqa: E402
-from core.model import validity  # noqa: E402
-from core.model.artifact import load_artifact  # noqa: E402
-from core.model.network import FEATURES_LAYER  # noqa: E402
-from core.reports.stress import ENCODING, PERTURBATIONS, perturb  # noqa: E402
-from core.scoring.forward import image_batches, load_model_input  # noqa: E402
-from core.training.trainer import recorded_split, split_by_patient  # noqa: E402
+from pneumocam.images.data import class_indices, labels_of, scan_dataset  # noqa: E402
+from pneumocam.model import validity  # noqa: E402
+from pneumocam.model.artifact import load_artifact  # noqa: E402
+from pneumocam.model.network import FEATURES_LAYER  # noqa: E402
+from pneumocam.reports.stress import ENCODING, PERTURBATIONS, perturb  # noqa: E402
+from pneumocam.scoring.forward import image_batches, load_model_input  # noqa: E402
+from pneumocam.training.trainer import recorded_split, split_by_patient  # noqa: E402
 
 LAYERS = ("block_6_expand_relu", "block_10_expand_relu", "block_13_expand_relu", "block_16_expand_relu", "out_relu")
 PAIRS = tuple(("pooled", f"{how}:{layer}") for layer in LAYERS[:-1] for how in ("mean", "std"))

@@ -3,33 +3,49 @@
 Run locally with ``python space/app.py`` (honours GRADIO_SERVER_PORT / GRADIO_SERVER_NAME).
 The model comes from the Hugging Face Hub repo and pinned revision in
 ``space/config.json`` (PNEUMOCAM_REPO_ID / PNEUMOCAM_REVISION override), falling
-back to the bundled ``weights/``. All image and model work is in ``core``.
+back to the bundled ``weights/``. All image and model work is in ``core/``
+(imported as ``pneumocam``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
 
-from core.runtime import import_tensorflow_quietly  # noqa: E402
+
+def _import_checkout() -> None:
+    """Serve this checkout's ``core/`` under its import name: a Space uploads the folder and installs no package."""
+    core = ROOT / "core" / "__init__.py"
+    if "pneumocam" in sys.modules or not core.is_file():
+        return
+    spec = importlib.util.spec_from_file_location("pneumocam", core, submodule_search_locations=[str(core.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pneumocam"] = module
+    spec.loader.exec_module(module)
+
+
+_import_checkout()
+
+from pneumocam.runtime import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
 
 import gradio as gr  # noqa: E402
 
-from core.atomic import write_bytes  # noqa: E402
-from core.deploy.space_config import SpaceConfig, example_files, load_space_config, model_line  # noqa: E402
-from core.errors import ImageLoadError, PneumoCAMError  # noqa: E402
-from core.explain.explainer import Explainer  # noqa: E402
-from core.explain.overlay import colour_scale, encode_png  # noqa: E402
-from core.model.resolve import load_model  # noqa: E402
-from core.model.validity import WARNING  # noqa: E402
-from core.options import CAM_METHODS, MAX_SHOWN_LAYERS  # noqa: E402
+from pneumocam.atomic import write_bytes  # noqa: E402
+from pneumocam.deploy.space_config import SpaceConfig, example_files, load_space_config, model_line  # noqa: E402
+from pneumocam.errors import ImageLoadError, PneumoCAMError  # noqa: E402
+from pneumocam.explain.explainer import Explainer  # noqa: E402
+from pneumocam.explain.overlay import colour_scale, encode_png  # noqa: E402
+from pneumocam.model.resolve import load_model  # noqa: E402
+from pneumocam.model.validity import WARNING  # noqa: E402
+from pneumocam.options import CAM_METHODS, MAX_SHOWN_LAYERS  # noqa: E402
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom"]
 PREDICTED = "predicted class"

@@ -12,16 +12,16 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from core.images.preprocess import InputSpec  # noqa: E402
-from core.model.artifact import DEFAULT_CLASSES, new_meta, save_artifact  # noqa: E402
-from core.model.network import ArchConfig, build_model  # noqa: E402
-from core.paths import REPO_ROOT  # noqa: E402
+from pneumocam.images.preprocess import InputSpec  # noqa: E402
+from pneumocam.model.artifact import DEFAULT_CLASSES, new_meta, save_artifact  # noqa: E402
+from pneumocam.model.network import ArchConfig, build_model  # noqa: E402
+from pneumocam.paths import REPO_ROOT  # noqa: E402
 
 
 def decode_bytes(data: bytes, name: str = "<upload>") -> np.ndarray:
     """Like ``read_image`` for bytes in memory: the reader chosen from the content, as for a file."""
-    from core.errors import ImageLoadError
-    from core.images.readers import pick_reader
+    from pneumocam.errors import ImageLoadError
+    from pneumocam.images.readers import pick_reader
 
     p = Path(name)
     if not data:
@@ -31,7 +31,7 @@ def decode_bytes(data: bytes, name: str = "<upload>") -> np.ndarray:
 
 def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float) -> np.ndarray:
     """Upsample a map to ``rgb``'s size, colour-map it and blend: what every entry point shows."""
-    from core.explain.overlay import blend, colorize, upsample
+    from pneumocam.explain.overlay import blend, colorize, upsample
 
     h, w = rgb.shape[:2]
     return blend(rgb, colorize(upsample(cam, h, w)), alpha)
@@ -39,8 +39,8 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float) -> np.ndarray:
 
 def load_xray(path: Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
     """File -> (display copy, model input), as the Explainer prepares one."""
-    from core.images.preprocess import to_model_input
-    from core.images.readers import read_image
+    from pneumocam.images.preprocess import to_model_input
+    from pneumocam.images.readers import read_image
 
     rgb = read_image(path)
     return rgb, to_model_input(rgb, spec)
@@ -156,9 +156,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_file:
 
 def tiny_validity(model: keras.Model) -> tuple:
     """Validity statistics for a tiny model, fitted as training fits them, on X-ray-like images made here."""
-    from core.model import validity
-    from core.options import VALIDITY_LAYER
-    from core.scoring.forward import compile_forward
+    from pneumocam.model import validity
+    from pneumocam.options import VALIDITY_LAYER
+    from pneumocam.scoring.forward import compile_forward
 
     def summaries(seeds: range) -> np.ndarray:
         x = np.stack([np.repeat(xray_like(64, 64, seed=i)[..., None], 3, -1) for i in seeds]).astype("float32")
@@ -171,7 +171,7 @@ def tiny_validity(model: keras.Model) -> tuple:
 
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_model_dir: Path):
-    from core.model.artifact import load_artifact
+    from pneumocam.model.artifact import load_artifact
 
     return load_artifact(tiny_model_dir)
 
@@ -186,9 +186,9 @@ def adaptable_copy(out: Path, model_dir: Path, data: Path) -> Path:
     """A copy of a model folder with training statistics measured on ``data`` (what adaptation maps back to)."""
     import shutil
 
-    from core.images.data import scan_dataset
-    from core.model.artifact import load_artifact
-    from core.training.trainer import add_source_stats
+    from pneumocam.images.data import scan_dataset
+    from pneumocam.model.artifact import load_artifact
+    from pneumocam.training.trainer import add_source_stats
 
     shutil.copytree(model_dir, out)
     add_source_stats(load_artifact(out), scan_dataset(data))

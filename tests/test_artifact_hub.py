@@ -14,12 +14,20 @@ import numpy as np
 import pytest
 
 from conftest import TINY_ARCH, TINY_SPEC, save_gray, xray_like
-from core.errors import ModelLoadError
-from core.model.artifact import META_FILE, MODEL_FILE, VALIDITY_FILE, load_artifact, new_meta, read_meta, save_artifact
-from core.model.hub import is_pinned
-from core.model.network import backbone_layers, build_model, conv_layer_names, set_fine_tuning
-from core.model.resolve import resolve_model
-from core.paths import REPO_ROOT
+from pneumocam.errors import ModelLoadError
+from pneumocam.model.artifact import (
+    META_FILE,
+    MODEL_FILE,
+    VALIDITY_FILE,
+    load_artifact,
+    new_meta,
+    read_meta,
+    save_artifact,
+)
+from pneumocam.model.hub import is_pinned
+from pneumocam.model.network import backbone_layers, build_model, conv_layer_names, set_fine_tuning
+from pneumocam.model.resolve import resolve_model
+from pneumocam.paths import REPO_ROOT
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -68,8 +76,8 @@ def test_tampered_weights_are_refused(tiny_model_dir: Path, tmp_path: Path) -> N
 def test_a_newer_metadata_format_is_refused_with_a_clear_message(tiny_model_dir: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from cli.app import main
-    from core.model.artifact import FORMAT_VERSION
+    from pneumocam.cli.app import main
+    from pneumocam.model.artifact import FORMAT_VERSION
 
     d = copy_model(tiny_model_dir, tmp_path / "m")
     meta = json.loads((d / META_FILE).read_text())

@@ -11,15 +11,15 @@ import pytest
 from click.testing import CliRunner
 from keras import layers
 
-from cli.app import main
 from conftest import make_dataset, save_gray
-from core.config import FEATURES_LAYER, LOGITS_LAYER, ArchConfig, InputSpec
-from core.errors import InputError
-from core.explain.audit import AUDIT_FILES, AuditPlan, audit_images
-from core.explain.faithfulness import DELETION, INSERTION, area, border_share, curves, random_map
-from core.explain.gradcam import GradCAM
-from core.model.artifact import DEFAULT_CLASSES, LoadedModel, ModelMeta, load_artifact
-from core.scoring.forward import compile_forward
+from pneumocam.cli.app import main
+from pneumocam.config import FEATURES_LAYER, LOGITS_LAYER, ArchConfig, InputSpec
+from pneumocam.errors import InputError
+from pneumocam.explain.audit import AUDIT_FILES, AuditPlan, audit_images
+from pneumocam.explain.faithfulness import DELETION, INSERTION, area, border_share, curves, random_map
+from pneumocam.explain.gradcam import GradCAM
+from pneumocam.model.artifact import DEFAULT_CLASSES, LoadedModel, ModelMeta, load_artifact
+from pneumocam.scoring.forward import compile_forward
 
 SIZE = 32
 PATCH = (slice(4, 12), slice(18, 26))  # rows 4-11, columns 18-25
@@ -211,10 +211,10 @@ def test_audit_cli_writes_the_report(trained_tiny, tmp_path: Path) -> None:
 def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, tmp_path: Path) -> None:
     import shutil
 
-    from core.explain.audit import explain_defaults, models_default, recommend
-    from core.explain.explainer import Explainer
-    from core.model.artifact import record_explain
-    from core.reports.card import model_card
+    from pneumocam.explain.audit import explain_defaults, models_default, recommend
+    from pneumocam.explain.explainer import Explainer
+    from pneumocam.model.artifact import record_explain
+    from pneumocam.reports.card import model_card
 
     data, model_dir = trained_tiny
     copy = tmp_path / "model"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.app import main
 from conftest import make_dataset, save_gray, xray_like
-from core.paths import REPO_ROOT
+from pneumocam.cli.app import main
+from pneumocam.paths import REPO_ROOT
 
 CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
 
@@ -70,7 +70,7 @@ def test_evaluate_writes_four_consistent_files(data_with_junk, tiny_model_dir: P
         cm[CLASSES.index(r["true"]), CLASSES.index(r["predicted"])] += 1
     assert cm.tolist() == m["confusion_matrix"]
     assert m["accuracy"] == pytest.approx(np.trace(cm) / n)
-    from core.model.artifact import read_meta
+    from pneumocam.model.artifact import read_meta
 
     prov = m["provenance"]
     assert prov["model"]["sha256"] == read_meta(tiny_model_dir).weights_sha256 and prov["data_dir"] == root.name
@@ -186,7 +186,7 @@ def test_every_command_has_help_with_an_example() -> None:
 
 
 def test_debug_variable_shows_the_traceback_of_our_errors(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    from core.errors import DataError
+    from pneumocam.errors import DataError
 
     args = ["evaluate", str(tmp_path / "nowhere"), "--model", str(tiny_model_dir)]
     quiet = CliRunner().invoke(main, args)
@@ -264,7 +264,7 @@ def test_mistakes_are_reported_before_the_model_or_tensorflow_loads(args, code, 
     if "--repo-id" not in argv:
         argv += ["--model", str(REPO_ROOT / "weights")]
     probe = (
-        "import sys; from click.testing import CliRunner; from cli.app import main; "
+        "import sys; from click.testing import CliRunner; from pneumocam.cli.app import main; "
         f"r = CliRunner().invoke(main, {argv!r}); "
         "print(r.exit_code, 'tensorflow' in sys.modules); print(r.output)"
     )

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_dataset, save_gray, xray_like
-from core.errors import DataError
-from core.images.data import label_from_name, patient_id, prepare_layout, scan_dataset
-from core.training.trainer import class_weights, split_by_patient
+from pneumocam.errors import DataError
+from pneumocam.images.data import label_from_name, patient_id, prepare_layout, scan_dataset
+from pneumocam.training.trainer import class_weights, split_by_patient
 
 
 def test_label_and_patient_from_names() -> None:

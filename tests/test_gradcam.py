@@ -8,9 +8,9 @@ import pytest
 from keras import layers
 
 from conftest import TINY_SPEC, overlay, xray_like
-from core.errors import InputError
-from core.explain.gradcam import METHODS, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, normalize_map
-from core.explain.overlay import blend, colorize, upsample
+from pneumocam.errors import InputError
+from pneumocam.explain.gradcam import METHODS, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, normalize_map
+from pneumocam.explain.overlay import blend, colorize, upsample
 
 
 @pytest.fixture(scope="module")

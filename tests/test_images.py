@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import decode_bytes, save_gray, write_raw_dicom, xray_like
-from core.errors import ImageLoadError
-from core.images.readers import read_image
+from pneumocam.errors import ImageLoadError
+from pneumocam.images.readers import read_image
 
 
 def write_dicom(
@@ -193,7 +193,7 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
 
 def test_load_xray_gives_display_copy_and_model_input(tmp_path: Path) -> None:
     from conftest import load_xray
-    from core.images.preprocess import InputSpec
+    from pneumocam.images.preprocess import InputSpec
 
     path = save_gray(tmp_path / "big.png", xray_like(900, 700))
     display, model_input = load_xray(path, InputSpec(224, 224))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import core
-from core.paths import REPO_ROOT
+import pneumocam
+from pneumocam.paths import REPO_ROOT
 
-CORE = Path(core.__file__).parent
+CORE = Path(pneumocam.__file__).parent
 #: core's groups, lowest first; a module may import its own group and those before it ("" is core's own root).
-GROUPS = core.GROUPS
+GROUPS = pneumocam.GROUPS
 
 
 def core_imports(path: Path) -> set[str]:
@@ -18,11 +18,11 @@ def core_imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "core":
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pneumocam":
             parts = node.module.split(".")
             names = [parts[1]] if len(parts) > 1 else [a.name for a in node.names]
         elif isinstance(node, ast.Import):
-            names = [a.name.split(".")[1] for a in node.names if a.name.startswith("core.")]
+            names = [a.name.split(".")[1] for a in node.names if a.name.startswith("pneumocam.")]
         found |= {n if n in GROUPS else "" for n in names}
     return found
 
@@ -35,7 +35,7 @@ def test_core_groups_import_only_themselves_and_the_groups_below() -> None:
         group = rel.parts[0] if len(rel.parts) > 1 else ""
         for used in core_imports(path):
             if rank[used] > rank[group]:
-                upward.append(f"{rel} imports core.{used}")
+                upward.append(f"{rel} imports pneumocam.{used}")
     assert not upward, upward
     on_disk = {p.name for p in CORE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     assert on_disk == set(GROUPS) - {""}

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.atomic import atomic_path, save_figure, write_json
-from core.plots import confusion_matrix_figure, per_class_figure
-from core.scoring.metrics import classification_metrics, format_table, outcome_mask
+from pneumocam.atomic import atomic_path, save_figure, write_json
+from pneumocam.plots import confusion_matrix_figure, per_class_figure
+from pneumocam.scoring.metrics import classification_metrics, format_table, outcome_mask
 
 CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
 
@@ -91,7 +91,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
 
 
 def test_expected_calibration_error() -> None:
-    from core.scoring.metrics import reliability
+    from pneumocam.scoring.metrics import reliability
 
     # every prediction 90 % confident, half of them right: ECE = |0.5 - 0.9|
     p = np.tile([0.9, 0.05, 0.05], (100, 1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import xray_like
-from core.explain.pages import DEEPEST, PAD, TILE, compose_page, panel_labels
+from pneumocam.explain.pages import DEEPEST, PAD, TILE, compose_page, panel_labels
 
 
 def row(h: int, w: int, n: int) -> dict:

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.app import main
 from conftest import SHARED_DATA, make_dataset, requires_shared
-from core.errors import EngineError, InputError
-from core.paths import REPO_ROOT
+from pneumocam.cli.app import main
+from pneumocam.errors import EngineError, InputError
+from pneumocam.paths import REPO_ROOT
 
 ray = pytest.importorskip("ray", reason="Ray is an optional install: pip install -r requirements-ray.txt")
 
-from core.scoring.engine import make_engine  # noqa: E402
-from core.scoring.forward import score_files  # noqa: E402
-from core.scoring.ray_engine import ERROR, PATH, PROBABILITIES, BatchScorer, merge_rows, pool_size, probe  # noqa: E402
+from pneumocam.scoring.engine import make_engine  # noqa: E402
+from pneumocam.scoring.forward import score_files  # noqa: E402
+from pneumocam.scoring.ray_engine import ERROR, PATH, PROBABILITIES, BatchScorer, merge_rows, pool_size, probe  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)  # a Ray job that hangs fails here, not at CI's limit
 
@@ -65,7 +65,7 @@ def test_the_actor_scores_like_score_files_and_names_broken_files(tiny_model_dir
 
 
 def test_the_actor_refuses_a_model_that_is_not_the_drivers(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from core.errors import ModelLoadError
+    from pneumocam.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="not the one the driver loaded"):
         BatchScorer(str(tiny_model_dir), "0" * 64)
@@ -106,7 +106,7 @@ def test_an_address_that_does_not_answer_fails_in_one_line(tiny_model_dir: Path,
 
 
 def test_without_ray_installed_the_engine_says_what_to_install(tiny_model_dir: Path, broken_folder) -> None:
-    code = "import sys; sys.modules['ray'] = None; from cli.app import main; main()"
+    code = "import sys; sys.modules['ray'] = None; from pneumocam.cli.app import main; main()"
     args = ["evaluate", str(broken_folder), "--model", str(tiny_model_dir), "--engine", "ray"]
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 1
@@ -200,7 +200,7 @@ def test_a_killed_worker_loses_and_repeats_no_row(local_ray, tiny_loaded, tmp_pa
 def test_a_model_folder_workers_cannot_read_is_one_line(local_ray, tiny_model_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from core.model.artifact import load_artifact
+    from pneumocam.model.artifact import load_artifact
 
     copy = tmp_path / "model"
     shutil.copytree(tiny_model_dir, copy)
@@ -229,7 +229,7 @@ def test_on_the_real_test_split_ray_matches_local_and_feeds_gallery(local_ray, t
 
 def test_the_cli_ships_the_package_to_the_workers(tiny_model_dir: Path, broken_folder, tmp_path: Path) -> None:
     """Started from elsewhere, with nothing on the workers' path: the Ray the CLI starts gets core/ itself."""
-    code = f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from cli.app import main; main()"
+    code = f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from pneumocam.cli.app import main; main()"
     out = tmp_path / "report"
     args = ["evaluate", str(broken_folder), "--model", str(tiny_model_dir), "--engine", "ray", "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}

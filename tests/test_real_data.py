@@ -15,12 +15,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.app import main
 from conftest import SHARED_DATA, SHARED_WEIGHTS, requires_shared
-from core.model.artifact import read_meta
-from core.model.network import ArchConfig, build_model
-from core.paths import DEFAULT_WEIGHTS_DIR
-from core.reports.site_curve import point_key
+from pneumocam.cli.app import main
+from pneumocam.model.artifact import read_meta
+from pneumocam.model.network import ArchConfig, build_model
+from pneumocam.paths import DEFAULT_WEIGHTS_DIR
+from pneumocam.reports.site_curve import point_key
 
 pytestmark = [requires_shared, pytest.mark.shared]
 TEST_DIR = SHARED_DATA / "test"

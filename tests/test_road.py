@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from core.explain.road import LERF, MORF, impute, removal_masks, road_area, road_curves, road_images
+from pneumocam.explain.road import LERF, MORF, impute, removal_masks, road_area, road_curves, road_images
 
 
 def test_one_removed_pixel_is_the_weighted_mean_of_its_neighbours() -> None:

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_images import bomb_png, write_dicom
 
-from cli.app import main
 from conftest import decode_bytes, make_dataset, save_gray, xray_like
-from core.errors import ImageLoadError
-from core.images.readers import read_image
-from core.paths import REPO_ROOT
+from pneumocam.cli.app import main
+from pneumocam.errors import ImageLoadError
+from pneumocam.images.readers import read_image
+from pneumocam.paths import REPO_ROOT
 
 VALID = "valid"
 
@@ -119,7 +119,7 @@ def test_huge_but_legal_image_is_read(tmp_path: Path) -> None:
 
 
 def test_exif_rotated_overlay_lines_up_with_the_displayed_image(tmp_path: Path, tiny_loaded) -> None:
-    from core.explain.explainer import Explainer
+    from pneumocam.explain.explainer import Explainer
 
     upright = xray_like(90, 140)
     exif = Image.Exif()

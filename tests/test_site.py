@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.app import main
 from conftest import make_dataset, save_gray, site_fixtures, xray_like
-from core.errors import DataError, ModelLoadError
-from core.explain.explainer import Explainer
-from core.images.data import patient_id, scan_dataset
-from core.model.artifact import SOURCE_STATS_FILE, VALIDITY_FILE, load_artifact
-from core.model.network import FEATURES_LAYER
-from core.scoring.forward import score_files
-from core.scoring.metrics import bootstrap_ci, classification_metrics
-from core.site import calibration
-from core.site.adaptation import adapted_site, layer_statistics, load_source_stats, measured_layers
+from pneumocam.cli.app import main
+from pneumocam.errors import DataError, ModelLoadError
+from pneumocam.explain.explainer import Explainer
+from pneumocam.images.data import patient_id, scan_dataset
+from pneumocam.model.artifact import SOURCE_STATS_FILE, VALIDITY_FILE, load_artifact
+from pneumocam.model.network import FEATURES_LAYER
+from pneumocam.scoring.forward import score_files
+from pneumocam.scoring.metrics import bootstrap_ci, classification_metrics
+from pneumocam.site import calibration
+from pneumocam.site.adaptation import adapted_site, layer_statistics, load_source_stats, measured_layers
 
 CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
 
@@ -123,7 +123,7 @@ def test_bootstrap_intervals_bracket_the_estimate_and_widen_with_correlated_imag
 
 def test_adapting_to_the_training_images_changes_nothing(adaptable_dir: Path, site_data: Path) -> None:
     loaded = load_artifact(adaptable_dir)
-    from core.training.trainer import split_by_patient
+    from pneumocam.training.trainer import split_by_patient
 
     train, _ = split_by_patient(scan_dataset(site_data).samples)
     paths = [s.path for s in train]
@@ -150,7 +150,7 @@ def test_adaptation_maps_the_site_statistics_onto_the_training_ones(adaptable_di
 
     def bn_output_stats(model: keras.Model) -> np.ndarray:
         probe = keras.Model(model.inputs[0], model.get_layer(deep).output)
-        from core.scoring.forward import load_model_input
+        from pneumocam.scoring.forward import load_model_input
 
         out = probe(np.stack([load_model_input(p, spec) for p in paths]), training=False).numpy()
         return out.reshape(-1, out.shape[-1]).mean(0)
@@ -171,7 +171,7 @@ def test_adaptation_maps_the_site_statistics_onto_the_training_ones(adaptable_di
 def test_each_method_moves_only_its_own_layers(
     method: str, bn_moves: bool, head_moves: bool, adaptable_dir: Path, darker_site: Path
 ) -> None:
-    from core.site.adaptation import first_head_dense, stat_passes
+    from pneumocam.site.adaptation import first_head_dense, stat_passes
 
     loaded = load_artifact(adaptable_dir)
     paths = sorted(darker_site.glob("*.png"))
@@ -317,7 +317,7 @@ def test_a_hub_model_brings_its_training_statistics(adaptable_dir: Path, darker_
     """hf_hub_download fetches source_stats.npz and validity.npz with the model (a pre-filled cache, offline)."""
     import huggingface_hub.constants
 
-    from core.model.resolve import load_model
+    from pneumocam.model.resolve import load_model
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--org--pneumocam"

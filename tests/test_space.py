@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.app import main as cli_main
 from conftest import SHARED_DATA, save_gray, xray_like
-from core.deploy.space_config import SpaceConfig, load_space_config
-from core.paths import REPO_ROOT
+from pneumocam.cli.app import main as cli_main
+from pneumocam.deploy.space_config import SpaceConfig, load_space_config
+from pneumocam.paths import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT))
 ARTIFACTS = Path(os.environ.get("PNEUMOCAM_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
@@ -82,8 +82,8 @@ def test_predict_endpoint_through_gradio_client(server: str, xray: Path, tmp_pat
     assert warned.startswith("⚠️ **This does not look like a frontal pediatric chest X-ray") and "colour" in warned
 
     _, default, _, _ = client.predict(handle_file(str(xray)), api_name="/predict")  # every other input defaulted
-    from core.model.artifact import read_meta
-    from core.paths import DEFAULT_WEIGHTS_DIR
+    from pneumocam.model.artifact import read_meta
+    from pneumocam.paths import DEFAULT_WEIGHTS_DIR
 
     assert len(default) == read_meta(DEFAULT_WEIGHTS_DIR).explain.layers  # the model's own default
 
@@ -107,8 +107,8 @@ def test_a_bare_dicom_gets_the_call_of_the_same_pixels_everywhere(server: str, t
     from click.testing import CliRunner
     from gradio_client import Client, handle_file
 
-    from cli.app import main
     from conftest import write_raw_dicom
+    from pneumocam.cli.app import main
 
     gray = xray_like(120, 100, seed=9)
     png = save_gray(tmp_path / "x.png", gray)
@@ -137,9 +137,9 @@ def test_a_bare_dicom_gets_the_call_of_the_same_pixels_everywhere(server: str, t
 
 
 def test_model_line_names_the_model_its_version_and_its_accuracy(tiny_loaded) -> None:
-    from core.deploy.space_config import model_line
-    from core.model.artifact import load_artifact
-    from core.paths import DEFAULT_WEIGHTS_DIR
+    from pneumocam.deploy.space_config import model_line
+    from pneumocam.model.artifact import load_artifact
+    from pneumocam.paths import DEFAULT_WEIGHTS_DIR
 
     bundled = load_artifact(DEFAULT_WEIGHTS_DIR)
     line = model_line(bundled)
@@ -149,8 +149,8 @@ def test_model_line_names_the_model_its_version_and_its_accuracy(tiny_loaded) ->
 
 
 def test_the_shipped_examples_are_one_per_class_and_attributed() -> None:
-    from core.deploy.space_config import example_files, load_space_config
-    from core.paths import REPO_ROOT
+    from pneumocam.deploy.space_config import example_files, load_space_config
+    from pneumocam.paths import REPO_ROOT
 
     files = [Path(f).name for f in example_files(load_space_config())]
     assert len(files) == 3 and sum("bacteria" in f for f in files) == 1 and sum("virus" in f for f in files) == 1
@@ -180,7 +180,7 @@ def test_space_card_matches_the_pins() -> None:
 
 
 def test_deploy_space_never_makes_a_space_without_a_model() -> None:
-    from core.deploy.space_config import load_space_config
+    from pneumocam.deploy.space_config import load_space_config
 
     assert not load_space_config().revision  # nothing published from here yet: no pinned Hub model
     refused = CliRunner().invoke(cli_main, ["deploy-space", "--space-id", "me/pneumocam", "--dry-run"])
@@ -230,8 +230,8 @@ def test_in_a_real_browser(server: str, xray: Path) -> None:
         expect(page.locator("#label")).to_contain_text(re.compile("BACTERIA|NORMAL|VIRUS"))
         images = page.locator("#cams img")
         expect(images.first).to_be_visible(timeout=30_000)
-        from core.model.artifact import read_meta
-        from core.paths import DEFAULT_WEIGHTS_DIR
+        from pneumocam.model.artifact import read_meta
+        from pneumocam.paths import DEFAULT_WEIGHTS_DIR
 
         assert images.count() == read_meta(DEFAULT_WEIGHTS_DIR).explain.layers  # one overlay per default layer
         page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)

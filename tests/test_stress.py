@@ -11,14 +11,14 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from cli.app import main
 from conftest import TINY_ARCH, TINY_SPEC, make_dataset, xray_like
-from core.images.data import scan_dataset
-from core.model.network import build_model
-from core.reports.stress import CLEAN, PERTURBATIONS, perturb, stress_metrics, stress_probabilities
-from core.scoring.metrics import classification_metrics
-from core.training.augment import AcquisitionAugment, acquisition_augmenter
-from core.training.trainer import extract_activations
+from pneumocam.cli.app import main
+from pneumocam.images.data import scan_dataset
+from pneumocam.model.network import build_model
+from pneumocam.reports.stress import CLEAN, PERTURBATIONS, perturb, stress_metrics, stress_probabilities
+from pneumocam.scoring.metrics import classification_metrics
+from pneumocam.training.augment import AcquisitionAugment, acquisition_augmenter
+from pneumocam.training.trainer import extract_activations
 
 
 def batch(n: int = 6, size: int = 64) -> np.ndarray:
@@ -92,7 +92,7 @@ def test_each_perturbation_keeps_shape_and_range_and_changes_the_image(name: str
     assert out.shape == x.shape and out.dtype == np.float32
     assert out.min() >= 0 and out.max() <= 255
     np.testing.assert_array_equal(out, again)  # deterministic
-    from core.reports.stress import ENCODING
+    from pneumocam.reports.stress import ENCODING
 
     assert np.abs(out - x).mean() > (0.05 if name in ENCODING else 0.5)  # re-encoding is subtle by design
 
@@ -124,7 +124,7 @@ def test_shifted_scores_match_scoring_the_perturbed_files(tiny_loaded, tmp_path:
         tiny_loaded.model, TINY_SPEC, [*paths, root / "NORMAL" / "broken.jpeg"], [CLEAN, "blur-3"], batch_size=4
     )
     assert kept == paths and len(skipped) == 1
-    from core.scoring.forward import load_model_input
+    from pneumocam.scoring.forward import load_model_input
 
     x = np.stack([perturb(load_model_input(p, TINY_SPEC), "blur-3") for p in paths])
     np.testing.assert_allclose(probs["blur-3"], tiny_loaded.model(x, training=False).numpy(), atol=1e-5)
@@ -186,7 +186,7 @@ def test_invariance_augmentation_trains_its_views(tmp_path: Path, tiny_backbone_
 
 
 def test_encoding_perturbations_report_the_share_of_changed_calls() -> None:
-    from core.reports.stress import ENCODING
+    from pneumocam.reports.stress import ENCODING
 
     x = batch(4, 96)[0]
     for name in ENCODING:
@@ -205,7 +205,7 @@ def test_model_input_from_an_original_matches_the_data_sets_copy() -> None:
     """The default resize is how the 224 px copies were made: Pillow's antialiased bilinear."""
     from PIL import Image
 
-    from core.images.preprocess import InputSpec, to_model_input
+    from pneumocam.images.preprocess import InputSpec, to_model_input
 
     original = np.repeat(xray_like(1300, 1100, seed=5)[..., None], 3, -1)
     copy = np.asarray(Image.fromarray(original).resize((224, 224), Image.Resampling.BILINEAR))
@@ -219,7 +219,7 @@ def test_model_input_from_an_original_matches_the_data_sets_copy() -> None:
 
 def test_the_imitated_original_is_as_close_to_the_copy_as_a_real_one() -> None:
     """Real originals brought through our loader differ from their copies by about 2 grey levels on average."""
-    from core.reports.stress import ENCODING
+    from pneumocam.reports.stress import ENCODING
 
     assert "original" in ENCODING
     import cv2

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.app import main
 from conftest import make_dataset
-from core.paths import REPO_ROOT
-from core.reports.tracking import tracked, tracking_uri
+from pneumocam.cli.app import main
+from pneumocam.paths import REPO_ROOT
+from pneumocam.reports.tracking import tracked, tracking_uri
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is an optional install: pip install -r requirements-mlflow.txt")
 
@@ -138,7 +138,7 @@ def test_off_by_default_and_mlflow_never_imported(tmp_path: Path, tiny_model_dir
 def test_without_mlflow_installed_the_option_says_what_to_install(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = tmp_path / "data"
     make_dataset(data)
-    code = "import sys; sys.modules['mlflow'] = None; from cli.app import main; main()"
+    code = "import sys; sys.modules['mlflow'] = None; from pneumocam.cli.app import main; main()"
     args = ["evaluate", str(data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"), "--mlflow"]
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 1

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.app import main
 from conftest import TINY_ARCH, TINY_SPEC, make_dataset
-from core.images.data import scan_dataset
-from core.model.artifact import load_artifact
-from core.model.network import backbone_layers, build_model
-from core.reports.stress import CLEAN, PERTURBATIONS
-from core.scoring.forward import load_model_input
-from core.training.trainer import TrainConfig, cut_layer_name, extract_activations, train_model, upper_model
+from pneumocam.cli.app import main
+from pneumocam.images.data import scan_dataset
+from pneumocam.model.artifact import load_artifact
+from pneumocam.model.network import backbone_layers, build_model
+from pneumocam.reports.stress import CLEAN, PERTURBATIONS
+from pneumocam.scoring.forward import load_model_input
+from pneumocam.training.trainer import TrainConfig, cut_layer_name, extract_activations, train_model, upper_model
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +141,9 @@ def test_publish_dry_run_lists_exactly_the_model_files(tiny_model_dir: Path, tmp
 
 
 def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:
-    from core.model.artifact import read_meta
-    from core.paths import DEFAULT_WEIGHTS_DIR
-    from core.reports.card import model_card
+    from pneumocam.model.artifact import read_meta
+    from pneumocam.paths import DEFAULT_WEIGHTS_DIR
+    from pneumocam.reports.card import model_card
 
     meta = read_meta(DEFAULT_WEIGHTS_DIR)
     card = model_card(meta)
@@ -195,7 +195,7 @@ def test_train_reads_a_recipe_file_and_records_it_with_the_overrides(
 ) -> None:
     import hashlib
 
-    from core.reports.card import model_card
+    from pneumocam.reports.card import model_card
 
     recipe = tmp_path / "quick.json"
     recipe.write_text(
@@ -220,11 +220,11 @@ def test_train_reads_a_recipe_file_and_records_it_with_the_overrides(
 
 
 def test_the_shipped_recipes_are_the_seed_defaults_and_the_published_model() -> None:
-    from core.config import ArchConfig, InputSpec
-    from core.errors import InputError
-    from core.model.artifact import read_meta
-    from core.paths import DEFAULT_WEIGHTS_DIR
-    from core.training.recipe import PUBLISHED_RECIPE, SEED_RECIPE, available_recipes, load_recipe
+    from pneumocam.config import ArchConfig, InputSpec
+    from pneumocam.errors import InputError
+    from pneumocam.model.artifact import read_meta
+    from pneumocam.paths import DEFAULT_WEIGHTS_DIR
+    from pneumocam.training.recipe import PUBLISHED_RECIPE, SEED_RECIPE, available_recipes, load_recipe
 
     assert {PUBLISHED_RECIPE, SEED_RECIPE} <= set(available_recipes())
     seed = load_recipe(SEED_RECIPE)
@@ -252,7 +252,7 @@ def test_training_twice_in_one_process_gives_the_same_model(tiny_data: Path, tin
 
 
 def test_consistency_loss_is_cross_entropy_plus_the_divergence_among_views() -> None:
-    from core.training.consistency import consistency_loss
+    from pneumocam.training.consistency import consistency_loss
 
     y = np.array([[1.0, 0.0, 0.0]], np.float32)
     agree = np.array([[[0.7, 0.2, 0.1]] * 3], np.float32)
@@ -269,7 +269,7 @@ def test_consistency_loss_is_cross_entropy_plus_the_divergence_among_views() -> 
 def test_consistency_training_pulls_the_views_of_an_image_together(
     tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path
 ) -> None:
-    from core.training.trainer import train_to_folder
+    from pneumocam.training.trainer import train_to_folder
 
     scan = scan_dataset(tiny_data)
     base = dict(epochs=1, batch_size=16, fine_tune_epochs=3, fine_tune_batch_size=8, views=3, augment="acquisition")
@@ -281,7 +281,7 @@ def test_consistency_training_pulls_the_views_of_an_image_together(
     assert result.meta.training["config"]["consistency"] == 50.0
     assert len(result.history["fine-tuning"]["loss"]) == 3 and "val_accuracy" in result.history["fine-tuning"]
     # The validity statistics training stored fit the model it saved: reloaded, they accept its validation images.
-    from core.scoring.forward import layer_summaries
+    from pneumocam.scoring.forward import layer_summaries
 
     reloaded = load_artifact(out)
     val = [tiny_data / f for f in (out / "validation.txt").read_text().split()]

@@ -11,16 +11,16 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.app import main
 from conftest import make_dataset, site_fixtures
-from core.errors import DataError
-from core.explain.explainer import Explainer
-from core.images.data import class_indices, labels_of, patient_id, scan_dataset
-from core.model.artifact import load_artifact
-from core.options import TUNE_PENALTIES
-from core.reports.site_curve import curve
-from core.scoring.forward import score_files
-from core.site import tuning
+from pneumocam.cli.app import main
+from pneumocam.errors import DataError
+from pneumocam.explain.explainer import Explainer
+from pneumocam.images.data import class_indices, labels_of, patient_id, scan_dataset
+from pneumocam.model.artifact import load_artifact
+from pneumocam.options import TUNE_PENALTIES
+from pneumocam.reports.site_curve import curve
+from pneumocam.scoring.forward import score_files
+from pneumocam.site import tuning
 
 CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
 
@@ -60,7 +60,7 @@ def test_tuning_refits_when_the_features_know_more_than_the_model() -> None:
 
 def test_tuning_falls_back_when_the_features_carry_nothing_new() -> None:
     """60 labels, 200 features of pure noise: whatever the inner CV picks must score new images like calibration."""
-    from core.site import calibration
+    from pneumocam.site import calibration
 
     p, f, y, g = synthetic(660, 200, seed=1, signal=0.0)
     fitted = tuning.fit(p[:60], f[:60], y[:60], g[:60], 3)
@@ -136,8 +136,8 @@ def test_a_tuned_head_that_refits_is_folded_exactly(tiny_loaded, site_data: Path
     """Force a re-fitted read-out (random weights) and check the folded Dense layer against the formula."""
     import keras
 
-    from core.config import FEATURES_LAYER
-    from core.site.adaptation import clone
+    from pneumocam.config import FEATURES_LAYER
+    from pneumocam.site.adaptation import clone
 
     paths = [s.path for s in scan_dataset(site_data).samples][:8]
     s = score_files(tiny_loaded.model, tiny_loaded.meta.input, paths, features=True)
@@ -239,7 +239,7 @@ def test_site_curve_cli_writes_json_and_plot(adaptable_dir: Path, site_data: Pat
 
 
 def test_adaptation_ignores_names_order_and_layout(adaptable_dir: Path, site_data: Path, tmp_path: Path) -> None:
-    from core.site.adaptation import adapted_site
+    from pneumocam.site.adaptation import adapted_site
 
     loaded = load_artifact(adaptable_dir)
     scan = scan_dataset(site_data)
@@ -264,7 +264,7 @@ def test_adaptation_ignores_names_order_and_layout(adaptable_dir: Path, site_dat
 
 
 def test_lame_pulls_an_unsure_image_towards_its_confident_neighbours() -> None:
-    from core.site.adaptation import lame
+    from pneumocam.site.adaptation import lame
 
     # two clusters in feature space; in each, four confident images and one the model is unsure about
     rng = np.random.default_rng(0)
@@ -289,8 +289,8 @@ def test_lame_pulls_an_unsure_image_towards_its_confident_neighbours() -> None:
 
 
 def test_lame_on_a_folder_ignores_the_order_of_its_files(tmp_path: Path) -> None:
-    from core.scoring.forward import Scores
-    from core.site.adaptation import lame_scores
+    from pneumocam.scoring.forward import Scores
+    from pneumocam.site.adaptation import lame_scores
 
     rng = np.random.default_rng(1)
     paths = []

@@ -13,15 +13,15 @@ import pytest
 from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 
-from cli.app import main
 from conftest import make_dataset, save_gray, xray_like
-from core.errors import ModelLoadError
-from core.explain.explainer import Explainer
-from core.images.readers import Header, read_image_and_header
-from core.model import validity
-from core.model.artifact import VALIDITY_FILE, load_artifact
-from core.model.validity import ValidityStats, input_reasons
-from core.scoring.forward import layer_summaries, probabilities_of, score_files
+from pneumocam.cli.app import main
+from pneumocam.errors import ModelLoadError
+from pneumocam.explain.explainer import Explainer
+from pneumocam.images.readers import Header, read_image_and_header
+from pneumocam.model import validity
+from pneumocam.model.artifact import VALIDITY_FILE, load_artifact
+from pneumocam.model.validity import ValidityStats, input_reasons
+from pneumocam.scoring.forward import layer_summaries, probabilities_of, score_files
 
 SAMPLE_DATA = Path(matplotlib.get_data_path()) / "sample_data"
 
@@ -137,14 +137,14 @@ def test_fit_validity_adds_statistics_to_an_older_model(tiny_model_dir: Path, tm
 
 
 def test_adapting_rematches_the_statistics_to_the_site(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from core.site.models import adapt_to_site
-    from core.training.trainer import add_source_stats
+    from pneumocam.site.models import adapt_to_site
+    from pneumocam.training.trainer import add_source_stats
 
     data = tmp_path / "train"
     make_dataset(data, per_class=6)
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
-    from core.images.data import scan_dataset
+    from pneumocam.images.data import scan_dataset
 
     add_source_stats(load_artifact(folder), scan_dataset(data))
     base = load_artifact(folder)

@@ -13,16 +13,16 @@ import tensorflow as tf
 from click.testing import CliRunner
 from keras import layers
 
-from cli.app import main
 from conftest import save_gray, xray_like
-from core.config import PredictDefaults
-from core.errors import InputError, ModelLoadError
-from core.explain.explainer import Explainer
-from core.explain.gradcam import GradCAM, normalize_map
-from core.model.artifact import load_artifact, record_views
-from core.model.views import check_views, make_views, map_back, view
-from core.options import VALIDITY_LAYER
-from core.scoring.forward import compile_forward, probabilities_of, score_files
+from pneumocam.cli.app import main
+from pneumocam.config import PredictDefaults
+from pneumocam.errors import InputError, ModelLoadError
+from pneumocam.explain.explainer import Explainer
+from pneumocam.explain.gradcam import GradCAM, normalize_map
+from pneumocam.model.artifact import load_artifact, record_views
+from pneumocam.model.views import check_views, make_views, map_back, view
+from pneumocam.options import VALIDITY_LAYER
+from pneumocam.scoring.forward import compile_forward, probabilities_of, score_files
 
 
 def smooth_maps(n: int = 2, size: int = 16) -> np.ndarray:
@@ -155,8 +155,8 @@ def test_a_model_json_naming_an_unknown_view_is_refused(viewed_model: Path, tmp_
 
 
 def test_the_card_and_the_space_say_which_views_score(viewed_model: Path, tiny_loaded) -> None:
-    from core.deploy.space_config import model_line
-    from core.reports.card import model_card
+    from pneumocam.deploy.space_config import model_line
+    from pneumocam.reports.card import model_card
 
     loaded = load_artifact(viewed_model)
     card = model_card(loaded.meta)
@@ -166,8 +166,8 @@ def test_the_card_and_the_space_say_which_views_score(viewed_model: Path, tiny_l
 
 
 def test_the_rule_prefers_a_stable_set_and_else_the_steadiest() -> None:
-    from core.reports.stress import CLEAN, PERTURBATIONS
-    from core.training.view_choice import candidate_sets, judge
+    from pneumocam.reports.stress import CLEAN, PERTURBATIONS
+    from pneumocam.training.view_choice import candidate_sets, judge
 
     union = ("identity", "jpeg-75", "blur-0.7", "zoom-1.1")
     assert len(candidate_sets(union[1:])) == 8

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.deploy.space_config import load_space_config
-from core.errors import PublishError
-from core.model.artifact import CARD_FILE, META_FILE, MODEL_FILE, SOURCE_STATS_FILE, TRAINING_FILES, VALIDITY_FILE
-from core.model.hub import is_pinned
-from core.paths import REPO_ROOT
+from pneumocam.deploy.space_config import load_space_config
+from pneumocam.errors import PublishError
+from pneumocam.model.artifact import CARD_FILE, META_FILE, MODEL_FILE, SOURCE_STATS_FILE, TRAINING_FILES, VALIDITY_FILE
+from pneumocam.model.hub import is_pinned
+from pneumocam.paths import REPO_ROOT
 
 MODEL_CARD = CARD_FILE
 REQUIRED_MODEL_FILES = (MODEL_FILE, META_FILE, MODEL_CARD)

@@ -11,12 +11,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.options import DEFAULT_OPACITY
+from pneumocam.options import DEFAULT_OPACITY
 
 if TYPE_CHECKING:
-    from core.model.artifact import LoadedModel
-from core.images.data import list_images
-from core.paths import ENV_REPO_ID, ENV_REVISION, REPO_ROOT
+    from pneumocam.model.artifact import LoadedModel
+from pneumocam.images.data import list_images
+from pneumocam.paths import ENV_REPO_ID, ENV_REVISION, REPO_ROOT
 
 CONFIG_FILE = REPO_ROOT / "space" / "config.json"
 ENV_EXAMPLES = "PNEUMOCAM_EXAMPLES"

@@ -2,9 +2,9 @@
 
 For a sample of images: each candidate's maps (a CAM method explaining the
 logit or the log-probability) on each audited layer; the sanity check
-(:mod:`core.explain.sanity`) per candidate and layer; ROAD most- and least-relevant-
-first areas (:mod:`core.explain.road`) and, as secondary figures, deletion and
-insertion areas (:mod:`core.explain.faithfulness`) per candidate and layer set, with
+(:mod:`pneumocam.explain.sanity`) per candidate and layer; ROAD most- and least-relevant-
+first areas (:mod:`pneumocam.explain.road`) and, as secondary figures, deletion and
+insertion areas (:mod:`pneumocam.explain.faithfulness`) per candidate and layer set, with
 a random and a centred baseline; the share of each default map in the image
 border. The audit then recommends the candidate and layer set with the
 widest ROAD gap that passes sanity. Files are written by :func:`write_audit`
@@ -24,11 +24,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from core.atomic import save_figure, write_bytes, write_json, write_text
-from core.config import ExplainDefaults, check_cam_method, check_cam_score
-from core.errors import InputError, none_readable
-from core.explain.explainer import Explainer
-from core.explain.faithfulness import (
+from pneumocam.atomic import save_figure, write_bytes, write_json, write_text
+from pneumocam.config import ExplainDefaults, check_cam_method, check_cam_score
+from pneumocam.errors import InputError, none_readable
+from pneumocam.explain.explainer import Explainer
+from pneumocam.explain.faithfulness import (
     AREA_COLUMNS,
     DELETION,
     INSERTION,
@@ -39,16 +39,16 @@ from core.explain.faithfulness import (
     curves,
     random_map,
 )
-from core.explain.gradcam import METHODS
-from core.explain.overlay import encode_png, upsample
-from core.explain.pages import compose_page
-from core.explain.road import LERF, MORF, road_area, road_curves
-from core.explain.sanity import HEAD, randomize, rank_correlation, ssim, stages
-from core.images.data import Sample
-from core.images.readers import read_image
-from core.model.artifact import LoadedModel
-from core.model.network import explainable_layer_names
-from core.options import (
+from pneumocam.explain.gradcam import METHODS
+from pneumocam.explain.overlay import encode_png, upsample
+from pneumocam.explain.pages import compose_page
+from pneumocam.explain.road import LERF, MORF, road_area, road_curves
+from pneumocam.explain.sanity import HEAD, randomize, rank_correlation, ssim, stages
+from pneumocam.images.data import Sample
+from pneumocam.images.readers import read_image
+from pneumocam.model.artifact import LoadedModel
+from pneumocam.model.network import explainable_layer_names
+from pneumocam.options import (
     AUDIT_BLOCKS,
     AUDIT_LIMIT,
     AUDIT_SEED,
@@ -66,8 +66,8 @@ from core.options import (
     ROAD_SHARES,
     SANITY_MAX_RHO,
 )
-from core.plots import audit_curves_figure, sanity_figure
-from core.scoring.forward import compile_forward, image_batches
+from pneumocam.plots import audit_curves_figure, sanity_figure
+from pneumocam.scoring.forward import compile_forward, image_batches
 
 AUDIT_FILE = "audit.json"
 SANITY_PLOT = "sanity.png"

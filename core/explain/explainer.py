@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import check_cam_method, check_cam_score
-from core.errors import InputError
-from core.explain.gradcam import METHODS, BaseCAM
-from core.explain.overlay import blend, colorize, upsample
-from core.images.preprocess import fit_within, to_model_input
-from core.images.readers import Header, read_image_and_header
-from core.model.artifact import LoadedModel
-from core.model.validity import Validity, input_reasons, verdict
-from core.options import DEFAULT_OPACITY
+from pneumocam.config import check_cam_method, check_cam_score
+from pneumocam.errors import InputError
+from pneumocam.explain.gradcam import METHODS, BaseCAM
+from pneumocam.explain.overlay import blend, colorize, upsample
+from pneumocam.images.preprocess import fit_within, to_model_input
+from pneumocam.images.readers import Header, read_image_and_header
+from pneumocam.model.artifact import LoadedModel
+from pneumocam.model.validity import Validity, input_reasons, verdict
+from pneumocam.options import DEFAULT_OPACITY
 
 
 @dataclass

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from core.options import AUDIT_BLUR_SIGMA, BORDER_BAND
+from pneumocam.options import AUDIT_BLUR_SIGMA, BORDER_BAND
 
 DELETION = "deletion"
 INSERTION = "insertion"

@@ -16,11 +16,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.config import check_cam_score
-from core.errors import InputError
-from core.model.network import LOGITS_LAYER, validity_summary
-from core.model.views import NO_VIEWS, average, check_views, first_view, log_average_probability, make_views, map_back
-from core.options import CAM_METHODS, DEFAULT_CAM_SCORE, LOG_PROBABILITY
+from pneumocam.config import check_cam_score
+from pneumocam.errors import InputError
+from pneumocam.model.network import LOGITS_LAYER, validity_summary
+from pneumocam.model.views import (
+    NO_VIEWS,
+    average,
+    check_views,
+    first_view,
+    log_average_probability,
+    make_views,
+    map_back,
+)
+from pneumocam.options import CAM_METHODS, DEFAULT_CAM_SCORE, LOG_PROBABILITY
 
 
 @dataclass
@@ -56,9 +64,9 @@ class BaseCAM:
     ) -> None:
         """``summary_layer``: also return that layer's validity summary (channel spreads) from the same pass.
 
-        ``views``: the test-time views (:mod:`core.model.views`); the map then explains their averaged logit, or
+        ``views``: the test-time views (:mod:`pneumocam.model.views`); the map then explains their averaged logit, or
         the log of their averaged probability. ``score``: ``logit`` or ``log-probability`` (see
-        :data:`core.options.CAM_SCORES`).
+        :data:`pneumocam.options.CAM_SCORES`).
         """
         if not layer_names:
             raise InputError("at least one layer to explain is needed")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from core.errors import InputError
-from core.options import DEFAULT_OPACITY
+from pneumocam.errors import InputError
+from pneumocam.options import DEFAULT_OPACITY
 
 
 def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:

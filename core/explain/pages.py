@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from core.explain.overlay import colour_scale
+from pneumocam.explain.overlay import colour_scale
 
 TILE = 256
 PAD = 8

@@ -11,7 +11,7 @@ the information removed, not an artefact of the fill.
 Most-relevant-first (MoRF) removal should make the explained class's
 probability fall fast (low area); least-relevant-first (LeRF) should keep it
 (high area). All functions take arrays and return arrays; the model enters as
-a ``probabilities(x)`` callable, as in :mod:`core.explain.faithfulness`.
+a ``probabilities(x)`` callable, as in :mod:`pneumocam.explain.faithfulness`.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from scipy.stats import spearmanr
 
-from core.config import FEATURES_LAYER
+from pneumocam.config import FEATURES_LAYER
 
 HEAD = "head"
 

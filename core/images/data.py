@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import DataError
-from core.images.readers import is_image_name
+from pneumocam.errors import DataError
+from pneumocam.images.readers import is_image_name
 
 CLASSES = ("BACTERIA", "NORMAL", "VIRUS")
 _PATIENT = re.compile(r"^(person\d+)_", re.IGNORECASE)

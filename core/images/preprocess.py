@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from core.config import PIL_BILINEAR, InputSpec
+from pneumocam.config import PIL_BILINEAR, InputSpec
 
 _RESIZE = {
     "area": cv2.INTER_AREA,

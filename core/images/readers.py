@@ -4,7 +4,7 @@ Every entry point (evaluate, gallery, predict, the Space) calls
 :func:`read_image`, so a file is decoded the same way everywhere. Whatever the
 encoding (8/16-bit, grayscale, palette, CMYK, alpha, DICOM), the result is an
 ``HxWx3`` ``uint8`` RGB array in display orientation (EXIF applied); anything
-unusable raises :class:`~core.errors.ImageLoadError`.
+unusable raises :class:`~pneumocam.errors.ImageLoadError`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from core.errors import ImageLoadError
+from pneumocam.errors import ImageLoadError
 
 #: Refuse images above this many pixels before decoding them (decompression bombs).
 MAX_PIXELS = 150_000_000

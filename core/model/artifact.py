@@ -15,21 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.atomic import write_json
-from core.config import LOGITS_LAYER, ArchConfig, ExplainDefaults, InputSpec, PredictDefaults
-from core.errors import InputError, ModelLoadError
-from core.images.data import CLASSES
-from core.model.validity import ValidityStats
-from core.options import NO_VIEWS
+from pneumocam.atomic import write_json
+from pneumocam.config import LOGITS_LAYER, ArchConfig, ExplainDefaults, InputSpec, PredictDefaults
+from pneumocam.errors import InputError, ModelLoadError
+from pneumocam.images.data import CLASSES
+from pneumocam.model.validity import ValidityStats
+from pneumocam.options import NO_VIEWS
 
 if TYPE_CHECKING:
     import keras
 
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
-SOURCE_STATS_FILE = "source_stats.npz"  # training statistics for site adaptation (core.site.adaptation)
+SOURCE_STATS_FILE = "source_stats.npz"  # training statistics for site adaptation (pneumocam.site.adaptation)
 VALIDITY_FILE = (
-    "validity.npz"  # the training X-rays' statistics behind every call's validity score (core.model.validity)
+    "validity.npz"  # the training X-rays' statistics behind every call's validity score (pneumocam.model.validity)
 )
 CARD_FILE = "README.md"
 #: What training writes beside the model; the last lists its validation images (for stress --subset).
@@ -152,7 +152,7 @@ class LoadedModel:
     directory: Path
     hub: HubRef | None = None
     validity: ValidityStats | None = None  # None: a model trained before validity statistics were kept
-    views: tuple[str, ...] = NO_VIEWS  # the test-time views every entry point averages (core.model.views)
+    views: tuple[str, ...] = NO_VIEWS  # the test-time views every entry point averages (pneumocam.model.views)
 
     @property
     def from_hub(self) -> bool:
@@ -161,7 +161,7 @@ class LoadedModel:
 
 def new_meta(model: keras.Model, arch: ArchConfig, spec: InputSpec, classes: list[str]) -> ModelMeta:
     """Metadata for a freshly built model: Grad-CAM candidates read off the model."""
-    from core.model.network import explainable_layer_names  # Keras: read_meta and --help stay without it
+    from pneumocam.model.network import explainable_layer_names  # Keras: read_meta and --help stay without it
 
     return ModelMeta(classes=list(classes), input=spec, arch=arch, gradcam_layers=explainable_layer_names(model))
 
@@ -183,7 +183,7 @@ def save_artifact(
 ) -> Path:
     """Write ``model.keras`` and ``model.json`` (with the weights' hash) into a folder.
 
-    ``source_stats`` (a :class:`core.site.adaptation.LayerStats`) goes beside them as
+    ``source_stats`` (a :class:`pneumocam.site.adaptation.LayerStats`) goes beside them as
     ``source_stats.npz``, its hash and image count recorded in the metadata;
     ``validity`` as ``validity.npz``, its hash in ``meta.validity``.
     """
@@ -302,7 +302,7 @@ def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef 
     if meta.weights_sha256 and file_sha256(weights) != meta.weights_sha256:
         raise ModelLoadError(f"{weights} does not match the SHA-256 recorded in {META_FILE}")
     try:
-        from core.runtime import import_tensorflow_quietly  # TensorFlow only once a model is loaded
+        from pneumocam.runtime import import_tensorflow_quietly  # TensorFlow only once a model is loaded
 
         import_tensorflow_quietly()
         import keras
@@ -312,7 +312,7 @@ def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {weights}: {first}") from None
     check_consistency(model, meta)
-    from core.model.views import check_views  # TensorFlow: see above
+    from pneumocam.model.views import check_views  # TensorFlow: see above
 
     try:
         views = check_views(meta.predict.views)

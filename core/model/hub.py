@@ -10,8 +10,8 @@ import re
 import warnings
 from pathlib import Path
 
-from core.errors import ModelLoadError
-from core.model.artifact import META_FILE, MODEL_FILE, VALIDITY_FILE, HubRef, read_meta
+from pneumocam.errors import ModelLoadError
+from pneumocam.model.artifact import META_FILE, MODEL_FILE, VALIDITY_FILE, HubRef, read_meta
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 

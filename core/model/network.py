@@ -16,8 +16,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from core.config import FEATURES_LAYER, LOGITS_LAYER, POOLINGS, ArchConfig, InputSpec
-from core.errors import InputError
+from pneumocam.config import FEATURES_LAYER, LOGITS_LAYER, POOLINGS, ArchConfig, InputSpec
+from pneumocam.errors import InputError
 
 PROBS_LAYER = "probabilities"
 LAST_CONV, ACTIVATED_LAST = "Conv_1", "out_relu"
@@ -106,5 +106,5 @@ def set_fine_tuning(model: keras.Model, fine_tune_from: int | None) -> None:
 
 
 def validity_summary(model: keras.Model, layer: str) -> keras.KerasTensor:
-    """The validity summary of one conv layer (core.model.validity): each channel's spatial std, per image."""
+    """The validity summary of one conv layer (pneumocam.model.validity): each channel's spatial std, per image."""
     return ops.std(model.get_layer(layer).output, axis=(1, 2))

@@ -1,7 +1,7 @@
 """Which model to serve: one resolver for the CLI and the Space, for local folders and Hub models alike.
 
 Order: an explicit folder; else a Hugging Face Hub repo at a pinned revision
-(:mod:`core.model.hub`); else the repository's ``weights/`` folder.
+(:mod:`pneumocam.model.hub`); else the repository's ``weights/`` folder.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import ModelLoadError
-from core.model.artifact import META_FILE, MODEL_FILE, HubRef, LoadedModel, load_artifact
-from core.model.hub import download_from_hub
-from core.paths import DEFAULT_WEIGHTS_DIR, ENV_MODEL_PATH, ENV_REPO_ID, ENV_REVISION
+from pneumocam.errors import ModelLoadError
+from pneumocam.model.artifact import META_FILE, MODEL_FILE, HubRef, LoadedModel, load_artifact
+from pneumocam.model.hub import download_from_hub
+from pneumocam.paths import DEFAULT_WEIGHTS_DIR, ENV_MODEL_PATH, ENV_REPO_ID, ENV_REVISION
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Two checks flag such inputs, and the image is scored anyway (a flag, not a drop)
   squared Mahalanobis distance to the nearest class mean of the training
   X-rays (one shared covariance, Ledoit-Wolf shrinkage; Lee et al. 2018).
   ``ood_score`` is that distance divided by the threshold, which accepts
-  :data:`~core.options.VALIDITY_ACCEPT` of the validation split: above 1 means
+  :data:`~pneumocam.options.VALIDITY_ACCEPT` of the validation split: above 1 means
   less like the training X-rays than all but the last 5 % of validation
   images. The layer and the summary were chosen on validation and on images
   that are not chest X-rays (``docs/validity.md``);
@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import InputError
-from core.images.readers import Header
-from core.options import (
+from pneumocam.errors import InputError
+from pneumocam.images.readers import Header
+from pneumocam.options import (
     CHEST_BODY_PARTS,
     COLOUR_MAX,
     FRONTAL_VIEWS,

@@ -7,7 +7,7 @@ itself, a JPEG re-encoding, a slight blur, a small zoom, the mirror image)
 smooths the call over exactly those changes. The views a model uses are
 recorded in ``model.json`` (``predict.views``, chosen on the validation split by
 ``python -m cli choose-views``) and applied by the forward pass of every entry
-point (:func:`core.scoring.forward.compile_forward`) and by Grad-CAM, which explains
+point (:func:`pneumocam.scoring.forward.compile_forward`) and by Grad-CAM, which explains
 the averaged logit and maps each view's heatmap back onto the image.
 
 A view is named by its kind and one number: ``identity``, ``jpeg-75`` (quality),
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from core.errors import InputError
-from core.options import NO_VIEWS
+from pneumocam.errors import InputError
+from pneumocam.options import NO_VIEWS
 
 IDENTITY = NO_VIEWS[0]
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import jinja2
 
-from core.explain.faithfulness import AREA_COLUMNS, area_text
-from core.model.artifact import ModelMeta
-from core.options import LOG_PROBABILITY
-from core.reports.evaluation import SITE_CURVE, metrics_key
+from pneumocam.explain.faithfulness import AREA_COLUMNS, area_text
+from pneumocam.model.artifact import ModelMeta
+from pneumocam.options import LOG_PROBABILITY
+from pneumocam.reports.evaluation import SITE_CURVE, metrics_key
 
 CARD_TEMPLATE = "model_card.md"
 _TEMPLATES = jinja2.Environment(

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.atomic import save_figure, write_csv, write_json
-from core.errors import DataError, InputError, none_readable
-from core.images.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
-from core.model.artifact import LoadedModel
-from core.model.validity import NOTE_SEP, Validity, summarize
-from core.options import (
+from pneumocam.atomic import save_figure, write_csv, write_json
+from pneumocam.errors import DataError, InputError, none_readable
+from pneumocam.images.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
+from pneumocam.model.artifact import LoadedModel
+from pneumocam.model.validity import NOTE_SEP, Validity, summarize
+from pneumocam.options import (
     ADAPT_BATCH_SIZE,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EVALUATE_ADAPT_METHOD,
@@ -26,14 +26,14 @@ from core.options import (
     LAME_KNN,
     VALIDITY_ACCEPT,
 )
-from core.plots import confusion_matrix_figure, per_class_figure, reliability_figure
-from core.scoring.engine import LocalEngine
-from core.scoring.metrics import bootstrap_ci, classification_metrics
-from core.site import calibration, tuning
+from pneumocam.plots import confusion_matrix_figure, per_class_figure, reliability_figure
+from pneumocam.scoring.engine import LocalEngine
+from pneumocam.scoring.metrics import bootstrap_ci, classification_metrics
+from pneumocam.site import calibration, tuning
 
 if TYPE_CHECKING:
-    from core.scoring.engine import LocalEngine
-    from core.scoring.ray_engine import RayEngine
+    from pneumocam.scoring.engine import LocalEngine
+    from pneumocam.scoring.ray_engine import RayEngine
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -64,7 +64,7 @@ def provenance(loaded: LoadedModel, data_dir: Path) -> dict[str, Any]:
 
     import tensorflow as tf
 
-    import core
+    import pneumocam
 
     packages = {name: version(name) for name in ("keras", "numpy", "scikit-learn", "pillow", "pydicom")}
     return {
@@ -72,7 +72,7 @@ def provenance(loaded: LoadedModel, data_dir: Path) -> dict[str, Any]:
         "views": list(loaded.views),
         "data_dir": Path(data_dir).resolve().name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": {"pneumocam": core.__version__, "tensorflow": tf.__version__, **packages},
+        "versions": {"pneumocam": pneumocam.__version__, "tensorflow": tf.__version__, **packages},
     }
 
 
@@ -80,7 +80,7 @@ def provenance(loaded: LoadedModel, data_dir: Path) -> dict[str, Any]:
 class Prediction:
     """One scored file; ``file`` is relative to the data folder (posix).
 
-    ``in_distribution``, ``ood_score`` and ``reasons``: the call's validity (:mod:`core.model.validity`);
+    ``in_distribution``, ``ood_score`` and ``reasons``: the call's validity (:mod:`pneumocam.model.validity`);
     None where it was not measured (a predictions.csv written before it was).
     """
 
@@ -171,7 +171,7 @@ class Protocol:
         """Passes over the images (for progress bars): adaptation statistics, then scoring."""
         if not self.adapt:
             return 1
-        from core.site.adaptation import stat_passes  # TensorFlow: the CLI checks its input before loading it
+        from pneumocam.site.adaptation import stat_passes  # TensorFlow: the CLI checks its input before loading it
 
         return stat_passes(self.adapt_method) + 1
 
@@ -202,7 +202,7 @@ def evaluate_scan(
     if protocol.adapt:
         if engine.name != LocalEngine.name:
             raise InputError(ADAPT_ENGINE_HINT)
-        from core.site.adaptation import adapted_site, lame_scores, split_method  # TensorFlow: see passes()
+        from pneumocam.site.adaptation import adapted_site, lame_scores, split_method  # TensorFlow: see passes()
 
         method, with_lame = split_method(protocol.adapt_method)
         scored, info = adapted_site(loaded, paths, method, batch_size=ADAPT_BATCH_SIZE, on_batch=on_batch)

@@ -10,18 +10,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.atomic import write_bytes, write_text
-from core.errors import ImageLoadError, InputError
-from core.explain.overlay import encode_png
-from core.explain.pages import compose_page
-from core.images.readers import read_image
-from core.model.validity import FLAG_MARK
-from core.options import DEFAULT_OPACITY, GALLERY_MAX_SIDE, GALLERY_PER_PAGE
-from core.reports.evaluation import Prediction
-from core.scoring.metrics import outcome_mask
+from pneumocam.atomic import write_bytes, write_text
+from pneumocam.errors import ImageLoadError, InputError
+from pneumocam.explain.overlay import encode_png
+from pneumocam.explain.pages import compose_page
+from pneumocam.images.readers import read_image
+from pneumocam.model.validity import FLAG_MARK
+from pneumocam.options import DEFAULT_OPACITY, GALLERY_MAX_SIDE, GALLERY_PER_PAGE
+from pneumocam.reports.evaluation import Prediction
+from pneumocam.scoring.metrics import outcome_mask
 
 if TYPE_CHECKING:
-    from core.explain.explainer import Explainer
+    from pneumocam.explain.explainer import Explainer
 
 _PAGE = re.compile(r"^page_\d{3,}\.png$")
 
@@ -44,7 +44,7 @@ def select(predictions: Sequence[Prediction], classes: Sequence[str], cls: str, 
 
 
 def caption(p: Prediction) -> str:
-    """File name, true and predicted class; a flagged call (:mod:`core.model.validity`) is marked."""
+    """File name, true and predicted class; a flagged call (:mod:`pneumocam.model.validity`) is marked."""
     name = p.file.rsplit("/", 1)[-1]
     mark = f"\n{FLAG_MARK}" if p.in_distribution is False else ""
     return f"{name}\ntrue {p.true} | pred {p.predicted} ({p.probabilities[p.predicted]:.0%}){mark}"

@@ -21,20 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import DataError, ModelLoadError, none_readable
-from core.images.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
-from core.model.artifact import LoadedModel
-from core.options import (
+from pneumocam.errors import DataError, ModelLoadError, none_readable
+from pneumocam.images.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
+from pneumocam.model.artifact import LoadedModel
+from pneumocam.options import (
     DEFAULT_BATCH_SIZE,
     SITE_CURVE_REPEATS,
     SITE_CURVE_SIZES,
     TUNE_MIN_PER_CLASS,
 )
-from core.reports.evaluation import Protocol, evaluate_scan
-from core.scoring.forward import score_files
-from core.scoring.metrics import classification_metrics, patient_resamples, percentile_interval, with_ci
-from core.site import calibration, tuning
-from core.site.adaptation import check_adaptable
+from pneumocam.reports.evaluation import Protocol, evaluate_scan
+from pneumocam.scoring.forward import score_files
+from pneumocam.scoring.metrics import classification_metrics, patient_resamples, percentile_interval, with_ci
+from pneumocam.site import calibration, tuning
+from pneumocam.site.adaptation import check_adaptable
 
 SITE_CURVE_FILE = "site_curve.json"
 SITE_CURVE_PLOT = "site_curve.png"

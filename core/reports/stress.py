@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from core.atomic import save_figure, write_json
-from core.errors import InputError, none_readable
-from core.images.data import Scan, check_labels, class_indices, labels_of, relative_name
-from core.images.preprocess import InputSpec, to_model_input
-from core.model.artifact import LoadedModel
-from core.options import NO_VIEWS
-from core.plots import stress_figure
-from core.reports.evaluation import provenance
-from core.scoring.metrics import classification_metrics
+from pneumocam.atomic import save_figure, write_json
+from pneumocam.errors import InputError, none_readable
+from pneumocam.images.data import Scan, check_labels, class_indices, labels_of, relative_name
+from pneumocam.images.preprocess import InputSpec, to_model_input
+from pneumocam.model.artifact import LoadedModel
+from pneumocam.options import NO_VIEWS
+from pneumocam.plots import stress_figure
+from pneumocam.reports.evaluation import provenance
+from pneumocam.scoring.metrics import classification_metrics
 
 if TYPE_CHECKING:
     import keras
@@ -207,7 +207,7 @@ def stress_probabilities(
     Returns the readable paths, ``{name: probabilities (n, classes)}`` (``per_view``: each
     view's, ``(views, n, classes)``) and the skipped files with their reason.
     """
-    from core.scoring.forward import compile_forward, image_batches  # TensorFlow: not for stress's own checks
+    from pneumocam.scoring.forward import compile_forward, image_batches  # TensorFlow: not for stress's own checks
 
     check_names(names)
     forward = compile_forward(model, views=views, per_view=per_view)

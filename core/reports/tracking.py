@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.errors import PneumoCAMError
-from core.options import MLFLOW_INSTALL
-from core.paths import REPO_ROOT
+from pneumocam.errors import PneumoCAMError
+from pneumocam.options import MLFLOW_INSTALL
+from pneumocam.paths import REPO_ROOT
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 MAX_PARAM = 6000  # MLflow's limit on a parameter value
@@ -84,9 +84,9 @@ def git_commit(where: Path) -> str | None:
 def package_tags() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    import core
+    import pneumocam
 
-    tags = {"pneumocam.version": core.__version__}
+    tags = {"pneumocam.version": pneumocam.__version__}
     for name in ("tensorflow", "keras", "numpy", "scikit-learn", "mlflow-skinny"):
         try:
             tags[f"version.{name}"] = version(name)

@@ -1,7 +1,7 @@
-"""Where a folder is scored: in this process, or on a Ray cluster (:mod:`core.scoring.ray_engine`).
+"""Where a folder is scored: in this process, or on a Ray cluster (:mod:`pneumocam.scoring.ray_engine`).
 
 Both engines run the same decode, preprocess and forward code
-(:func:`core.scoring.forward.score_files`) and return the same :class:`Scores`, in
+(:func:`pneumocam.scoring.forward.score_files`) and return the same :class:`Scores`, in
 the order of the paths given, so one set of report writers serves both.
 """
 
@@ -11,20 +11,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.errors import InputError
-from core.options import DEFAULT_ENGINE, ENGINES
+from pneumocam.errors import InputError
+from pneumocam.options import DEFAULT_ENGINE, ENGINES
 
 if TYPE_CHECKING:
-    from core.model.artifact import LoadedModel
-    from core.scoring.forward import Scores
-    from core.scoring.ray_engine import RayEngine
+    from pneumocam.model.artifact import LoadedModel
+    from pneumocam.scoring.forward import Scores
+    from pneumocam.scoring.ray_engine import RayEngine
 
 
 class LocalEngine:
     """This process: tf.data decoding in threads, one forward pass per batch.
 
     An engine has ``name``, ``score(loaded, paths, batch_size, on_batch, features)`` and ``info()`` (the
-    report's provenance); :class:`core.scoring.ray_engine.RayEngine` is the other.
+    report's provenance); :class:`pneumocam.scoring.ray_engine.RayEngine` is the other.
     """
 
     name = "local"
@@ -37,16 +37,16 @@ class LocalEngine:
         on_batch: Callable[[int], None] | None = None,
         features: bool = False,
     ) -> Scores:
-        from core.scoring.forward import score_files  # TensorFlow: only when scoring starts
+        from pneumocam.scoring.forward import score_files  # TensorFlow: only when scoring starts
 
         return score_files(
             loaded.model, loaded.meta.input, paths, batch_size, on_batch, features, loaded.validity, loaded.views
         )
 
     def info(self) -> dict[str, Any]:
-        import core
+        import pneumocam
 
-        return {"name": self.name, "version": core.__version__}
+        return {"name": self.name, "version": pneumocam.__version__}
 
 
 def make_engine(
@@ -58,7 +58,7 @@ def make_engine(
             raise InputError("--ray-address and --workers apply to --engine ray only")
         return LocalEngine()
     if name == "ray":
-        from core.scoring.ray_engine import RayEngine  # an optional install: only when asked for
+        from pneumocam.scoring.ray_engine import RayEngine  # an optional install: only when asked for
 
         engine = RayEngine(address=address, workers=workers)
         engine.connect()  # before the model loads: a cluster that does not answer fails in seconds

@@ -1,6 +1,6 @@
 """Scoring many files: the forward pass every consumer calls, and the batches of decoded images it reads.
 
-Decoding goes through :func:`core.images.readers.read_image` inside a ``tf.data``
+Decoding goes through :func:`pneumocam.images.readers.read_image` inside a ``tf.data``
 pipeline with parallel map and prefetch, so JPEG decoding of the next batch
 overlaps the forward pass of this one. A file that cannot be read is reported,
 never fatal.
@@ -18,15 +18,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.config import FEATURES_LAYER
-from core.errors import ImageLoadError
-from core.images.preprocess import InputSpec, to_model_input
-from core.images.readers import Header, read_image, read_image_and_header
-from core.model.artifact import LoadedModel
-from core.model.network import validity_summary
-from core.model.validity import NOTE_SEP, Validity, ValidityStats, input_reasons, verdict, verdicts
-from core.model.views import NO_VIEWS, average, check_views, first_view, make_views
-from core.options import DEFAULT_BATCH_SIZE
+from pneumocam.config import FEATURES_LAYER
+from pneumocam.errors import ImageLoadError
+from pneumocam.images.preprocess import InputSpec, to_model_input
+from pneumocam.images.readers import Header, read_image, read_image_and_header
+from pneumocam.model.artifact import LoadedModel
+from pneumocam.model.network import validity_summary
+from pneumocam.model.validity import NOTE_SEP, Validity, ValidityStats, input_reasons, verdict, verdicts
+from pneumocam.model.views import NO_VIEWS, average, check_views, first_view, make_views
+from pneumocam.options import DEFAULT_BATCH_SIZE
 
 
 def load_model_input(path: str | Path, spec: InputSpec) -> np.ndarray:
@@ -53,7 +53,7 @@ def compile_forward(
 ) -> Callable[[tf.Tensor], tf.Tensor | list[tf.Tensor]]:
     """The inference-mode forward pass, traced once per model and views for any batch size.
 
-    Plain: the probabilities, averaged over the test-time ``views`` (:mod:`core.model.views`);
+    Plain: the probabilities, averaged over the test-time ``views`` (:mod:`pneumocam.model.views`);
     ``per_view``: each view's own, ``(views, n, classes)``, which is what choosing the views needs.
     ``features`` (the pooled features, for the site tuning that re-fits the head) and
     ``summary_layer`` (the validity summary of that layer) make it return
@@ -148,7 +148,7 @@ class Scores:
     """Probabilities for the files that could be read; the others with their reason.
 
     ``ood_scores`` (when the model has validity statistics) and ``notes`` (the sure
-    checks' reasons, joined) make each call's :class:`core.model.validity.Validity`.
+    checks' reasons, joined) make each call's :class:`pneumocam.model.validity.Validity`.
     """
 
     paths: list[Path]

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
-from core.errors import InputError
-from core.options import ECE_BINS, N_BOOTSTRAP
+from pneumocam.errors import InputError
+from pneumocam.options import ECE_BINS, N_BOOTSTRAP
 
 
 def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Scoring on Ray Data: a pool of actors, each loading the model folder once.
 
-Each actor calls :func:`core.scoring.forward.score_files`, the local engine's own
+Each actor calls :func:`pneumocam.scoring.forward.score_files`, the local engine's own
 decode, preprocess and forward code, on its batch of paths. What comes back is
 merged by path on the driver (Ray does not keep order), checked to cover every
 file exactly once, and returned in input order as the local engine does.
@@ -22,23 +22,26 @@ its own TensorFlow with the threads it is given.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import core
-from core.errors import EngineError, InputError, ModelLoadError
-from core.options import RAY_INSTALL
+import pneumocam
+from pneumocam.errors import EngineError, InputError, ModelLoadError
+from pneumocam.options import RAY_INSTALL
 
 if TYPE_CHECKING:
-    from core.model.artifact import LoadedModel
-    from core.scoring.forward import Scores
+    from pneumocam.model.artifact import LoadedModel
+    from pneumocam.scoring.forward import Scores
 
 PATH = "path"
 ERROR = "error"
@@ -47,6 +50,22 @@ OOD_SCORE = "ood_score"  # NaN where unreadable or the model has no validity sta
 NOTES = "notes"  # the sure validity checks' reasons, joined
 PROBE_SECONDS = 5.0
 CPUS_PER_WORKER = 1  # each actor's Ray reservation, and so its TensorFlow threads
+
+
+def package_folder() -> str:
+    """This package's folder for Ray's ``py_modules``, under its import name.
+
+    Ray ships a folder under its own name: installed, that is ``pneumocam/``; a checkout's ``core/`` is copied
+    to a temporary ``pneumocam/`` first (removed when this process ends).
+    """
+    here = Path(pneumocam.__file__).resolve().parent
+    if here.name == pneumocam.__name__:
+        return str(here)
+    staging = Path(tempfile.mkdtemp(prefix="pneumocam-ray-"))
+    atexit.register(shutil.rmtree, staging, ignore_errors=True)
+    shipped = staging / pneumocam.__name__
+    shutil.copytree(here, shipped, ignore=shutil.ignore_patterns("__pycache__"))
+    return str(shipped)
 
 
 def import_ray() -> Any:
@@ -85,7 +104,7 @@ class BatchScorer:
     def __init__(
         self, model_dir: str, weights_sha256: str | None, threads: int = CPUS_PER_WORKER, views: list[str] | None = None
     ) -> None:
-        from core.runtime import import_tensorflow_quietly
+        from pneumocam.runtime import import_tensorflow_quietly
 
         import_tensorflow_quietly()
         import tensorflow as tf
@@ -97,7 +116,7 @@ class BatchScorer:
             tf.config.threading.set_inter_op_parallelism_threads(threads)
         except RuntimeError:
             pass
-        from core.model.artifact import load_artifact
+        from pneumocam.model.artifact import load_artifact
 
         self.loaded = load_artifact(model_dir)
         if weights_sha256 and self.loaded.meta.weights_sha256 != weights_sha256:
@@ -106,7 +125,7 @@ class BatchScorer:
             self.loaded.views = tuple(views)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from core.scoring.forward import score_files
+        from pneumocam.scoring.forward import score_files
 
         paths = [str(p) for p in batch[PATH]]
         loaded = self.loaded
@@ -154,7 +173,7 @@ def merge_rows(paths: Sequence[Path], rows: dict[str, tuple], n_classes: int, va
 
     A row is ``(error, probabilities, ood_score, notes)``; ``validity``: the model has validity statistics.
     """
-    from core.scoring.forward import Scores
+    from pneumocam.scoring.forward import Scores
 
     missing = [p for p in paths if worker_path(p) not in rows]
     if missing:
@@ -205,7 +224,7 @@ class RayEngine:
                 log_to_driver=False,
                 configure_logging=True,
                 # Ship this package to the workers: a cluster needs only the requirements installed.
-                runtime_env={"py_modules": [str(Path(core.__file__).resolve().parent)]},
+                runtime_env={"py_modules": [package_folder()]},
             )
         except (ConnectionError, TimeoutError, ValueError) as exc:
             where = self.address or "a local Ray"

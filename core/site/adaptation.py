@@ -27,13 +27,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.errors import InputError, ModelLoadError, none_readable
-from core.images.preprocess import InputSpec
-from core.model.artifact import SOURCE_STATS_FILE, LoadedModel, file_sha256
-from core.model.hub import download_optional
-from core.model.network import FEATURES_LAYER, validity_summary
-from core.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD, LAME, LAME_BLOCK, LAME_KNN
-from core.scoring.forward import Scores, image_batches
+from pneumocam.errors import InputError, ModelLoadError, none_readable
+from pneumocam.images.preprocess import InputSpec
+from pneumocam.model.artifact import SOURCE_STATS_FILE, LoadedModel, file_sha256
+from pneumocam.model.hub import download_optional
+from pneumocam.model.network import FEATURES_LAYER, validity_summary
+from pneumocam.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD, LAME, LAME_BLOCK, LAME_KNN
+from pneumocam.scoring.forward import Scores, image_batches
 
 _MIN_STD = 1e-3
 #: The key of the validity summary's moments in a :class:`LayerStats` (per image, not per pixel).

@@ -22,8 +22,8 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn.model_selection import StratifiedGroupKFold
 
-from core.errors import DataError, InputError
-from core.options import DEFAULT_SPLIT_SEED
+from pneumocam.errors import DataError, InputError
+from pneumocam.options import DEFAULT_SPLIT_SEED
 
 _EPS = 1e-12
 _BIAS_PENALTY = 1e-4  # biases are defined up to a constant; this picks the zero-mean one

@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from core.atomic import replace_folder
-from core.config import FEATURES_LAYER
-from core.errors import DataError, none_readable
-from core.images.data import Scan, check_labels, class_indices, labels_of, list_images, patient_id
-from core.model.artifact import LoadedModel, ModelMeta, is_model_entry, save_artifact
-from core.options import ADAPT_BATCH_SIZE, DEFAULT_ADAPT_METHOD, DEFAULT_BATCH_SIZE
-from core.scoring.forward import Scores, score_files
-from core.scoring.metrics import classification_metrics
-from core.site import calibration, tuning
-from core.site.adaptation import adapted_site, clone
+from pneumocam.atomic import replace_folder
+from pneumocam.config import FEATURES_LAYER
+from pneumocam.errors import DataError, none_readable
+from pneumocam.images.data import Scan, check_labels, class_indices, labels_of, list_images, patient_id
+from pneumocam.model.artifact import LoadedModel, ModelMeta, is_model_entry, save_artifact
+from pneumocam.options import ADAPT_BATCH_SIZE, DEFAULT_ADAPT_METHOD, DEFAULT_BATCH_SIZE
+from pneumocam.scoring.forward import Scores, score_files
+from pneumocam.scoring.metrics import classification_metrics
+from pneumocam.site import calibration, tuning
+from pneumocam.site.adaptation import adapted_site, clone
 
 
 def _now() -> str:
@@ -130,7 +130,7 @@ def _calibrated(
 def _tuned(
     loaded: LoadedModel, scores: Scores, y: np.ndarray, counts: dict[str, int]
 ) -> tuple[Any, str, dict[str, Any], np.ndarray, dict[str, int]]:
-    """The tuned model (:mod:`core.site.tuning`), what it is, the fit, the sample's probabilities after, the counts."""
+    """The tuned model (:mod:`.tuning`), what it is, the fit, the sample's probabilities after, the counts."""
     classes = loaded.meta.classes
     groups = [patient_id(p) for p in scores.paths]
     fitted = tuning.fit(scores.probabilities, scores.features, y, groups, len(classes))

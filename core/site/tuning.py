@@ -11,7 +11,7 @@ is worse than the trained one, so the trained logits stay in as an offset:
 constant per image). The penalty on ``W`` is chosen by a patient-grouped,
 class-stratified inner cross-validation (log loss) on the labelled sample
 alone, among a grid of strengths and two fall-backs: ``W = 0`` (exactly
-:mod:`core.site.calibration`: a temperature and class biases) and the model
+:mod:`pneumocam.site.calibration`: a temperature and class biases) and the model
 untouched. So a small sample falls back to calibration or to nothing, and a
 large one re-fits the head.
 
@@ -31,9 +31,9 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn.model_selection import StratifiedGroupKFold
 
-from core.errors import DataError
-from core.options import TUNE_INNER_FOLDS, TUNE_MIN_PER_CLASS, TUNE_PENALTIES
-from core.site import calibration
+from pneumocam.errors import DataError
+from pneumocam.options import TUNE_INNER_FOLDS, TUNE_MIN_PER_CLASS, TUNE_PENALTIES
+from pneumocam.site import calibration
 
 if TYPE_CHECKING:
     import keras

@@ -4,7 +4,7 @@ Scanners, exposure, cropping and digitisation vary between sites and years.
 A model trained only on flips and rotations learns to call an image "normal"
 from its fine, sharp texture: on the validation split, a slight blur or a
 little noise turns most normal X-rays into "viral pneumonia"
-(:mod:`core.reports.stress` measures this). So the augmented training views also vary
+(:mod:`pneumocam.reports.stress` measures this). So the augmented training views also vary
 framing (zoom and shift), resolution, sharpness, exposure (gamma), contrast
 and noise. All of it runs batched in TensorFlow on 0..255 images, seeded.
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from core.errors import InputError
-from core.options import AUGMENTATIONS
+from pneumocam.errors import InputError
+from pneumocam.options import AUGMENTATIONS
 
 RESAMPLE_METHODS = ("bilinear", "area", "bicubic", "nearest", "lanczos3")
 

@@ -1,6 +1,6 @@
 """Training recipes: named files of settings that ``train --recipe`` starts from, recorded in ``model.json``.
 
-A recipe names only what differs from the dataclass defaults of :mod:`core.config`
+A recipe names only what differs from the dataclass defaults of :mod:`pneumocam.config`
 (which are the seed project's recipe), so each default is stated once. The
 recipes we ship live in ``core/training/recipes/``; any JSON file of the same shape is a
 recipe too. Flags given on the command line override the recipe, and
@@ -15,8 +15,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from core.config import ArchConfig, InputSpec, TrainConfig
-from core.errors import InputError
+from pneumocam.config import ArchConfig, InputSpec, TrainConfig
+from pneumocam.errors import InputError
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 #: The recipe of the published model in weights/.

@@ -29,12 +29,12 @@ import numpy as np
 import tensorflow as tf
 from sklearn.model_selection import StratifiedGroupKFold
 
-from core.atomic import replace_folder, save_figure, write_json, write_text
-from core.config import ArchConfig, InputSpec, TrainConfig
-from core.errors import DataError, InputError
-from core.images.data import Sample, Scan, class_indices, labels_of, patient_id, relative_name
-from core.model import validity
-from core.model.artifact import (
+from pneumocam.atomic import replace_folder, save_figure, write_json, write_text
+from pneumocam.config import ArchConfig, InputSpec, TrainConfig
+from pneumocam.errors import DataError, InputError
+from pneumocam.images.data import Sample, Scan, class_indices, labels_of, patient_id, relative_name
+from pneumocam.model import validity
+from pneumocam.model.artifact import (
     DEFAULT_CLASSES,
     META_FILE,
     SOURCE_STATS_FILE,
@@ -45,19 +45,19 @@ from core.model.artifact import (
     save_artifact,
     store_validity,
 )
-from core.model.network import FEATURES_LAYER, backbone_layers, build_model, set_fine_tuning
-from core.model.validity import ValidityStats
-from core.options import AUGMENTATIONS, CACHE_PREDICT_BATCH, VALIDITY_LAYER
-from core.plots import training_curves_figure
-from core.scoring.forward import image_batches, layer_summaries
-from core.site.adaptation import layer_statistics, measured_layers
-from core.training.augment import acquisition_augmenter, augment_params
-from core.training.consistency import PerView, ViewBatches, consistency_loss, view_accuracy
-from core.training.view_choice import choose_views
+from pneumocam.model.network import FEATURES_LAYER, backbone_layers, build_model, set_fine_tuning
+from pneumocam.model.validity import ValidityStats
+from pneumocam.options import AUGMENTATIONS, CACHE_PREDICT_BATCH, VALIDITY_LAYER
+from pneumocam.plots import training_curves_figure
+from pneumocam.scoring.forward import image_batches, layer_summaries
+from pneumocam.site.adaptation import layer_statistics, measured_layers
+from pneumocam.training.augment import acquisition_augmenter, augment_params
+from pneumocam.training.consistency import PerView, ViewBatches, consistency_loss, view_accuracy
+from pneumocam.training.view_choice import choose_views
 
 if TYPE_CHECKING:
-    from core.model.artifact import ModelMeta
-    from core.site.adaptation import LayerStats
+    from pneumocam.model.artifact import ModelMeta
+    from pneumocam.site.adaptation import LayerStats
 
 
 def split_by_patient(
@@ -145,7 +145,7 @@ def extract_activations(
 
     Views 1.. are random flips/rotations made by the model's own augmentation
     layers, after zoom, blur, exposure and noise changes when ``augment`` is
-    ``"acquisition"`` or ``"invariance"`` (:mod:`core.training.augment`). Unreadable files are left out and
+    ``"acquisition"`` or ``"invariance"`` (:mod:`pneumocam.training.augment`). Unreadable files are left out and
     returned separately with their reason.
     """
     keras.utils.set_random_seed(seed)
@@ -254,8 +254,8 @@ def fit(
     """Adam + cross-entropy; the epoch with the best validation loss is kept (early stopping).
 
     ``consistency`` > 0 adds that weight of the Jensen-Shannon term among each image's views
-    (:mod:`core.training.consistency`); ``x`` is then the cache itself, ``(views, n, ...)``, and ``y`` one label per
-    image. The validation loss stays the clean images' cross-entropy either way.
+    (:mod:`pneumocam.training.consistency`); ``x`` is then the cache itself, ``(views, n, ...)``, and ``y`` one
+    label per image. The validation loss stays the clean images' cross-entropy either way.
     """
     if len(x) == 0 or len(x_val) == 0:
         raise DataError("training and validation sets must both be non-empty")
@@ -456,7 +456,7 @@ def add_validity(loaded: Any, scan: Scan) -> Path:
 def add_views(loaded: Any, scan: Scan, on_batch: Callable[[int], None] | None = None) -> Any:
     """Choose and store the test-time views of a model trained before they were chosen (its rebuilt validation split).
 
-    Returns the :class:`core.training.view_choice.ViewChoice`; ``model.json`` gets ``predict`` and the validation
+    Returns the :class:`pneumocam.training.view_choice.ViewChoice`; ``model.json`` gets ``predict`` and the validation
     figures with the chosen views (those of the image alone beside them).
     """
 
@@ -532,7 +532,7 @@ def train_to_folder(
     """Train and write the whole model folder: model, metadata, statistics, history, curves and log.
 
     ``on_epoch(step, metrics)`` follows the training live (e.g. into MLflow), epoch by epoch;
-    ``recipe`` (:meth:`core.training.recipe.Recipe.record`) goes into ``model.json`` as ``training.recipe``.
+    ``recipe`` (:meth:`pneumocam.training.recipe.Recipe.record`) goes into ``model.json`` as ``training.recipe``.
 
     The folder is built beside ``out`` and swapped in at the end, so a failed or
     interrupted run leaves ``out`` as it was; the log handler is removed either way.

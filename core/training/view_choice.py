@@ -3,10 +3,10 @@
 Training runs this on its validation split and records the winner in
 ``model.json`` (``predict``); ``python -m cli choose-views`` runs it for a model
 trained before. Each validation image is scored once per view under each
-stress perturbation (:mod:`core.reports.stress`); a set's call is the mean of its
+stress perturbation (:mod:`pneumocam.reports.stress`); a set's call is the mean of its
 views' probabilities, so the 8 sets cost one pass of 4 views.
 
-The rule (:func:`core.reports.stress.stability_rank`), fixed before any set was
+The rule (:func:`pneumocam.reports.stress.stability_rank`), fixed before any set was
 measured: the sets whose every re-encoding, resampling and "original"
 perturbation changes at most 3 % of the calls, ranked by the mean of clean
 accuracy and the mean accuracy under the perturbations; if none is stable, the
@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from core.config import PredictDefaults
-from core.errors import DataError
-from core.images.data import Sample, class_indices, labels_of
-from core.options import NO_VIEWS, VIEW_CANDIDATES
-from core.reports.stress import (
+from pneumocam.config import PredictDefaults
+from pneumocam.errors import DataError
+from pneumocam.images.data import Sample, class_indices, labels_of
+from pneumocam.options import NO_VIEWS, VIEW_CANDIDATES
+from pneumocam.reports.stress import (
     CLEAN,
     ENCODING,
     MAX_CHANGED,
@@ -36,7 +36,7 @@ from core.reports.stress import (
     stress_metrics,
     stress_probabilities,
 )
-from core.scoring.metrics import classification_metrics
+from pneumocam.scoring.metrics import classification_metrics
 
 RULE = (
     f"the sets whose every re-encoding, resampling and 'original' perturbation changes at most {MAX_CHANGED:.0%} of "
