@@ -115,9 +115,9 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
                 image, n_layers=int(layers), target=target, alpha=float(opacity), method=method or None
             )
         except ImageLoadError as exc:
-            raise gr.Error(f"Cannot use this file: {exc.reason}.") from None
+            raise gr.Error(f"Cannot use this file: {exc.reason}.") from exc
         except PneumoCAMError as exc:
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(str(exc)) from exc
         captions = [*e.layer_names[:-1], f"{e.layer_names[-1]} (deepest, closest to the decision)"]
         summary = (
             f"Predicted **{e.predicted}** ({e.probabilities[e.predicted]:.0%}); heatmaps explain **{e.explained}**. "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -195,6 +196,20 @@ def test_debug_variable_shows_the_traceback_of_our_errors(tiny_model_dir: Path, 
     monkeypatch.setenv("PNEUMOCAM_DEBUG", "1")
     loud = CliRunner().invoke(main, args)
     assert isinstance(loud.exception, DataError) and loud.exc_info[2] is not None
+
+
+def test_debug_shows_the_library_error_behind_ours(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Our one-line error names the problem; PNEUMOCAM_DEBUG=1 also shows the library's own error it came from."""
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "model.json").write_text("{not json")
+    save_gray(tmp_path / "x.png", xray_like(64, 64))
+    args = [sys.executable, "-m", "cli", "predict", str(tmp_path / "x.png"), "--model", str(broken)]
+    quiet = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 1 and "is not valid JSON" in quiet.stderr and "Traceback" not in quiet.stderr
+    env = {**os.environ, "PNEUMOCAM_DEBUG": "1"}
+    loud = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert "json.decoder.JSONDecodeError" in loud.stderr and "direct cause" in loud.stderr
 
 
 def test_predict_a_folder_lists_failures_and_skips_gradcam_without_cam_out(tiny_model_dir: Path, tmp_path: Path):

@@ -72,5 +72,5 @@ def upload(
         )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PublishError(f"cannot upload to the Hugging Face Hub ({repo_id}): {first}") from None
+        raise PublishError(f"cannot upload to the Hugging Face Hub ({repo_id}): {first}") from exc
     return info.oid

@@ -143,7 +143,7 @@ def subset(scan: Scan, listing: str | Path) -> Scan:
     try:
         wanted = {line.strip() for line in Path(listing).read_text().splitlines() if line.strip()}
     except OSError as exc:
-        raise DataError(f"cannot read the file list {listing}: {exc.strerror}") from None
+        raise DataError(f"cannot read the file list {listing}: {exc.strerror}") from exc
     samples = [s for s in scan.samples if relative_name(s.path, scan.root) in wanted]
     if not samples:
         raise DataError(f"none of the {len(wanted)} files listed in {listing} is in {scan.root}")

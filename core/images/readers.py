@@ -110,11 +110,11 @@ def read_raster(path: Path, data: bytes) -> tuple[np.ndarray, Header]:
         except ImageLoadError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageLoadError(path, f"image above the pixel limit, possible decompression bomb ({exc})") from None
-        except Image.UnidentifiedImageError:
-            raise ImageLoadError(path, "not a JPEG, PNG, BMP or DICOM image") from None
+            raise ImageLoadError(path, f"image above the pixel limit, possible decompression bomb ({exc})") from exc
+        except Image.UnidentifiedImageError as exc:
+            raise ImageLoadError(path, "not a JPEG, PNG, BMP or DICOM image") from exc
         except Exception as exc:  # Pillow raises many types for corrupt data
-            raise ImageLoadError(path, f"corrupt or truncated image ({_describe(exc)})") from None
+            raise ImageLoadError(path, f"corrupt or truncated image ({_describe(exc)})") from exc
     return np.ascontiguousarray(rgb, dtype=np.uint8), Header()
 
 
@@ -165,7 +165,7 @@ def read_dicom(path: Path, data: bytes) -> tuple[np.ndarray, Header]:
         if "TransferSyntaxUID" not in ds.file_meta:
             ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian  # the default of raw datasets
     except Exception as exc:
-        raise ImageLoadError(path, f"unreadable DICOM ({_describe(exc)})") from None
+        raise ImageLoadError(path, f"unreadable DICOM ({_describe(exc)})") from exc
     if "PixelData" not in ds:
         raise ImageLoadError(path, "DICOM file has no pixel data")
     _check_dimensions(path, int(ds.get("Columns", 0)), int(ds.get("Rows", 0)))
@@ -185,7 +185,7 @@ def read_dicom(path: Path, data: bytes) -> tuple[np.ndarray, Header]:
     except ImageLoadError:
         raise
     except Exception as exc:
-        raise ImageLoadError(path, f"cannot decode DICOM pixels ({_describe(exc)})") from None
+        raise ImageLoadError(path, f"cannot decode DICOM pixels ({_describe(exc)})") from exc
     raise ImageLoadError(path, f"unsupported DICOM photometric interpretation {photometric}")
 
 
@@ -211,7 +211,7 @@ def _read_bytes(path: Path) -> bytes:
     except ImageLoadError:
         raise
     except OSError as exc:
-        raise ImageLoadError(path, f"cannot read file ({exc.strerror or _describe(exc)})") from None
+        raise ImageLoadError(path, f"cannot read file ({exc.strerror or _describe(exc)})") from exc
     if not data:
         raise ImageLoadError(path, "file is empty")
     return data

@@ -112,7 +112,7 @@ class ModelMeta:
                 validity=d.get("validity", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"model metadata is incomplete or invalid: {exc}") from None
+            raise ModelLoadError(f"model metadata is incomplete or invalid: {exc}") from exc
 
     def last_layers(self, n: int) -> list[str]:
         """The last ``n`` conv layers (deepest last)."""
@@ -235,10 +235,10 @@ def read_meta(directory: str | Path) -> ModelMeta:
     path = Path(directory) / META_FILE
     try:
         return ModelMeta.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise ModelLoadError(f"no {META_FILE} in {directory}") from None
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"no {META_FILE} in {directory}") from exc
     except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{path} is not valid JSON ({exc.msg})") from None
+        raise ModelLoadError(f"{path} is not valid JSON ({exc.msg})") from exc
 
 
 def record_metrics(directory: str | Path, split: str, metrics: dict[str, Any]) -> ModelMeta:
@@ -310,14 +310,14 @@ def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef 
         model = keras.models.load_model(weights, compile=False, safe_mode=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load {weights}: {first}") from None
+        raise ModelLoadError(f"cannot load {weights}: {first}") from exc
     check_consistency(model, meta)
     from pneumocam.model.views import check_views  # TensorFlow: see above
 
     try:
         views = check_views(meta.predict.views)
     except InputError as exc:
-        raise ModelLoadError(f"{META_FILE} predict.views: {exc}") from None
+        raise ModelLoadError(f"{META_FILE} predict.views: {exc}") from exc
     validity = load_validity(d, meta)
     if validity is not None and validity.layer not in {layer.name for layer in model.layers}:
         raise ModelLoadError(f"{VALIDITY_FILE} summarises layer {validity.layer}, which the model lacks")

@@ -39,7 +39,7 @@ def download_from_hub(
         ]
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot get {repo_id}@{revision} from the Hugging Face Hub: {first}") from None
+        raise ModelLoadError(f"cannot get {repo_id}@{revision} from the Hugging Face Hub: {first}") from exc
     folder = Path(paths[0]).parent
     if read_meta(folder).validity.get("sha256"):
         download_optional(HubRef(repo_id, revision, cache_dir), VALIDITY_FILE)
@@ -57,4 +57,4 @@ def download_optional(hub: HubRef, name: str) -> Path | None:
         return None
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot get {name} of {hub.repo_id}@{hub.revision}: {first}") from None
+        raise ModelLoadError(f"cannot get {name} of {hub.repo_id}@{hub.revision}: {first}") from exc

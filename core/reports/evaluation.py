@@ -312,7 +312,7 @@ def read_predictions(path: str | Path, classes: list[str]) -> list[Prediction]:
         with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             rows = list(csv.DictReader(f))
     except OSError as exc:
-        raise DataError(f"cannot read predictions {path}: {exc.strerror}") from None
+        raise DataError(f"cannot read predictions {path}: {exc.strerror}") from exc
     needed = {"file", "true", "predicted", *[f"p_{c}" for c in classes]}
     if not rows or not needed <= set(rows[0]):
         raise DataError(f"{path} is not an evaluate predictions.csv for classes {', '.join(classes)}")
@@ -324,7 +324,7 @@ def read_predictions(path: str | Path, classes: list[str]) -> list[Prediction]:
             for r in rows
         ]
     except ValueError as exc:
-        raise DataError(f"{path} has a malformed row: {exc}") from None
+        raise DataError(f"{path} has a malformed row: {exc}") from exc
 
 
 def matching_predictions(report: Path, meta: Any, data_dir: Path) -> Path | None:

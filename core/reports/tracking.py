@@ -149,8 +149,8 @@ def tracked(
         return
     try:
         import mlflow
-    except ImportError:
-        raise TrackingError(f"--mlflow needs MLflow, which is not installed: {MLFLOW_INSTALL}") from None
+    except ImportError as exc:
+        raise TrackingError(f"--mlflow needs MLflow, which is not installed: {MLFLOW_INSTALL}") from exc
     for name in ("mlflow", "alembic"):  # store set-up notices; our own output says what was logged
         logging.getLogger(name).setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
@@ -159,7 +159,7 @@ def tracked(
         active = mlflow.start_run(experiment_id=experiment, run_name=run_name)
     except mlflow.exceptions.MlflowException as exc:
         first = str(exc).strip().splitlines()[0]
-        raise TrackingError(f"cannot log to MLflow at {uri}: {first}") from None
+        raise TrackingError(f"cannot log to MLflow at {uri}: {first}") from exc
     run = Run(mlflow, active)
     run.tags({"command": command, "model": model_name, "git.commit": git_commit(REPO_ROOT), **package_tags(), **tags})
     status = "FAILED"

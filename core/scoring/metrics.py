@@ -169,8 +169,8 @@ def outcome_mask(y_true: np.ndarray, y_pred: np.ndarray, k: int, outcome: str) -
     masks = {"TP": t & p, "FP": ~t & p, "FN": t & ~p, "TN": ~t & ~p}
     try:
         return masks[outcome.upper()]
-    except KeyError:
-        raise InputError(f"outcome must be one of {', '.join(masks)}") from None
+    except KeyError as exc:
+        raise InputError(f"outcome must be one of {', '.join(masks)}") from exc
 
 
 def with_ci(value: float, ci: Sequence[float] | None) -> str:

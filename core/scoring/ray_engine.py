@@ -77,8 +77,8 @@ def import_ray() -> Any:
     try:
         import ray
         import ray.data  # noqa: F401
-    except ImportError:
-        raise EngineError(f"--engine ray needs Ray Data, which is not installed: {RAY_INSTALL}") from None
+    except ImportError as exc:
+        raise EngineError(f"--engine ray needs Ray Data, which is not installed: {RAY_INSTALL}") from exc
     return ray
 
 
@@ -229,7 +229,7 @@ class RayEngine:
         except (ConnectionError, TimeoutError, ValueError) as exc:
             where = self.address or "a local Ray"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EngineError(f"cannot connect to Ray at {where}: {first}") from None
+            raise EngineError(f"cannot connect to Ray at {where}: {first}") from exc
 
     def score(
         self,
@@ -274,7 +274,7 @@ class RayEngine:
                 if on_batch:
                     on_batch(len(out[PATH]))
         except ray.exceptions.RayError as exc:
-            raise known_worker_error(exc) from None
+            raise known_worker_error(exc) from exc
         return merge_rows(paths, rows, len(loaded.meta.classes), loaded.validity is not None)
 
     def info(self) -> dict[str, Any]:
@@ -297,7 +297,7 @@ def probe(address: str, timeout: float = PROBE_SECONDS) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         hint = "is the cluster up and its port open?"
-        raise EngineError(f"cannot connect to Ray at {address}: {reason} ({hint})") from None
+        raise EngineError(f"cannot connect to Ray at {address}: {reason} ({hint})") from exc
 
 
 def known_worker_error(exc: BaseException) -> BaseException:

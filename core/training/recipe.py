@@ -47,7 +47,7 @@ class Recipe:
                 input=replace(self.input, **overrides.get("input", {})),
             )
         except TypeError as exc:
-            raise InputError(f"recipe override: {exc}") from None
+            raise InputError(f"recipe override: {exc}") from exc
 
     def record(self, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """What ``model.json`` says about the recipe: its name, file hash and what the command line changed."""
@@ -77,7 +77,7 @@ def load_recipe(name_or_file: str | Path = SEED_RECIPE) -> Recipe:
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise InputError(f"recipe {path} is not valid JSON: {exc}") from None
+        raise InputError(f"recipe {path} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise InputError(f"recipe {path} must be a JSON object")
     unknown = set(doc) - {*_SECTIONS, "description"}

@@ -104,11 +104,11 @@ def upper_model(model: keras.Model, cut: str, until: str | None = None, name: st
     out = model.get_layer(until).output if until else model.outputs[0]
     try:
         return keras.Model(model.get_layer(cut).output, out, name=name)
-    except ValueError:
+    except ValueError as exc:
         raise InputError(
             f"cannot fine-tune from just above {cut!r}: a residual connection crosses it; "
             "choose an index at a block boundary (e.g. 125, 134, 143 or 145 for MobileNetV2)"
-        ) from None
+        ) from exc
 
 
 def _augment_fn(
