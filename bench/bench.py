@@ -2,10 +2,11 @@
 
     python bench/bench.py [--data ../shared/data/chest_xray/test] [--model weights/]
 
-Measures: single-image forward latency; predict + compiled Grad-CAM latency for
-1 and 3 layers (and the eager one-layer-at-a-time recipe for reference);
-evaluate throughput on a real folder (decoding included) against bare
-``model(x)`` on pre-decoded tensors; gallery throughput; peak RSS.
+Measures: single-image forward latency; the input pipeline; predict + compiled Grad-CAM
+latency for 1 and 3 layers, and as served (views, validity; the eager one-layer-at-a-time
+recipe for reference); evaluate throughput on a real folder (decoding and the input
+pipeline included) against bare ``model(x)`` on pre-decoded tensors; gallery throughput;
+peak RSS. Everything goes through the model's Predictor, as the commands do.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ from pneumocam.explain.explainer import Explainer  # noqa: E402
 from pneumocam.explain.gradcam import METHODS  # noqa: E402
 from pneumocam.images.data import scan_dataset  # noqa: E402
 from pneumocam.images.readers import read_image  # noqa: E402
-from pneumocam.model.resolve import load_model  # noqa: E402
 from pneumocam.paths import REPO_ROOT  # noqa: E402
 from pneumocam.reports.evaluation import Prediction  # noqa: E402
 from pneumocam.reports.gallery import render_pages  # noqa: E402
-from pneumocam.scoring.forward import compile_forward, load_model_input, score_files  # noqa: E402
+from pneumocam.scoring.predictor import Predictor, load_predictor  # noqa: E402
 
 
 def timed(fn, repeat: int, warmup: int = 2) -> float:
@@ -69,44 +69,49 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args()
 
-    loaded = load_model(args.model)
-    model, meta = loaded.model, loaded.meta
+    served = load_predictor(args.model)  # its views, validity and input pipeline, as every entry point serves it
+    alone = Predictor.of(served.loaded, views=False)
+    model, meta, views = served.model, served.meta, served.views
     scan = scan_dataset(args.data)
     paths = [s.path for s in scan.samples]
     rows: list[tuple[str, str]] = []
 
-    forward = compile_forward(model)
-    x1 = tf.constant(load_model_input(paths[0], meta.input)[None])
+    forward = alone.forward()
+    rgb = read_image(paths[0])
+    x1 = tf.constant(served.model_input(rgb)[None])
     t_fwd = timed(lambda: forward(x1).numpy(), args.repeat)
     rows.append(("forward, 1 image (ms)", f"{t_fwd:.1f}"))
+    t = timed(lambda: served.model_input(rgb), args.repeat)
+    rows.append((f"input pipeline of one file's pixels: {meta.input.describe()} (ms)", f"{t:.1f}"))
 
-    explainer = Explainer(loaded)
+    plain = Explainer(alone)
     for n in (1, 3):
-        cam = explainer.cam(meta.last_layers(n))
+        cam = plain.cam(meta.last_layers(n))
         t = timed(lambda cam=cam: cam(x1.numpy()), args.repeat)
-        rows.append((f"predict + Grad-CAM {n} layer(s), compiled (ms)", f"{t:.1f}  ({t / t_fwd:.2f}x forward)"))
-    if loaded.validity is not None:
-        stats, layers = loaded.validity, meta.last_layers(meta.explain.layers)
-        bare_cam = METHODS[explainer.method](model, layers, meta.logits_layer)
-        with_score = METHODS[explainer.method](model, layers, meta.logits_layer, stats.layer)
+        rows.append(
+            (f"predict + Grad-CAM {n} layer(s), compiled, no views (ms)", f"{t:.1f}  ({t / t_fwd:.2f}x forward)")
+        )
+    explainer = Explainer(served)
+    default = meta.shown_layers()
+    if served.validity is not None:
+        bare_cam = METHODS[plain.method].serving(alone.derived(validity=None), default)
+        with_score = plain.cam(default)
         t_bare = timed(lambda: bare_cam(x1.numpy()), args.repeat)
-        t_valid = timed(lambda: stats.scores(with_score(x1.numpy()).summaries), args.repeat)
+        t_valid = timed(lambda: served.validity.scores(with_score(x1.numpy()).summaries), args.repeat)
         rows.append(
             ("predict + default Grad-CAM, without / with validity (ms)", f"{t_bare:.1f} / {t_valid:.1f}  "
              f"(+{t_valid / t_bare - 1:.1%})")
         )  # fmt: skip
-    views = loaded.views
-    if len(views) > 1:
-        layers, summary = meta.last_layers(meta.explain.layers), loaded.validity.layer if loaded.validity else None
-        cam_views = METHODS[explainer.method](model, layers, meta.logits_layer, summary, views)
-        t = timed(lambda: cam_views(x1.numpy()), args.repeat)
-        rows.append(
-            (f"predict + default Grad-CAM with the {len(views)} test-time views (ms)",
-             f"{t:.1f}  ({t / t_fwd:.2f}x one bare forward; target <= 3x)")
-        )  # fmt: skip
-    rgb = read_image(paths[0])
-    t = timed(lambda: explainer.explain([rgb], n_layers=3), args.repeat)
-    rows.append(("explain() 3 layers incl. resize + overlays (ms)", f"{t:.1f}  ({t / t_fwd:.2f}x forward)"))
+    cam_served = explainer.cam(default)
+    t = timed(lambda: cam_served(x1.numpy()), args.repeat)
+    rows.append(
+        (f"predict + default Grad-CAM as served, {len(views)} view(s) (ms)",
+         f"{t:.1f}  ({t / t_fwd:.2f}x one bare forward; target <= 3x)")
+    )  # fmt: skip
+    t = timed(lambda: explainer.explain([rgb]), args.repeat)
+    rows.append(
+        ("explain() as served, incl. the input pipeline and overlays (ms)", f"{t:.1f}  ({t / t_fwd:.2f}x forward)")
+    )
     t = timed(
         lambda: [eager_gradcam(model, name, meta.logits_layer, x1) for name in meta.last_layers(3)],
         max(3, args.repeat // 4),
@@ -114,41 +119,32 @@ def main() -> None:
     )
     rows.append(("eager tutorial recipe, 3 layers (ms)", f"{t:.1f}  ({t / t_fwd:.2f}x forward)"))
 
-    decoded = np.stack([load_model_input(p, meta.input) for p in paths])
+    decoded = np.stack([served.model_input(read_image(p)) for p in paths])
     batches = [tf.constant(decoded[i : i + args.batch_size]) for i in range(0, len(decoded), args.batch_size)]
     forward(batches[0])
     t0 = time.perf_counter()
     for b in batches:
         forward(b).numpy()
     bare = len(decoded) / (time.perf_counter() - t0)
-    rates: dict[bool, list[float]] = {False: [], True: []}
-    for stats in (None, loaded.validity):  # trace both once
-        score_files(model, meta.input, paths[: args.batch_size * 2], args.batch_size, validity=stats)
-    for _ in range(2):  # alternated, so both see the same machine
-        for with_validity in (False, True):
+    rates: dict[str, list[float]] = {"alone": [], "no validity": [], "served": []}
+    scorers = {"alone": alone, "no validity": alone.derived(validity=None), "served": served}
+    for scorer in scorers.values():  # trace each once
+        scorer.score(paths[: args.batch_size * 2], args.batch_size)
+    for _ in range(2):  # alternated, so all see the same machine
+        for name, scorer in scorers.items():
             t0 = time.perf_counter()
-            scores = score_files(
-                model, meta.input, paths, args.batch_size, validity=loaded.validity if with_validity else None
-            )
-            rates[with_validity].append(len(scores.paths) / (time.perf_counter() - t0))
-    full, plain = max(rates[True]), max(rates[False])
+            scores = scorer.score(paths, args.batch_size)
+            rates[name].append(len(scores.paths) / (time.perf_counter() - t0))
+    full, plain_rate, served_rate = (max(rates[k]) for k in ("alone", "no validity", "served"))
     rows.append((f"bare model(x), pre-decoded, batch {args.batch_size} (img/s)", f"{bare:.1f}"))
     rows.append(
-        (f"evaluate scoring incl. decoding and validity, {len(paths)} files (img/s)",
-         f"{full:.1f}  ({full / bare:.2f}x bare; without validity {plain:.1f}, {full / plain - 1:+.1%})")
+        (f"evaluate scoring incl. decoding, the input pipeline and validity, {len(paths)} files, no views (img/s)",
+         f"{full:.1f}  ({full / bare:.2f}x bare; without validity {plain_rate:.1f}, {full / plain_rate - 1:+.1%})")
     )  # fmt: skip
-
-    if len(views) > 1:
-        score_files(
-            model, meta.input, paths[: args.batch_size * 2], args.batch_size, validity=loaded.validity, views=views
-        )
-        t0 = time.perf_counter()
-        scores = score_files(model, meta.input, paths, args.batch_size, validity=loaded.validity, views=views)
-        rate = len(scores.paths) / (time.perf_counter() - t0)
-        rows.append(
-            (f"evaluate scoring with the {len(views)} test-time views (img/s)",
-             f"{rate:.1f}  ({rate / (bare / len(views)):.2f}x bare / {len(views)} views; target >= 0.85x)")
-        )  # fmt: skip
+    rows.append(
+        (f"evaluate scoring as served, {len(views)} view(s) (img/s)",
+         f"{served_rate:.1f}  ({served_rate / (bare / len(views)):.2f}x bare / {len(views)} views; target >= 0.85x)")
+    )  # fmt: skip
 
     preds = [
         Prediction(
@@ -161,11 +157,11 @@ def main() -> None:
         render_pages(explainer, preds, scan.root, Path(tmp), n_layers=3, per_page=6)
         rate = len(preds) / (time.perf_counter() - t0)
     rows.append(
-        ("gallery with --predictions, 3 layers, PNG pages (img/s)", f"{rate:.1f}  ({rate / full:.2f}x evaluate)")
+        ("gallery with --predictions, 3 layers, PNG pages (img/s)", f"{rate:.1f}  ({rate / served_rate:.2f}x evaluate)")
     )
     rows.append(("peak RSS (MiB)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"))
 
-    print(f"model: {loaded.source}; data: {args.data} ({len(paths)} images); TF threads: default")
+    print(f"model: {served.source}; data: {args.data} ({len(paths)} images); TF threads: default")
     print_table(rows)
 
 

@@ -18,8 +18,8 @@ from common import print_table
 
 from pneumocam.explain.audit import AuditPlan, audit_images, audit_sample
 from pneumocam.images.data import scan_dataset
-from pneumocam.model.resolve import load_model
 from pneumocam.paths import REPO_ROOT
+from pneumocam.scoring.predictor import load_predictor
 
 
 def main() -> None:
@@ -30,10 +30,10 @@ def main() -> None:
     args = ap.parse_args()
 
     paths = audit_sample(scan_dataset(args.data).samples, args.limit)
-    loaded = load_model(args.model)
+    predictor = load_predictor(args.model)
     plan = AuditPlan()
     start = time.perf_counter()
-    result = audit_images(loaded, paths, plan)
+    result = audit_images(predictor, paths, plan)
     seconds = time.perf_counter() - start
     rec = result["recommendation"]
     print_table(

@@ -2,7 +2,7 @@
 
     python bench/bench_ray.py [--data ../shared/data/chest_xray/test] [--model weights/] [--repeats 2]
 
-Local: ``score_files`` in this process, after a warm-up pass. Ray: a fresh
+Local: ``Predictor.score`` in this process, after a warm-up pass. Ray: a fresh
 local Ray; start-up (Ray, the actor pool, TensorFlow import and model load in
 each actor, up to the first batch back) is timed apart from throughput (the
 images after the first batch, over the time after it). Target: Ray's
@@ -19,11 +19,10 @@ from pathlib import Path
 from common import print_table
 
 from pneumocam.images.data import scan_dataset
-from pneumocam.model.resolve import load_model
 from pneumocam.options import DEFAULT_BATCH_SIZE
 from pneumocam.paths import REPO_ROOT
 from pneumocam.scoring.engine import make_engine
-from pneumocam.scoring.forward import score_files
+from pneumocam.scoring.predictor import load_predictor
 
 
 def main() -> None:
@@ -35,12 +34,12 @@ def main() -> None:
     args = ap.parse_args()
 
     paths = [s.path for s in scan_dataset(args.data).samples]
-    loaded = load_model(args.model)
-    score_files(loaded.model, loaded.meta.input, paths[: args.batch_size], args.batch_size)  # trace once
+    predictor = load_predictor(args.model)
+    predictor.score(paths[: args.batch_size], args.batch_size)  # trace once
     local = []
     for _ in range(args.repeats):
         t = time.perf_counter()
-        score_files(loaded.model, loaded.meta.input, paths, args.batch_size)
+        predictor.score(paths, args.batch_size)
         local.append(len(paths) / (time.perf_counter() - t))
     local_rate = max(local)
 
@@ -51,7 +50,7 @@ def main() -> None:
     for _ in range(args.repeats):
         stamps: list[tuple[float, int]] = []
         t = time.perf_counter()
-        engine.score(loaded, paths, args.batch_size, lambda n, s=stamps: s.append((time.perf_counter(), n)))
+        engine.score(predictor, paths, args.batch_size, lambda n, s=stamps: s.append((time.perf_counter(), n)))
         end = time.perf_counter()
         first_t, first_n = stamps[0]
         runs.append((first_t - t, (len(paths) - first_n) / (end - first_t), end - t))

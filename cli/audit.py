@@ -126,16 +126,18 @@ def audit(
     out = out or default_out(data_dir, "audit")
     write = claim_output(out, lambda name: name in AUDIT_FILES, overwrite)
     paths = audit_sample(scan.samples, limit, seed)
-    loaded = model.load()
+    predictor = model.load()
     from pneumocam.explain.sanity import stages
 
-    with tracked_command(mlflow_uri, "audit", loaded, data_dir, out.name) as run:
-        with progress(len(paths) + len(stages(loaded.model, plan.blocks)), "auditing") as bar:
-            result = audit_images(loaded, paths, plan, on_step=bar.update)
+    with tracked_command(mlflow_uri, "audit", predictor, data_dir, out.name) as run:
+        with progress(len(paths) + len(stages(predictor.model, plan.blocks)), "auditing") as bar:
+            result = audit_images(predictor, paths, plan, on_step=bar.update)
         result["data_dir"] = data_dir.resolve().name + (f", the files in {subset.name}" if subset else "")
         click.echo(format_audit(result))
         with write() as staging:
-            write_audit(staging, result, loaded, title=f"Heatmap audit: {data_dir.name}, {result['n_images']} images")
+            write_audit(
+                staging, result, predictor, title=f"Heatmap audit: {data_dir.name}, {result['n_images']} images"
+            )
         click.echo(f"report written to {out}/")
         if run:
             run.params({"plan": plan.to_dict(), "limit": limit, "subset": subset.name if subset else ""})
@@ -147,10 +149,10 @@ def audit(
         from pneumocam.explain.audit import explain_defaults
         from pneumocam.model.artifact import record_explain
 
-        layers, defaults = explain_defaults(result, loaded)
-        record_explain(loaded.directory, layers, defaults)
+        layers, defaults = explain_defaults(result, predictor)
+        record_explain(predictor.directory, layers, defaults)
         click.echo(
-            f"default heatmaps of {loaded.directory}: {defaults.method} explaining the {defaults.score}, on "
+            f"default heatmaps of {predictor.directory}: {defaults.method} explaining the {defaults.score}, on "
             f"{', '.join(defaults.layer_names or layers[-defaults.layers :])}; recorded in model.json"
         )
 

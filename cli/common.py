@@ -92,28 +92,26 @@ class ModelChoice:
         return read_meta(resolve_model(self.path, self.repo_id, self.revision).directory)
 
     def load(self) -> Any:
-        """Resolve and load the model once (TensorFlow imported here, quietly); later calls reuse it."""
-        return self._loaded
+        """The model's :class:`~pneumocam.scoring.predictor.Predictor`, loaded once (TensorFlow imported here)."""
+        return self._predictor
 
     @functools.cached_property
-    def _loaded(self) -> Any:
+    def _predictor(self) -> Any:
         import warnings
 
         import_tensorflow_quietly()
-        from pneumocam.model.resolve import load_model
+        from pneumocam.scoring.predictor import load_predictor
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            loaded = load_model(self.path, self.repo_id, self.revision, allow_unpinned=self.allow_unpinned)
+            predictor = load_predictor(
+                self.path, self.repo_id, self.revision, allow_unpinned=self.allow_unpinned, views=self.views
+            )
         for w in caught:
             click.echo(f"warning: {w.message}", err=True)
-        if not self.views:
-            from pneumocam.options import NO_VIEWS
-
-            loaded.views = NO_VIEWS
-        shown = "" if len(loaded.views) == 1 else f" (test-time views: {', '.join(loaded.views)})"
-        click.echo(f"model: {loaded.source}{shown}", err=True)
-        return loaded
+        shown = "" if len(predictor.views) == 1 else f" (test-time views: {', '.join(predictor.views)})"
+        click.echo(f"model: {predictor.source}{shown}", err=True)
+        return predictor
 
 
 def model_options(f: Callable) -> Callable:
@@ -214,19 +212,19 @@ def progress(total: int, label: str) -> Any:
 
 
 def tracked_command(
-    mlflow_uri: str | None, command: str, loaded: Any, data_dir: Path, run_name: str, **tags: str
+    mlflow_uri: str | None, command: str, predictor: Any, data_dir: Path, run_name: str, **tags: str
 ) -> Any:
-    """The MLflow run of a command on a loaded model (a no-op when tracking is off), tagged with the
+    """The MLflow run of a command on a served model (a no-op when tracking is off), tagged with the
     model's weights and source and the data folder."""
     from pneumocam.reports.tracking import tracked, tracking_uri
 
     tags = {
-        "model.sha256": loaded.meta.weights_sha256,
-        "model.source": loaded.source,
+        "model.sha256": predictor.meta.weights_sha256,
+        "model.source": predictor.source,
         "data_dir": Path(data_dir).resolve().name,
         **tags,
     }
-    return tracked(tracking_uri(mlflow_uri), command, loaded.meta.name, run_name, tags)
+    return tracked(tracking_uri(mlflow_uri), command, predictor.meta.name, run_name, tags)
 
 
 def default_out(data_dir: Path, *parts: str) -> Path:

@@ -161,17 +161,17 @@ def evaluate(
     write = claim_output(out, is_report_entry, overwrite, keep=lambda name: name == GALLERY_DIR)
     if record_as and model.is_hub():
         raise click.UsageError("--record-as needs a local model folder (--model), not a Hub download")
-    loaded = model.load()
+    predictor = model.load()
     protocol = Protocol(adapt=adapt, cross_calibrate=folds, cross_tune=tune_folds, split_seed=split_seed)
     if adapt:
         from pneumocam.site.adaptation import check_adaptable
 
-        check_adaptable(loaded)
+        check_adaptable(predictor)
     label = "adapting, then scoring" if adapt else f"scoring ({engine})"
     tags = {"protocol": protocol.name, "engine": engine}
-    with tracked_command(mlflow_uri, "evaluate", loaded, data_dir, out.name, **tags) as run:
+    with tracked_command(mlflow_uri, "evaluate", predictor, data_dir, out.name, **tags) as run:
         with progress(len(scan.samples) * protocol.passes(), label) as bar:
-            result = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update, protocol=protocol, engine=scorer)
+            result = evaluate_scan(predictor, scan, batch_size, on_batch=bar.update, protocol=protocol, engine=scorer)
         click.echo(f"protocol: {protocol.name}: {protocol.describe()}")
         click.echo(format_table(result.metrics))
         click.echo(format_summary(result.metrics["validity"]))
@@ -182,14 +182,14 @@ def evaluate(
             result.metrics["provenance"]["mlflow"] = run.describe()
         with write() as staging:
             title = f"{data_dir.name} ({result.metrics['n_images']} images, {protocol.name})"
-            write_report(staging, result, loaded.meta.classes, title=title)
+            write_report(staging, result, predictor.meta.classes, title=title)
         click.echo(f"report written to {out}/")
         if run:
             params = {"batch_size": batch_size, "engine": scorer.info(), "protocol": result.metrics["protocol"]}
             params["protocol"] = {
                 k: v for k, v in params["protocol"].items() if k not in ("split", "calibrations", "tunings")
             }
-            run.params({**params, "data_dir": data_dir.resolve().name, "model": loaded.source})
+            run.params({**params, "data_dir": data_dir.resolve().name, "model": predictor.source})
             run.metrics(report_metrics(result.metrics))
             run.artifacts(out)
     if record_as:
@@ -197,8 +197,8 @@ def evaluate(
         from pneumocam.reports.evaluation import metrics_key
 
         key = metrics_key(record_as, protocol.name)
-        record_metrics(loaded.directory, key, {**result.metrics, "data_dir": data_dir.resolve().name})
-        click.echo(f"metrics recorded as {key!r} in {loaded.directory}/model.json")
+        record_metrics(predictor.directory, key, {**result.metrics, "data_dir": data_dir.resolve().name})
+        click.echo(f"metrics recorded as {key!r} in {predictor.directory}/model.json")
 
 
 @command()
@@ -237,7 +237,8 @@ def stress(
     differently (another scanner, site or year), without touching a test split:
     run it on a validation split: `train` writes the list of its validation
     images as validation.txt in the model folder, for --subset. Every
-    perturbation is fixed and deterministic (see core/reports/stress.py). Writes
+    perturbation is fixed and deterministic (see core/reports/stress.py); each acts
+    on the resized image, before the model's own JPEG step and views. Writes
     stress.json and stress.png (accuracy, recall per class and the share of
     calls changed, for each perturbation).
 
@@ -251,8 +252,8 @@ def stress(
     from pneumocam.images.data import subset as data_subset
     from pneumocam.reports.stress import (
         CLEAN,
-        PERTURBATIONS,
         STRESS_FILES,
+        STRESS_NAMES,
         format_stress,
         run_metrics,
         stress_scan,
@@ -260,21 +261,23 @@ def stress(
         write_stress_report,
     )
 
-    names = [CLEAN, *PERTURBATIONS]
+    names = list(STRESS_NAMES)
     if only:
         names = [CLEAN, *[n.strip() for n in only.split(",") if n.strip() and n.strip() != CLEAN]]
         bad = unknown_names(names)
         if bad:
-            raise click.BadParameter(f"unknown {bad[0]!r}; choose from {', '.join(PERTURBATIONS)}", param_hint="--only")
+            raise click.BadParameter(
+                f"unknown {bad[0]!r}; choose from {', '.join(STRESS_NAMES[1:])}", param_hint="--only"
+            )
     scan = scan_dataset(data_dir)
     if subset:
         scan = data_subset(scan, subset)
     out = out or Path("reports", data_dir.resolve().name + "-stress")
     write = claim_output(out, lambda name: name in STRESS_FILES, overwrite)
-    loaded = model.load()
-    with tracked_command(mlflow_uri, "stress", loaded, data_dir, out.name) as run:
+    predictor = model.load()
+    with tracked_command(mlflow_uri, "stress", predictor, data_dir, out.name) as run:
         with progress(len(scan.samples), f"scoring x{len(names)}") as bar:
-            result = stress_scan(loaded, scan, names, batch_size, on_batch=bar.update)
+            result = stress_scan(predictor, scan, names, batch_size, on_batch=bar.update)
         click.echo(format_stress(result))
         if result["skipped"]:
             click.echo(f"skipped {len(result['skipped'])} unreadable file(s); see {out / STRESS_FILES[0]}", err=True)
@@ -371,7 +374,7 @@ def gallery(
         if predictions:
             click.echo(f"reusing {predictions} (same model and data folder; pass --predictions to choose)", err=True)
             scan = None
-    loaded = model.load()
+    predictor = model.load()
 
     from pneumocam.explain.explainer import Explainer
 
@@ -381,11 +384,11 @@ def gallery(
     else:
         root = scan.root
         with progress(len(scan.samples), "scoring") as bar:
-            preds = evaluate_scan(loaded, scan, batch_size, on_batch=bar.update).predictions
+            preds = evaluate_scan(predictor, scan, batch_size, on_batch=bar.update).predictions
     chosen = select(preds, classes, cls, outcome)
     shown = chosen[:limit]
     title = f"{cls} {outcome}: {len(chosen)} image(s), explaining the {explain} class"
-    explainer = Explainer(loaded, method=method)
+    explainer = Explainer(predictor, method=method)
     with write() as staging, progress(len(shown), "explaining") as bar:
         pages, failed = render_pages(
             explainer, shown, root, staging, n_layers, per_page, explain, alpha, title, on_page=bar.update

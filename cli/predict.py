@@ -72,8 +72,8 @@ def predict(
     files = [f for p in images for f in (list_images(p) if p.is_dir() else [p])]
     if not files:
         raise click.BadParameter("no image files found", param_hint="IMAGES")
-    loaded = model.load()
-    classes = loaded.meta.classes
+    predictor = model.load()
+    classes = predictor.meta.classes
     if target not in ("predicted", *classes):
         raise click.BadParameter(f"'predicted' or one of {', '.join(classes)}", param_hint="--explain")
     target = None if target == "predicted" else target
@@ -85,9 +85,8 @@ def predict(
     from pneumocam.explain.pages import compose_page
     from pneumocam.images.readers import read_image_and_header
     from pneumocam.model.validity import FLAG_MARK, NOTE_SEP, WARNING
-    from pneumocam.scoring.forward import probabilities_of
 
-    explainer = Explainer(loaded, method=method)
+    explainer = Explainer(predictor, method=method)
     results: list[dict[str, Any]] = []
     if not as_json:
         click.echo("\t".join(["file", "predicted", *[f"p_{c}" for c in classes], "in_distribution", "ood_score"]))
@@ -112,7 +111,7 @@ def predict(
             }
             gradcam = str(write_bytes(cam_out / f"{path.stem}_gradcam.png", encode_png(compose_page([row]))))
         else:
-            probs, validity = probabilities_of(loaded, [rgb], [header])[0]
+            probs, validity = predictor.score_images([rgb], [header])[0]
             predicted, gradcam = max(probs, key=probs.get), None
         record: dict[str, Any] = {"file": str(path), "predicted": predicted, "probabilities": probs}
         record |= validity.to_dict()

@@ -78,14 +78,14 @@ def adapt(
 
     n = len(site_images(image_dir))
     check_out(out, is_model_entry, overwrite)
-    loaded = model.load()
+    predictor = model.load()
 
     from pneumocam.site.adaptation import check_adaptable, stat_passes
 
-    check_adaptable(loaded)
-    with tracked_command(mlflow_uri, "adapt", loaded, image_dir, out.name, protocol="site-adapted") as run:
-        with progress(n * stat_passes(method, loaded.validity is not None), "measuring site statistics") as bar:
-            meta = adapt_to_site(loaded, image_dir, out, method, batch_size, bar.update, overwrite)
+    check_adaptable(predictor)
+    with tracked_command(mlflow_uri, "adapt", predictor, image_dir, out.name, protocol="site-adapted") as run:
+        with progress(n * stat_passes(method, predictor.validity is not None), "measuring site statistics") as bar:
+            meta = adapt_to_site(predictor, image_dir, out, method, batch_size, bar.update, overwrite)
         info = meta.adaptation["applied"]
         click.echo(
             f"adapted to {info['n_images']} image(s) of {image_dir} ({method}, {info['layers']} layers); "
@@ -204,10 +204,10 @@ def _labelled_site_run(
     protocol = {"calibrate": "site-calibrated", "tune": "site-tuned"}[name]
     scan = scan_dataset(data_dir)
     check_out(out, is_model_entry, overwrite)
-    loaded = model.load()
-    with tracked_command(mlflow_uri, name, loaded, data_dir, out.name, protocol=protocol) as run:
+    predictor = model.load()
+    with tracked_command(mlflow_uri, name, predictor, data_dir, out.name, protocol=protocol) as run:
         with progress(len(scan.samples), "scoring") as bar:
-            meta = fit_to_site(name, loaded, scan, out, batch_size, bar.update, overwrite)
+            meta = fit_to_site(name, predictor, scan, out, batch_size, bar.update, overwrite)
         yield meta, run
         click.echo(f"model written to {out}/")
         if run:
@@ -299,9 +299,9 @@ def site_curve(
     if record_as and model.is_hub():
         raise click.UsageError("--record-as needs a local model folder (--model), not a Hub download")
     check_plan(sizes, repeats, len(model.meta().classes))
-    loaded = model.load()
-    with progress(len(scan.samples) * (1 + adapt_passes(loaded)), "scoring") as bar:
-        site = score_site(loaded, scan, batch_size, bar.update)
+    predictor = model.load()
+    with progress(len(scan.samples) * (1 + adapt_passes(predictor)), "scoring") as bar:
+        site = score_site(predictor, scan, batch_size, bar.update)
     with progress(fits_needed(sizes, repeats), "fitting") as bar:
         result = make_curve(site, sizes, repeats, bar.update)
     click.echo(format_curve(result))
@@ -316,5 +316,5 @@ def site_curve(
         from pneumocam.reports.evaluation import SITE_CURVE, metrics_key
 
         key = metrics_key(record_as, SITE_CURVE)
-        record_metrics(loaded.directory, key, result)
-        click.echo(f"curve recorded as {key!r} in {loaded.directory}/model.json")
+        record_metrics(predictor.directory, key, result)
+        click.echo(f"curve recorded as {key!r} in {predictor.directory}/model.json")

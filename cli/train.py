@@ -240,13 +240,13 @@ def fit_validity(data_dir: Path, model_dir: Path) -> None:
     """
     import_tensorflow_quietly()
     from pneumocam.images.data import scan_dataset
-    from pneumocam.model.artifact import load_artifact
+    from pneumocam.scoring.predictor import load_predictor
     from pneumocam.training.trainer import add_validity
 
     scan = scan_dataset(data_dir)
-    loaded = load_artifact(model_dir)
-    add_validity(loaded, scan)
-    v = loaded.meta.validity
+    predictor = load_predictor(model_dir)
+    add_validity(predictor, scan)
+    v = predictor.meta.validity
     click.echo(
         f"validity statistics of {v['layer']} from {v['n_train']} training images; the threshold accepts "
         f"{v['validation']['accepted']:.1%} of {v['validation']['n_images']} validation images; "
@@ -275,14 +275,14 @@ def choose_views(data_dir: Path, model_dir: Path) -> None:
     """
     import_tensorflow_quietly()
     from pneumocam.images.data import scan_dataset
-    from pneumocam.model.artifact import load_artifact
+    from pneumocam.scoring.predictor import load_predictor
     from pneumocam.training.trainer import add_views, recorded_split, split_by_patient
     from pneumocam.training.view_choice import format_choice
 
     scan = scan_dataset(data_dir)
-    loaded = load_artifact(model_dir)
-    n_val = len(split_by_patient(scan.samples, *recorded_split(loaded.meta.training))[1])
+    predictor = load_predictor(model_dir)
+    n_val = len(split_by_patient(scan.samples, *recorded_split(predictor.meta.training))[1])
     with progress(n_val, "validation images, every view and perturbation") as bar:
-        choice = add_views(loaded, scan, bar.update)
+        choice = add_views(predictor, scan, bar.update)
     click.echo(format_choice(choice))
     click.echo(f"written to {model_dir}/model.json")

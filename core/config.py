@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from pneumocam.errors import InputError
@@ -14,6 +14,7 @@ from pneumocam.options import (
     AUGMENTATIONS,
     CAM_METHODS,
     CAM_SCORES,
+    COPY_JPEG_QUALITY,
     DEFAULT_CAM_METHOD,
     DEFAULT_CAM_SCORE,
     DEFAULT_LAYERS,
@@ -43,19 +44,36 @@ class Stored:
 
 @dataclass(frozen=True)
 class InputSpec(Stored):
-    """How images become model input: stored with the model, read everywhere."""
+    """How images become model input (the input pipeline): stored with the model, read everywhere.
+
+    After reading, the image is resized to ``height`` x ``width`` with ``resize``, then, when
+    ``jpeg_quality`` is set, saved and read back as a JPEG of that quality: the way the data set's
+    copies were made, so an original upload carries the texture the model was trained and measured on.
+    """
 
     height: int = 224
     width: int = 224
     resize: str = PIL_BILINEAR
     color: str = "rgb"
     value_range: tuple[float, float] = (0.0, 255.0)
+    jpeg_quality: int | None = COPY_JPEG_QUALITY
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_METHODS:
             raise InputError(f"unknown resize method {self.resize!r}; use one of {', '.join(RESIZE_METHODS)}")
         if self.height < 1 or self.width < 1:
             raise InputError("input size must be positive")
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
+            raise InputError("the input's JPEG quality must be between 1 and 100")
+
+    def without_jpeg(self) -> InputSpec:
+        """The pipeline up to the resize (stress perturbs there, then the JPEG step follows)."""
+        return replace(self, jpeg_quality=None)
+
+    def describe(self) -> str:
+        """The pipeline in words, for reports and the model card."""
+        jpeg = f", JPEG round trip at quality {self.jpeg_quality}" if self.jpeg_quality else ""
+        return f"resized to {self.width}x{self.height} ({self.resize}){jpeg}"
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -66,6 +66,9 @@ COLOUR_MAX = 8.0
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
 FRONTAL_VIEWS = ("PA", "AP")
+#: The input pipeline's last step (images.preprocess): the JPEG quality the data set's 224 px copies were saved at.
+#: New models record it in model.json (input.jpeg_quality), so an original upload reaches them as its copy did.
+COPY_JPEG_QUALITY = 75
 #: Test-time views (model.views): the model input alone, what ``--no-views`` scores and a model without views uses.
 NO_VIEWS = ("identity",)
 #: The views the validation rule may add to ``identity`` (any subset; pneumocam.training.view_choice): a JPEG

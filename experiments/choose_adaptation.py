@@ -40,11 +40,11 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pneumocam.images.data import Sample, Scan, class_indices, labels_of, scan_dataset  # noqa: E402
-from pneumocam.model.artifact import load_artifact  # noqa: E402
+from pneumocam.images.readers import read_image  # noqa: E402
 from pneumocam.model.network import FEATURES_LAYER  # noqa: E402
 from pneumocam.options import ADAPT_METHODS  # noqa: E402
 from pneumocam.reports.stress import CLEAN, perturb  # noqa: E402
-from pneumocam.scoring.forward import image_batches, load_model_input  # noqa: E402
+from pneumocam.scoring.predictor import Predictor, load_predictor  # noqa: E402
 from pneumocam.site.adaptation import adapted_site, lame  # noqa: E402
 from pneumocam.training.trainer import recorded_split, split_by_patient  # noqa: E402
 
@@ -52,10 +52,10 @@ SHIFTS = (CLEAN, "blur-3", "noise-8", "gamma-1.6", "equalize")
 T3A_FILTERS = (20, 100)
 
 
-def perturbed_scan(samples: list[Sample], spec, name: str, root: Path) -> Scan:
+def perturbed_scan(samples: list[Sample], predictor: Predictor, name: str, root: Path) -> Scan:
     out = []
     for s in samples:
-        img = perturb(load_model_input(s.path, spec), name)
+        img = perturb(predictor.model_input(read_image(s.path)), name)
         path = root / name / s.label / (s.path.stem + ".png")
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)).save(path)
@@ -63,13 +63,14 @@ def perturbed_scan(samples: list[Sample], spec, name: str, root: Path) -> Scan:
     return Scan(root / name, "three-folder", out)
 
 
-def outputs(model: keras.Model, logits_layer: str, spec, paths: list[Path]) -> tuple[list[Path], dict[str, np.ndarray]]:
+def outputs(predictor: Predictor, paths: list[Path]) -> tuple[list[Path], dict[str, np.ndarray]]:
     """Probabilities, the last layer's input and the pooled features of every image, in one pass."""
+    model, logits_layer = predictor.model, predictor.meta.logits_layer
     probe = keras.Model(
         model.inputs[0], [model.output, model.get_layer(logits_layer).input, model.get_layer(FEATURES_LAYER).output]
     )
     kept, parts = [], []
-    for batch in image_batches(paths, spec, 32):
+    for batch in predictor.batches(paths, 32):
         parts.append([o.numpy() for o in probe(batch.images, training=False)])
         kept += batch.paths
     p, h, f = (np.concatenate(a) for a in zip(*parts))
@@ -114,18 +115,19 @@ def main() -> None:
     ap.add_argument("--shifts", default=",".join(SHIFTS))
     ap.add_argument("--json", type=Path, help="Also write the table here.")
     args = ap.parse_args()
-    loaded = load_artifact(args.model)
+    loaded = load_predictor(args.model, views=False)  # the choice was made on the image alone
     meta = loaded.meta
     _, val = split_by_patient(scan_dataset(args.train_dir).samples, *recorded_split(meta.training))
     table: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.shifts.split(","):
-            scan = perturbed_scan(val, meta.input, name, Path(tmp))
+            scan = perturbed_scan(val, loaded, name, Path(tmp))
             paths = [s.path for s in scan.samples]
             for base in ("as trained", *ADAPT_METHODS):
                 t = time.perf_counter()
-                model = loaded.model if base == "as trained" else adapted_site(loaded, paths, base)[0].model
-                kept, out = outputs(model, meta.logits_layer, meta.input, paths)
+                site = loaded if base == "as trained" else adapted_site(loaded, paths, base)[0]
+                model = site.model
+                kept, out = outputs(site, paths)
                 y = class_indices(labels_of(scan.samples, kept), meta.classes)
                 kernel, bias = (np.array(w) for w in model.get_layer(meta.logits_layer).get_weights())
                 results = {base: out["p"]}

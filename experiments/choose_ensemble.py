@@ -25,8 +25,9 @@ import_tensorflow_quietly()
 import numpy as np  # noqa: E402
 
 from pneumocam.images.data import class_indices, labels_of, scan_dataset  # noqa: E402
-from pneumocam.model.artifact import load_artifact, read_meta  # noqa: E402
+from pneumocam.model.artifact import read_meta  # noqa: E402
 from pneumocam.reports.stress import CLEAN, selection_score, stress_metrics, stress_probabilities  # noqa: E402
+from pneumocam.scoring.predictor import load_predictor  # noqa: E402
 from pneumocam.training.trainer import recorded_split, split_by_patient  # noqa: E402
 
 
@@ -43,9 +44,9 @@ def main() -> None:
     paths = [s.path for s in val]
     probs: dict[str, dict[str, np.ndarray]] = {}
     for folder in args.models:
-        loaded = load_artifact(folder)
+        loaded = load_predictor(folder, views=False)
         t = time.perf_counter()
-        kept, probs[str(folder)], _ = stress_probabilities(loaded.model, loaded.meta.input, paths)
+        kept, probs[str(folder)], _ = stress_probabilities(loaded, paths)
         classes = loaded.meta.classes
         y = class_indices(labels_of(val, kept), classes)
         print(f"scored {folder} ({time.perf_counter() - t:.0f} s)", flush=True)

@@ -34,11 +34,11 @@ from PIL import Image  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from pneumocam.images.data import class_indices, labels_of, scan_dataset  # noqa: E402
+from pneumocam.images.readers import read_image  # noqa: E402
 from pneumocam.model import validity  # noqa: E402
-from pneumocam.model.artifact import load_artifact  # noqa: E402
 from pneumocam.model.network import FEATURES_LAYER  # noqa: E402
 from pneumocam.reports.stress import ENCODING, PERTURBATIONS, perturb  # noqa: E402
-from pneumocam.scoring.forward import image_batches, load_model_input  # noqa: E402
+from pneumocam.scoring.predictor import Predictor, load_predictor  # noqa: E402
 from pneumocam.training.trainer import recorded_split, split_by_patient  # noqa: E402
 
 LAYERS = ("block_6_expand_relu", "block_10_expand_relu", "block_13_expand_relu", "block_16_expand_relu", "out_relu")
@@ -94,10 +94,10 @@ def shipped(folder: Path) -> None:
         shutil.copy(f, folder / f"{f.parent.name}_{f.name}")
 
 
-def measure(probe: keras.Model, names: list[str], spec, paths) -> tuple[list[Path], dict[str, np.ndarray]]:
+def measure(probe: keras.Model, names: list[str], predictor: Predictor, paths) -> tuple[list[Path], dict]:
     forward = tf.function(lambda x: probe(x, training=False))
     kept, outs = [], []
-    for batch in image_batches(paths, spec, 64):
+    for batch in predictor.batches(paths, 64):
         if len(batch.images):
             outs.append([o.numpy() for o in forward(batch.images)])
             kept += batch.paths
@@ -115,8 +115,8 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    loaded = load_artifact(args.model)
-    spec, classes = loaded.meta.input, loaded.meta.classes
+    loaded = load_predictor(args.model)
+    classes = loaded.meta.classes
     train, val = split_by_patient(scan_dataset(args.train).samples, *recorded_split(loaded.meta.training))
     train, val = train[: args.limit], val[: args.limit]
     proxy = args.out / "proxy"
@@ -125,11 +125,11 @@ def main() -> None:
     altered(proxy / "altered", [val[i].path for i in pick])
     shipped(proxy / "shipped")
     probe, names = summaries_model(loaded.model)
-    kept, tr = measure(probe, names, spec, [s.path for s in train])
+    kept, tr = measure(probe, names, loaded, [s.path for s in train])
     y = class_indices(labels_of(train, kept), classes)
-    _, va = measure(probe, names, spec, [s.path for s in val])
-    _, ood = measure(probe, names, spec, sorted(p for p in proxy.rglob("*") if p.is_file()))
-    clean = np.stack([load_model_input(s.path, spec) for s in val])
+    _, va = measure(probe, names, loaded, [s.path for s in val])
+    _, ood = measure(probe, names, loaded, sorted(p for p in proxy.rglob("*") if p.is_file()))
+    clean = np.stack([loaded.model_input(read_image(s.path)) for s in val])
     forward = tf.function(lambda x: probe(x, training=False))
     shifted = {}
     for name in PERTURBATIONS:

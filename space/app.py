@@ -43,9 +43,9 @@ from pneumocam.deploy.space_config import SpaceConfig, example_files, load_space
 from pneumocam.errors import ImageLoadError, PneumoCAMError  # noqa: E402
 from pneumocam.explain.explainer import Explainer  # noqa: E402
 from pneumocam.explain.overlay import colour_scale, encode_png  # noqa: E402
-from pneumocam.model.resolve import load_model  # noqa: E402
 from pneumocam.model.validity import WARNING  # noqa: E402
 from pneumocam.options import CAM_METHODS, MAX_SHOWN_LAYERS  # noqa: E402
+from pneumocam.scoring.predictor import load_predictor  # noqa: E402
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom"]
 PREDICTED = "predicted class"
@@ -90,13 +90,13 @@ class OverlayFiles:
 
 def shown_layers(explainer: Explainer, config: SpaceConfig) -> int:
     """Layers explained by default: the Space's setting if it has one, else the model's own."""
-    return config.default_layers or explainer.loaded.meta.explain.layers
+    return config.default_layers or explainer.predictor.meta.explain.layers
 
 
 def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.Blocks:
     """The page: upload, options, label and one overlay per explained layer."""
     classes = explainer.classes
-    max_layers = min(MAX_SHOWN_LAYERS, len(explainer.loaded.meta.gradcam_layers))
+    max_layers = min(MAX_SHOWN_LAYERS, len(explainer.predictor.meta.gradcam_layers))
     default_layers = shown_layers(explainer, config)
     overlay_files = OverlayFiles()
 
@@ -177,11 +177,11 @@ def warm_up(explainer: Explainer, config: SpaceConfig) -> None:
 def create(config: SpaceConfig | None = None) -> tuple[gr.Blocks, SpaceConfig]:
     """Load the model once (Hub at the pinned revision, else the bundled weights) and build the page."""
     config = config or load_space_config()
-    loaded = load_model(repo_id=config.repo_id, revision=config.revision, fallback=True)
-    print(f"PneumoCAM serving: {loaded.source}", flush=True)  # developer details stay in the server log
-    explainer = Explainer(loaded)
+    predictor = load_predictor(repo_id=config.repo_id, revision=config.revision, fallback=True)
+    print(f"PneumoCAM serving: {predictor.source}", flush=True)  # developer details stay in the server log
+    explainer = Explainer(predictor)
     warm_up(explainer, config)
-    demo = build_app(explainer, config, model_line(loaded))
+    demo = build_app(explainer, config, model_line(predictor))
     demo.queue(default_concurrency_limit=config.concurrency_limit, max_size=64)
     return demo, config
 

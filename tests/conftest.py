@@ -154,6 +154,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_file:
     return out
 
 
+def served(model: keras.Model, spec: InputSpec = TINY_SPEC):
+    """A freshly built model (no folder yet) as a Predictor, served as its metadata says."""
+    from pneumocam.scoring.predictor import Predictor
+
+    return Predictor.in_memory(model, new_meta(model, TINY_ARCH, spec, list(DEFAULT_CLASSES)))
+
+
 def tiny_validity(model: keras.Model) -> tuple:
     """Validity statistics for a tiny model, fitted as training fits them, on X-ray-like images made here."""
     from pneumocam.model import validity
@@ -170,10 +177,10 @@ def tiny_validity(model: keras.Model) -> tuple:
 
 
 @pytest.fixture(scope="session")
-def tiny_loaded(tiny_model_dir: Path):
-    from pneumocam.model.artifact import load_artifact
+def tiny_predictor(tiny_model_dir: Path):
+    from pneumocam.scoring.predictor import load_predictor
 
-    return load_artifact(tiny_model_dir)
+    return load_predictor(tiny_model_dir)
 
 
 @pytest.fixture()
@@ -187,11 +194,11 @@ def adaptable_copy(out: Path, model_dir: Path, data: Path) -> Path:
     import shutil
 
     from pneumocam.images.data import scan_dataset
-    from pneumocam.model.artifact import load_artifact
+    from pneumocam.scoring.predictor import load_predictor
     from pneumocam.training.trainer import add_source_stats
 
     shutil.copytree(model_dir, out)
-    add_source_stats(load_artifact(out), scan_dataset(data))
+    add_source_stats(load_predictor(out), scan_dataset(data))
     return out
 
 

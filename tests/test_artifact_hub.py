@@ -32,24 +32,41 @@ from pneumocam.paths import REPO_ROOT
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-def test_round_trip_keeps_predictions_and_metadata(tiny_model_dir: Path, tiny_loaded) -> None:
+def test_a_model_json_from_before_the_jpeg_step_serves_as_it_was_measured(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """New models record the copies' JPEG step; an older model.json without it keeps the resize alone."""
+    from pneumocam.scoring.predictor import load_predictor
+
+    assert read_meta(tiny_model_dir).input.jpeg_quality == 75
+    older = tmp_path / "older"
+    shutil.copytree(tiny_model_dir, older)
+    d = json.loads((older / META_FILE).read_text())
+    del d["input"]["jpeg_quality"]
+    (older / META_FILE).write_text(json.dumps(d))
+    image = save_gray(tmp_path / "x.png", xray_like(150, 120, seed=3))
+    new, old = load_predictor(tiny_model_dir), load_predictor(older)
+    assert old.spec.jpeg_quality is None and old.spec == TINY_SPEC.without_jpeg()
+    p_new, p_old = new.score([image]).probabilities, old.score([image]).probabilities
+    assert not np.allclose(p_new, p_old, atol=1e-7)  # the step is real: the JPEG texture reaches the model
+
+
+def test_round_trip_keeps_predictions_and_metadata(tiny_model_dir: Path, tiny_predictor) -> None:
     meta = read_meta(tiny_model_dir)
     assert meta.classes == ["BACTERIA", "NORMAL", "VIRUS"]
     assert meta.input == TINY_SPEC and meta.arch == TINY_ARCH
-    assert meta.gradcam_layers == [*conv_layer_names(tiny_loaded.model)[:-1], "out_relu"]
+    assert meta.gradcam_layers == [*conv_layer_names(tiny_predictor.model)[:-1], "out_relu"]
     assert len(meta.weights_sha256) == 64
     x = np.random.default_rng(0).uniform(0, 255, (2, *TINY_SPEC.shape)).astype("float32")
     again = load_artifact(tiny_model_dir)
     np.testing.assert_allclose(
-        again.model(x, training=False).numpy(), tiny_loaded.model(x, training=False).numpy(), rtol=1e-5
+        again.model(x, training=False).numpy(), tiny_predictor.model(x, training=False).numpy(), rtol=1e-5
     )
 
 
-def test_backbone_layers_are_top_level_and_fine_tuning_keeps_bn_frozen(tiny_loaded) -> None:
-    model = tiny_loaded.model
+def test_backbone_layers_are_top_level_and_fine_tuning_keeps_bn_frozen(tiny_predictor) -> None:
+    model = tiny_predictor.model
     bb = backbone_layers(model)
     assert bb[1].name == "Conv1" and bb[-1].name == "out_relu"
-    assert all(model.get_layer(n) is not None for n in tiny_loaded.meta.gradcam_layers)
+    assert all(model.get_layer(n) is not None for n in tiny_predictor.meta.gradcam_layers)
     fresh = build_model(TINY_ARCH, TINY_SPEC, backbone_weights=None)
     assert not any(layer.trainable for layer in backbone_layers(fresh))
     set_fine_tuning(fresh, 145)

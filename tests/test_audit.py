@@ -18,14 +18,15 @@ from pneumocam.errors import InputError
 from pneumocam.explain.audit import AUDIT_FILES, AuditPlan, audit_images
 from pneumocam.explain.faithfulness import DELETION, INSERTION, area, border_share, curves, random_map
 from pneumocam.explain.gradcam import GradCAM
-from pneumocam.model.artifact import DEFAULT_CLASSES, LoadedModel, ModelMeta, load_artifact
+from pneumocam.model.artifact import DEFAULT_CLASSES, LoadedModel, ModelMeta
 from pneumocam.scoring.forward import compile_forward
+from pneumocam.scoring.predictor import Predictor, load_predictor
 
 SIZE = 32
 PATCH = (slice(4, 12), slice(18, 26))  # rows 4-11, columns 18-25
 
 
-def known_evidence_model(where: str) -> LoadedModel:
+def known_evidence_model(where: str) -> Predictor:
     """Bright pixels in one region (the patch, or the border) push class 0 up; nothing else counts.
 
     The region is cut out before the explained conv layer, so its activations
@@ -47,9 +48,12 @@ def known_evidence_model(where: str) -> LoadedModel:
     conv.set_weights([np.full((1, 1, 3, 1), 1 / (3 * 255), np.float32)])
     dense.set_weights([np.array([[100.0, 0.0, -100.0]], np.float32), np.array([0.0, 1.0, 0.0], np.float32)])
     meta = ModelMeta(
-        classes=list(DEFAULT_CLASSES), input=InputSpec(SIZE, SIZE), arch=ArchConfig(), gradcam_layers=["conv"]
+        classes=list(DEFAULT_CLASSES),
+        input=InputSpec(SIZE, SIZE, jpeg_quality=None),
+        arch=ArchConfig(),
+        gradcam_layers=["conv"],
     )
-    return LoadedModel(model=model, meta=meta, source=where, directory=Path("."))
+    return Predictor.of(LoadedModel(model=model, meta=meta, source=where, directory=Path(".")))
 
 
 def images(n: int, bright: tuple[slice, slice] | None = PATCH, seed: int = 0) -> np.ndarray:
@@ -132,17 +136,22 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_file: P
 
 def test_randomising_the_head_of_a_trained_model_breaks_the_maps(trained_tiny) -> None:
     data, model_dir = trained_tiny
-    loaded = load_artifact(model_dir)
+    loaded = load_predictor(model_dir)
     paths = sorted(data.rglob("*.jpeg"))[:8]
     result = audit_images(loaded, paths, AuditPlan(methods=("gradcam", "hirescam"), n_layers=2, steps=4, blocks=2))
     assert result["randomisation_stages"] == ["head", "Conv_1", "block_16"]
+    decided = 0
     for method in ("gradcam", "hirescam"):
         for layer, entry in result["sanity"][method].items():
-            assert entry["rho_after_head"] < 0.5, (method, layer, entry)
+            # At 64 px the deepest maps are 2x2: a rank correlation over 4 cells cannot show decorrelation.
+            if np.prod(loaded.model.get_layer(layer).output.shape[1:3]) >= 16:
+                assert entry["rho_after_head"] < 0.5, (method, layer, entry)
+                decided += 1
             assert set(entry["rho"]) == {"head", "Conv_1", "block_16"}
             assert all(0 <= v <= 1 for v in entry["ssim"].values())
+    assert decided >= 2
     assert loaded.model.get_layer(LOGITS_LAYER).get_weights()[0].std() > 0  # the loaded model itself untouched
-    again = load_artifact(model_dir)
+    again = load_predictor(model_dir)
     np.testing.assert_array_equal(
         loaded.model.get_layer(LOGITS_LAYER).get_weights()[0], again.model.get_layer(LOGITS_LAYER).get_weights()[0]
     )
@@ -219,7 +228,7 @@ def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, 
     data, model_dir = trained_tiny
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
-    loaded = load_artifact(copy)
+    loaded = load_predictor(copy)
     plan = AuditPlan(methods=("hirescam",), scores=("log-probability",), steps=4, shares=(0.2, 0.5))
     result = audit_images(loaded, sorted(data.rglob("*.jpeg"))[:4], plan)
     rows = {r["layer_set"]: r for r in result["table"]}
@@ -227,7 +236,7 @@ def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, 
     result["recommendation"] = {**rows["out_relu"], "is_default": False, "why": "test"}
     layers, defaults = explain_defaults(result, loaded)
     record_explain(copy, layers, defaults)
-    again = load_artifact(copy)
+    again = load_predictor(copy)
     explain = again.meta.explain
     assert (explain.method, explain.score, explain.layers, explain.layer_names) == (
         "hirescam",
@@ -251,7 +260,7 @@ def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, 
     fused = rows["block_13_expand + out_relu"]  # not the last N layers: recorded by name
     result["recommendation"] = {**fused, "is_default": False, "why": "test"}
     record_explain(copy, *explain_defaults(result, loaded))
-    named = load_artifact(copy)
+    named = load_predictor(copy)
     assert named.meta.explain.layer_names == ("block_13_expand", "out_relu") and named.meta.explain.layers == 2
     assert named.meta.shown_layers() == ["block_13_expand", "out_relu"] == named.meta.shown_layers(2)
     assert named.meta.shown_layers(1) == ["out_relu"]  # another count: the last N, as before

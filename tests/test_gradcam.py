@@ -136,15 +136,15 @@ def test_overlay_shapes_and_blend() -> None:
         blend(rgb, colorize(up), 1.5)
 
 
-def test_gradcam_on_reloaded_pneumocam_model(tiny_loaded) -> None:
+def test_gradcam_on_reloaded_pneumocam_model(tiny_predictor) -> None:
     """The backbone's conv layers stay reachable after save and reload (no nested model)."""
-    meta = tiny_loaded.meta
+    meta = tiny_predictor.meta
     layer_names = meta.last_layers(3)
     assert layer_names[-2:] == ["block_16_project", "out_relu"]  # the deepest conv, after its activation
-    cam = GradCAM(tiny_loaded.model, layer_names, meta.logits_layer)
+    cam = GradCAM(tiny_predictor.model, layer_names, meta.logits_layer)
     x = batch(2, TINY_SPEC.height)
     result = cam(x)
     assert [m.shape[0] for m in result.maps] == [2, 2, 2]
     assert all(0.0 <= m.min() and m.max() <= 1.0 for m in result.maps)
-    probs = tiny_loaded.model(x, training=False).numpy()
+    probs = tiny_predictor.model(x, training=False).numpy()
     np.testing.assert_allclose(result.probabilities, probs, rtol=1e-4, atol=1e-6)

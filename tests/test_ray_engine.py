@@ -23,7 +23,6 @@ from pneumocam.paths import REPO_ROOT
 ray = pytest.importorskip("ray", reason="Ray is an optional install: pip install -r requirements-ray.txt")
 
 from pneumocam.scoring.engine import make_engine  # noqa: E402
-from pneumocam.scoring.forward import score_files  # noqa: E402
 from pneumocam.scoring.ray_engine import ERROR, PATH, PROBABILITIES, BatchScorer, merge_rows, pool_size, probe  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)  # a Ray job that hangs fails here, not at CI's limit
@@ -50,11 +49,11 @@ def broken_folder(tmp_path: Path) -> Path:
 # --- without a cluster -------------------------------------------------------------------------
 
 
-def test_the_actor_scores_like_score_files_and_names_broken_files(tiny_model_dir: Path, tiny_loaded, broken_folder):
+def test_the_actor_scores_as_the_predictor_and_names_broken_files(tiny_model_dir: Path, tiny_predictor, broken_folder):
     paths = sorted(str(p) for p in broken_folder.rglob("*.jpeg"))
-    scorer = BatchScorer(str(tiny_model_dir), tiny_loaded.meta.weights_sha256, threads=1)
+    scorer = BatchScorer(str(tiny_model_dir), tiny_predictor.meta.weights_sha256, threads=1)
     rows = scorer({PATH: np.array(paths, dtype=object)})
-    local = score_files(tiny_loaded.model, tiny_loaded.meta.input, paths)
+    local = tiny_predictor.score(paths)
     assert list(rows[PATH]) == paths
     errors = dict(zip(rows[PATH], rows[ERROR]))
     assert {p for p, e in errors.items() if e} == {str(p) for p, _ in local.skipped} and len(local.skipped) == 2
@@ -172,7 +171,7 @@ def test_broken_files_are_skipped_alike_on_both_engines(local_ray, tiny_model_di
     assert {s["file"] for s in skipped} == {"PNEUMONIA/person77_virus_1.jpeg", "NORMAL/IM-9999-0001.jpeg"}
 
 
-def test_a_killed_worker_loses_and_repeats_no_row(local_ray, tiny_loaded, tmp_path: Path) -> None:
+def test_a_killed_worker_loses_and_repeats_no_row(local_ray, tiny_predictor, tmp_path: Path) -> None:
     root = tmp_path / "data"
     make_dataset(root, "download", per_class=12)
     paths = sorted(root.rglob("*.jpeg"))
@@ -190,9 +189,9 @@ def test_a_killed_worker_loses_and_repeats_no_row(local_ray, tiny_loaded, tmp_pa
                 os.kill(int(proc.name), signal.SIGKILL)
                 killed.append(int(proc.name))
 
-    scores = make_engine("ray").score(tiny_loaded, paths, 3, kill_the_actor)
+    scores = make_engine("ray").score(tiny_predictor, paths, 3, kill_the_actor)
     assert killed, "no actor process was found to kill"
-    local = score_files(tiny_loaded.model, tiny_loaded.meta.input, paths, 3)
+    local = tiny_predictor.score(paths, 3)
     assert scores.paths == local.paths and len(scores.paths) == len(paths)
     assert np.allclose(scores.probabilities, local.probabilities, atol=1e-6)
 
@@ -200,11 +199,11 @@ def test_a_killed_worker_loses_and_repeats_no_row(local_ray, tiny_loaded, tmp_pa
 def test_a_model_folder_workers_cannot_read_is_one_line(local_ray, tiny_model_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from pneumocam.model.artifact import load_artifact
+    from pneumocam.scoring.predictor import load_predictor
 
     copy = tmp_path / "model"
     shutil.copytree(tiny_model_dir, copy)
-    loaded = load_artifact(copy)
+    loaded = load_predictor(copy)
     shutil.rmtree(copy)  # the driver has it loaded; the workers find nothing
     root = tmp_path / "data"
     make_dataset(root, "download")

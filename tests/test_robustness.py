@@ -118,7 +118,7 @@ def test_huge_but_legal_image_is_read(tmp_path: Path) -> None:
     assert rgb.shape == (6000, 9000, 3) and rgb[3000, 4500, 0] == 200
 
 
-def test_exif_rotated_overlay_lines_up_with_the_displayed_image(tmp_path: Path, tiny_loaded) -> None:
+def test_exif_rotated_overlay_lines_up_with_the_displayed_image(tmp_path: Path, tiny_predictor) -> None:
     from pneumocam.explain.explainer import Explainer
 
     upright = xray_like(90, 140)
@@ -126,7 +126,7 @@ def test_exif_rotated_overlay_lines_up_with_the_displayed_image(tmp_path: Path, 
     exif[0x0112] = 6  # stored rotated; displayed after a 90 degree clockwise turn
     Image.fromarray(np.rot90(upright, 1)).save(tmp_path / "exif.png", exif=exif)
     save_gray(tmp_path / "plain.png", upright)
-    explainer = Explainer(tiny_loaded)
+    explainer = Explainer(tiny_predictor)
     a = explainer.explain_file(tmp_path / "exif.png", n_layers=2)
     b = explainer.explain_file(tmp_path / "plain.png", n_layers=2)
     assert a.image.shape == b.image.shape == (90, 140, 3)

@@ -16,10 +16,11 @@ from pneumocam.cli.app import main
 from pneumocam.errors import DataError, ModelLoadError
 from pneumocam.explain.explainer import Explainer
 from pneumocam.images.data import patient_id, scan_dataset
-from pneumocam.model.artifact import SOURCE_STATS_FILE, VALIDITY_FILE, load_artifact
+from pneumocam.images.readers import read_image
+from pneumocam.model.artifact import SOURCE_STATS_FILE, VALIDITY_FILE
 from pneumocam.model.network import FEATURES_LAYER
-from pneumocam.scoring.forward import score_files
 from pneumocam.scoring.metrics import bootstrap_ci, classification_metrics
+from pneumocam.scoring.predictor import load_predictor
 from pneumocam.site import calibration
 from pneumocam.site.adaptation import adapted_site, layer_statistics, load_source_stats, measured_layers
 
@@ -122,27 +123,25 @@ def test_bootstrap_intervals_bracket_the_estimate_and_widen_with_correlated_imag
 
 
 def test_adapting_to_the_training_images_changes_nothing(adaptable_dir: Path, site_data: Path) -> None:
-    loaded = load_artifact(adaptable_dir)
+    loaded = load_predictor(adaptable_dir)
     from pneumocam.training.trainer import split_by_patient
 
     train, _ = split_by_patient(scan_dataset(site_data).samples)
     paths = [s.path for s in train]
     adapted, info = adapted_site(loaded, paths, batch_size=32)
-    adapted = adapted.model
-    before = score_files(loaded.model, loaded.meta.input, paths).probabilities
-    after = score_files(adapted, loaded.meta.input, paths).probabilities
+    before = loaded.score(paths).probabilities
+    after = adapted.score(paths).probabilities
     np.testing.assert_allclose(after, before, atol=2e-3)
     assert info["n_images"] == len(paths) and info["labels_read"] is False
 
 
 def test_adaptation_maps_the_site_statistics_onto_the_training_ones(adaptable_dir: Path, darker_site: Path) -> None:
-    loaded = load_artifact(adaptable_dir)
+    loaded = load_predictor(adaptable_dir)
     source = load_source_stats(adaptable_dir, loaded.meta.adaptation)
     paths = sorted(darker_site.glob("*.png"))
-    spec = loaded.meta.input
     bns = measured_layers(loaded.model)[:-1]
     deep = bns[-1]
-    before = layer_statistics(loaded.model, spec, paths, [deep])
+    before = layer_statistics(loaded, paths, [deep])
     adapted, _ = adapted_site(loaded, paths, batch_size=len(paths))  # one batch: batch statistics are exact
     adapted = adapted.model
     # what the deepest batch norm now outputs for the site equals what it output for the training images
@@ -150,9 +149,7 @@ def test_adaptation_maps_the_site_statistics_onto_the_training_ones(adaptable_di
 
     def bn_output_stats(model: keras.Model) -> np.ndarray:
         probe = keras.Model(model.inputs[0], model.get_layer(deep).output)
-        from pneumocam.scoring.forward import load_model_input
-
-        out = probe(np.stack([load_model_input(p, spec) for p in paths]), training=False).numpy()
+        out = probe(np.stack([loaded.model_input(read_image(p)) for p in paths]), training=False).numpy()
         return out.reshape(-1, out.shape[-1]).mean(0)
 
     layer = loaded.model.get_layer(deep)
@@ -173,10 +170,10 @@ def test_each_method_moves_only_its_own_layers(
 ) -> None:
     from pneumocam.site.adaptation import first_head_dense, stat_passes
 
-    loaded = load_artifact(adaptable_dir)
+    loaded = load_predictor(adaptable_dir)
     paths = sorted(darker_site.glob("*.png"))
-    adapted, info = adapted_site(loaded, paths, method=method, batch_size=len(paths))
-    adapted = adapted.model
+    site, info = adapted_site(loaded, paths, method=method, batch_size=len(paths))
+    adapted = site.model
     assert info["method"] == method and stat_passes(method) == 1 and stat_passes("bn+features") == 2
     deep = measured_layers(loaded.model, "bn")[-1]
     assert FEATURES_LAYER not in measured_layers(loaded.model, "bn")
@@ -186,8 +183,8 @@ def test_each_method_moves_only_its_own_layers(
         return not np.allclose(adapted.get_layer(name).get_weights()[i], loaded.model.get_layer(name).get_weights()[i])
 
     assert (moved(deep, 2), moved(first_head_dense(loaded.model).name, 1)) == (bn_moves, head_moves)
-    before = score_files(loaded.model, loaded.meta.input, paths).probabilities
-    assert not np.allclose(score_files(adapted, loaded.meta.input, paths).probabilities, before, atol=1e-3)
+    before = loaded.score(paths).probabilities
+    assert not np.allclose(site.score(paths).probabilities, before, atol=1e-3)
 
 
 def test_adapt_cli_writes_a_model_every_entry_point_serves(
@@ -197,11 +194,11 @@ def test_adapt_cli_writes_a_model_every_entry_point_serves(
     result = run("adapt", darker_site, "--out", out, "--model", adaptable_dir, "--batch-size", 4)
     assert result.exit_code == 0, result.output
     assert "adapted to 12 image(s)" in result.output
-    loaded = load_artifact(out)  # safe mode, hash and consistency checks pass
+    loaded = load_predictor(out)  # safe mode, hash and consistency checks pass
     applied = loaded.meta.adaptation["applied"]
     assert applied["folder"] == darker_site.name and applied["n_images"] == 12 and applied["method"] == "bn+features"
     assert applied["date"] and loaded.meta.name.endswith("-adapted") and "test" not in loaded.meta.metrics
-    base = load_artifact(adaptable_dir)
+    base = load_predictor(adaptable_dir)
     image = next(darker_site.glob("*.png"))
     e_base = Explainer(base).explain_file(image, n_layers=2)
     e_new = Explainer(loaded).explain_file(image, n_layers=2)
@@ -240,13 +237,13 @@ def test_calibrate_cli_folds_the_fit_into_the_logits(adaptable_dir: Path, site_d
     result = run("calibrate", site_data, "--out", out, "--model", adaptable_dir)
     assert result.exit_code == 0, result.output
     assert "temperature" in result.output and "in-sample" in result.output
-    base, cal_model = load_artifact(adaptable_dir), load_artifact(out)
+    base, cal_model = load_predictor(adaptable_dir), load_predictor(out)
     rec = cal_model.meta.calibration
     cal = calibration.Calibration(rec["temperature"], tuple(rec["biases"]))
     assert rec["n_images"] == sum(scan_dataset(site_data).counts().values()) and rec["folder"] == site_data.name
     paths = [s.path for s in scan_dataset(site_data).samples]
-    p_base = score_files(base.model, base.meta.input, paths).probabilities
-    p_cal = score_files(cal_model.model, cal_model.meta.input, paths).probabilities
+    p_base = base.score(paths).probabilities
+    p_cal = cal_model.score(paths).probabilities
     np.testing.assert_allclose(p_cal, calibration.apply(p_base, cal), atol=1e-4)
     e = Explainer(cal_model).explain_file(paths[0], n_layers=1)
     assert e.probabilities == pytest.approx(dict(zip(CLASSES, p_cal[0].tolist())), abs=1e-4)
@@ -310,14 +307,12 @@ def test_source_stats_are_checked_against_their_hash(adaptable_dir: Path, tmp_pa
     arrays[f"mean/{FEATURES_LAYER}"] = arrays[f"mean/{FEATURES_LAYER}"] + 1
     np.savez(copy / SOURCE_STATS_FILE, **arrays)
     with pytest.raises(ModelLoadError, match="SHA-256"):
-        load_source_stats(copy, load_artifact(copy).meta.adaptation)
+        load_source_stats(copy, load_predictor(copy).meta.adaptation)
 
 
 def test_a_hub_model_brings_its_training_statistics(adaptable_dir: Path, darker_site: Path, tmp_path: Path) -> None:
     """hf_hub_download fetches source_stats.npz and validity.npz with the model (a pre-filled cache, offline)."""
     import huggingface_hub.constants
-
-    from pneumocam.model.resolve import load_model
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--org--pneumocam"
@@ -330,7 +325,7 @@ def test_a_hub_model_brings_its_training_statistics(adaptable_dir: Path, darker_
     mp = pytest.MonkeyPatch()
     mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     try:
-        loaded = load_model(repo_id="org/pneumocam", revision=commit, cache_dir=tmp_path / "hub")
+        loaded = load_predictor(repo_id="org/pneumocam", revision=commit, cache_dir=tmp_path / "hub")
     finally:
         mp.undo()
     assert loaded.from_hub and loaded.directory == snap and loaded.validity is not None

@@ -136,16 +136,16 @@ def test_a_bare_dicom_gets_the_call_of_the_same_pixels_everywhere(server: str, t
     assert m["n_images"] == 4 and m["skipped"] == []
 
 
-def test_model_line_names_the_model_its_version_and_its_accuracy(tiny_loaded) -> None:
+def test_model_line_names_the_model_its_version_and_its_accuracy(tiny_predictor) -> None:
     from pneumocam.deploy.space_config import model_line
-    from pneumocam.model.artifact import load_artifact
     from pneumocam.paths import DEFAULT_WEIGHTS_DIR
+    from pneumocam.scoring.predictor import load_predictor
 
-    bundled = load_artifact(DEFAULT_WEIGHTS_DIR)
+    bundled = load_predictor(DEFAULT_WEIGHTS_DIR)
     line = model_line(bundled)
     assert bundled.meta.name in line and bundled.meta.weights_sha256[:12] in line
     assert f"{bundled.meta.metrics['test']['accuracy']:.1%}" in line and "/" not in line  # no server path
-    assert "not yet measured" in model_line(tiny_loaded)
+    assert "not yet measured" in model_line(tiny_predictor)
 
 
 def test_the_shipped_examples_are_one_per_class_and_attributed() -> None:

@@ -11,9 +11,11 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from conftest import TINY_ARCH, TINY_SPEC, make_dataset, xray_like
+from conftest import TINY_ARCH, TINY_SPEC, make_dataset, served, xray_like
 from pneumocam.cli.app import main
 from pneumocam.images.data import scan_dataset
+from pneumocam.images.preprocess import to_model_input
+from pneumocam.images.readers import read_image
 from pneumocam.model.network import build_model
 from pneumocam.reports.stress import CLEAN, PERTURBATIONS, perturb, stress_metrics, stress_probabilities
 from pneumocam.scoring.metrics import classification_metrics
@@ -76,12 +78,12 @@ def test_acquisition_views_differ_from_seed_views(tiny_backbone_file: Path, tmp_
     make_dataset(root, "download", per_class=2)
     paths = [s.path for s in scan_dataset(root).samples[:4]]
     model = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
-    seed_views, _ = extract_activations(model, TINY_SPEC, paths, views=2, seed=5)
-    acq_views, _ = extract_activations(model, TINY_SPEC, paths, views=2, seed=5, augment="acquisition")
+    seed_views, _ = extract_activations(served(model), paths, views=2, seed=5)
+    acq_views, _ = extract_activations(served(model), paths, views=2, seed=5, augment="acquisition")
     np.testing.assert_allclose(seed_views[0], acq_views[0])  # view 0 is always the plain image
     assert np.abs(seed_views[1].astype(np.float32) - acq_views[1]).max() > 0.05
     with pytest.raises(ValueError, match="unknown augmentation"):
-        extract_activations(model, TINY_SPEC, paths, views=2, augment="mixup")
+        extract_activations(served(model), paths, views=2, augment="mixup")
 
 
 @pytest.mark.parametrize("name", list(PERTURBATIONS))
@@ -115,22 +117,21 @@ def test_stress_metrics_summarise_each_perturbation() -> None:
     assert result["min_recall"] == {"BACTERIA": 1.0, "NORMAL": 0.0, "VIRUS": 1.0}
 
 
-def test_shifted_scores_match_scoring_the_perturbed_files(tiny_loaded, tmp_path: Path) -> None:
+def test_shifted_scores_match_scoring_the_perturbed_files(tiny_predictor, tmp_path: Path) -> None:
     root = tmp_path / "data"
     make_dataset(root, "three-folder", per_class=2)
     paths = [s.path for s in scan_dataset(root).samples]
     (root / "NORMAL" / "broken.jpeg").write_bytes(b"not a jpeg")
-    kept, probs, skipped = stress_probabilities(
-        tiny_loaded.model, TINY_SPEC, [*paths, root / "NORMAL" / "broken.jpeg"], [CLEAN, "blur-3"], batch_size=4
-    )
+    broken = root / "NORMAL" / "broken.jpeg"
+    kept, probs, skipped = stress_probabilities(tiny_predictor, [*paths, broken], [CLEAN, "blur-3"], batch_size=4)
     assert kept == paths and len(skipped) == 1
-    from pneumocam.scoring.forward import load_model_input
-
-    x = np.stack([perturb(load_model_input(p, TINY_SPEC), "blur-3") for p in paths])
-    np.testing.assert_allclose(probs["blur-3"], tiny_loaded.model(x, training=False).numpy(), atol=1e-5)
+    # The perturbation acts on the resized image; the model's JPEG step follows, as for any served file.
+    resized = [to_model_input(read_image(p), tiny_predictor.spec.without_jpeg()) for p in paths]
+    x = np.stack([tiny_predictor.finish_input(perturb(r, "blur-3")) for r in resized])
+    np.testing.assert_allclose(probs["blur-3"], tiny_predictor.model(x, training=False).numpy(), atol=1e-5)
     assert not np.allclose(probs["blur-3"], probs[CLEAN], atol=1e-4)
     y = [["BACTERIA", "NORMAL", "VIRUS"].index(p.parent.name) for p in kept]
-    assert classification_metrics(y, probs[CLEAN], tiny_loaded.meta.classes)["n_images"] == len(paths)
+    assert classification_metrics(y, probs[CLEAN], tiny_predictor.meta.classes)["n_images"] == len(paths)
 
 
 def test_stress_cli_writes_report_and_refuses_unknown_names(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -179,8 +180,8 @@ def test_invariance_augmentation_trains_its_views(tmp_path: Path, tiny_backbone_
     make_dataset(tmp_path / "d", "download", per_class=2)
     model = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
     paths = [s.path for s in scan_dataset(tmp_path / "d").samples]
-    plain, _ = extract_activations(model, TINY_SPEC, paths, views=2, augment="acquisition")
-    inv, _ = extract_activations(model, TINY_SPEC, paths, views=2, augment="invariance")
+    plain, _ = extract_activations(served(model), paths, views=2, augment="acquisition")
+    inv, _ = extract_activations(served(model), paths, views=2, augment="invariance")
     np.testing.assert_array_equal(plain[0], inv[0])
     assert np.abs(plain[1].astype(np.float32) - inv[1]).max() > 1e-3
 
@@ -201,18 +202,27 @@ def test_encoding_perturbations_report_the_share_of_changed_calls() -> None:
     assert m["max_changed_encoding"] == pytest.approx(0.25)
 
 
-def test_model_input_from_an_original_matches_the_data_sets_copy() -> None:
-    """The default resize is how the 224 px copies were made: Pillow's antialiased bilinear."""
+def test_model_input_from_an_original_is_the_data_sets_copy() -> None:
+    """The default pipeline is how the 224 px copies were made: Pillow's antialiased bilinear, then JPEG quality 75."""
+    import io
+
     from PIL import Image
 
-    from pneumocam.images.preprocess import InputSpec, to_model_input
+    from pneumocam.images.preprocess import InputSpec, resize_to_input, to_model_input
 
     original = np.repeat(xray_like(1300, 1100, seed=5)[..., None], 3, -1)
-    copy = np.asarray(Image.fromarray(original).resize((224, 224), Image.Resampling.BILINEAR))
+    resized = Image.fromarray(original).resize((224, 224), Image.Resampling.BILINEAR)
+    saved = io.BytesIO()
+    resized.save(saved, "JPEG", quality=75)
+    copy = np.asarray(Image.open(saved).convert("RGB"), dtype=np.float32)  # the data set's copy, made as it was
     spec = InputSpec()
-    assert spec.resize == "pil-bilinear"
-    np.testing.assert_array_equal(to_model_input(original, spec), copy.astype(np.float32))
-    np.testing.assert_array_equal(to_model_input(copy, spec), copy.astype(np.float32))
+    assert (spec.resize, spec.jpeg_quality) == ("pil-bilinear", 75)
+    np.testing.assert_array_equal(resize_to_input(original, spec), np.asarray(resized, dtype=np.float32))
+    np.testing.assert_array_equal(to_model_input(original, spec), copy)
+    again = to_model_input(copy.astype(np.uint8), spec)  # a copy through the pipeline: nearly itself
+    assert np.abs(again - copy).mean() < 1.0
+    unrecorded = InputSpec(jpeg_quality=None)  # a model.json from before the JPEG step: the resize alone
+    np.testing.assert_array_equal(to_model_input(original, unrecorded), np.asarray(resized, dtype=np.float32))
     area = to_model_input(original, InputSpec(resize="area"))
     assert np.abs(area - copy).max() > 0  # another filter gives other pixels
 

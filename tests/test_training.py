@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import TINY_ARCH, TINY_SPEC, make_dataset
+from conftest import TINY_ARCH, TINY_SPEC, make_dataset, served
 from pneumocam.cli.app import main
 from pneumocam.images.data import scan_dataset
-from pneumocam.model.artifact import load_artifact
+from pneumocam.images.readers import read_image
 from pneumocam.model.network import backbone_layers, build_model
 from pneumocam.reports.stress import CLEAN, PERTURBATIONS
-from pneumocam.scoring.forward import load_model_input
+from pneumocam.scoring.predictor import load_predictor
 from pneumocam.training.trainer import TrainConfig, cut_layer_name, extract_activations, train_model, upper_model
 
 
@@ -31,9 +31,9 @@ def test_cached_activations_reproduce_the_full_model(tiny_data: Path, tiny_backb
     cut = cut_layer_name(model, 145)
     assert cut == backbone_layers(model)[144].name
     paths = [s.path for s in scan_dataset(tiny_data).samples[:5]]
-    acts, skipped = extract_activations(model, TINY_SPEC, paths, cut, views=2, batch_size=2)
+    acts, skipped = extract_activations(served(model), paths, cut, views=2, batch_size=2)
     assert acts.shape[:2] == (2, 5) and acts.dtype == np.float16 and not skipped
-    x = np.stack([load_model_input(p, TINY_SPEC) for p in paths])
+    x = np.stack([served(model).model_input(read_image(p)) for p in paths])
     direct = model(x, training=False).numpy()
     via_cache = upper_model(model, cut)(acts[0].astype(np.float32), training=False).numpy()
     assert np.abs(acts[0]).max() > 0.5  # realistic magnitudes, not underflowing float16
@@ -94,7 +94,7 @@ def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: 
     )
     listed = (out / "validation.txt").read_text().splitlines()
     assert len(listed) == loaded_n_val(out) and all((tiny_data / f).is_file() for f in listed)
-    trained = load_artifact(out)  # training fits the validity statistics: the threshold accepts 95 % of validation
+    trained = load_predictor(out)  # training fits the validity statistics: the threshold accepts 95 % of validation
     assert trained.validity is not None and trained.meta.validity["validation"]["n_images"] == len(listed)
     assert trained.meta.validity["validation"]["accepted"] >= 0.95
     chosen = trained.meta.predict  # training chose the test-time views on its validation split, and serves them
@@ -110,7 +110,7 @@ def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: 
     assert stressed.exit_code == 0, stressed.output
     assert json.loads((stress_out / "stress.json").read_text())["n_images"] == len(listed)
     assert not out.with_name("model.partial").exists()
-    loaded = load_artifact(out)
+    loaded = load_predictor(out)
     assert loaded.meta.input.height == 64 and loaded.meta.arch.alpha == 0.35
     history = json.loads((out / "history.json").read_text())
     assert len(history["baseline"]["loss"]) <= 2 and len(history["fine-tuning"]["loss"]) == 1
@@ -121,7 +121,7 @@ def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: 
 
 
 def loaded_n_val(folder: Path) -> int:
-    return load_artifact(folder).meta.data["n_val"]
+    return load_predictor(folder).meta.data["n_val"]
 
 
 def test_publish_dry_run_lists_exactly_the_model_files(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -206,7 +206,7 @@ def test_train_reads_a_recipe_file_and_records_it_with_the_overrides(
     args += ["--image-size", "64", "--recipe", recipe, "--dropout", "0.25"]
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
-    loaded = load_artifact(out)
+    loaded = load_predictor(out)
     training = loaded.meta.training
     assert training["config"]["epochs"] == 1 and training["epochs_run"] == {"baseline": 1}  # from the file
     assert loaded.meta.arch.dropout == 0.25 and loaded.meta.input.height == 64  # the command line wins
@@ -277,22 +277,21 @@ def test_consistency_training_pulls_the_views_of_an_image_together(
     result = train_to_folder(
         scan, out, TrainConfig(consistency=50.0, **base), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file)
     )
-    assert (out / "training_curves.png").stat().st_size > 1000 and load_artifact(out).views[0] == "identity"
+    assert (out / "training_curves.png").stat().st_size > 1000 and load_predictor(out).views[0] == "identity"
     assert result.meta.training["config"]["consistency"] == 50.0
     assert len(result.history["fine-tuning"]["loss"]) == 3 and "val_accuracy" in result.history["fine-tuning"]
     # The validity statistics training stored fit the model it saved: reloaded, they accept its validation images.
-    from pneumocam.scoring.forward import layer_summaries
 
-    reloaded = load_artifact(out)
+    reloaded = load_predictor(out)
     val = [tiny_data / f for f in (out / "validation.txt").read_text().split()]
-    _, summaries = layer_summaries(reloaded.model, TINY_SPEC, val, reloaded.validity.layer)
+    _, summaries = reloaded.summaries(val, reloaded.validity.layer)
     accepted = float(np.mean(reloaded.validity.scores(summaries) <= 1.0))
     assert accepted == pytest.approx(reloaded.meta.validity["validation"]["accepted"]) and accepted >= 0.95
     plain = train_model(scan, TrainConfig(**base), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), verbose=0)
 
     def spread(model) -> float:
         paths = [s.path for s in scan.samples]
-        acts, _ = extract_activations(model, TINY_SPEC, paths, "out_relu", views=3, augment="acquisition")
+        acts, _ = extract_activations(served(model), paths, "out_relu", views=3, augment="acquisition")
         head = upper_model(model, "out_relu")
         probs = np.stack([head(a.astype(np.float32), training=False).numpy() for a in acts])
         return float(np.abs(probs - probs.mean(0)).mean())

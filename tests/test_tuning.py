@@ -16,10 +16,9 @@ from pneumocam.cli.app import main
 from pneumocam.errors import DataError
 from pneumocam.explain.explainer import Explainer
 from pneumocam.images.data import class_indices, labels_of, patient_id, scan_dataset
-from pneumocam.model.artifact import load_artifact
 from pneumocam.options import TUNE_PENALTIES
 from pneumocam.reports.site_curve import curve
-from pneumocam.scoring.forward import score_files
+from pneumocam.scoring.predictor import load_predictor
 from pneumocam.site import tuning
 
 CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
@@ -108,7 +107,7 @@ def test_tune_cli_writes_a_model_whose_logits_are_the_tuned_ones(
     result = run("tune", site_data, "--out", out, "--model", adaptable_dir)
     assert result.exit_code == 0, result.output
     assert "inner 3-fold cross-validation chose" in result.output and "in-sample" in result.output
-    base, tuned = load_artifact(adaptable_dir), load_artifact(out)  # reloaded: safe mode, hash, layers
+    base, tuned = load_predictor(adaptable_dir), load_predictor(out)  # reloaded: safe mode, hash, layers
     rec = tuned.meta.tuning
     assert (
         rec["folder"] == site_data.name and rec["n_images"] == 39 and rec["counts"] == dict(zip(CLASSES, [12, 13, 14]))
@@ -117,11 +116,11 @@ def test_tune_cli_writes_a_model_whose_logits_are_the_tuned_ones(
     assert tuned.meta.name.endswith("-tuned") and "test" not in tuned.meta.metrics
     scan = scan_dataset(site_data)
     paths = [s.path for s in scan.samples]
-    s = score_files(base.model, base.meta.input, paths, features=True)
+    s = base.score(paths, features=True)
     y = class_indices(labels_of(scan.samples, s.paths), CLASSES)
     again = tuning.fit(s.probabilities, s.features, y, [patient_id(q) for q in s.paths], 3)
     assert again.tuning.kind == rec["kind"]
-    p_tuned = score_files(tuned.model, tuned.meta.input, paths).probabilities
+    p_tuned = tuned.score(paths).probabilities
     np.testing.assert_allclose(p_tuned, again.tuning.apply(s.probabilities, s.features), atol=2e-4)
     e = Explainer(tuned).explain_file(paths[0], n_layers=2)
     assert len(e.heatmaps) == 2 and all(np.isfinite(h).all() for h in e.heatmaps)
@@ -132,7 +131,7 @@ def test_tune_cli_writes_a_model_whose_logits_are_the_tuned_ones(
     assert adapt.exit_code == 1 and "site-tuned" in adapt.output
 
 
-def test_a_tuned_head_that_refits_is_folded_exactly(tiny_loaded, site_data: Path, tmp_path: Path) -> None:
+def test_a_tuned_head_that_refits_is_folded_exactly(tiny_predictor, site_data: Path, tmp_path: Path) -> None:
     """Force a re-fitted read-out (random weights) and check the folded Dense layer against the formula."""
     import keras
 
@@ -140,18 +139,18 @@ def test_a_tuned_head_that_refits_is_folded_exactly(tiny_loaded, site_data: Path
     from pneumocam.site.adaptation import clone
 
     paths = [s.path for s in scan_dataset(site_data).samples][:8]
-    s = score_files(tiny_loaded.model, tiny_loaded.meta.input, paths, features=True)
+    s = tiny_predictor.score(paths, features=True)
     rng = np.random.default_rng(0)
     d = s.features.shape[1]
     head = tuning.HeadTuning(
         tuning.TUNE, 1.0, 0.7, rng.normal(0, 1, 3), rng.normal(0, 0.3, (d, 3)), rng.normal(0, 1, d), rng.random(d) + 0.5
     )
-    model = tuning.tuned_model(clone(tiny_loaded.model), tiny_loaded.meta.logits_layer, FEATURES_LAYER, head)
+    model = tuning.tuned_model(clone(tiny_predictor.model), tiny_predictor.meta.logits_layer, FEATURES_LAYER, head)
     model.save(tmp_path / "m.keras")
     reloaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
-    got = score_files(reloaded, tiny_loaded.meta.input, paths).probabilities
+    got = tiny_predictor.derived(model=reloaded).score(paths).probabilities
     np.testing.assert_allclose(got, head.apply(s.probabilities, s.features), atol=1e-4)
-    assert tuning.is_tuned(reloaded) and not tuning.is_tuned(tiny_loaded.model)
+    assert tuning.is_tuned(reloaded) and not tuning.is_tuned(tiny_predictor.model)
 
 
 @pytest.mark.parametrize(
@@ -241,7 +240,7 @@ def test_site_curve_cli_writes_json_and_plot(adaptable_dir: Path, site_data: Pat
 def test_adaptation_ignores_names_order_and_layout(adaptable_dir: Path, site_data: Path, tmp_path: Path) -> None:
     from pneumocam.site.adaptation import adapted_site
 
-    loaded = load_artifact(adaptable_dir)
+    loaded = load_predictor(adaptable_dir)
     scan = scan_dataset(site_data)
     relaid = tmp_path / "relaid"
     rng = np.random.default_rng(0)

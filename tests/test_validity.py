@@ -19,9 +19,9 @@ from pneumocam.errors import ModelLoadError
 from pneumocam.explain.explainer import Explainer
 from pneumocam.images.readers import Header, read_image_and_header
 from pneumocam.model import validity
-from pneumocam.model.artifact import VALIDITY_FILE, load_artifact
+from pneumocam.model.artifact import VALIDITY_FILE
 from pneumocam.model.validity import ValidityStats, input_reasons
-from pneumocam.scoring.forward import layer_summaries, probabilities_of, score_files
+from pneumocam.scoring.predictor import load_predictor
 
 SAMPLE_DATA = Path(matplotlib.get_data_path()) / "sample_data"
 
@@ -69,15 +69,15 @@ def test_the_sure_checks_read_colour_and_the_dicom_header() -> None:
 
 def test_every_entry_point_gives_one_image_the_same_score(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Batch scoring, one-image probabilities and Grad-CAM compute the same validity."""
-    loaded = load_artifact(tiny_model_dir)
+    loaded = load_predictor(tiny_model_dir)
     assert loaded.validity is not None and loaded.meta.validity["validation"]["accepted"] >= 0.95
     files = [save_gray(tmp_path / f"x{i}.png", xray_like(64, 64, seed=3000 + i)) for i in range(3)]
     files.append(tmp_path / "photo.jpg")
     shutil.copy(SAMPLE_DATA / "grace_hopper.jpg", files[-1])
-    scores = score_files(loaded.model, loaded.meta.input, files, batch_size=2, validity=loaded.validity)
+    scores = loaded.score(files, batch_size=2)
     batch = scores.validity()
     decoded = [read_image_and_header(f) for f in files]
-    single = [v for _, v in probabilities_of(loaded, [d[0] for d in decoded], [d[1] for d in decoded])]
+    single = [v for _, v in loaded.score_images([d[0] for d in decoded], [d[1] for d in decoded])]
     explained = [
         e.validity for e in Explainer(loaded).explain([d[0] for d in decoded], headers=[d[1] for d in decoded])
     ]
@@ -95,10 +95,10 @@ def test_a_tampered_validity_file_is_refused(tiny_model_dir: Path, tmp_path: Pat
     stats.threshold *= 100  # would accept anything
     stats.save(folder / VALIDITY_FILE)
     with pytest.raises(ModelLoadError, match="does not match the SHA-256"):
-        load_artifact(folder)
+        load_predictor(folder)
     (folder / VALIDITY_FILE).unlink()
     with pytest.raises(ModelLoadError, match="lacks it"):
-        load_artifact(folder)
+        load_predictor(folder)
 
 
 def test_predict_flags_the_files_of_the_issue_with_any_model(tiny_model_dir: Path) -> None:
@@ -124,12 +124,12 @@ def test_fit_validity_adds_statistics_to_an_older_model(tiny_model_dir: Path, tm
     meta.pop("validity")
     (folder / "model.json").write_text(json.dumps(meta))
     (folder / VALIDITY_FILE).unlink()
-    assert load_artifact(folder).validity is None
+    assert load_predictor(folder).validity is None
     data = tmp_path / "train"
     make_dataset(data, per_class=8)
     out = CliRunner().invoke(main, ["fit-validity", str(data), "--model-dir", str(folder)])
     assert out.exit_code == 0, out.output
-    loaded = load_artifact(folder)
+    loaded = load_predictor(folder)
     record = loaded.meta.validity
     assert loaded.validity is not None and record["layer"] == loaded.validity.layer
     assert record["n_train"] + record["validation"]["n_images"] == 8 * 3 + 3
@@ -146,17 +146,17 @@ def test_adapting_rematches_the_statistics_to_the_site(tiny_model_dir: Path, tmp
     shutil.copytree(tiny_model_dir, folder)
     from pneumocam.images.data import scan_dataset
 
-    add_source_stats(load_artifact(folder), scan_dataset(data))
-    base = load_artifact(folder)
+    add_source_stats(load_predictor(folder), scan_dataset(data))
+    base = load_predictor(folder)
     site = tmp_path / "site"
     for i in range(12):
         save_gray(site / f"s{i}.png", (0.5 * xray_like(64, 64, seed=700 + i).astype(float) + 90).astype(np.uint8))
     paths = sorted(site.glob("*.png"))
     meta = adapt_to_site(base, site, tmp_path / "adapted")
-    adapted = load_artifact(tmp_path / "adapted")
+    adapted = load_predictor(tmp_path / "adapted")
     assert meta.validity["rematched"] == {"folder": "site", "n_images": 12}
     assert not np.allclose(adapted.validity.scale, 1.0)
-    _, raw = layer_summaries(adapted.model, adapted.meta.input, paths, adapted.validity.layer)
+    _, raw = adapted.summaries(paths, adapted.validity.layer)
     mapped = raw * adapted.validity.scale + adapted.validity.shift
     live = (raw.std(0) > 1e-3) & (base.validity.train_std > 1e-3)
     assert live.sum() > 100  # the site's summaries now have the training X-rays' mean and spread

@@ -19,10 +19,11 @@ from pneumocam.config import PredictDefaults
 from pneumocam.errors import InputError, ModelLoadError
 from pneumocam.explain.explainer import Explainer
 from pneumocam.explain.gradcam import GradCAM, normalize_map
-from pneumocam.model.artifact import load_artifact, record_views
+from pneumocam.model.artifact import record_views
 from pneumocam.model.views import check_views, make_views, map_back, view
 from pneumocam.options import VALIDITY_LAYER
-from pneumocam.scoring.forward import compile_forward, probabilities_of, score_files
+from pneumocam.scoring.forward import compile_forward
+from pneumocam.scoring.predictor import load_predictor
 
 
 def smooth_maps(n: int = 2, size: int = 16) -> np.ndarray:
@@ -107,21 +108,64 @@ def viewed_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 def test_every_entry_point_gives_one_image_the_same_averaged_call(viewed_model: Path, tmp_path: Path) -> None:
-    loaded = load_artifact(viewed_model)
+    loaded = load_predictor(viewed_model)
     assert loaded.views == ("identity", "jpeg-75", "blur-0.7", "zoom-1.1")
     rgb = np.repeat(xray_like(64, 64, seed=5)[..., None], 3, -1)
-    path = save_gray(tmp_path / "x.png", rgb[..., 0])
-    scored = score_files(loaded.model, loaded.meta.input, [path], views=loaded.views, validity=loaded.validity)
-    explained = Explainer(loaded).explain([rgb])[0]
-    probs, validity = probabilities_of(loaded, [rgb])[0]
+    probs, validity = loaded.score_images([rgb])[0]
     row = [probs[c] for c in loaded.meta.classes]
-    np.testing.assert_allclose(scored.probabilities[0], row, atol=1e-5)
-    np.testing.assert_allclose([explained.probabilities[c] for c in loaded.meta.classes], row, atol=1e-5)
-    plain = compile_forward(loaded.model, summary_layer=VALIDITY_LAYER)(rgb[None].astype("float32"))
+    plain = compile_forward(loaded.model, summary_layer=VALIDITY_LAYER)(loaded.model_input(rgb)[None])
     assert np.abs(plain[0].numpy()[0] - row).max() > 1e-5  # the views moved the call's probabilities
     # the validity score is the image's own, whatever the views
     assert validity.ood_score == pytest.approx(float(loaded.validity.scores(plain[1].numpy())[0]), rel=1e-4)
-    assert scored.ood_scores[0] == pytest.approx(validity.ood_score, rel=1e-4)
+
+
+def test_every_path_gives_an_original_size_upload_one_call_validity_and_heatmap(
+    viewed_model: Path, tmp_path: Path
+) -> None:
+    """The one Predictor behind them all: scoring, both engines' code, evaluate, stress, predict, the Explainer,
+    and a derived (site) predictor give one file the same probabilities, validity and heatmap."""
+    from pneumocam.images.data import scan_dataset
+    from pneumocam.images.readers import read_image_and_header
+    from pneumocam.reports.evaluation import evaluate_scan
+    from pneumocam.reports.stress import CLEAN, stress_probabilities
+    from pneumocam.scoring.ray_engine import PROBABILITIES, BatchScorer
+
+    predictor = load_predictor(viewed_model)
+    assert predictor.spec.jpeg_quality == 75  # what a new model records: the copies' JPEG step
+    data = tmp_path / "data"
+    for k, cls in enumerate(predictor.classes):  # an "original": larger than the model input, another aspect
+        save_gray(data / cls / f"{cls.lower()}.png", xray_like(150, 120, seed=40 + k))
+    path = data / "NORMAL" / "normal.png"
+    rgb, header = read_image_and_header(path)
+    probs, validity = predictor.score_images([rgb], [header])[0]
+    ref = np.array([probs[c] for c in predictor.classes])
+
+    def same(got, ood: float | None) -> None:
+        np.testing.assert_allclose(np.asarray(got, dtype=float), ref, atol=1e-5)
+        assert ood == pytest.approx(validity.ood_score, rel=1e-4)
+
+    scores = predictor.score([path])
+    same(scores.probabilities[0], scores.ood_scores[0])
+    rows = {p.file: p for p in evaluate_scan(predictor, scan_dataset(data)).predictions}
+    same([rows["NORMAL/normal.png"].probabilities[c] for c in predictor.classes], rows["NORMAL/normal.png"].ood_score)
+    actor = BatchScorer(str(viewed_model), predictor.meta.weights_sha256, threads=1)
+    out = actor({"path": np.array([str(path)], dtype=object)})
+    same(out[PROBABILITIES][0], float(out["ood_score"][0]))
+    kept, stressed, _ = stress_probabilities(predictor, [path], [CLEAN])
+    np.testing.assert_allclose(stressed[CLEAN][0], ref, atol=1e-5)
+    res = CliRunner().invoke(main, ["predict", str(path), "--json", "--model", str(viewed_model)])
+    assert res.exit_code == 0, res.output
+    call = json.loads(res.stdout)[0]
+    same([call["probabilities"][c] for c in predictor.classes], call["ood_score"])
+
+    explained = Explainer(predictor).explain_file(path)
+    same([explained.probabilities[c] for c in predictor.classes], explained.validity.ood_score)
+    site = Explainer(predictor.derived(model=predictor.model)).explain_file(path)
+    for other in (site,):
+        assert other.layer_names == explained.layer_names
+        for a, b in zip(other.heatmaps, explained.heatmaps):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+    assert any(m.max() > 0 for m in explained.heatmaps)
 
 
 def test_predict_and_evaluate_switch_views_off(viewed_model: Path, dataset_download, tmp_path: Path) -> None:
@@ -151,18 +195,18 @@ def test_a_model_json_naming_an_unknown_view_is_refused(viewed_model: Path, tmp_
     meta["predict"]["views"] = ["identity", "sharpen"]
     (bad / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError, match="predict.views"):
-        load_artifact(bad)
+        load_predictor(bad)
 
 
-def test_the_card_and_the_space_say_which_views_score(viewed_model: Path, tiny_loaded) -> None:
+def test_the_card_and_the_space_say_which_views_score(viewed_model: Path, tiny_predictor) -> None:
     from pneumocam.deploy.space_config import model_line
     from pneumocam.reports.card import model_card
 
-    loaded = load_artifact(viewed_model)
+    loaded = load_predictor(viewed_model)
     card = model_card(loaded.meta)
     assert "## Test-time views" in card and "`jpeg-75`" in card
     assert "4 test-time views" in model_line(loaded)
-    assert "## Test-time views" not in model_card(tiny_loaded.meta) and "views" not in model_line(tiny_loaded)
+    assert "## Test-time views" not in model_card(tiny_predictor.meta) and "views" not in model_line(tiny_predictor)
 
 
 def test_the_rule_prefers_a_stable_set_and_else_the_steadiest() -> None:
@@ -202,4 +246,4 @@ def test_choose_views_cli_records_the_choice(tiny_model_dir: Path, tmp_path: Pat
     assert len(meta["predict"]["choice"]["table"]) == 8
     assert meta["metrics"]["validation_shift"]["perturbations"]["original"]["changed"] >= 0
     assert meta["metrics"]["validation"]["n_images"] == meta["predict"]["choice"]["n_images"]
-    assert load_artifact(model).views == tuple(views)
+    assert load_predictor(model).views == tuple(views)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from pneumocam.options import DEFAULT_OPACITY
 
 if TYPE_CHECKING:
-    from pneumocam.model.artifact import LoadedModel
+    from pneumocam.scoring.predictor import Predictor
 from pneumocam.images.data import list_images
 from pneumocam.paths import ENV_REPO_ID, ENV_REVISION, REPO_ROOT
 
@@ -57,15 +57,16 @@ def example_files(config: SpaceConfig, limit: int = 12) -> list[str]:
     return [str(p) for p in list_images(folder)[:limit]] if folder.is_dir() else []
 
 
-def model_line(loaded: LoadedModel) -> str:
+def model_line(predictor: Predictor) -> str:
     """What a visitor should know of the model serving: its name, its exact version, its measured accuracy."""
-    meta = loaded.meta
-    version = f"revision {loaded.hub.revision[:12]}" if loaded.hub else f"weights sha256 {meta.weights_sha256[:12]}"
+    meta, hub = predictor.meta, predictor.hub
+    version = f"revision {hub.revision[:12]}" if hub else f"weights sha256 {meta.weights_sha256[:12]}"
     test = meta.metrics.get("test")
     measured = (
         f"; {test['accuracy']:.1%} accuracy on the {test['n_images']}-image test split (as trained)"
         if test
         else "; not yet measured on a test split"
     )
-    views = f"; each X-ray scored as {len(loaded.views)} test-time views, averaged" if len(loaded.views) > 1 else ""
+    n = len(predictor.views)
+    views = f"; each X-ray scored as {n} test-time views, averaged" if n > 1 else ""
     return f"**{meta.name}** ({version}){measured}{views}"

@@ -46,7 +46,6 @@ from pneumocam.explain.road import LERF, MORF, road_area, road_curves
 from pneumocam.explain.sanity import HEAD, randomize, rank_correlation, ssim, stages
 from pneumocam.images.data import Sample
 from pneumocam.images.readers import read_image
-from pneumocam.model.artifact import LoadedModel
 from pneumocam.model.network import explainable_layer_names
 from pneumocam.options import (
     AUDIT_BLOCKS,
@@ -67,7 +66,7 @@ from pneumocam.options import (
     SANITY_MAX_RHO,
 )
 from pneumocam.plots import audit_curves_figure, sanity_figure
-from pneumocam.scoring.forward import compile_forward, image_batches
+from pneumocam.scoring.predictor import Predictor
 
 AUDIT_FILE = "audit.json"
 SANITY_PLOT = "sanity.png"
@@ -128,27 +127,27 @@ def default_set_name(n_layers: int) -> str:
     return f"last {n_layers} conv"
 
 
-def finer_layer(loaded: LoadedModel) -> str | None:
+def finer_layer(predictor: Predictor) -> str | None:
     """The deepest explainable layer at a finer grid than the deepest one (14x14 against 7x7 at 224 px)."""
-    model, names = loaded.model, loaded.meta.gradcam_layers
+    model, names = predictor.model, predictor.meta.gradcam_layers
     deepest = model.get_layer(names[-1]).output.shape[1]
     finer = [n for n in names if model.get_layer(n).output.shape[1] > deepest]
     return finer[-1] if finer else None
 
 
-def layer_sets(loaded: LoadedModel, n_layers: int) -> dict[str, list[str]]:
+def layer_sets(predictor: Predictor, n_layers: int) -> dict[str, list[str]]:
     """The layer sets compared: the last ``n`` explainable layers, the deepest alone, the finer grid fused with it.
 
     A set's map is the mean of its layers' maps, each scaled to [0, 1]. The finer layer (14x14) says which
     structure mattered, the deepest (7x7) which part of the chest; fused, the two agree where both point.
     (The finer layer alone ranked last for every candidate in the first ROAD audit, docs/heatmaps.md.)
     """
-    conv = loaded.meta.last_layers(n_layers)
+    conv = predictor.meta.last_layers(n_layers)
     deepest = conv[-1]
     sets = {default_set_name(n_layers): conv}
     if n_layers > 1:
         sets[deepest] = [deepest]
-    fine = finer_layer(loaded)
+    fine = finer_layer(predictor)
     if fine is not None and [fine, deepest] not in sets.values():
         sets[f"{fine} + {deepest}"] = [fine, deepest]
     return sets
@@ -165,7 +164,7 @@ def _set_map(per_layer: dict[str, np.ndarray], layers: Sequence[str], i: int, si
 
 
 def sanity_check(
-    loaded: LoadedModel,
+    predictor: Predictor,
     x: np.ndarray,
     targets: np.ndarray,
     plan: AuditPlan,
@@ -174,10 +173,10 @@ def sanity_check(
     on_stage: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Cascading randomisation on a copy of the model: median |rho| and SSIM per candidate, layer and depth."""
-    copy = keras.models.clone_model(loaded.model)
-    copy.set_weights(loaded.model.get_weights())
-    logits = loaded.meta.logits_layer
-    cams = {candidate_name(m, s): METHODS[m](copy, layers, logits, score=s) for m, s in plan.candidates}
+    copy = keras.models.clone_model(predictor.model)
+    copy.set_weights(predictor.model.get_weights())
+    randomised = predictor.derived(model=copy)
+    cams = {candidate_name(m, s): METHODS[m].serving(randomised, layers, s) for m, s in plan.candidates}
     out: dict[str, Any] = {c: {name: {"rho": {}, "ssim": {}} for name in layers} for c in cams}
     for k, (stage, stage_layers) in enumerate(stages(copy, plan.blocks)):
         randomize(copy, stage_layers, plan.seed + k)
@@ -242,48 +241,46 @@ def audit_sample(samples: Sequence[Sample], limit: int = AUDIT_LIMIT, seed: int 
 
 
 def audit_images(
-    loaded: LoadedModel,
+    predictor: Predictor,
     paths: Sequence[Path],
     plan: AuditPlan = AuditPlan(),
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Audit the readable files of ``paths``; ``on_step`` advances by images and randomisation stages."""
-    meta, model = loaded.meta, loaded.model
+    meta, model = predictor.meta, predictor.model
     if plan.n_layers < 1 or plan.n_layers > len(meta.gradcam_layers):
         raise InputError(f"number of layers must be between 1 and {len(meta.gradcam_layers)}")
     images, kept, skipped = [], [], []
-    for batch in image_batches(paths, meta.input):
+    for batch in predictor.batches(paths):
         images.append(batch.images)
         kept += batch.paths
         skipped += batch.skipped
     if not kept:
         raise none_readable(len(paths), Path(paths[0]).parent if paths else "", skipped)
     x = np.concatenate(images)
-    forward = compile_forward(model)
+    forward = predictor.forward()
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
         return np.concatenate([forward(batch[i : i + 64]).numpy() for i in range(0, len(batch), 64)])
 
     probs = probabilities(x)
     targets = probs.argmax(1).astype(np.int32)
-    sets = layer_sets(loaded, plan.n_layers)
+    sets = layer_sets(predictor, plan.n_layers)
     layers = list(dict.fromkeys(name for group in sets.values() for name in group))
     maps = {
-        candidate_name(m, s): dict(
-            zip(layers, _cam_maps(METHODS[m](model, layers, meta.logits_layer, score=s), x, targets))
-        )
+        candidate_name(m, s): dict(zip(layers, _cam_maps(METHODS[m].serving(predictor, layers, s), x, targets)))
         for m, s in plan.candidates
     }
 
     size = x.shape[1:3]
-    todays = models_default(loaded, sets)
+    todays = models_default(predictor, sets)
     named = [candidate_name(m, s) for m, s in plan.candidates]
     todays_name = candidate_name(todays["method"], todays["score"])
     border_pair = plan.candidates[named.index(todays_name)] if todays_name in named else plan.candidates[0]
     border_name = candidate_name(*border_pair)
     border_set = todays["layer_set"] if todays["layer_set"] in sets else default_set_name(plan.n_layers)
 
-    sanity = sanity_check(loaded, x, targets, plan, layers, maps, on_step)
+    sanity = sanity_check(predictor, x, targets, plan, layers, maps, on_step)
     # Faithfulness only where it can decide: a candidate and set that fail sanity are out whatever their areas.
     keys: list[tuple[str | None, str | None]] = [
         (c, s) for c in named for s in sets if _passes(sanity[c], sets[s]) or (c, s) == (border_name, border_set)
@@ -410,9 +407,9 @@ def recommendation_table(
     return sorted(rows, key=lambda r: (not r["sanity_pass"], -r["road_gap"] if r["road_gap"] is not None else np.inf))
 
 
-def models_default(loaded: LoadedModel, sets: dict[str, list[str]]) -> dict[str, Any]:
+def models_default(predictor: Predictor, sets: dict[str, list[str]]) -> dict[str, Any]:
     """The heatmaps the model shows today (its ``model.json`` ``explain``), named as one of the audited sets."""
-    meta = loaded.meta
+    meta = predictor.meta
     layers = meta.shown_layers()
     name = next((s for s, group in sets.items() if group == layers), " + ".join(layers))
     return {"method": meta.explain.method, "score": meta.explain.score, "layer_set": name, "layers": layers}
@@ -438,13 +435,13 @@ def recommend(best: dict[str, Any] | None, default: dict[str, Any]) -> dict[str,
     }
 
 
-def explain_defaults(result: dict[str, Any], loaded: LoadedModel) -> tuple[list[str], ExplainDefaults]:
+def explain_defaults(result: dict[str, Any], predictor: Predictor) -> tuple[list[str], ExplainDefaults]:
     """The explainable layers and default heatmaps that put an audit's recommendation into ``model.json``.
 
     The last N explainable layers are stored as a count (the Space's slider moves from there); any other
     set by name.
     """
-    layers = explainable_layer_names(loaded.model)
+    layers = explainable_layer_names(predictor.model)
     rec = result["recommendation"]
     want = list(rec["layers"])
     missing = [name for name in want if name not in layers]
@@ -518,10 +515,10 @@ def format_audit(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def border_rows(loaded: LoadedModel, result: dict[str, Any], limit: int = GALLERY_LIMIT) -> list[dict[str, Any]]:
+def border_rows(predictor: Predictor, result: dict[str, Any], limit: int = GALLERY_LIMIT) -> list[dict[str, Any]]:
     """Rows for a page of the flagged images: the X-ray, then the map the border share was measured on."""
     border = result["border"]
-    explainer = Explainer(loaded, border["method"], border["score"])
+    explainer = Explainer(predictor, border["method"], border["score"])
     layers = result["layer_sets"][border["layer_set"]]
     rows = []
     for name in result["border_flagged"][:limit]:
@@ -532,7 +529,7 @@ def border_rows(loaded: LoadedModel, result: dict[str, Any], limit: int = GALLER
     return rows
 
 
-def write_audit(out: Path, result: dict[str, Any], loaded: LoadedModel, title: str) -> list[Path]:
+def write_audit(out: Path, result: dict[str, Any], predictor: Predictor, title: str) -> list[Path]:
     """audit.json, sanity.png, curves.png, the border page and index.html, each written atomically."""
     out = Path(out)
     written = [
@@ -540,7 +537,7 @@ def write_audit(out: Path, result: dict[str, Any], loaded: LoadedModel, title: s
         save_figure(sanity_figure(result), out / SANITY_PLOT),
         save_figure(audit_curves_figure(result), out / CURVES_PLOT),
     ]
-    rows = border_rows(loaded, result)
+    rows = border_rows(predictor, result)
     if rows:
         page = compose_page(rows, f"{title}: maps resting mostly on the border")
         written.append(write_bytes(out / BORDER_PAGE, encode_png(page)))

@@ -12,11 +12,11 @@ from pneumocam.config import check_cam_method, check_cam_score
 from pneumocam.errors import InputError
 from pneumocam.explain.gradcam import METHODS, BaseCAM
 from pneumocam.explain.overlay import blend, colorize, upsample
-from pneumocam.images.preprocess import fit_within, to_model_input
+from pneumocam.images.preprocess import fit_within
 from pneumocam.images.readers import Header, read_image_and_header
-from pneumocam.model.artifact import LoadedModel
 from pneumocam.model.validity import Validity, input_reasons, verdict
 from pneumocam.options import DEFAULT_OPACITY
+from pneumocam.scoring.predictor import Predictor
 
 
 @dataclass
@@ -34,35 +34,31 @@ class Explanation:
 
 
 class Explainer:
-    """A loaded model plus its CAM methods, compiled once per choice of layers.
+    """A predictor model plus its CAM methods, compiled once per choice of layers.
 
     Method, explained score and layers default to the model's own (``model.json`` ``explain``).
     """
 
-    def __init__(self, loaded: LoadedModel, method: str | None = None, score: str | None = None) -> None:
-        self.loaded = loaded
-        self.method = check_cam_method(method or loaded.meta.explain.method)
-        self.score = check_cam_score(score or loaded.meta.explain.score)
+    def __init__(self, predictor: Predictor, method: str | None = None, score: str | None = None) -> None:
+        self.predictor = predictor
+        self.method = check_cam_method(method or predictor.meta.explain.method)
+        self.score = check_cam_score(score or predictor.meta.explain.score)
         self._cams: dict[tuple[str, tuple[str, ...]], BaseCAM] = {}
 
     @property
     def classes(self) -> list[str]:
-        return self.loaded.meta.classes
+        return self.predictor.meta.classes
 
     def cam(self, layer_names: Sequence[str], method: str | None = None) -> BaseCAM:
         """The compiled CAM for these layers and method (default: the explainer's), built on first use."""
         key = (check_cam_method(method or self.method), tuple(layer_names))
         if key not in self._cams:
-            meta, stats = self.loaded.meta, self.loaded.validity
-            summary = stats.layer if stats else None
-            self._cams[key] = METHODS[key[0]](
-                self.loaded.model, list(key[1]), meta.logits_layer, summary, self.loaded.views, self.score
-            )
+            self._cams[key] = METHODS[key[0]].serving(self.predictor, list(key[1]), self.score)
         return self._cams[key]
 
     def warm_up(self, n_layers: int | None = None) -> None:
         """Trace the forward pass and the CAM once on a grey image, so the first real call waits no longer."""
-        blank = np.full((*self.loaded.meta.input.shape[:2], 3), 128, np.uint8)
+        blank = np.full((*self.predictor.meta.input.shape[:2], 3), 128, np.uint8)
         self.explain([blank], n_layers=n_layers)
 
     def explain_file(
@@ -96,7 +92,7 @@ class Explainer:
         ``headers``: what each file said about itself (DICOM tags), for the validity checks.
         ``layer_names``: these layers instead of ``n_layers`` (an audited set).
         """
-        meta = self.loaded.meta
+        meta = self.predictor.meta
         layers = list(layer_names) if layer_names else meta.shown_layers(n_layers)
         if not images:
             return []
@@ -107,9 +103,9 @@ class Explainer:
             if bad:
                 raise InputError(f"unknown class {bad[0]!r}; the model knows {', '.join(meta.classes)}")
             targets = np.array([meta.classes.index(t) for t in names], dtype=np.int32)
-        x = np.stack([to_model_input(img, meta.input) for img in images])
+        x = np.stack([self.predictor.model_input(img) for img in images])
         result = self.cam(layers, method)(x, targets)
-        stats = self.loaded.validity
+        stats = self.predictor.validity
         ood = stats.scores(result.summaries) if stats is not None else [None] * len(x)
         headers = headers or [Header()] * len(x)
         out = []

@@ -29,6 +29,7 @@ from pneumocam.model.views import (
     map_back,
 )
 from pneumocam.options import CAM_METHODS, DEFAULT_CAM_SCORE, LOG_PROBABILITY
+from pneumocam.scoring.predictor import Predictor
 
 
 @dataclass
@@ -51,7 +52,23 @@ def normalize_map(cam: np.ndarray) -> np.ndarray:
 
 
 class BaseCAM:
-    """Gradient-weighted class activation maps; subclasses override :meth:`channel_weights`."""
+    """Gradient-weighted class activation maps; subclasses override :meth:`contributions`.
+
+    :meth:`serving` builds one for a predictor: its views, validity summary and explained score, as served.
+    """
+
+    @classmethod
+    def serving(cls, predictor: Predictor, layer_names: list[str], score: str | None = None) -> BaseCAM:
+        """This CAM of ``predictor`` as it serves: its views, its validity summary, its explained score by default."""
+        stats = predictor.validity
+        return cls(
+            predictor.model,
+            layer_names,
+            predictor.meta.logits_layer,
+            stats.layer if stats is not None else None,
+            predictor.views,
+            score or predictor.score_name,
+        )
 
     def __init__(
         self,

@@ -1,16 +1,20 @@
 """From a decoded RGB image to the model's input tensor.
 
-The recipe (size, resize method) is part of the model's metadata
-(:class:`InputSpec`), so the CLI, the Space and training all resize the same
-way. Scaling to [-1, 1] happens inside the model (a Rescaling layer), so the
-input here stays in 0..255.
+The pipeline (size, resize method, JPEG quality) is part of the model's metadata
+(:class:`InputSpec`), so the CLI, the Space, the audit and training all make the
+same input. Scaling to [-1, 1] happens inside the model (a Rescaling layer), so
+the input here stays in 0..255.
 
-The default resize, ``pil-bilinear``, is how the data set's 224 px copies were
-made from the originals (Pillow's antialiased bilinear ``resize``): an original
-X-ray uploaded by a user then reaches the model as its training copy did.
+The data set's 224 px copies were made from the originals with Pillow's
+antialiased bilinear ``resize`` (``pil-bilinear``) and saved as JPEG quality 75.
+A model that records both resizes an original X-ray the same way and passes it
+through the same JPEG round trip: the upload reaches the model as its copy did,
+JPEG texture included (a model trained on the copies learned it).
 """
 
 from __future__ import annotations
+
+import io
 
 import cv2
 import numpy as np
@@ -28,6 +32,27 @@ _RESIZE = {
 
 
 def to_model_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The model's input pipeline: resize (whole image, no crop), then the JPEG step if the model has one.
+
+    float32 in 0..255. Every entry point reaches the model through here (or :func:`finish_input` after a resize).
+    """
+    return finish_input(resize_to_input(rgb, spec), spec)
+
+
+def finish_input(x: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The pipeline after the resize: the JPEG round trip at ``spec.jpeg_quality`` (none: ``x`` as it is)."""
+    return x if spec.jpeg_quality is None else jpeg_round_trip(x, spec.jpeg_quality)
+
+
+def jpeg_round_trip(x: np.ndarray, quality: int) -> np.ndarray:
+    """Save as JPEG with Pillow (as the data set's copies were) and read it back; float32 in 0..255."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
+    with Image.open(buffer) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float32)
+
+
+def resize_to_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Resize (whole image, no crop) to the model size; float32 in 0..255."""
     h, w = rgb.shape[:2]
     if spec.resize == PIL_BILINEAR:

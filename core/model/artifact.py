@@ -20,7 +20,6 @@ from pneumocam.config import LOGITS_LAYER, ArchConfig, ExplainDefaults, InputSpe
 from pneumocam.errors import InputError, ModelLoadError
 from pneumocam.images.data import CLASSES
 from pneumocam.model.validity import ValidityStats
-from pneumocam.options import NO_VIEWS
 
 if TYPE_CHECKING:
     import keras
@@ -96,7 +95,8 @@ class ModelMeta:
             return cls(
                 name=d.get("name", "pneumocam"),
                 classes=list(d["classes"]),
-                input=InputSpec.from_dict(d["input"]),
+                # A model.json written before the JPEG step has none: it keeps serving as it was measured.
+                input=InputSpec.from_dict({"jpeg_quality": None, **d["input"]}),
                 arch=ArchConfig.from_dict(d["arch"]),
                 logits_layer=d.get("logits_layer", LOGITS_LAYER),
                 gradcam_layers=list(d["gradcam_layers"]),
@@ -152,7 +152,6 @@ class LoadedModel:
     directory: Path
     hub: HubRef | None = None
     validity: ValidityStats | None = None  # None: a model trained before validity statistics were kept
-    views: tuple[str, ...] = NO_VIEWS  # the test-time views every entry point averages (pneumocam.model.views)
 
     @property
     def from_hub(self) -> bool:
@@ -315,12 +314,10 @@ def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef 
     from pneumocam.model.views import check_views  # TensorFlow: see above
 
     try:
-        views = check_views(meta.predict.views)
+        check_views(meta.predict.views)
     except InputError as exc:
         raise ModelLoadError(f"{META_FILE} predict.views: {exc}") from exc
     validity = load_validity(d, meta)
     if validity is not None and validity.layer not in {layer.name for layer in model.layers}:
         raise ModelLoadError(f"{VALIDITY_FILE} summarises layer {validity.layer}, which the model lacks")
-    return LoadedModel(
-        model=model, meta=meta, source=source or str(d), directory=d, hub=hub, validity=validity, views=views
-    )
+    return LoadedModel(model=model, meta=meta, source=source or str(d), directory=d, hub=hub, validity=validity)

@@ -14,7 +14,6 @@ import numpy as np
 from pneumocam.atomic import save_figure, write_csv, write_json
 from pneumocam.errors import DataError, InputError, none_readable
 from pneumocam.images.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
-from pneumocam.model.artifact import LoadedModel
 from pneumocam.model.validity import NOTE_SEP, Validity, summarize
 from pneumocam.options import (
     ADAPT_BATCH_SIZE,
@@ -33,6 +32,7 @@ from pneumocam.site import calibration, tuning
 
 if TYPE_CHECKING:
     from pneumocam.scoring.engine import LocalEngine
+    from pneumocam.scoring.predictor import Predictor
     from pneumocam.scoring.ray_engine import RayEngine
 
 METRICS_FILE = "metrics.json"
@@ -57,7 +57,7 @@ def is_report_entry(name: str) -> bool:
     return name in REPORT_FILES or name == GALLERY_DIR
 
 
-def provenance(loaded: LoadedModel, data_dir: Path) -> dict[str, Any]:
+def provenance(predictor: Predictor, data_dir: Path) -> dict[str, Any]:
     """What a report was made from and with: the model, the data folder, when, and the software."""
     from datetime import UTC, datetime
     from importlib.metadata import version
@@ -68,8 +68,9 @@ def provenance(loaded: LoadedModel, data_dir: Path) -> dict[str, Any]:
 
     packages = {name: version(name) for name in ("keras", "numpy", "scikit-learn", "pillow", "pydicom")}
     return {
-        "model": {"name": loaded.meta.name, "sha256": loaded.meta.weights_sha256, "source": loaded.source},
-        "views": list(loaded.views),
+        "model": {"name": predictor.meta.name, "sha256": predictor.meta.weights_sha256, "source": predictor.source},
+        "views": list(predictor.views),
+        "input": predictor.spec.to_dict(),
         "data_dir": Path(data_dir).resolve().name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {"pneumocam": pneumocam.__version__, "tensorflow": tf.__version__, **packages},
@@ -177,7 +178,7 @@ class Protocol:
 
 
 def evaluate_scan(
-    loaded: LoadedModel,
+    predictor: Predictor,
     scan: Scan,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
@@ -192,10 +193,10 @@ def evaluate_scan(
     """
 
     engine = engine or LocalEngine()
-    classes = loaded.meta.classes
+    classes = predictor.meta.classes
     check_labels(scan, classes)
     paths = [s.path for s in scan.samples]
-    scored, block = loaded, {"name": protocol.name, "description": protocol.describe()}
+    scored, block = predictor, {"name": protocol.name, "description": protocol.describe()}
     if protocol.cross_tune and engine.name != LocalEngine.name:
         raise InputError(TUNE_ENGINE_HINT)
     with_lame = False
@@ -205,7 +206,7 @@ def evaluate_scan(
         from pneumocam.site.adaptation import adapted_site, lame_scores, split_method  # TensorFlow: see passes()
 
         method, with_lame = split_method(protocol.adapt_method)
-        scored, info = adapted_site(loaded, paths, method, batch_size=ADAPT_BATCH_SIZE, on_batch=on_batch)
+        scored, info = adapted_site(predictor, paths, method, batch_size=ADAPT_BATCH_SIZE, on_batch=on_batch)
         block["adaptation"] = {**info, "method": protocol.adapt_method}
     scores = engine.score(scored, paths, batch_size, on_batch, features=bool(protocol.cross_tune) or with_lame)
     if with_lame:
@@ -244,7 +245,7 @@ def evaluate_scan(
     metrics["validity"] = validity_block(validity, y_true, probabilities, classes, scored.validity is not None)
     metrics["protocol"] = block
     metrics["skipped"] = [{"file": relative_name(p, scan.root), "reason": r} for p, r in scores.skipped]
-    metrics["provenance"] = {**provenance(loaded, scan.root), "engine": engine.info()}
+    metrics["provenance"] = {**provenance(predictor, scan.root), "engine": engine.info()}
     preds = [
         Prediction(
             file=relative_name(p, scan.root),

@@ -23,7 +23,6 @@ import numpy as np
 
 from pneumocam.errors import DataError, ModelLoadError, none_readable
 from pneumocam.images.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
-from pneumocam.model.artifact import LoadedModel
 from pneumocam.options import (
     DEFAULT_BATCH_SIZE,
     SITE_CURVE_REPEATS,
@@ -31,8 +30,8 @@ from pneumocam.options import (
     TUNE_MIN_PER_CLASS,
 )
 from pneumocam.reports.evaluation import Protocol, evaluate_scan
-from pneumocam.scoring.forward import score_files
 from pneumocam.scoring.metrics import classification_metrics, patient_resamples, percentile_interval, with_ci
+from pneumocam.scoring.predictor import Predictor
 from pneumocam.site import calibration, tuning
 from pneumocam.site.adaptation import check_adaptable
 
@@ -133,32 +132,30 @@ class SiteScores:
 
 
 def score_site(
-    loaded: LoadedModel,
+    predictor: Predictor,
     scan: Scan,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> SiteScores:
     """Score the folder once (probabilities and pooled features), and once more adapted to it, if the model can be."""
-    classes = loaded.meta.classes
+    classes = predictor.meta.classes
     check_labels(scan, classes)
     paths = [s.path for s in scan.samples]
-    scores = score_files(
-        loaded.model, loaded.meta.input, paths, batch_size, on_batch, features=True, views=loaded.views
-    )
+    scores = predictor.score(paths, batch_size, on_batch, features=True)
     if not scores.paths:
         raise none_readable(len(paths), scan.root, scores.skipped)
     y = class_indices(labels_of(scan.samples, scores.paths), classes)
     counts = np.bincount(y, minlength=len(classes))
     tuning.check_counts(counts // 2, classes, f"half of {scan.root}")
     adapted = None
-    if adapt_passes(loaded):
-        adapted = evaluate_scan(loaded, scan, batch_size, on_batch, Protocol(adapt=True)).metrics["accuracy"]
+    if adapt_passes(predictor):
+        adapted = evaluate_scan(predictor, scan, batch_size, on_batch, Protocol(adapt=True)).metrics["accuracy"]
     header = {
         "data_dir": scan.root.resolve().name,
         "n_images": len(y),
         "counts": dict(zip(classes, counts.tolist())),
         "skipped": [{"file": relative_name(p, scan.root), "reason": r} for p, r in scores.skipped],
-        "model": {"name": loaded.meta.name, "sha256": loaded.meta.weights_sha256},
+        "model": {"name": predictor.meta.name, "sha256": predictor.meta.weights_sha256},
     }
     untouched = classification_metrics(y, scores.probabilities, classes)["accuracy"]
     groups = [patient_id(p) for p in scores.paths]
@@ -214,10 +211,10 @@ def format_curve(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def adapt_passes(loaded: LoadedModel) -> int:
+def adapt_passes(predictor: Predictor) -> int:
     """Passes over the images beyond the first (for progress bars): the adapted reference, when there is one."""
     try:
-        check_adaptable(loaded)
+        check_adaptable(predictor)
     except ModelLoadError:
         return 0
     return Protocol(adapt=True).passes()

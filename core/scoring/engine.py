@@ -1,7 +1,7 @@
 """Where a folder is scored: in this process, or on a Ray cluster (:mod:`pneumocam.scoring.ray_engine`).
 
 Both engines run the same decode, preprocess and forward code
-(:func:`pneumocam.scoring.forward.score_files`) and return the same :class:`Scores`, in
+(:meth:`pneumocam.scoring.predictor.Predictor.score`) and return the same :class:`Scores`, in
 the order of the paths given, so one set of report writers serves both.
 """
 
@@ -15,15 +15,15 @@ from pneumocam.errors import InputError
 from pneumocam.options import DEFAULT_ENGINE, ENGINES
 
 if TYPE_CHECKING:
-    from pneumocam.model.artifact import LoadedModel
     from pneumocam.scoring.forward import Scores
+    from pneumocam.scoring.predictor import Predictor
     from pneumocam.scoring.ray_engine import RayEngine
 
 
 class LocalEngine:
     """This process: tf.data decoding in threads, one forward pass per batch.
 
-    An engine has ``name``, ``score(loaded, paths, batch_size, on_batch, features)`` and ``info()`` (the
+    An engine has ``name``, ``score(predictor, paths, batch_size, on_batch, features)`` and ``info()`` (the
     report's provenance); :class:`pneumocam.scoring.ray_engine.RayEngine` is the other.
     """
 
@@ -31,17 +31,13 @@ class LocalEngine:
 
     def score(
         self,
-        loaded: LoadedModel,
+        predictor: Predictor,
         paths: Sequence[Path],
         batch_size: int,
         on_batch: Callable[[int], None] | None = None,
         features: bool = False,
     ) -> Scores:
-        from pneumocam.scoring.forward import score_files  # TensorFlow: only when scoring starts
-
-        return score_files(
-            loaded.model, loaded.meta.input, paths, batch_size, on_batch, features, loaded.validity, loaded.views
-        )
+        return predictor.score(paths, batch_size, on_batch, features)
 
     def info(self) -> dict[str, Any]:
         import pneumocam

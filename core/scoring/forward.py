@@ -1,4 +1,5 @@
-"""Scoring many files: the forward pass every consumer calls, and the batches of decoded images it reads.
+"""The compiled forward pass and the batches of decoded images it reads (:class:`~pneumocam.scoring.predictor.Predictor`
+owns both for every consumer).
 
 Decoding goes through :func:`pneumocam.images.readers.read_image` inside a ``tf.data``
 pipeline with parallel map and prefetch, so JPEG decoding of the next batch
@@ -21,17 +22,11 @@ import tensorflow as tf
 from pneumocam.config import FEATURES_LAYER
 from pneumocam.errors import ImageLoadError
 from pneumocam.images.preprocess import InputSpec, to_model_input
-from pneumocam.images.readers import Header, read_image, read_image_and_header
-from pneumocam.model.artifact import LoadedModel
+from pneumocam.images.readers import read_image_and_header
 from pneumocam.model.network import validity_summary
-from pneumocam.model.validity import NOTE_SEP, Validity, ValidityStats, input_reasons, verdict, verdicts
+from pneumocam.model.validity import NOTE_SEP, Validity, input_reasons, verdicts
 from pneumocam.model.views import NO_VIEWS, average, check_views, first_view, make_views
 from pneumocam.options import DEFAULT_BATCH_SIZE
-
-
-def load_model_input(path: str | Path, spec: InputSpec) -> np.ndarray:
-    """File -> model input only (float32, spec size, 0..255), for batch scoring."""
-    return to_model_input(read_image(path), spec)
 
 
 def load_checked_input(path: str | Path, spec: InputSpec) -> tuple[np.ndarray, list[str]]:
@@ -161,73 +156,3 @@ class Scores:
     def validity(self) -> list[Validity]:
         """Each readable file's validity."""
         return verdicts(self.ood_scores, self.notes or [""] * len(self.paths))
-
-
-def score_files(
-    model: keras.Model,
-    spec: InputSpec,
-    paths: Sequence[str | Path],
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    on_batch: Callable[[int], None] | None = None,
-    features: bool = False,
-    validity: ValidityStats | None = None,
-    views: Sequence[str] = NO_VIEWS,
-) -> Scores:
-    """Score every file; ``on_batch(n)`` is called after each batch of ``n`` files.
-
-    ``features``: keep each image's pooled features too; ``validity``: give each
-    image its ``ood_score`` (one forward pass gives all of them); ``views``: the
-    test-time views averaged (a loaded model's own are ``loaded.views``).
-    """
-    layer = validity.layer if validity is not None else None
-    forward = compile_forward(model, features, layer, views)
-    kept: list[Path] = []
-    outs: list[list[np.ndarray]] = []
-    skipped: list[tuple[Path, str]] = []
-    notes: list[str] = []
-    for batch in image_batches(paths, spec, batch_size):
-        if len(batch.images):
-            out = forward(batch.images)
-            outs.append([o.numpy() for o in out] if (features or layer) else [out.numpy()])
-        kept += batch.paths
-        skipped += batch.skipped
-        notes += batch.notes
-        if on_batch:
-            on_batch(batch.size)
-    widths = [model.output_shape[-1]]
-    widths += [model.get_layer(FEATURES_LAYER).output.shape[-1]] if features else []
-    widths += [model.get_layer(layer).output.shape[-1]] if layer else []
-    arrays = [np.concatenate(a) for a in zip(*outs)] if outs else [np.zeros((0, w), np.float32) for w in widths]
-    ood = validity.scores(arrays[-1]) if validity is not None else None
-    return Scores(kept, arrays[0], skipped, arrays[1] if features else None, ood, notes)
-
-
-def layer_summaries(
-    model: keras.Model, spec: InputSpec, paths: Sequence[str | Path], layer: str, batch_size: int = DEFAULT_BATCH_SIZE
-) -> tuple[list[Path], np.ndarray]:
-    """The readable files and their validity summaries of ``layer`` (what the validity statistics are fitted on)."""
-    forward = compile_forward(model, summary_layer=layer)
-    kept: list[Path] = []
-    outs = [np.zeros((0, model.get_layer(layer).output.shape[-1]), np.float32)]
-    for batch in image_batches(paths, spec, batch_size):
-        if len(batch.images):
-            outs.append(forward(batch.images)[1].numpy())
-        kept += batch.paths
-    return kept, np.concatenate(outs)
-
-
-def probabilities_of(
-    loaded: LoadedModel, images: Sequence[np.ndarray], headers: Sequence[Header] | None = None
-) -> list[tuple[dict[str, float], Validity]]:
-    """Class probabilities of decoded RGB images (no Grad-CAM) and each call's validity: one forward pass."""
-    if not images:
-        return []
-    x = np.stack([to_model_input(img, loaded.meta.input) for img in images])
-    stats = loaded.validity
-    out = compile_forward(loaded.model, summary_layer=stats.layer if stats else None, views=loaded.views)(x)
-    p, ood = (out[0].numpy(), stats.scores(out[1].numpy())) if stats else (out.numpy(), [None] * len(x))
-    headers = headers or [Header()] * len(x)
-    return [
-        ({c: float(v) for c, v in zip(loaded.meta.classes, row)}, verdict(s, input_reasons(xi, h)))
-        for row, s, xi, h in zip(p, ood, x, headers)
-    ]

@@ -1,7 +1,7 @@
 """Scoring on Ray Data: a pool of actors, each loading the model folder once.
 
-Each actor calls :func:`pneumocam.scoring.forward.score_files`, the local engine's own
-decode, preprocess and forward code, on its batch of paths. What comes back is
+Each actor rebuilds the driver's :class:`~pneumocam.scoring.predictor.Predictor` (its folder, its
+views) and calls its ``score``, the local engine's own code, on its batch of paths. What comes back is
 merged by path on the driver (Ray does not keep order), checked to cover every
 file exactly once, and returned in input order as the local engine does.
 
@@ -40,8 +40,8 @@ from pneumocam.errors import EngineError, InputError, ModelLoadError
 from pneumocam.options import RAY_INSTALL
 
 if TYPE_CHECKING:
-    from pneumocam.model.artifact import LoadedModel
     from pneumocam.scoring.forward import Scores
+    from pneumocam.scoring.predictor import Predictor
 
 PATH = "path"
 ERROR = "error"
@@ -117,27 +117,19 @@ class BatchScorer:
         except RuntimeError:
             pass
         from pneumocam.model.artifact import load_artifact
+        from pneumocam.model.views import check_views
+        from pneumocam.scoring.predictor import Predictor
 
-        self.loaded = load_artifact(model_dir)
-        if weights_sha256 and self.loaded.meta.weights_sha256 != weights_sha256:
+        loaded = load_artifact(model_dir)
+        if weights_sha256 and loaded.meta.weights_sha256 != weights_sha256:
             raise ModelLoadError(f"the model in {model_dir} on this worker is not the one the driver loaded")
-        if views is not None:  # the driver's choice (--no-views) over the folder's own
-            self.loaded.views = tuple(views)
+        # The driver's predictor, rebuilt here: its folder and its views (--no-views over the folder's own).
+        self.predictor = Predictor(loaded, check_views(views)) if views is not None else Predictor.of(loaded)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pneumocam.scoring.forward import score_files
-
         paths = [str(p) for p in batch[PATH]]
-        loaded = self.loaded
-        scores = score_files(
-            loaded.model,
-            loaded.meta.input,
-            paths,
-            batch_size=max(1, len(paths)),
-            validity=loaded.validity,
-            views=loaded.views,
-        )
-        return to_rows(paths, scores, len(loaded.meta.classes))
+        scores = self.predictor.score(paths, batch_size=max(1, len(paths)))
+        return to_rows(paths, scores, len(self.predictor.classes))
 
 
 def to_rows(paths: Sequence[str], scores: Scores, n_classes: int) -> dict[str, np.ndarray]:
@@ -233,7 +225,7 @@ class RayEngine:
 
     def score(
         self,
-        loaded: LoadedModel,
+        predictor: Predictor,
         paths: Sequence[Path],
         batch_size: int,
         on_batch: Callable[[int], None] | None = None,
@@ -254,10 +246,10 @@ class RayEngine:
         ds = ds.map_batches(
             BatchScorer,
             fn_constructor_kwargs={
-                "model_dir": str(Path(loaded.directory).resolve()),
-                "weights_sha256": loaded.meta.weights_sha256,
+                "model_dir": str(Path(predictor.directory).resolve()),
+                "weights_sha256": predictor.meta.weights_sha256,
                 "threads": CPUS_PER_WORKER,
-                "views": list(loaded.views),
+                "views": list(predictor.views),
             },
             batch_size=batch_size,
             batch_format="numpy",
@@ -275,7 +267,7 @@ class RayEngine:
                     on_batch(len(out[PATH]))
         except ray.exceptions.RayError as exc:
             raise known_worker_error(exc) from exc
-        return merge_rows(paths, rows, len(loaded.meta.classes), loaded.validity is not None)
+        return merge_rows(paths, rows, len(predictor.meta.classes), predictor.validity is not None)
 
     def info(self) -> dict[str, Any]:
         return {

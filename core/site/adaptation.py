@@ -28,12 +28,12 @@ import numpy as np
 import tensorflow as tf
 
 from pneumocam.errors import InputError, ModelLoadError, none_readable
-from pneumocam.images.preprocess import InputSpec
-from pneumocam.model.artifact import SOURCE_STATS_FILE, LoadedModel, file_sha256
+from pneumocam.model.artifact import SOURCE_STATS_FILE, file_sha256
 from pneumocam.model.hub import download_optional
 from pneumocam.model.network import FEATURES_LAYER, validity_summary
 from pneumocam.options import ADAPT_BATCH_SIZE, ADAPT_METHODS, DEFAULT_ADAPT_METHOD, LAME, LAME_BLOCK, LAME_KNN
-from pneumocam.scoring.forward import Scores, image_batches
+from pneumocam.scoring.forward import Scores
+from pneumocam.scoring.predictor import Predictor
 
 _MIN_STD = 1e-3
 #: The key of the validity summary's moments in a :class:`LayerStats` (per image, not per pixel).
@@ -87,8 +87,7 @@ def _method_parts(method: str) -> tuple[bool, bool]:
 
 
 def layer_statistics(
-    model: keras.Model,
-    spec: InputSpec,
+    predictor: Predictor,
     paths: Sequence[str | Path],
     layer_names: Sequence[str],
     batch_size: int = ADAPT_BATCH_SIZE,
@@ -101,13 +100,14 @@ def layer_statistics(
     images, under :data:`VALIDITY_SUMMARY`. Sums are reduced inside the graph,
     batch by batch, so only two vectors per layer leave it. Unreadable files are left out.
     """
+    model = predictor.model
     tensors = [model.get_layer(n).output if n == FEATURES_LAYER else model.get_layer(n).input for n in layer_names]
     names = list(layer_names)
     if summary_layer:
         tensors.append(validity_summary(model, summary_layer))
         names.append(VALIDITY_SUMMARY)
     probe = keras.Model(model.inputs[0], tensors)
-    return _site_moments(probe, spec, paths, names, batch_size, on_batch)
+    return _site_moments(probe, predictor, paths, names, batch_size, on_batch)
 
 
 def _ratio(source_std: np.ndarray, target_std: np.ndarray) -> np.ndarray:
@@ -190,14 +190,14 @@ def _measuring_model(model: keras.Model, source: LayerStats, bn_names: Sequence[
 
 def _site_moments(
     probe: keras.Model,
-    spec: InputSpec,
+    predictor: Predictor,
     paths: Sequence[str | Path],
     names: Sequence[str],
     batch_size: int,
     on_batch: Callable[[int], None] | None,
 ) -> LayerStats:
     """Per-channel mean and std of each output of ``probe`` over every pixel of every readable image."""
-    sig = [tf.TensorSpec([None, *spec.shape], tf.float32)]
+    sig = [tf.TensorSpec([None, *predictor.spec.shape], tf.float32)]
 
     @tf.function(input_signature=sig)
     def moments(x: tf.Tensor) -> tuple[list[tf.Tensor], list[tf.Tensor], list[tf.Tensor]]:
@@ -212,7 +212,7 @@ def _site_moments(
     counts = [0.0] * len(names)
     n_images = 0
     skipped: list[tuple[Path, str]] = []
-    for batch in image_batches(paths, spec, batch_size):
+    for batch in predictor.batches(paths, batch_size):
         skipped += batch.skipped
         if len(batch.images):
             sums, squares, seen = moments(batch.images)
@@ -310,8 +310,7 @@ def split_method(method: str) -> tuple[str, bool]:
 
 
 def adapt_model(
-    model: keras.Model,
-    spec: InputSpec,
+    site: Predictor,
     source: LayerStats,
     paths: Sequence[str | Path],
     method: str = DEFAULT_ADAPT_METHOD,
@@ -319,7 +318,7 @@ def adapt_model(
     on_batch: Callable[[int], None] | None = None,
     summary_layer: str | None = None,
 ) -> LayerStats:
-    """Adapt ``model`` in place to the images in ``paths``; returns the site statistics measured.
+    """Adapt ``site.model`` (a fresh copy) in place to the images in ``paths``; returns the site statistics measured.
 
     ``summary_layer``: the last pass also measures the adapted model's validity
     summaries of the site (:data:`VALIDITY_SUMMARY`), so its validity statistics can follow.
@@ -335,6 +334,7 @@ def adapt_model(
     the (adapted) model and folds their re-standardisation into the head's
     first dense layer.
     """
+    model = site.model
     names = measured_layers(model, method)
     missing = [n for n in names if n not in source.mean]
     if missing:
@@ -344,13 +344,13 @@ def adapt_model(
     target = None
     if bn_names:
         measured = [*bn_names, FEATURES_LAYER]
-        target = _site_moments(_measuring_model(model, source, bn_names), spec, paths, measured, batch_size, on_batch)
+        target = _site_moments(_measuring_model(model, source, bn_names), site, paths, measured, batch_size, on_batch)
         for n in bn_names:
             adapt_batchnorm(model.get_layer(n), source, target)
     last = [FEATURES_LAYER] if FEATURES_LAYER in names else []
     if not last and not summary_layer:
         return target
-    feats = layer_statistics(model, spec, paths, last, batch_size, on_batch, summary_layer)
+    feats = layer_statistics(site, paths, last, batch_size, on_batch, summary_layer)
     if last:
         adapt_features(first_head_dense(model), source, feats)
     if target is None:
@@ -381,22 +381,22 @@ def load_source_stats(directory: str | Path, recorded: dict) -> LayerStats:
     return LayerStats.load(path)
 
 
-def check_adaptable(loaded: LoadedModel) -> LayerStats:
+def check_adaptable(predictor: Predictor) -> LayerStats:
     """Refuse, before any work, a model that cannot be adapted; returns its training statistics."""
-    if loaded.meta.adaptation.get("applied"):
+    if predictor.meta.adaptation.get("applied"):
         raise ModelLoadError(
-            f"{loaded.source} is already adapted to {loaded.meta.adaptation['applied'].get('folder')}; "
+            f"{predictor.source} is already adapted to {predictor.meta.adaptation['applied'].get('folder')}; "
             "adapt the original model instead"
         )
-    if loaded.meta.calibration:
-        raise ModelLoadError(f"{loaded.source} is calibrated; adapt the uncalibrated model first, then calibrate")
-    if loaded.meta.tuning:
-        raise ModelLoadError(f"{loaded.source} is site-tuned; adapt the untuned model first, then tune")
-    directory = loaded.directory
-    if loaded.hub is not None and not (directory / SOURCE_STATS_FILE).is_file():
-        fetched = download_optional(loaded.hub, SOURCE_STATS_FILE)
+    if predictor.meta.calibration:
+        raise ModelLoadError(f"{predictor.source} is calibrated; adapt the uncalibrated model first, then calibrate")
+    if predictor.meta.tuning:
+        raise ModelLoadError(f"{predictor.source} is site-tuned; adapt the untuned model first, then tune")
+    directory = predictor.directory
+    if predictor.hub is not None and not (directory / SOURCE_STATS_FILE).is_file():
+        fetched = download_optional(predictor.hub, SOURCE_STATS_FILE)
         directory = fetched.parent if fetched else directory
-    return load_source_stats(directory, loaded.meta.adaptation)
+    return load_source_stats(directory, predictor.meta.adaptation)
 
 
 def clone(model: keras.Model) -> keras.Model:
@@ -407,30 +407,30 @@ def clone(model: keras.Model) -> keras.Model:
 
 
 def adapted_site(
-    loaded: LoadedModel,
+    predictor: Predictor,
     paths: Sequence[str | Path],
     method: str = DEFAULT_ADAPT_METHOD,
     batch_size: int = ADAPT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
-) -> tuple[LoadedModel, dict]:
-    """The loaded model adapted to ``paths`` (a copy; validity statistics re-matched to the site), and what was done.
+) -> tuple[Predictor, dict]:
+    """A new predictor adapted to ``paths`` (a copy; validity statistics re-matched to the site), and what was done.
 
     The site's validity summaries are re-standardised to the training ones, as
     the features are, so the site's own X-rays stay accepted.
     """
-    source = check_adaptable(loaded)
-    model = clone(loaded.model)
-    layer = loaded.validity.layer if loaded.validity is not None else None
-    target = adapt_model(model, loaded.meta.input, source, paths, method, batch_size, on_batch, layer)
-    validity = loaded.validity
+    source = check_adaptable(predictor)
+    site = predictor.derived(model=clone(predictor.model))
+    layer = predictor.validity.layer if predictor.validity is not None else None
+    target = adapt_model(site, source, paths, method, batch_size, on_batch, layer)
+    validity = predictor.validity
     if validity is not None:
         validity = validity.rematched(target.mean[VALIDITY_SUMMARY], target.std[VALIDITY_SUMMARY])
     info = {
         "kind": "unlabelled site adaptation (AdaBN-style re-standardisation)",
         "method": method,
-        "layers": len(measured_layers(model, method)),
+        "layers": len(measured_layers(site.model, method)),
         "n_images": target.n_images,
         "source_images": source.n_images,
         "labels_read": False,
     }
-    return replace(loaded, model=model, validity=validity), info
+    return site.derived(validity=validity), info

@@ -20,10 +20,11 @@ from pneumocam.atomic import replace_folder
 from pneumocam.config import FEATURES_LAYER
 from pneumocam.errors import DataError, none_readable
 from pneumocam.images.data import Scan, check_labels, class_indices, labels_of, list_images, patient_id
-from pneumocam.model.artifact import LoadedModel, ModelMeta, is_model_entry, save_artifact
+from pneumocam.model.artifact import ModelMeta, is_model_entry, save_artifact
 from pneumocam.options import ADAPT_BATCH_SIZE, DEFAULT_ADAPT_METHOD, DEFAULT_BATCH_SIZE
-from pneumocam.scoring.forward import Scores, score_files
+from pneumocam.scoring.forward import Scores
 from pneumocam.scoring.metrics import classification_metrics
+from pneumocam.scoring.predictor import Predictor
 from pneumocam.site import calibration, tuning
 from pneumocam.site.adaptation import adapted_site, clone
 
@@ -43,17 +44,18 @@ def site_images(folder: str | Path) -> list[Path]:
     return paths
 
 
-def _derived_meta(loaded: LoadedModel, suffix: str) -> ModelMeta:
+def _derived_meta(predictor: Predictor, suffix: str) -> ModelMeta:
     """The base model's metadata for a derived model: its test figures no longer apply."""
-    meta = copy.deepcopy(loaded.meta)
-    meta.name = f"{loaded.meta.name}-{suffix}"
+    meta = copy.deepcopy(predictor.meta)
+    meta.name = f"{predictor.meta.name}-{suffix}"
     meta.metrics = {k: v for k, v in meta.metrics.items() if k != "test"}
-    meta.training = {**meta.training, "base_model": {"name": loaded.meta.name, "sha256": loaded.meta.weights_sha256}}
+    base = {"name": predictor.meta.name, "sha256": predictor.meta.weights_sha256}
+    meta.training = {**meta.training, "base_model": base}
     return meta
 
 
 def adapt_to_site(
-    loaded: LoadedModel,
+    predictor: Predictor,
     folder: str | Path,
     out: str | Path,
     method: str = DEFAULT_ADAPT_METHOD,
@@ -63,8 +65,8 @@ def adapt_to_site(
 ) -> ModelMeta:
     """Adapt to the images under ``folder`` (no label read) and write the adapted model to ``out``."""
     paths = site_images(folder)
-    adapted, info = adapted_site(loaded, paths, method, batch_size, on_batch)
-    meta = _derived_meta(loaded, "adapted")
+    adapted, info = adapted_site(predictor, paths, method, batch_size, on_batch)
+    meta = _derived_meta(predictor, "adapted")
     site = Path(folder).resolve().name
     meta.adaptation = {**meta.adaptation, "applied": {**info, "folder": site, "date": _now()}}
     if adapted.validity is not None:
@@ -77,7 +79,7 @@ CALIBRATE, TUNE = "calibrate", "tune"
 
 def fit_to_site(
     kind: str,
-    loaded: LoadedModel,
+    predictor: Predictor,
     scan: Scan,
     out: str | Path,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -89,52 +91,52 @@ def fit_to_site(
     The labelled folder is scored once; the fitted model goes to ``out``, and ``model.json`` records the fit under
     ``calibration`` or ``tuning``.
     """
-    classes = loaded.meta.classes
+    classes = predictor.meta.classes
     check_labels(scan, classes)
     fitters = {CALIBRATE: _calibrated, TUNE: _tuned}
     if kind not in fitters:
         raise ValueError(f"unknown site fit {kind!r}")
-    if kind == TUNE and loaded.meta.tuning:
-        raise DataError(f"{loaded.source} is already site-tuned; tune the original (or adapted) model instead")
+    if kind == TUNE and predictor.meta.tuning:
+        raise DataError(f"{predictor.source} is already site-tuned; tune the original (or adapted) model instead")
     counts = scan.counts()
     if kind == CALIBRATE and (missing := [c for c in classes if not counts.get(c)]):
         raise DataError(f"{scan.root} has no {missing[0]} images; calibration needs every class")
     if kind == TUNE:
         tuning.check_counts([counts.get(c, 0) for c in classes], classes, str(scan.root))
-    scores, y = _score_labelled(loaded, scan, batch_size, on_batch, features=kind == TUNE)
+    scores, y = _score_labelled(predictor, scan, batch_size, on_batch, features=kind == TUNE)
     if kind == TUNE:
         tuning.check_counts(np.bincount(y, minlength=len(classes)), classes, f"{scan.root} (readable images)")
-    model, text, fitted, after, counts = fitters[kind](loaded, scores, y, counts)
-    meta = _derived_meta(loaded, {CALIBRATE: "calibrated", TUNE: "tuned"}[kind])
+    model, text, fitted, after, counts = fitters[kind](predictor, scores, y, counts)
+    meta = _derived_meta(predictor, {CALIBRATE: "calibrated", TUNE: "tuned"}[kind])
     record = _site_record(text, fitted, scan, len(y), counts, _in_sample(y, scores.probabilities, after, classes))
     if kind == CALIBRATE:
-        previous = loaded.meta.calibration or None
+        previous = predictor.meta.calibration or None
         meta.calibration = record | ({"previous": previous} if previous else {})
     else:
         meta.tuning = record
-    return _write_site_model(model, meta, out, overwrite, loaded.validity)
+    return _write_site_model(model, meta, out, overwrite, predictor.validity)
 
 
 def _calibrated(
-    loaded: LoadedModel, scores: Scores, y: np.ndarray, counts: dict[str, int]
+    predictor: Predictor, scores: Scores, y: np.ndarray, counts: dict[str, int]
 ) -> tuple[Any, str, dict[str, Any], np.ndarray, dict[str, int]]:
     """The calibrated model, what it is, its parameters, the sample's probabilities after, the counts."""
-    cal = calibration.fit(scores.probabilities, y, len(loaded.meta.classes))
-    model = clone(loaded.model)
-    logits = model.get_layer(loaded.meta.logits_layer)
+    cal = calibration.fit(scores.probabilities, y, len(predictor.meta.classes))
+    model = clone(predictor.model)
+    logits = model.get_layer(predictor.meta.logits_layer)
     logits.set_weights(list(calibration.fold_into_logits(*[np.array(w) for w in logits.get_weights()], cal)))
     text = "labelled site calibration (temperature and per-class logit biases)"
     return model, text, cal.to_dict(), calibration.apply(scores.probabilities, cal), counts
 
 
 def _tuned(
-    loaded: LoadedModel, scores: Scores, y: np.ndarray, counts: dict[str, int]
+    predictor: Predictor, scores: Scores, y: np.ndarray, counts: dict[str, int]
 ) -> tuple[Any, str, dict[str, Any], np.ndarray, dict[str, int]]:
     """The tuned model (:mod:`.tuning`), what it is, the fit, the sample's probabilities after, the counts."""
-    classes = loaded.meta.classes
+    classes = predictor.meta.classes
     groups = [patient_id(p) for p in scores.paths]
     fitted = tuning.fit(scores.probabilities, scores.features, y, groups, len(classes))
-    model = tuning.tuned_model(clone(loaded.model), loaded.meta.logits_layer, FEATURES_LAYER, fitted.tuning)
+    model = tuning.tuned_model(clone(predictor.model), predictor.meta.logits_layer, FEATURES_LAYER, fitted.tuning)
     text = "labelled site tuning (the head re-fitted on the pooled features, the trained logits as offset)"
     after = fitted.tuning.apply(scores.probabilities, scores.features)
     return model, text, fitted.to_dict(), after, dict(zip(classes, fitted.counts))
@@ -163,25 +165,17 @@ def _write_site_model(model: Any, meta: ModelMeta, out: str | Path, overwrite: b
 
 
 def _score_labelled(
-    loaded: LoadedModel,
+    predictor: Predictor,
     scan: Scan,
     batch_size: int,
     on_batch: Callable[[int], None] | None,
     features: bool = False,
 ) -> tuple[Scores, np.ndarray]:
     """Score a labelled folder once; the readable files' scores and their class indices."""
-    scores = score_files(
-        loaded.model,
-        loaded.meta.input,
-        [s.path for s in scan.samples],
-        batch_size,
-        on_batch,
-        features,
-        views=loaded.views,
-    )
+    scores = predictor.score([s.path for s in scan.samples], batch_size, on_batch, features)
     if not scores.paths:
         raise none_readable(len(scan.samples), scan.root, scores.skipped)
-    return scores, class_indices(labels_of(scan.samples, scores.paths), loaded.meta.classes)
+    return scores, class_indices(labels_of(scan.samples, scores.paths), predictor.meta.classes)
 
 
 def _in_sample(y: np.ndarray, before: np.ndarray, after: np.ndarray, classes: list[str]) -> dict[str, Any]:

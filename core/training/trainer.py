@@ -49,7 +49,7 @@ from pneumocam.model.network import FEATURES_LAYER, backbone_layers, build_model
 from pneumocam.model.validity import ValidityStats
 from pneumocam.options import AUGMENTATIONS, CACHE_PREDICT_BATCH, VALIDITY_LAYER
 from pneumocam.plots import training_curves_figure
-from pneumocam.scoring.forward import image_batches, layer_summaries
+from pneumocam.scoring.predictor import Predictor
 from pneumocam.site.adaptation import layer_statistics, measured_layers
 from pneumocam.training.augment import acquisition_augmenter, augment_params
 from pneumocam.training.consistency import PerView, ViewBatches, consistency_loss, view_accuracy
@@ -131,8 +131,7 @@ def _augment_fn(
 
 
 def extract_activations(
-    model: keras.Model,
-    spec: InputSpec,
+    predictor: Predictor,
     paths: Sequence[str | Path],
     layer: str = FEATURES_LAYER,
     views: int = 1,
@@ -146,8 +145,9 @@ def extract_activations(
     Views 1.. are random flips/rotations made by the model's own augmentation
     layers, after zoom, blur, exposure and noise changes when ``augment`` is
     ``"acquisition"`` or ``"invariance"`` (:mod:`pneumocam.training.augment`). Unreadable files are left out and
-    returned separately with their reason.
+    returned separately with their reason. The images go through the predictor's input pipeline.
     """
+    model, spec = predictor.model, predictor.spec
     keras.utils.set_random_seed(seed)
     probe = keras.Model(model.inputs[0], model.get_layer(layer).output)
     sig = [tf.TensorSpec([None, *spec.shape], tf.float32)]
@@ -155,7 +155,7 @@ def extract_activations(
     augmenter = tf.function(_augment_fn(model, augment, seed), input_signature=sig)
     out: list[list[np.ndarray]] = [[] for _ in range(views)]
     skipped: list[tuple[Path, str]] = []
-    for batch in image_batches(paths, spec, batch_size):
+    for batch in predictor.batches(paths, batch_size):
         if len(batch.images):
             for v in range(views):
                 out[v].append(forward(batch.images if v == 0 else augmenter(batch.images)).numpy())
@@ -320,6 +320,8 @@ def train_model(
     classes = list(DEFAULT_CLASSES)
     keras.utils.set_random_seed(cfg.seed)  # the head's initial weights too, whatever ran before in this process
     model = build_model(arch, spec, backbone_weights)
+    meta = new_meta(model, arch, spec, classes)
+    served = Predictor.in_memory(model, meta)  # the cache, the views, the statistics: all through its pipeline
     cut = cut_layer_name(model, cfg.fine_tune_from)
     top = upper_model(model, cut, name="fine_tuning") if cfg.fine_tune_from is not None else None
     train, val = split_by_patient(scan.samples, cfg.val_fraction, cfg.seed)
@@ -330,7 +332,7 @@ def train_model(
         acts, skipped = cached(
             cache_dir,
             key,
-            lambda: extract_activations(model, spec, paths, cut, views, 64, cfg.seed, on_batch, cfg.augment),
+            lambda: extract_activations(served, paths, cut, views, 64, cfg.seed, on_batch, cfg.augment),
         )
         bad = {p for p, _ in skipped}
         keep = np.array([p not in bad for p in paths])
@@ -380,7 +382,6 @@ def train_model(
         history["fine-tuning"] = fit(top, x_fit, y_fit, x_val, y_val, consistency=cfg.consistency, **stage)
         set_fine_tuning(model, None)
 
-    meta = new_meta(model, arch, spec, classes)
     meta.training = {
         "procedure": "two stages on cached activations: head on a frozen backbone, then fine-tuning",
         "config": cfg.to_dict(),
@@ -402,24 +403,23 @@ def train_model(
         "n_train": int(len(y_train)),
         "n_val": int(len(y_val)),
     }
-    choose_views(model, spec, val, classes).record_into(meta)  # validation metrics and stress, with the views
-    stats = source_statistics(model, spec, [s.path for s in train])
-    validity, meta.validity = validity_statistics(model, spec, train, val, classes, TRAINING_IMAGES)
+    choose_views(served, val, classes).record_into(meta)  # validation metrics and stress, with the views
+    stats = source_statistics(served, [s.path for s in train])
+    validity, meta.validity = validity_statistics(served, train, val, classes, TRAINING_IMAGES)
     return TrainResult(model, meta, history, stats, [relative_name(s.path, scan.root) for s in val], validity)
 
 
-def source_statistics(model: keras.Model, spec: InputSpec, paths: Sequence[str | Path]) -> LayerStats:
+def source_statistics(predictor: Predictor, paths: Sequence[str | Path]) -> LayerStats:
     """The training images' statistics that site adaptation maps a new site back to (clean images)."""
 
-    return layer_statistics(model, spec, paths, measured_layers(model))
+    return layer_statistics(predictor, paths, measured_layers(predictor.model))
 
 
 TRAINING_IMAGES = "the training split (validation excluded), clean, no augmentation"
 
 
 def validity_statistics(
-    model: keras.Model,
-    spec: InputSpec,
+    predictor: Predictor,
     train: Sequence[Sample],
     val: Sequence[Sample],
     classes: Sequence[str],
@@ -428,14 +428,14 @@ def validity_statistics(
 ) -> tuple[ValidityStats, dict[str, Any]]:
     """Fit the validity statistics on the training split, the threshold on validation; and their record."""
 
-    kept, train_summaries = layer_summaries(model, spec, [s.path for s in train], layer)
+    kept, train_summaries = predictor.summaries([s.path for s in train], layer)
     y = class_indices(labels_of(list(train), kept), list(classes))
-    _, val_summaries = layer_summaries(model, spec, [s.path for s in val], layer)
+    _, val_summaries = predictor.summaries([s.path for s in val], layer)
     stats = validity.fit(train_summaries, y, val_summaries, layer)
     return stats, validity.record(stats, train_summaries, val_summaries, images)
 
 
-def add_validity(loaded: Any, scan: Scan) -> Path:
+def add_validity(predictor: Predictor, scan: Scan) -> Path:
     """Fit and store the validity statistics of a model trained before they were kept.
 
     The training and validation splits are rebuilt from the configuration in
@@ -443,27 +443,25 @@ def add_validity(loaded: Any, scan: Scan) -> Path:
     the result what training would have stored.
     """
 
-    train, val = split_by_patient(scan.samples, *recorded_split(loaded.meta.training))
+    train, val = split_by_patient(scan.samples, *recorded_split(predictor.meta.training))
     images = TRAINING_IMAGES + "; measured after training"
-    stats, loaded.meta.validity = validity_statistics(
-        loaded.model, loaded.meta.input, train, val, loaded.meta.classes, images
-    )
-    path = store_validity(loaded.directory, loaded.meta, stats)
-    write_json(loaded.directory / META_FILE, loaded.meta.to_dict())
+    stats, predictor.meta.validity = validity_statistics(predictor, train, val, predictor.meta.classes, images)
+    path = store_validity(predictor.directory, predictor.meta, stats)
+    write_json(predictor.directory / META_FILE, predictor.meta.to_dict())
     return path
 
 
-def add_views(loaded: Any, scan: Scan, on_batch: Callable[[int], None] | None = None) -> Any:
+def add_views(predictor: Predictor, scan: Scan, on_batch: Callable[[int], None] | None = None) -> Any:
     """Choose and store the test-time views of a model trained before they were chosen (its rebuilt validation split).
 
     Returns the :class:`pneumocam.training.view_choice.ViewChoice`; ``model.json`` gets ``predict`` and the validation
     figures with the chosen views (those of the image alone beside them).
     """
 
-    _, val = split_by_patient(scan.samples, *recorded_split(loaded.meta.training))
-    choice = choose_views(loaded.model, loaded.meta.input, val, loaded.meta.classes, on_batch=on_batch)
-    choice.record_into(loaded.meta)
-    write_json(loaded.directory / META_FILE, loaded.meta.to_dict())
+    _, val = split_by_patient(scan.samples, *recorded_split(predictor.meta.training))
+    choice = choose_views(predictor, val, predictor.meta.classes, on_batch=on_batch)
+    choice.record_into(predictor.meta)
+    write_json(predictor.directory / META_FILE, predictor.meta.to_dict())
     return choice
 
 
@@ -495,7 +493,7 @@ class EpochReport(keras.callbacks.Callback):
         self.step += 1
 
 
-def add_source_stats(loaded: Any, scan: Scan) -> Path:
+def add_source_stats(predictor: Predictor, scan: Scan) -> Path:
     """Measure and store the training statistics of a model trained before they were kept.
 
     The training split is rebuilt from the configuration in ``model.json``
@@ -503,16 +501,16 @@ def add_source_stats(loaded: Any, scan: Scan) -> Path:
     training would have stored.
     """
 
-    train, _ = split_by_patient(scan.samples, *recorded_split(loaded.meta.training))
-    stats = source_statistics(loaded.model, loaded.meta.input, [s.path for s in train])
-    path = stats.save(loaded.directory / SOURCE_STATS_FILE)
-    loaded.meta.adaptation["source_stats"] = {
+    train, _ = split_by_patient(scan.samples, *recorded_split(predictor.meta.training))
+    stats = source_statistics(predictor, [s.path for s in train])
+    path = stats.save(predictor.directory / SOURCE_STATS_FILE)
+    predictor.meta.adaptation["source_stats"] = {
         "file": SOURCE_STATS_FILE,
         "sha256": file_sha256(path),
         "n_images": stats.n_images,
         "images": "the training split (validation excluded), clean, no augmentation; measured after training",
     }
-    write_json(loaded.directory / META_FILE, loaded.meta.to_dict())
+    write_json(predictor.directory / META_FILE, predictor.meta.to_dict())
     return path
 
 

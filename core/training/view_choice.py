@@ -37,6 +37,7 @@ from pneumocam.reports.stress import (
     stress_probabilities,
 )
 from pneumocam.scoring.metrics import classification_metrics
+from pneumocam.scoring.predictor import Predictor
 
 RULE = (
     f"the sets whose every re-encoding, resampling and 'original' perturbation changes at most {MAX_CHANGED:.0%} of "
@@ -99,8 +100,7 @@ def judge(
 
 
 def choose_views(
-    model: Any,
-    spec: Any,
+    predictor: Predictor,
     val: Sequence[Sample],
     classes: Sequence[str],
     candidates: Sequence[str] = VIEW_CANDIDATES,
@@ -109,9 +109,8 @@ def choose_views(
     """Score the validation split under every perturbation with each view, and choose the set by the rule."""
 
     union = (*NO_VIEWS, *candidates)
-    kept, per_view, _ = stress_probabilities(
-        model, spec, [s.path for s in val], on_batch=on_batch, views=union, per_view=True
-    )
+    every_view = Predictor(predictor.loaded, union)
+    kept, per_view, _ = stress_probabilities(every_view, [s.path for s in val], on_batch=on_batch, per_view=True)
     if not kept:
         raise DataError("no validation image could be read to choose the test-time views")
     y = class_indices(labels_of(list(val), [Path(p) for p in kept]), list(classes))
