@@ -207,8 +207,9 @@ def explain_option(choices: str, dest: str = "target") -> Callable:
     )
 
 
-def progress(total: int, label: str) -> Any:
-    return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True)
+def progress(total: int, label: str, quiet: bool = False) -> Any:
+    """A progress bar on stderr; ``quiet``: none drawn (work too short to follow), ``update`` still works."""
+    return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True, hidden=quiet)
 
 
 def tracked_command(

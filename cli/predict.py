@@ -14,12 +14,14 @@ from pneumocam.options import PREDICT_MAX_SIDE
 from .common import (
     EXIT_ERROR,
     ModelChoice,
+    batch_size_option,
     cam_method_option,
     command,
     explain_option,
     layers_option,
     model_options,
     opacity_option,
+    progress,
     views_option,
 )
 
@@ -30,12 +32,13 @@ from .common import (
 @click.option(
     "--cam-out",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Write <name>_gradcam.png overlays here (Grad-CAM runs only then).",
+    help="Write <name>_gradcam.png overlays here, in the inputs' subfolders (Grad-CAM runs only then).",
 )
 @explain_option("'predicted' or a class name")
 @cam_method_option
 @opacity_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+@batch_size_option()
 @model_options
 @views_option
 def predict(
@@ -46,6 +49,7 @@ def predict(
     method: str | None,
     alpha: float,
     as_json: bool,
+    batch_size: int,
     model: ModelChoice,
 ) -> None:
     """Class probabilities for each image (or each image in a folder), with Grad-CAM overlays when asked.
@@ -67,7 +71,7 @@ def predict(
       python -m cli predict a.png b.dcm --cam-out cams/ --json
       python -m cli predict scans/ --json > calls.json
     """
-    from pneumocam.images.data import list_images
+    from pneumocam.images.data import distinct_names, list_images
 
     files = [f for p in images for f in (list_images(p) if p.is_dir() else [p])]
     if not files:
@@ -79,40 +83,18 @@ def predict(
     target = None if target == "predicted" else target
 
     from pneumocam.atomic import write_bytes
-    from pneumocam.errors import ImageLoadError
     from pneumocam.explain.explainer import Explainer
     from pneumocam.explain.overlay import encode_png
     from pneumocam.explain.pages import compose_page
-    from pneumocam.images.readers import read_image_and_header
     from pneumocam.model.validity import FLAG_MARK, NOTE_SEP, WARNING
 
-    explainer = Explainer(predictor, method=method)
+    names = dict(zip(files, distinct_names(files)))  # a/x.png and b/x.png get two overlays, not one
     results: list[dict[str, Any]] = []
     if not as_json:
         click.echo("\t".join(["file", "predicted", *[f"p_{c}" for c in classes], "in_distribution", "ood_score"]))
-    for path in files:
-        try:
-            rgb, header = read_image_and_header(path)
-        except ImageLoadError as exc:
-            results.append({"file": str(path), "error": exc.reason})
-            click.echo(f"error: {exc}", err=True)
-            continue
-        if cam_out:
-            e = explainer.explain(
-                [rgb], n_layers=n_layers, target=target, alpha=alpha, max_side=PREDICT_MAX_SIDE, headers=[header]
-            )[0]
-            probs, predicted, validity = e.probabilities, e.predicted, e.validity
-            mark = "" if validity.in_distribution else f"\n{FLAG_MARK}"
-            row = {
-                "image": e.image,
-                "overlays": e.overlays,
-                "layers": e.layer_names,
-                "caption": f"{path.name}\n{predicted} ({probs[predicted]:.0%}), explaining {e.explained}{mark}",
-            }
-            gradcam = str(write_bytes(cam_out / f"{path.stem}_gradcam.png", encode_png(compose_page([row]))))
-        else:
-            probs, validity = predictor.score_images([rgb], [header])[0]
-            predicted, gradcam = max(probs, key=probs.get), None
+
+    def report(path: Path, probs: dict[str, float], validity: Any, gradcam: str | None = None) -> None:
+        predicted = max(probs, key=probs.get)
         record: dict[str, Any] = {"file": str(path), "predicted": predicted, "probabilities": probs}
         record |= validity.to_dict()
         if gradcam:
@@ -124,6 +106,40 @@ def predict(
             click.echo("\t".join(cells))
             if not validity.in_distribution:
                 click.echo(f"warning: {path}: {WARNING.lower()}: {NOTE_SEP.join(validity.reasons)}", err=True)
+
+    def failed(path: Path, reason: str) -> None:
+        results.append({"file": str(path), "error": reason})
+        click.echo(f"error: {path}: {reason}", err=True)
+
+    with progress(len(files), "predicting", quiet=len(files) <= batch_size) as bar:
+        if cam_out:
+            explainer = Explainer(predictor, method=method)
+            options = {"n_layers": n_layers, "target": target, "alpha": alpha, "max_side": PREDICT_MAX_SIDE}
+            for path, e, reason in explainer.explain_files(files, batch_size, bar.update, **options):
+                if e is None:
+                    failed(path, reason)
+                    continue
+                mark = "" if e.validity.in_distribution else f"\n{FLAG_MARK}"
+                row = {
+                    "image": e.image,
+                    "overlays": e.overlays,
+                    "layers": e.layer_names,
+                    "caption": f"{path.name}\n{e.predicted} ({e.probabilities[e.predicted]:.0%}), "
+                    f"explaining {e.explained}{mark}",
+                }
+                name = names[path]
+                png = cam_out / name.with_name(f"{name.stem}_gradcam.png")
+                report(path, e.probabilities, e.validity, str(write_bytes(png, encode_png(compose_page([row])))))
+        else:
+            scores = predictor.score(files, batch_size, bar.update)
+            readable = dict(zip(scores.paths, zip(scores.probabilities, scores.validity())))
+            reasons = dict(scores.skipped)
+            for path in files:
+                if path in readable:
+                    row, validity = readable[path]
+                    report(path, {c: float(v) for c, v in zip(classes, row)}, validity)
+                else:
+                    failed(path, reasons[path])
     if as_json:
         click.echo(json.dumps(results, indent=2))
     if any("error" in r for r in results):

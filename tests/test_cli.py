@@ -125,6 +125,25 @@ def test_predict_json_and_overlays(tiny_model_dir: Path, tmp_path: Path) -> None
         assert Path(r["gradcam"]).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_predict_names_overlays_by_relative_path_and_batches_like_a_single_call(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """a/x.png and b/x.png get two overlays; scored in batches of 2, each call is the call of the file alone."""
+    files = [save_gray(tmp_path / d / "x.png", xray_like(140, 110, seed=k)) for k, d in enumerate("abc")]
+    cams = tmp_path / "cams"
+    result = run("predict", *files, "--model", tiny_model_dir, "--json", "--cam-out", cams, "--batch-size", 2)
+    assert result.exit_code == 0, result.output
+    batched = json.loads(result.stdout)
+    assert [r["gradcam"] for r in batched] == [str(cams / d / "x_gradcam.png") for d in "abc"]
+    assert all((cams / d / "x_gradcam.png").read_bytes()[:4] == b"\x89PNG" for d in "abc")
+    plain = json.loads(run("predict", *files, "--model", tiny_model_dir, "--json", "--batch-size", 2).stdout)
+    for k, f in enumerate(files):
+        alone = json.loads(run("predict", f, "--model", tiny_model_dir, "--json").stdout)[0]
+        for got in (batched[k], plain[k]):
+            assert got["probabilities"] == pytest.approx(alone["probabilities"], abs=1e-5)
+            assert got["ood_score"] == pytest.approx(alone["ood_score"], rel=1e-4)
+
+
 def test_predict_bad_image_is_one_line_and_exit_1(tiny_model_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "scan.jpeg"
     bad.write_text("not an image")

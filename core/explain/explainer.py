@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pneumocam.config import check_cam_method, check_cam_score
-from pneumocam.errors import InputError
+from pneumocam.errors import ImageLoadError, InputError
 from pneumocam.explain.gradcam import METHODS, BaseCAM
 from pneumocam.explain.overlay import blend, colorize, upsample
 from pneumocam.images.preprocess import fit_within
 from pneumocam.images.readers import Header, read_image_and_header
 from pneumocam.model.validity import Validity, input_reasons, verdict
-from pneumocam.options import DEFAULT_OPACITY
+from pneumocam.options import DEFAULT_BATCH_SIZE, DEFAULT_OPACITY
 from pneumocam.scoring.predictor import Predictor
 
 
@@ -73,6 +74,31 @@ class Explainer:
         """Read one file (any supported format) and explain it; unreadable files raise ImageLoadError."""
         rgb, header = read_image_and_header(path)
         return self.explain([rgb], n_layers, target, alpha, max_side, method, [header])[0]
+
+    def explain_files(
+        self,
+        paths: Sequence[str | Path],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        on_batch: Callable[[int], None] | None = None,
+        **options: Any,
+    ) -> Iterator[tuple[Path, Explanation | None, str]]:
+        """Explain many files a batch at a time, in order: ``(path, explanation, "")``, or ``(path, None, reason)``
+        for a file that could not be read. ``options`` go to :meth:`explain`; ``on_batch(n)`` follows progress.
+        """
+        for start in range(0, len(paths), batch_size):
+            chunk = [Path(p) for p in paths[start : start + batch_size]]
+            decoded: list[tuple[np.ndarray, Header] | str] = []
+            for path in chunk:
+                try:
+                    decoded.append(read_image_and_header(path))
+                except ImageLoadError as exc:
+                    decoded.append(exc.reason)
+            read = [d for d in decoded if not isinstance(d, str)]
+            done = iter(self.explain([d[0] for d in read], headers=[d[1] for d in read], **options))
+            for path, d in zip(chunk, decoded):
+                yield (path, None, d) if isinstance(d, str) else (path, next(done), "")
+            if on_batch:
+                on_batch(len(chunk))
 
     def explain(
         self,

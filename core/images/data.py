@@ -52,6 +52,18 @@ def check_labels(scan: Scan, classes: list[str]) -> None:
         raise DataError(f"data has classes the model does not know: {', '.join(unknown)}")
 
 
+def distinct_names(paths: Sequence[str | Path]) -> list[Path]:
+    """Each file's path relative to the deepest folder holding them all: ``a/x.png`` and ``b/x.png`` stay apart.
+
+    One file, or files of one folder, keep their bare names.
+    """
+    resolved = [Path(p).resolve() for p in paths]
+    if not resolved:
+        return []
+    root = Path(os.path.commonpath([p.parent for p in resolved]))
+    return [p.relative_to(root) for p in resolved]
+
+
 def relative_name(path: Path, root: Path) -> str:
     """How reports name a file: relative to the data folder (posix), or whole when outside it."""
     try:
