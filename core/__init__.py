@@ -23,9 +23,33 @@ modules, the root's and the groups listed before it (``tests/test_layout.py`` ch
 * ``training`` -- ``recipe`` (``recipes/*.json``), ``augment``, ``consistency``, ``trainer`` (two
   stages on cached activations), ``view_choice`` (the test-time views, chosen on validation).
 
-This file imports nothing, so ``--help`` stays fast.
+The public Python API is :func:`load` (a :class:`pneumocam.explain.api.Model`). This file imports
+nothing at import time, so ``import pneumocam`` and ``pneumocam --help`` stay free of TensorFlow.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pneumocam.explain.api import Model
 
 __version__ = "0.1.0"
 #: The groups, lowest first ("" is the root's own modules).
 GROUPS = ("", "images", "model", "scoring", "explain", "site", "reports", "deploy", "training")
+
+
+def load(
+    path: str | Path | None = None, *, repo_id: str | None = None, revision: str | None = None, views: bool = True
+) -> Model:
+    """A model to predict and explain with: the bundled one, a folder, or a Hub repo pinned to a commit.
+
+    ``views=False`` scores each image alone (faster; the reports' figures include the views).
+    """
+    from pneumocam.explain.api import Model  # the front door: TensorFlow only once a model is asked for
+    from pneumocam.runtime import import_tensorflow_quietly
+    from pneumocam.scoring.predictor import load_predictor
+
+    import_tensorflow_quietly()
+    return Model(load_predictor(path, repo_id, revision, views=views))

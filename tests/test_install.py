@@ -1,4 +1,5 @@
-"""The package installs: ``pip install .`` gives a ``pneumocam`` command that finds the bundled model anywhere."""
+"""The package installs under one name: ``pip install .`` gives ``pneumocam`` (the command and the Python API),
+which finds the bundled model from any folder."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from conftest import make_dataset
+from pneumocam.images.readers import read_image
 from pneumocam.model.artifact import read_meta
 from pneumocam.paths import REPO_ROOT
+from pneumocam.scoring.predictor import load_predictor
 
 #: What a checkout holds besides the package sources (caches, local runs, data): left out of the copy installed.
 _TOP_LEVEL_EXTRAS = {"runs", "data", ".git", "test-artifacts", "build", "reports", "pneumocam.egg-info"}
@@ -60,3 +63,19 @@ def test_pip_install_gives_a_pneumocam_command_that_runs_from_any_folder(tmp_pat
     assert str(REPO_ROOT) not in model["source"]
     usage = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=120)
     assert usage.returncode == 0 and usage.stdout.startswith("Usage: pneumocam")
+
+    # The README's three lines, from another folder, give the bundled model's call as this checkout serves it.
+    xray = next((elsewhere / "data" / "NORMAL").iterdir())
+    script = (
+        "import json, pneumocam\n"
+        "model = pneumocam.load()\n"
+        f"result = model.explain({str(xray)!r})\n"
+        "print(json.dumps([pneumocam.__file__, result.predicted, result.probabilities, len(result.heatmaps)]))\n"
+    )
+    api = subprocess.run([python, "-c", script], cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    assert api.returncode == 0, api.stderr[-2000:]
+    where, predicted, probabilities, n_maps = json.loads(api.stdout.strip().splitlines()[-1])
+    assert "site-packages" in where and n_maps >= 1
+    expected, _ = load_predictor(REPO_ROOT / "weights").score_images([read_image(xray)])[0]
+    assert predicted == max(expected, key=expected.get)
+    assert probabilities == pytest.approx(expected, abs=1e-5)

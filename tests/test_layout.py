@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pneumocam
@@ -32,6 +34,8 @@ def test_core_groups_import_only_themselves_and_the_groups_below() -> None:
     upward = []
     for path in sorted(CORE.rglob("*.py")):
         rel = path.relative_to(CORE)
+        if rel == Path("__init__.py"):
+            continue  # the package's front door, pneumocam.load(): lazy imports only (the next test)
         group = rel.parts[0] if len(rel.parts) > 1 else ""
         for used in core_imports(path):
             if rank[used] > rank[group]:
@@ -39,6 +43,16 @@ def test_core_groups_import_only_themselves_and_the_groups_below() -> None:
     assert not upward, upward
     on_disk = {p.name for p in CORE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     assert on_disk == set(GROUPS) - {""}
+
+
+def test_the_package_imports_no_group_until_a_model_is_loaded() -> None:
+    """``import pneumocam`` is instant: its only imports of the groups sit inside ``load``."""
+    tree = ast.parse((CORE / "__init__.py").read_text())
+    top = [n for n in tree.body if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("pneumocam.")]
+    assert not top, "pneumocam/__init__.py imports a group at import time"
+    code = "import sys, pneumocam; print(sorted(m for m in sys.modules if m.startswith(('pneumocam.', 'tensorflow'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_cli_and_space_hold_no_model_or_image_logic() -> None:

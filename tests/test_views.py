@@ -123,7 +123,8 @@ def test_every_path_gives_an_original_size_upload_one_call_validity_and_heatmap(
     viewed_model: Path, tmp_path: Path
 ) -> None:
     """The one Predictor behind them all: scoring, both engines' code, evaluate, stress, predict, the Explainer,
-    and a derived (site) predictor give one file the same probabilities, validity and heatmap."""
+    the Python API and a derived (site) predictor give one file the same probabilities, validity and heatmap."""
+    import pneumocam
     from pneumocam.images.data import scan_dataset
     from pneumocam.images.readers import read_image_and_header
     from pneumocam.reports.evaluation import evaluate_scan
@@ -160,8 +161,13 @@ def test_every_path_gives_an_original_size_upload_one_call_validity_and_heatmap(
 
     explained = Explainer(predictor).explain_file(path)
     same([explained.probabilities[c] for c in predictor.classes], explained.validity.ood_score)
+    api = pneumocam.load(viewed_model)
+    via_api = api.explain(path)
+    same([via_api.probabilities[c] for c in predictor.classes], via_api.validity.ood_score)
+    call = api.predict([path])[0]
+    same([call.probabilities[c] for c in predictor.classes], call.validity.ood_score)
     site = Explainer(predictor.derived(model=predictor.model)).explain_file(path)
-    for other in (site,):
+    for other in (via_api, site):
         assert other.layer_names == explained.layer_names
         for a, b in zip(other.heatmaps, explained.heatmaps):
             np.testing.assert_allclose(a, b, atol=1e-4)

@@ -1,0 +1,81 @@
+"""The public Python API behind ``pneumocam.load()``: a served model that predicts and explains files.
+
+Three lines for a script::
+
+    import pneumocam
+    model = pneumocam.load()            # bundled; or load("models/site-b"), load(repo_id=..., revision=...)
+    result = model.explain("xray.png")  # .probabilities, .predicted, .validity, .heatmaps, .overlays
+
+It goes through the same :class:`~pneumocam.scoring.predictor.Predictor` as the command line and the
+Space (input pipeline, test-time views, validity), so a script gets the figures the reports measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pneumocam.explain.explainer import Explainer, Explanation
+from pneumocam.model.validity import Validity
+from pneumocam.options import DEFAULT_BATCH_SIZE
+from pneumocam.scoring.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class Call:
+    """One file's call: probabilities per class, the predicted class and the validity; or why it was not read."""
+
+    path: Path
+    probabilities: dict[str, float] = field(default_factory=dict)
+    validity: Validity | None = None
+    error: str = ""
+
+    @property
+    def predicted(self) -> str | None:
+        return max(self.probabilities, key=self.probabilities.get) if self.probabilities else None
+
+
+class Model:
+    """A model served as every PneumoCAM entry point serves it."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self._explainer = Explainer(predictor)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.predictor.classes
+
+    @property
+    def source(self) -> str:
+        return self.predictor.source
+
+    def __repr__(self) -> str:
+        return f"<pneumocam.Model {self.predictor.meta.name} from {self.source}>"
+
+    def predict(self, paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH_SIZE) -> list[Call]:
+        """One :class:`Call` per file, in order, batched like ``evaluate``; unreadable files carry their reason."""
+        scores = self.predictor.score(paths, batch_size)
+        readable = {
+            p: (row, v) for p, row, v in zip(scores.paths, scores.probabilities, scores.validity())
+        }  # by path: the order of ``paths`` is kept below
+        reasons = dict(scores.skipped)
+        calls = []
+        for path in map(Path, paths):
+            if path in readable:
+                row, validity = readable[path]
+                calls.append(Call(path, {c: float(v) for c, v in zip(self.classes, row)}, validity))
+            else:
+                calls.append(Call(path, error=reasons[path]))
+        return calls
+
+    def explain(
+        self, path: str | Path, target: str | None = None, n_layers: int | None = None, method: str | None = None
+    ) -> Explanation:
+        """Probabilities, validity and Grad-CAM heatmaps and overlays of one file (the model's default maps).
+
+        ``target``: the class to explain (default: the predicted one). An unreadable file raises
+        :class:`pneumocam.errors.ImageLoadError`.
+        """
+        return self._explainer.explain_file(path, n_layers=n_layers, target=target, method=method)
