@@ -273,6 +273,7 @@ def test_consistency_training_pulls_the_views_of_an_image_together(
 
     scan = scan_dataset(tiny_data)
     base = dict(epochs=1, batch_size=16, fine_tune_epochs=3, fine_tune_batch_size=8, views=3, augment="acquisition")
+    base |= dict(fine_tune_lr_divisor=1.0)  # a step the consistency term can show in 3 epochs (lr / 100 barely moves)
     out = tmp_path / "model"  # the whole folder, curves included: the two stages record different metrics
     result = train_to_folder(
         scan, out, TrainConfig(consistency=50.0, **base), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file)
