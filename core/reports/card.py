@@ -239,6 +239,12 @@ def stress_table(shift: dict[str, Any]) -> str:
             f"'original': enlarged 4-8x with a random filter, slight noise, read back through our loader) changed at "
             f"most {_pct(shift['max_changed_encoding'])} % of the calls (target: at most 3 %)."
         )
+    if "original-clean" in rows:
+        lines.append(
+            "'original-clean' is a more faithful imitated original: the copy deblocked and denoised first, so it "
+            "lacks the copy's JPEG texture. Each perturbation acts on the resized image, before the model's own "
+            "JPEG step and views; 'original-clean' stays outside the mean and the target, fixed before it existed."
+        )
     return "\n".join(lines)
 
 
