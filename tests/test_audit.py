@@ -18,7 +18,7 @@ from pneumocam.errors import InputError
 from pneumocam.explain.audit import AUDIT_FILES, AuditPlan, audit_images
 from pneumocam.explain.faithfulness import DELETION, INSERTION, area, border_share, curves, random_map
 from pneumocam.explain.gradcam import GradCAM
-from pneumocam.model.artifact import DEFAULT_CLASSES, LoadedModel, ModelMeta
+from pneumocam.model.artifact import DEFAULT_CLASSES, LoadedModel, ModelMeta, read_meta
 from pneumocam.scoring.forward import compile_forward
 from pneumocam.scoring.predictor import Predictor, load_predictor
 
@@ -203,8 +203,9 @@ def test_audit_cli_writes_the_report(trained_tiny, tmp_path: Path) -> None:
             passing[0][k] for k in ("method", "score", "layer_set")
         )
         assert passing[0]["road_gap"] == max(r["road_gap"] for r in passing)
-    else:
-        assert (rec["method"], rec["layer_set"], rec["is_default"]) == ("gradcam", "last 3 conv", True)
+    else:  # the model's own default heatmaps, named by their layers when --layers leaves them out of the sets
+        meta = read_meta(model_dir)
+        assert (rec["method"], rec["layers"], rec["is_default"]) == (meta.explain.method, meta.shown_layers(), True)
     assert "ROAD" in result.output and "MoRF" in result.output
     html = (out / "index.html").read_text()
     assert "sanity.png" in html and "curves.png" in html and rec["method"] in html
