@@ -131,15 +131,11 @@ def predict(
                 png = cam_out / name.with_name(f"{name.stem}_gradcam.png")
                 report(path, e.probabilities, e.validity, str(write_bytes(png, encode_png(compose_page([row])))))
         else:
-            scores = predictor.score(files, batch_size, bar.update)
-            readable = dict(zip(scores.paths, zip(scores.probabilities, scores.validity())))
-            reasons = dict(scores.skipped)
-            for path in files:
-                if path in readable:
-                    row, validity = readable[path]
-                    report(path, {c: float(v) for c, v in zip(classes, row)}, validity)
+            for path, got in zip(files, predictor.score(files, batch_size, bar.update).in_order(files)):
+                if isinstance(got, str):
+                    failed(path, got)
                 else:
-                    failed(path, reasons[path])
+                    report(path, {c: float(v) for c, v in zip(classes, got[0])}, got[1])
     if as_json:
         click.echo(json.dumps(results, indent=2))
     if any("error" in r for r in results):

@@ -56,18 +56,12 @@ class Model:
 
     def predict(self, paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH_SIZE) -> list[Call]:
         """One :class:`Call` per file, in order, batched like ``evaluate``; unreadable files carry their reason."""
-        scores = self.predictor.score(paths, batch_size)
-        readable = {
-            p: (row, v) for p, row, v in zip(scores.paths, scores.probabilities, scores.validity())
-        }  # by path: the order of ``paths`` is kept below
-        reasons = dict(scores.skipped)
         calls = []
-        for path in map(Path, paths):
-            if path in readable:
-                row, validity = readable[path]
-                calls.append(Call(path, {c: float(v) for c, v in zip(self.classes, row)}, validity))
+        for path, got in zip(map(Path, paths), self.predictor.score(paths, batch_size).in_order(paths)):
+            if isinstance(got, str):
+                calls.append(Call(path, error=got))
             else:
-                calls.append(Call(path, error=reasons[path]))
+                calls.append(Call(path, {c: float(v) for c, v in zip(self.classes, got[0])}, got[1]))
         return calls
 
     def explain(

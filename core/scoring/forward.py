@@ -156,3 +156,9 @@ class Scores:
     def validity(self) -> list[Validity]:
         """Each readable file's validity."""
         return verdicts(self.ood_scores, self.notes or [""] * len(self.paths))
+
+    def in_order(self, paths: Sequence[str | Path]) -> list[tuple[np.ndarray, Validity] | str]:
+        """Each of ``paths``, in that order: its (probabilities, validity), or the reason it was not read."""
+        readable = dict(zip(self.paths, zip(self.probabilities, self.validity())))
+        reasons = dict(self.skipped)
+        return [readable.get(Path(p)) or reasons[Path(p)] for p in paths]
