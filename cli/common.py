@@ -177,13 +177,14 @@ layers_option = click.option(
     "--layers",
     "n_layers",
     type=click.IntRange(1, MAX_SHOWN_LAYERS),
-    help=f"Explain the last N of the model's conv layers (1 to {MAX_SHOWN_LAYERS}) [default: the model's own, "
-    "model.json explain.layers].",
+    help=f"After the model's default map, one map per layer of the last N conv layers (1 to {MAX_SHOWN_LAYERS}) "
+    "[default: the model's own, model.json explain.layers].",
 )
 cam_method_option = click.option(
     "--method",
     type=click.Choice(CAM_METHODS),
-    help="CAM method [default: the model's own, model.json explain.method].",
+    help="CAM method [default: the model's own, model.json explain.method]. A method the model's heatmap audit "
+    "saw fail the sanity check still runs, with that warning on the page and on stderr.",
 )
 mlflow_option = click.option(
     "--mlflow",

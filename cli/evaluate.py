@@ -342,8 +342,9 @@ def gallery(
 ) -> None:
     """Grad-CAM gallery of one class's TP / FP / FN / TN: paged PNG grids plus index.html.
 
-    Each row shows the X-ray and one overlay per explained layer, titled with the
-    file name, true and predicted class and probability. Most confident first.
+    Each row shows the X-ray, the model's default map (the audited method and
+    layer set, framed and named), then one map per explained layer, titled with
+    the file name, true and predicted class and probability. Most confident first.
 
     \b
     Examples:
@@ -377,6 +378,7 @@ def gallery(
     predictor = model.load()
 
     from pneumocam.explain.explainer import Explainer
+    from pneumocam.explain.shown import method_warning
 
     if scan is None:
         preds = read_predictions(predictions, classes)
@@ -389,6 +391,9 @@ def gallery(
     shown = chosen[:limit]
     title = f"{cls} {outcome}: {len(chosen)} image(s), explaining the {explain} class"
     explainer = Explainer(predictor, method=method)
+    warning = method_warning(meta, explainer.method, explainer.score)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     with write() as staging, progress(len(shown), "explaining") as bar:
         pages, failed = render_pages(
             explainer, shown, root, staging, n_layers, per_page, explain, alpha, title, on_page=bar.update
@@ -396,6 +401,6 @@ def gallery(
         for name, reason in failed:
             click.echo(f"skipped {name}: {reason}", err=True)
         summary = f"{len(chosen)} image(s) with outcome {outcome} for class {cls}; showing {len(shown) - len(failed)}."
-        write_index(staging, pages, title, summary)
+        write_index(staging, pages, title, f"{summary} {warning}".strip())
     click.echo(summary)
     click.echo(f"{len(pages)} page(s) written; open {out / 'index.html'}")

@@ -65,6 +65,9 @@ def predict(
     of another modality, body part or view, an unusual score). A flagged image
     is still scored, with a warning on stderr: its call is not meaningful.
 
+    Each overlay page shows the X-ray, the model's default map (the audited
+    method and layer set, framed and named), then one map per layer.
+
     \b
     Examples:
       python -m cli predict xray.jpeg
@@ -85,27 +88,31 @@ def predict(
     from pneumocam.atomic import write_bytes
     from pneumocam.explain.explainer import Explainer
     from pneumocam.explain.overlay import encode_png
-    from pneumocam.explain.pages import compose_page
-    from pneumocam.model.validity import FLAG_MARK, NOTE_SEP, WARNING
+    from pneumocam.explain.pages import compose_page, explanation_row
+    from pneumocam.explain.shown import method_warning
+    from pneumocam.model.validity import FLAG_MARK, NOT_MEANINGFUL, NOTE_SEP, WARNING
 
     names = dict(zip(files, distinct_names(files)))  # a/x.png and b/x.png get two overlays, not one
     results: list[dict[str, Any]] = []
     if not as_json:
         click.echo("\t".join(["file", "predicted", *[f"p_{c}" for c in classes], "in_distribution", "ood_score"]))
 
-    def report(path: Path, probs: dict[str, float], validity: Any, gradcam: str | None = None) -> None:
+    def report(
+        path: Path, probs: dict[str, float], validity: Any, gradcam: str | None = None, first_map: str = ""
+    ) -> None:
         predicted = max(probs, key=probs.get)
         record: dict[str, Any] = {"file": str(path), "predicted": predicted, "probabilities": probs}
         record |= validity.to_dict()
         if gradcam:
-            record["gradcam"] = gradcam
+            record |= {"gradcam": gradcam, "gradcam_first_map": first_map}
         results.append(record)
         if not as_json:
             score = "" if validity.ood_score is None else f"{validity.ood_score:.2f}"
             cells = [str(path), predicted, *[f"{probs[c]:.4f}" for c in classes], str(validity.in_distribution), score]
             click.echo("\t".join(cells))
             if not validity.in_distribution:
-                click.echo(f"warning: {path}: {WARNING.lower()}: {NOTE_SEP.join(validity.reasons)}", err=True)
+                why = f"{NOT_MEANINGFUL.lower()}: {WARNING} ({NOTE_SEP.join(validity.reasons)})"
+                click.echo(f"warning: {path}: {why}", err=True)
 
     def failed(path: Path, reason: str) -> None:
         results.append({"file": str(path), "error": reason})
@@ -114,22 +121,20 @@ def predict(
     with progress(len(files), "predicting", quiet=len(files) <= batch_size) as bar:
         if cam_out:
             explainer = Explainer(predictor, method=method)
+            warning = method_warning(predictor.meta, explainer.method, explainer.score)
+            if warning:
+                click.echo(f"warning: {warning}", err=True)
             options = {"n_layers": n_layers, "target": target, "alpha": alpha, "max_side": PREDICT_MAX_SIDE}
             for path, e, reason in explainer.explain_files(files, batch_size, bar.update, **options):
                 if e is None:
                     failed(path, reason)
                     continue
                 mark = "" if e.validity.in_distribution else f"\n{FLAG_MARK}"
-                row = {
-                    "image": e.image,
-                    "overlays": e.overlays,
-                    "layers": e.layer_names,
-                    "caption": f"{path.name}\n{e.predicted} ({e.probabilities[e.predicted]:.0%}), "
-                    f"explaining {e.explained}{mark}",
-                }
+                caption = f"{path.name}\n{e.predicted} ({e.probabilities[e.predicted]:.0%}), explaining {e.explained}"
                 name = names[path]
                 png = cam_out / name.with_name(f"{name.stem}_gradcam.png")
-                report(path, e.probabilities, e.validity, str(write_bytes(png, encode_png(compose_page([row])))))
+                page = compose_page([explanation_row(e, caption + mark)])
+                report(path, e.probabilities, e.validity, str(write_bytes(png, encode_png(page))), e.default.caption)
         else:
             for path, got in zip(files, predictor.score(files, batch_size, bar.update).in_order(files)):
                 if isinstance(got, str):

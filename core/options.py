@@ -10,6 +10,8 @@ from __future__ import annotations
 DEFAULT_LAYERS = 3
 DEFAULT_OPACITY = 0.4
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
+#: How pages, the Space and reports name each method.
+CAM_METHOD_NAMES = dict(zip(CAM_METHODS, ("Grad-CAM", "Grad-CAM++", "HiResCAM", "LayerCAM")))
 DEFAULT_CAM_METHOD = "gradcam"
 #: What a map explains: the class's pre-softmax logit (the textbook Grad-CAM) or its log-probability (the shown
 #: percentage, so also the evidence against the other classes).

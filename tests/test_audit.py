@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from keras import layers
+from PIL import Image
 
 from conftest import make_dataset, save_gray
 from pneumocam.cli.app import main
@@ -119,6 +120,31 @@ def test_a_model_that_looks_at_the_border_gets_its_images_flagged(tmp_path: Path
         )
         assert road[name]["lerf_auc"] > road["random"]["lerf_auc"]
     assert set(road["gradcam"]["sets"]["last 1 conv"]["per_class"]) == {"BACTERIA"}
+
+
+def test_a_map_without_evidence_is_captioned_never_an_empty_panel_and_the_audit_counts_it(tmp_path: Path) -> None:
+    from pneumocam.explain.explainer import Explainer
+
+    model = known_evidence_model("patch")
+    plain = images(2, bright=None, seed=5)
+    plain[:, PATCH[0], PATCH[1]] = 0  # nothing where the model looks
+    x = np.concatenate([images(2), plain]).astype(np.uint8)
+    shown = Explainer(model).explain(list(x))
+    # With the patch: BACTERIA, and the map finds it. Without: NORMAL, whose logit no pixel moves (weight 0).
+    assert [e.predicted for e in shown] == ["BACTERIA", "BACTERIA", "NORMAL", "NORMAL"]
+    for e in shown[:2]:
+        assert not e.default.empty and not e.default.caption.endswith("at this layer")
+        assert not np.array_equal(e.default.overlay, e.image)
+    for e in shown[2:]:
+        assert e.default.empty and all(p.empty for p in e.panels)
+        assert e.default.caption.endswith("no evidence for NORMAL at this layer")
+        assert np.array_equal(e.default.overlay, e.image)  # the plain X-ray with its caption, not a blue panel
+    against = Explainer(model).explain(list(x[:1]), target="VIRUS")[0]  # the patch argues against VIRUS
+    assert against.default.empty and against.default.caption.endswith("no evidence for VIRUS at this layer")
+
+    plan = AuditPlan(methods=("gradcam",), scores=("logit",), n_layers=1, steps=4, shares=(0.2, 0.5))
+    result = audit_images(model, write_images(tmp_path, x), plan)
+    assert [r["empty_share"] for r in result["table"]] == [0.5]
 
 
 @pytest.fixture(scope="module")
@@ -267,6 +293,23 @@ def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, 
     assert named.meta.shown_layers(1) == ["out_relu"]  # another count: the last N, as before
     shown = Explainer(named).explain_file(sorted(data.rglob("*.jpeg"))[0])
     assert shown.layer_names == ["block_13_expand", "out_relu"] and shown.heatmaps[0].shape == shown.image.shape[:2]
+    assert shown.default.title == "audited default: HiResCAM, block_13_expand + out_relu"
+    assert result["served"] == {"input": named.spec.describe(), "views": list(named.views)}
+
+    # The map served first is the map the audit measured for the recommended set: one image at the model's size.
+    from pneumocam.explain.audit import set_map
+    from pneumocam.explain.gradcam import METHODS
+
+    rec = result["recommendation"]
+    side = named.spec.height
+    one = save_gray(
+        tmp_path / "one.png", np.asarray(Image.open(sorted(data.rglob("*.jpeg"))[1]).convert("L").resize((side, side)))
+    )
+    x = np.concatenate([b.images for b in named.batches([one])])
+    measured = dict(zip(rec["layers"], METHODS[rec["method"]].serving(named, rec["layers"], rec["score"])(x).maps))
+    served = Explainer(named).explain_file(one)
+    assert served.heatmap.shape == (side, side)
+    np.testing.assert_allclose(served.heatmap, set_map(measured, rec["layers"], 0, (side, side)), atol=1e-5)
     card = model_card(named.meta)
     assert "ROAD MoRF" in card and "explaining the log-probability" in card
     result["recommendation"] = {**fused, "layers": ["dense"], "is_default": False, "why": "test"}

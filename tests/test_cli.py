@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from conftest import make_dataset, save_gray, xray_like
 from pneumocam.cli.app import main
@@ -119,10 +120,33 @@ def test_predict_json_and_overlays(tiny_model_dir: Path, tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert [r["file"] for r in out] == [str(a), str(b)]
+    from pneumocam.explain.pages import PAD, TILE
+
     for r in out:
         assert set(r["probabilities"]) == set(CLASSES)
         assert r["predicted"] == max(r["probabilities"], key=r["probabilities"].get)
         assert Path(r["gradcam"]).read_bytes()[:4] == b"\x89PNG"
+        assert r["gradcam_first_map"].startswith("default (not audited): Grad-CAM, last 3 layers")  # no audit yet
+        assert Image.open(r["gradcam"]).width == PAD + 4 * (TILE + PAD)  # the X-ray, the default map, 2 layers
+
+
+def test_predict_says_when_the_chosen_method_fails_sanity_on_the_model(tmp_path: Path) -> None:
+    """The published model's audit saw some methods fail the sanity check: drawing one says so."""
+    from pneumocam.explain.shown import FAILS_SANITY, sanity_status
+    from pneumocam.model.artifact import read_meta
+    from pneumocam.options import CAM_METHODS
+    from pneumocam.paths import DEFAULT_WEIGHTS_DIR
+
+    meta = read_meta(DEFAULT_WEIGHTS_DIR)
+    failing = [m for m in CAM_METHODS if sanity_status(meta, m) is False]
+    passing = [m for m in CAM_METHODS if sanity_status(meta, m)]
+    assert failing and meta.explain.method in passing
+    image = save_gray(tmp_path / "x.png", xray_like(200, 180))
+    for method, warned in ((failing[0], True), (passing[0], False)):
+        result = run("predict", image, "--json", "--cam-out", tmp_path / method, "--method", method)
+        assert result.exit_code == 0, result.output
+        assert (FAILS_SANITY in result.stderr) is warned
+        assert (FAILS_SANITY in json.loads(result.stdout)[0]["gradcam_first_map"]) is warned
 
 
 def test_predict_names_overlays_by_relative_path_and_batches_like_a_single_call(

@@ -4,7 +4,7 @@ Three lines for a script::
 
     import pneumocam
     model = pneumocam.load()            # bundled; or load("models/site-b"), load(repo_id=..., revision=...)
-    result = model.explain("xray.png")  # .probabilities, .predicted, .validity, .heatmaps, .overlays
+    result = model.explain("xray.png")  # .summary, .probabilities, .validity, .heatmap (the audited default map)
 
 It goes through the same :class:`~pneumocam.scoring.predictor.Predictor` as the command line and the
 Space (input pipeline, test-time views, validity), so a script gets the figures the reports measured.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumocam.explain.explainer import Explainer, Explanation
-from pneumocam.model.validity import Validity
+from pneumocam.model.validity import Validity, call_text
 from pneumocam.options import DEFAULT_BATCH_SIZE
 from pneumocam.scoring.predictor import Predictor
 
@@ -34,6 +34,13 @@ class Call:
     @property
     def predicted(self) -> str | None:
         return max(self.probabilities, key=self.probabilities.get) if self.probabilities else None
+
+    @property
+    def summary(self) -> str:
+        """The call in words; a flagged image leads with "Not a meaningful call" and why."""
+        if self.error:
+            return f"not read: {self.error}"
+        return call_text(self.probabilities, self.validity)
 
 
 class Model:
@@ -67,7 +74,8 @@ class Model:
     def explain(
         self, path: str | Path, target: str | None = None, n_layers: int | None = None, method: str | None = None
     ) -> Explanation:
-        """Probabilities, validity and Grad-CAM heatmaps and overlays of one file (the model's default maps).
+        """Probabilities, validity and heatmaps of one file: ``.heatmap`` / ``.overlay`` the audited default map
+        (``.default.title`` names it), then ``.heatmaps`` / ``.overlays`` one per layer; ``.summary`` in words.
 
         ``target``: the class to explain (default: the predicted one). An unreadable file raises
         :class:`pneumocam.errors.ImageLoadError`.

@@ -40,8 +40,8 @@ from pneumocam.explain.faithfulness import (
     random_map,
 )
 from pneumocam.explain.gradcam import METHODS
-from pneumocam.explain.overlay import encode_png, upsample
-from pneumocam.explain.pages import compose_page
+from pneumocam.explain.overlay import encode_png, mean_map
+from pneumocam.explain.pages import compose_page, explanation_row
 from pneumocam.explain.road import LERF, MORF, road_area, road_curves
 from pneumocam.explain.sanity import HEAD, randomize, rank_correlation, ssim, stages
 from pneumocam.images.data import Sample
@@ -153,14 +153,23 @@ def layer_sets(predictor: Predictor, n_layers: int) -> dict[str, list[str]]:
     return sets
 
 
-def _cam_maps(cam: Any, x: np.ndarray, targets: np.ndarray) -> list[np.ndarray]:
-    """Per layer, (N, h, w) maps of the given classes, in batches."""
-    parts = [cam(x[i : i + CAM_BATCH], targets[i : i + CAM_BATCH]).maps for i in range(0, len(x), CAM_BATCH)]
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(cam.layer_names))]
+def _cam_maps(cam: Any, x: np.ndarray, targets: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per layer, (N, h, w) maps of the given classes and (N,) flags of the blank ones, in batches."""
+    parts = [cam(x[i : i + CAM_BATCH], targets[i : i + CAM_BATCH]) for i in range(0, len(x), CAM_BATCH)]
+    layers = range(len(cam.layer_names))
+    return [np.concatenate([p.maps[k] for p in parts]) for k in layers], [
+        np.concatenate([p.empty[k] for p in parts]) for k in layers
+    ]
 
 
-def _set_map(per_layer: dict[str, np.ndarray], layers: Sequence[str], i: int, size: tuple[int, int]) -> np.ndarray:
-    return np.mean([upsample(per_layer[name][i], *size) for name in layers], axis=0)
+def set_map(per_layer: dict[str, np.ndarray], layers: Sequence[str], i: int, size: tuple[int, int]) -> np.ndarray:
+    """Image ``i``'s map of a layer set, at ``size``: what the entry points show as the default map."""
+    return mean_map([per_layer[name][i] for name in layers], *size)
+
+
+def served_pipeline(predictor: Predictor) -> dict[str, Any]:
+    """How the audited maps were computed, as every entry point serves them: input pipeline and test-time views."""
+    return {"input": predictor.spec.describe(), "views": list(predictor.views)}
 
 
 def sanity_check(
@@ -181,7 +190,7 @@ def sanity_check(
     for k, (stage, stage_layers) in enumerate(stages(copy, plan.blocks)):
         randomize(copy, stage_layers, plan.seed + k)
         for c, cam in cams.items():
-            random_maps = _cam_maps(cam, x, targets)
+            random_maps, _ = _cam_maps(cam, x, targets)
             for name, rmaps in zip(layers, random_maps):
                 orig = original[c][name]
                 rhos = [rank_correlation(a, b) for a, b in zip(orig, rmaps)]
@@ -267,10 +276,11 @@ def audit_images(
     targets = probs.argmax(1).astype(np.int32)
     sets = layer_sets(predictor, plan.n_layers)
     layers = list(dict.fromkeys(name for group in sets.values() for name in group))
-    maps = {
-        candidate_name(m, s): dict(zip(layers, _cam_maps(METHODS[m].serving(predictor, layers, s), x, targets)))
-        for m, s in plan.candidates
-    }
+    maps, blank = {}, {}
+    for m, s in plan.candidates:
+        found, empty = _cam_maps(METHODS[m].serving(predictor, layers, s), x, targets)
+        maps[candidate_name(m, s)] = dict(zip(layers, found))
+        blank[candidate_name(m, s)] = dict(zip(layers, empty))
 
     size = x.shape[1:3]
     todays = models_default(predictor, sets)
@@ -296,7 +306,7 @@ def audit_images(
     grid = min(plan.grid, *size)
     default_maps = []
     for i in range(len(x)):
-        candidates = [_set_map(maps[c], sets[s], i, size) for c, s in keys[:-2]]
+        candidates = [set_map(maps[c], sets[s], i, size) for c, s in keys[:-2]]
         candidates += [random_map(size, plan.seed + i), centre]
         cls = int(targets[i])
         found = {mode: curves(probabilities, x[i], candidates, cls, plan.steps, mode) for mode in (DELETION, INSERTION)}
@@ -328,13 +338,14 @@ def audit_images(
     faith_entries = [_summarise(faith_values, faith_curves, j, targets, classes) for j in range(len(keys))]
     road_entries = [_summarise(road_values, road_curves_, j, targets, classes) for j in range(len(keys))]
 
-    table = recommendation_table(road_entries, faith_entries, keys, sanity, sets, plan)
+    table = recommendation_table(road_entries, faith_entries, keys, sanity, sets, plan, blank)
     best = table[0] if table and table[0]["sanity_pass"] else None
     shown_set = best["layer_set"] if best else border_set
     shares = [border_share(d) for d in default_maps]
     names = [str(p) for p in kept]
     return {
         "n_images": len(kept),
+        "served": served_pipeline(predictor),
         "methods": named,
         "layer_sets": sets,
         "steps": plan.steps,
@@ -376,10 +387,12 @@ def recommendation_table(
     sanity: dict[str, Any],
     sets: dict[str, list[str]],
     plan: AuditPlan,
+    blank: dict[str, dict[str, np.ndarray]],
 ) -> list[dict[str, Any]]:
     """Candidate x layer set rows, best first: ROAD least- minus most-relevant-first area (higher: more faithful).
 
     A row that fails sanity has no areas (None) unless it is the model's own default, and comes last.
+    ``empty_share``: how often the set's map is blank (no evidence for the explained class on any of its layers).
     """
     index = {k: j for j, k in enumerate(keys)}
     rows = []
@@ -402,6 +415,7 @@ def recommendation_table(
                     "insertion_auc": f["insertion_auc"],
                     "rho_after_head": max(sanity[c][name]["rho_after_head"] for name in layers),
                     "sanity_pass": _passes(sanity[c], layers),
+                    "empty_share": float(np.mean(np.all([blank[c][name] for name in layers], axis=0))),
                 }
             )
     return sorted(rows, key=lambda r: (not r["sanity_pass"], -r["road_gap"] if r["road_gap"] is not None else np.inf))
@@ -453,6 +467,7 @@ def explain_defaults(result: dict[str, Any], predictor: Predictor) -> tuple[list
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "data_dir": result.get("data_dir", ""),
         "n_images": result["n_images"],
+        "served": result["served"],
         "recommendation": rec,
         "table": result["table"],
         "baselines": {
@@ -484,20 +499,27 @@ def audit_metrics(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _served_text(result: dict[str, Any]) -> str:
+    served = result["served"]
+    return f"{served['input']}; test-time views {', '.join(served['views'])}"
+
+
 def format_audit(result: dict[str, Any]) -> str:
     """The candidate x layer-set table for the terminal, ROAD first."""
     lines = [
         "ROAD areas: MoRF (most relevant removed first) lower and LeRF higher are more faithful; gap = LeRF - MoRF;",
         "del / ins: RISE deletion and insertion (secondary); rho: median |rho| once the head is random (sanity);",
-        "-: not measured, the candidate failed sanity on that layer set.",
-        f"{'method':<28} {'layer set':<26} {'MoRF':>6} {'LeRF':>6} {'gap':>6} {'del':>6} {'ins':>6} {'rho':>5}  sanity",
-        "-" * 100,
+        "-: not measured, the candidate failed sanity on that layer set; blank: share of maps with no evidence.",
+        f"as served: {_served_text(result)}",
+        f"{'method':<28} {'layer set':<26} {'MoRF':>6} {'LeRF':>6} {'gap':>6} {'del':>6} {'ins':>6} {'rho':>5}  "
+        "sanity  blank",
+        "-" * 107,
     ]
     for r in result["table"]:
         lines.append(
             f"{candidate_name(r['method'], r['score']):<28} {r['layer_set']:<26} "
             + " ".join(f"{area_text(r[k]):>6}" for k in AREA_COLUMNS)
-            + f" {r['rho_after_head']:>5.2f}  {'pass' if r['sanity_pass'] else 'FAIL'}"
+            + f" {r['rho_after_head']:>5.2f}  {'pass' if r['sanity_pass'] else 'FAIL'}  {r['empty_share']:>5.0%}"
         )
     road, faith = result["road"], result["faithfulness"]
     for base in (RANDOM, CENTER):
@@ -525,7 +547,7 @@ def border_rows(predictor: Predictor, result: dict[str, Any], limit: int = GALLE
         e = explainer.explain([read_image(name)], alpha=DEFAULT_OPACITY, max_side=512, layer_names=layers)[0]
         share = border["share"][name]
         caption = f"{Path(name).name}\npred {e.predicted} ({e.probabilities[e.predicted]:.0%}); border {share:.0%}"
-        rows.append({"image": e.image, "overlays": e.overlays, "layers": e.layer_names, "caption": caption})
+        rows.append(explanation_row(e, caption))
     return rows
 
 
@@ -548,12 +570,12 @@ def write_audit(out: Path, result: dict[str, Any], predictor: Predictor, title: 
 def index_html(result: dict[str, Any], title: str, border_page: bool) -> str:
     esc = html.escape
     head = "<tr><th>method</th><th>layer set</th><th>ROAD MoRF</th><th>ROAD LeRF</th><th>LeRF - MoRF</th>"
-    head += "<th>deletion</th><th>insertion</th><th>|rho| after head</th><th>sanity</th></tr>"
+    head += "<th>deletion</th><th>insertion</th><th>|rho| after head</th><th>sanity</th><th>blank maps</th></tr>"
     rows = "".join(
         f"<tr><td>{esc(candidate_name(r['method'], r['score']))}</td><td>{esc(r['layer_set'])}</td>"
         + "".join(f"<td>{area_text(r[k])}</td>" for k in AREA_COLUMNS)
         + f"<td>{r['rho_after_head']:.2f}</td>"
-        f"<td>{'pass' if r['sanity_pass'] else 'FAIL'}</td></tr>"
+        f"<td>{'pass' if r['sanity_pass'] else 'FAIL'}</td><td>{r['empty_share']:.0%}</td></tr>"
         for r in result["table"]
     )
     road, faith = result["road"], result["faithfulness"]
@@ -562,7 +584,7 @@ def index_html(result: dict[str, Any], title: str, border_page: bool) -> str:
         rows += (
             f"<tr><td colspan=2><i>{base} map (baseline)</i></td><td>{b['morf_auc']:.3f}</td>"
             f"<td>{b['lerf_auc']:.3f}</td><td>{b['lerf_auc'] - b['morf_auc']:.3f}</td>"
-            f"<td>{f['deletion_auc']:.3f}</td><td>{f['insertion_auc']:.3f}</td><td></td><td></td></tr>"
+            f"<td>{f['deletion_auc']:.3f}</td><td>{f['insertion_auc']:.3f}</td><td></td><td></td><td></td></tr>"
         )
     rec = result["recommendation"]
     flagged = result["border_flagged"]
@@ -575,12 +597,14 @@ def index_html(result: dict[str, Any], title: str, border_page: bool) -> str:
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}img{{max-width:100%}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head>
 <body><h1>{esc(title)}</h1>
-<p>{result["n_images"]} images. Recommended: <b>{esc(candidate_name(rec["method"], rec["score"]))},
+<p>{result["n_images"]} images, scored and explained as served: {esc(_served_text(result))}.
+Recommended: <b>{esc(candidate_name(rec["method"], rec["score"]))},
 {esc(rec["layer_set"])}</b> ({esc(rec["why"])}). ROAD (Rong et al. 2022) removes {shares} of the image in the
 map's order, most relevant first (MoRF: lower is more faithful) or least relevant first (LeRF: higher is more
 faithful), and fills the removed pixels from their neighbours by noisy linear imputation. Sanity passes when the
 median |Spearman rho| between the trained model's map and the map of a model with a random head is below
-{result["sanity_threshold"]}.</p>
+{result["sanity_threshold"]}. Blank maps: the share of images whose map holds no evidence for the explained
+class on any layer of the set (the pages show those with a caption, not as an empty panel).</p>
 <h2>Method x layer set</h2><table>{head}{rows}</table>
 <h2>ROAD, deletion and insertion</h2><img src="{CURVES_PLOT}" alt="ROAD, deletion and insertion curves">
 <h2>Sanity: cascading randomisation</h2><img src="{SANITY_PLOT}" alt="rank correlation against depth">

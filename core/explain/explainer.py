@@ -12,26 +12,100 @@ import numpy as np
 from pneumocam.config import check_cam_method, check_cam_score
 from pneumocam.errors import ImageLoadError, InputError
 from pneumocam.explain.gradcam import METHODS, BaseCAM
-from pneumocam.explain.overlay import blend, colorize, upsample
+from pneumocam.explain.overlay import blend, colorize, mean_map
+from pneumocam.explain.shown import layer_titles, map_title, method_warning
 from pneumocam.images.preprocess import fit_within
 from pneumocam.images.readers import Header, read_image_and_header
-from pneumocam.model.validity import Validity, input_reasons, verdict
+from pneumocam.model.validity import Validity, call_text, input_reasons, verdict
 from pneumocam.options import DEFAULT_BATCH_SIZE, DEFAULT_OPACITY
 from pneumocam.scoring.predictor import Predictor
 
 
+@dataclass(frozen=True)
+class Panel:
+    """One heatmap as a page shows it: its title, the [0, 1] map and overlay at display size, and whether it is blank.
+
+    A blank map (no positive evidence for the explained class) is drawn as the plain X-ray with a caption
+    saying so, never as an empty blue panel.
+    """
+
+    title: str
+    layers: tuple[str, ...]
+    heatmap: np.ndarray
+    overlay: np.ndarray
+    empty: bool
+    explained: str
+
+    @property
+    def caption(self) -> str:
+        if not self.empty:
+            return self.title
+        where = "at this layer" if len(self.layers) == 1 else "in these layers"
+        return f"{self.title}: no evidence for {self.explained} {where}"
+
+
 @dataclass
 class Explanation:
-    """One image explained: probabilities, the explained class and one overlay per layer."""
+    """One image explained: probabilities, validity, the default map first, then one map per shown layer."""
 
     probabilities: dict[str, float]
     predicted: str
     explained: str
-    layer_names: list[str]
     image: np.ndarray  # RGB uint8 display copy
-    heatmaps: list[np.ndarray]  # [0, 1] maps at display size
-    overlays: list[np.ndarray]  # RGB uint8 at display size
+    default: Panel  # the model's default map (the audited method and layer set, averaged)
+    layers: list[Panel]  # one panel per shown layer, deepest last
     validity: Validity
+    method_warning: str = ""  # the chosen method failed sanity on this model
+
+    @property
+    def panels(self) -> list[Panel]:
+        """What a page shows, in order: the default map, then each layer's."""
+        return [self.default, *self.layers]
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        return self.default.heatmap
+
+    @property
+    def overlay(self) -> np.ndarray:
+        return self.default.overlay
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [p.layers[0] for p in self.layers]
+
+    @property
+    def heatmaps(self) -> list[np.ndarray]:
+        return [p.heatmap for p in self.layers]
+
+    @property
+    def overlays(self) -> list[np.ndarray]:
+        return [p.overlay for p in self.layers]
+
+    @property
+    def meaningful(self) -> bool:
+        """Whether the call means anything: the image looks like the X-rays the model was trained on."""
+        return self.validity.in_distribution
+
+    @property
+    def summary(self) -> str:
+        """One paragraph a reader sees first; a flagged image leads with the warning, not a class."""
+        call = f"{call_text(self.probabilities, self.validity)}; the heatmaps explain {self.explained}."
+        return f"{call} {self.method_warning}".strip()
+
+
+def draw_panel(
+    title: str,
+    image: np.ndarray,
+    maps: dict[str, tuple[np.ndarray, bool]],
+    explained: str,
+    alpha: float,
+) -> Panel:
+    """A panel from a layer set's ``{layer: (map, empty)}``: their mean map over ``image``, blank only if all are."""
+    heat = mean_map([m for m, _ in maps.values()], *image.shape[:2])
+    empty = all(e for _, e in maps.values())
+    overlay = image.copy() if empty else blend(image, colorize(heat), alpha)
+    return Panel(title, tuple(maps), heat, overlay, empty, explained)
 
 
 class Explainer:
@@ -113,13 +187,16 @@ class Explainer:
     ) -> list[Explanation]:
         """Explain RGB images in one batch, each call with its validity.
 
-        ``target`` names the class to explain (one for all, or one per image);
-        default: each image's predicted class. ``method``: default the explainer's.
+        Each explanation leads with the default map (the model's layer set, averaged as the audit measured
+        it), then one map per shown layer: the last ``n_layers`` (default: the model's set), or ``layer_names``.
+        ``target`` names the class to explain (one for all, or one per image); default: each image's
+        predicted class. ``method``: default the explainer's.
         ``headers``: what each file said about itself (DICOM tags), for the validity checks.
-        ``layer_names``: these layers instead of ``n_layers`` (an audited set).
         """
         meta = self.predictor.meta
-        layers = list(layer_names) if layer_names else meta.shown_layers(n_layers)
+        method = check_cam_method(method or self.method)
+        shown = list(layer_names) if layer_names else meta.shown_layers(n_layers)
+        default = meta.shown_layers()
         if not images:
             return []
         targets = None
@@ -130,26 +207,32 @@ class Explainer:
                 raise InputError(f"unknown class {bad[0]!r}; the model knows {', '.join(meta.classes)}")
             targets = np.array([meta.classes.index(t) for t in names], dtype=np.int32)
         x = np.stack([self.predictor.model_input(img) for img in images])
+        layers = list(dict.fromkeys([*default, *shown]))
         result = self.cam(layers, method)(x, targets)
         stats = self.predictor.validity
         ood = stats.scores(result.summaries) if stats is not None else [None] * len(x)
         headers = headers or [Header()] * len(x)
+        title = map_title(meta, method, self.score)
+        warning = method_warning(meta, method, self.score)
         out = []
         for i, img in enumerate(images):
-            shown = fit_within(img, max_side) if max_side else img
-            h, w = shown.shape[:2]
-            heat = [upsample(m[i], h, w) for m in result.maps]
+            image = fit_within(img, max_side) if max_side else img
             p = result.probabilities[i]
+            explained = meta.classes[int(result.target_classes[i])]
+            by_layer = {n: (m[i], bool(e[i])) for n, m, e in zip(layers, result.maps, result.empty)}
+            per_layer = [
+                draw_panel(t, image, {n: by_layer[n]}, explained, alpha) for t, n in zip(layer_titles(shown), shown)
+            ]
             out.append(
                 Explanation(
                     probabilities={c: float(v) for c, v in zip(meta.classes, p)},
                     predicted=meta.classes[int(np.argmax(p))],
-                    explained=meta.classes[int(result.target_classes[i])],
-                    layer_names=list(layers),
-                    image=shown,
-                    heatmaps=heat,
-                    overlays=[blend(shown, colorize(m), alpha) for m in heat],
+                    explained=explained,
+                    image=image,
+                    default=draw_panel(title, image, {n: by_layer[n] for n in default}, explained, alpha),
+                    layers=per_layer,
                     validity=verdict(ood[i], input_reasons(x[i], headers[i])),
+                    method_warning=warning,
                 )
             )
         return out

@@ -40,13 +40,23 @@ class CamResult:
     target_classes: np.ndarray  # (B,)
     layer_names: list[str]
     maps: list[np.ndarray]  # one (B, h_l, w_l) array per layer, values in [0, 1]
+    empty: list[np.ndarray]  # one (B,) bool array per layer: no positive evidence, the map is all zeros
     summaries: np.ndarray | None = None  # (B, d) the validity summary, when the CAM was built with one
+
+
+EMPTY_MAX = 1e-12
+
+
+def is_empty(cam: np.ndarray) -> bool:
+    """No positive evidence anywhere: the rectified map is flat at zero (or not finite)."""
+    hi = float(cam.max())
+    return not np.isfinite(hi) or hi <= EMPTY_MAX
 
 
 def normalize_map(cam: np.ndarray) -> np.ndarray:
     """Rescale one map to [0, 1]; a flat (e.g. all-zero) map becomes zeros, never NaN."""
     lo, hi = float(cam.min()), float(cam.max())
-    if not np.isfinite(hi) or hi - lo <= 1e-12:
+    if not np.isfinite(hi) or hi - lo <= EMPTY_MAX:
         return np.zeros_like(cam, dtype=np.float32)
     return ((cam - lo) / (hi - lo)).astype(np.float32)
 
@@ -139,9 +149,11 @@ class BaseCAM:
         else:
             t = np.broadcast_to(np.asarray(target, dtype=np.int32), (len(x),)).copy()
         probs, classes, raw, summary = self._run(tf.constant(x), tf.constant(t))
-        maps = [np.stack([normalize_map(m) for m in layer.numpy()]) for layer in raw]
+        raw = [layer.numpy() for layer in raw]
+        maps = [np.stack([normalize_map(m) for m in layer]) for layer in raw]
+        empty = [np.array([is_empty(m) for m in layer], dtype=bool) for layer in raw]
         summaries = summary.numpy() if self.with_summary else None
-        return CamResult(probs.numpy(), classes.numpy(), self.layer_names, maps, summaries)
+        return CamResult(probs.numpy(), classes.numpy(), self.layer_names, maps, empty, summaries)
 
 
 def _weighted(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -13,6 +15,11 @@ def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear upsampling of the map's values (not of colours) to the image size."""
     out = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
     return np.clip(out, 0.0, 1.0)
+
+
+def mean_map(maps: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
+    """A layer set's map: the mean of its layers' [0, 1] maps, each upsampled to the image first (as audited)."""
+    return np.mean([upsample(m, height, width) for m in maps], axis=0).astype(np.float32)
 
 
 def colorize(cam: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:

@@ -1,25 +1,30 @@
-"""Grad-CAM pages drawn directly with Pillow: one row per X-ray, the image then one overlay per layer.
+"""Grad-CAM pages drawn directly with Pillow: one row per X-ray, the image, the default map, then one per layer.
 
 Matplotlib took 0.25 s a row; composing the pixels takes a few milliseconds,
 so a gallery's time is Grad-CAM's. Each page carries its title, the colour
 scale, a caption per row (file, true and predicted class, probability) and a
-plain-language label per panel; the deepest layer, closest to the decision, is
-framed.
+plain-language label per panel; the first map, the model's audited default, is
+framed, and a blank map says it holds no evidence.
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pneumocam.explain.overlay import colour_scale
 
+if TYPE_CHECKING:
+    from pneumocam.explain.explainer import Explanation
+
 TILE = 256
 PAD = 8
-DEEPEST = (230, 110, 20)
+DEFAULT_FRAME = (230, 110, 20)
+LABEL_CHARS = 40
 _BG, _INK = (255, 255, 255), (20, 20, 20)
 
 
@@ -37,18 +42,20 @@ def _fit(rgb: np.ndarray, size: int = TILE) -> Image.Image:
     return tile
 
 
-def panel_labels(layers: Sequence[str]) -> list[str]:
-    """Plain words for each overlay: which layer, and whether it is the deepest (closest to the decision)."""
-    n = len(layers)
-    return [
-        f"deepest: {name}" if i == n - 1 else f"shallower ({n - 1 - i} up): {name}" for i, name in enumerate(layers)
-    ]
+def explanation_row(e: Explanation, caption: str) -> dict[str, Any]:
+    """One page row from an explanation: the X-ray, then its panels (default map first) with their captions."""
+    return {
+        "image": e.image,
+        "overlays": [p.overlay for p in e.panels],
+        "labels": [p.caption for p in e.panels],
+        "caption": caption,
+    }
 
 
 def compose_page(rows: Sequence[dict[str, Any]], title: str = "") -> np.ndarray:
-    """One page as RGB pixels. Each row is ``{"image", "overlays", "layers", "caption"}`` (as the gallery builds)."""
+    """One page as RGB pixels. Each row is ``{"image", "overlays", "labels", "caption"}`` (:func:`explanation_row`)."""
     n_cols = 1 + max(len(r["overlays"]) for r in rows)
-    caption_h, label_h, head_h = 40, 22, 70
+    caption_h, label_h, head_h = 40, 36, 70
     width = PAD + n_cols * (TILE + PAD)
     row_h = caption_h + TILE + label_h + PAD
     page = Image.new("RGB", (width, head_h + len(rows) * row_h), _BG)
@@ -64,11 +71,12 @@ def compose_page(rows: Sequence[dict[str, Any]], title: str = "") -> np.ndarray:
         top = head_h + r * row_h
         draw.text((PAD, top + 2), row["caption"].replace("\n", "   "), fill=_INK, font=_font(14))
         panels = [row["image"], *row["overlays"]]
-        labels = ["the X-ray", *panel_labels(row["layers"])]
+        labels = ["the X-ray", *row["labels"]]
         for c, (rgb, label) in enumerate(zip(panels, labels)):
             x, y = PAD + c * (TILE + PAD), top + caption_h
             page.paste(_fit(rgb), (x, y))
-            if c == len(panels) - 1 and c > 0:
-                draw.rectangle((x - 3, y - 3, x + TILE + 2, y + TILE + 2), outline=DEEPEST, width=3)
-            draw.text((x, y + TILE + 4), label, fill=DEEPEST if c == len(panels) - 1 and c else _INK, font=_font(12))
+            if c == 1:
+                draw.rectangle((x - 3, y - 3, x + TILE + 2, y + TILE + 2), outline=DEFAULT_FRAME, width=3)
+            text = "\n".join(textwrap.wrap(label, LABEL_CHARS)[:2])
+            draw.text((x, y + TILE + 4), text, fill=DEFAULT_FRAME if c == 1 else _INK, font=_font(12))
     return np.asarray(page)

@@ -213,7 +213,20 @@ def verdicts(ood_scores: np.ndarray | None, notes: Sequence[str]) -> list[Validi
 #: themselves may hold "; ", so the separator is one they never hold.
 NOTE_SEP = " | "
 
-WARNING = "This does not look like a frontal pediatric chest X-ray: the call below is not meaningful"
+WARNING = "This does not look like a frontal pediatric chest X-ray"
+#: What replaces the class headline of a flagged image (the Space, the Python API's summary).
+NOT_MEANINGFUL = "Not a meaningful call"
+
+
+def call_text(probabilities: dict[str, float], validity: Validity) -> str:
+    """A call in words: "VIRUS (87%)", or for a flagged image the warning and its reasons first, then the call."""
+    predicted = max(probabilities, key=probabilities.get)
+    call = f"{predicted} ({probabilities[predicted]:.0%})"
+    if validity.in_distribution:
+        return call
+    return f"{NOT_MEANINGFUL}. {WARNING} ({NOTE_SEP.join(validity.reasons)}). Kept anyway: {call}"
+
+
 #: The mark on a flagged image in galleries and overlays.
 FLAG_MARK = "FLAGGED: not like the training X-rays"
 

@@ -287,6 +287,10 @@ def _beats(row: dict[str, Any], baseline: dict[str, Any]) -> bool:
     return row["morf_auc"] < baseline["morf_auc"] and row["lerf_auc"] > baseline["lerf_auc"]
 
 
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{value:.0%}"
+
+
 def audit_table(explain: Any) -> str:
     """The audit behind the default heatmaps: candidate x layer set, ROAD first, with baselines and sanity."""
     a = explain.audit
@@ -298,8 +302,8 @@ def audit_table(explain: Any) -> str:
         )
     rows = [
         "| method | explains | layer set | ROAD MoRF (lower is better) | ROAD LeRF (higher is better) | "
-        "LeRF - MoRF | deletion | insertion | median abs(rho) after head | sanity |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "LeRF - MoRF | deletion | insertion | median abs(rho) after head | sanity | blank maps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     chosen = (rec["method"], rec["score"], rec["layer_set"])
     for r in a["table"]:
@@ -308,12 +312,12 @@ def audit_table(explain: Any) -> str:
         areas = " | ".join(area_text(r[k]) for k in AREA_COLUMNS)
         rows.append(
             f"| {mark}{r['method']}{mark} | {r['score']} | {mark}{named}{mark} | {areas} | "
-            f"{r['rho_after_head']:.2f} | {'pass' if r['sanity_pass'] else 'fail'} |"
+            f"{r['rho_after_head']:.2f} | {'pass' if r['sanity_pass'] else 'fail'} | {_share(r.get('empty_share'))} |"
         )
     for name, b in a["baselines"].items():
         rows.append(
             f"| {name} map (baseline) | | | {b['morf_auc']:.3f} | {b['lerf_auc']:.3f} | "
-            f"{b['lerf_auc'] - b['morf_auc']:.3f} | {b['deletion_auc']:.3f} | {b['insertion_auc']:.3f} | | |"
+            f"{b['lerf_auc'] - b['morf_auc']:.3f} | {b['deletion_auc']:.3f} | {b['insertion_auc']:.3f} | | | |"
         )
     base = a["baselines"]
     beats = [
@@ -323,10 +327,17 @@ def audit_table(explain: Any) -> str:
         and all(r["morf_auc"] < b["morf_auc"] and r["lerf_auc"] > b["lerf_auc"] for b in base.values())
     ]
     shares = ", ".join(f"{s:.0%}" for s in a["road"]["shares"])
+    served = a.get("served")
+    how = (
+        f"scored and explained as served: {served['input']}, test-time views {', '.join(served['views'])}"
+        if served
+        else "without the test-time views (an audit older than the served path)"
+    )
+    failing = sorted({r["method"] for r in a["table"]} - {r["method"] for r in a["table"] if r["sanity_pass"]})
     return "\n".join(
         [
-            f"`python -m cli audit` on {a['n_images']} images of `{a['data_dir']}` ({a['date'][:10]}; each map "
-            "explains the predicted class). Sanity (Adebayo et al. 2018): the head is randomised and the map must "
+            f"`python -m cli audit` on {a['n_images']} images of `{a['data_dir']}` ({a['date'][:10]}; {how}; each "
+            "map explains the predicted class). Sanity (Adebayo et al. 2018): the head is randomised and the map must "
             f"change, median abs(Spearman rho) below {a['sanity_threshold']}. Faithfulness (ROAD, Rong et al. 2022): "
             f"{shares} of the image removed in the map's order, most relevant first (MoRF) or least relevant first "
             "(LeRF), the removed pixels filled from their neighbours by noisy linear imputation "
@@ -336,12 +347,20 @@ def audit_table(explain: Any) -> str:
             "candidate is a CAM method explaining either the class's logit (textbook) or "
             "its log-probability (the percentage shown, so also the evidence against the other classes). The "
             "default is the widest LeRF - MoRF gap that passes sanity: "
-            f"**{rec['method']} on {rec['layer_set']}, explaining the {rec['score']}**.",
+            f"**{rec['method']} on {rec['layer_set']}, explaining the {rec['score']}**. Every page shows this map "
+            "first, named as the audited default, then one map per layer; blank maps: the share of images whose "
+            "map holds no evidence for the explained class (the pages caption those, never an empty panel).",
             "",
             *rows,
             "",
             f"{len(beats)} of the {len(a['table'])} candidates pass sanity and beat both the random map and a "
-            "centred Gaussian (which knows nothing of the image) on both ROAD orders.",
+            "centred Gaussian (which knows nothing of the image) on both ROAD orders."
+            + (
+                f" {', '.join(failing)} fail sanity on every layer set: the Space does not offer them unless asked "
+                "(an advanced switch), and the pages that draw them say so."
+                if failing
+                else ""
+            ),
         ]
     )
 

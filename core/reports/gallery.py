@@ -13,7 +13,7 @@ import numpy as np
 from pneumocam.atomic import write_bytes, write_text
 from pneumocam.errors import ImageLoadError, InputError
 from pneumocam.explain.overlay import encode_png
-from pneumocam.explain.pages import compose_page
+from pneumocam.explain.pages import compose_page, explanation_row
 from pneumocam.images.readers import read_image
 from pneumocam.model.validity import FLAG_MARK
 from pneumocam.options import DEFAULT_OPACITY, GALLERY_MAX_SIDE, GALLERY_PER_PAGE
@@ -81,10 +81,7 @@ def render_pages(
             continue
         targets = {"predicted": None, "true": [p.true for p in batch]}.get(explain, [explain] * len(batch))
         explained = explainer.explain(images, n_layers=n_layers, target=targets, alpha=alpha, max_side=GALLERY_MAX_SIDE)
-        rows = [
-            {"image": e.image, "overlays": e.overlays, "layers": e.layer_names, "caption": caption(p)}
-            for p, e in zip(batch, explained)
-        ]
+        rows = [explanation_row(e, caption(p)) for p, e in zip(batch, explained)]
         page_title = f"{title} (page {len(pages) + 1})" if title else ""
         pages.append(write_bytes(out / f"page_{len(pages) + 1:03d}.png", encode_png(compose_page(rows, page_title))))
         if on_page:
@@ -105,8 +102,9 @@ def write_index(out: Path, pages: Sequence[Path], title: str, summary: str) -> P
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}}img{{max-width:100%;border:1px solid #ccc}}
 figure{{margin:0 0 2em 0}}</style></head>
 <body><h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p>
-<p>Each row: the X-ray, then the Grad-CAM overlay of each explained conv layer (deepest last).
-Research demo, not a medical device.</p>
+<p>Each row: the X-ray, then the model's default map (framed; named "audited default" when the heatmap audit
+chose it), then each explained conv layer's map (deepest last). A map with no evidence for the explained class
+says so and shows the plain X-ray. Research demo, not a medical device.</p>
 {body}
 </body></html>
 """
