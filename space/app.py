@@ -41,19 +41,30 @@ import gradio as gr  # noqa: E402
 from pneumocam.atomic import write_bytes  # noqa: E402
 from pneumocam.deploy.space_config import SpaceConfig, example_files, load_space_config, model_line  # noqa: E402
 from pneumocam.errors import ImageLoadError, PneumoCAMError  # noqa: E402
-from pneumocam.explain.explainer import Explainer  # noqa: E402
+from pneumocam.explain.explainer import Explainer, Explanation  # noqa: E402
 from pneumocam.explain.overlay import colour_scale, encode_png  # noqa: E402
-from pneumocam.model.validity import WARNING  # noqa: E402
+from pneumocam.explain.shown import (  # noqa: E402
+    FAILS_SANITY,
+    map_title,
+    method_label,
+    offered_methods,
+    sanity_status,
+)
+from pneumocam.model.validity import NOT_MEANINGFUL, WARNING  # noqa: E402
 from pneumocam.options import CAM_METHODS, MAX_SHOWN_LAYERS  # noqa: E402
 from pneumocam.scoring.predictor import load_predictor  # noqa: E402
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom"]
 PREDICTED = "predicted class"
+DETAILS = "Probabilities and heatmaps"
+SHOW_ANYWAY = "Show anyway: the probabilities and heatmaps of a call that is not meaningful"
 
 ABOUT = """
-**How to read the heatmaps.** Each panel is the Grad-CAM of one of the model's last
-convolutional layers (deepest last): red regions raised the score of the explained class
-the most, blue ones barely mattered. Deeper layers are coarser but closer to the decision.
+**How to read the heatmaps.** The slider and the first panel show the map our heatmap audit
+checked (named "audited default"): red regions raised the score of the explained class the
+most, blue ones barely mattered. The panels after it are the Grad-CAM of each of the model's
+last convolutional layers (deepest last), as the seed project showed them; deeper layers are
+coarser but closer to the decision, and a layer with no evidence for the class says so.
 A heatmap on the lungs is what you hope for; one on text markers, tubes or the image border
 means the call rests on something other than the lungs.
 
@@ -93,12 +104,34 @@ def shown_layers(explainer: Explainer, config: SpaceConfig) -> int:
     return config.default_layers or explainer.predictor.meta.explain.layers
 
 
+def method_choices(explainer: Explainer, everything: bool) -> list[tuple[str, str]]:
+    """The CAM method menu: the methods that pass the model's sanity check, or (advanced) all, marked."""
+    meta = explainer.predictor.meta
+    shown = CAM_METHODS if everything else offered_methods(meta)
+    return [
+        (f"{method_label(m)} ({FAILS_SANITY})" if sanity_status(meta, m) is False else method_label(m), m)
+        for m in shown
+    ]
+
+
+def headline(e: Explanation) -> str:
+    """What the page leads with: the call, or for a flagged upload the warning and its reasons, never a class."""
+    if not e.meaningful:
+        return f"## ⚠️ {NOT_MEANINGFUL}\n\n**{WARNING}** ({'; '.join(e.validity.reasons)})."
+    text = (
+        f"## {e.predicted} ({e.probabilities[e.predicted]:.0%})\n\nThe heatmaps explain **{e.explained}**. "
+        f"Drag the slider over the X-ray to compare it with the {e.default.title}."
+    )
+    return f"{text}\n\n⚠️ {e.method_warning}" if e.method_warning else text
+
+
 def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.Blocks:
-    """The page: upload, options, label and one overlay per explained layer."""
+    """The page: upload and options; the call (or the warning) first, then probabilities and maps, default first."""
     classes = explainer.classes
     max_layers = min(MAX_SHOWN_LAYERS, len(explainer.predictor.meta.gradcam_layers))
     default_layers = shown_layers(explainer, config)
     overlay_files = OverlayFiles()
+    failing = len(method_choices(explainer, True)) > len(method_choices(explainer, False))
 
     def predict(
         image: str | None,
@@ -106,7 +139,7 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
         explain: str = PREDICTED,
         opacity: float = config.default_opacity,
         method: str = explainer.method,
-    ) -> tuple[dict[str, float], list[tuple[object, str]], str, tuple[str, str]]:
+    ) -> tuple[dict[str, float], list[tuple[object, str]], str, tuple[str, str], gr.Accordion]:
         if not image:
             raise gr.Error("Upload a chest X-ray (PNG, JPEG, BMP or DICOM) first.")
         target = None if explain in (None, "", PREDICTED) else explain
@@ -118,15 +151,16 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
             raise gr.Error(f"Cannot use this file: {exc.reason}.") from exc
         except PneumoCAMError as exc:
             raise gr.Error(str(exc)) from exc
-        captions = [*e.layer_names[:-1], f"{e.layer_names[-1]} (deepest, closest to the decision)"]
-        summary = (
-            f"Predicted **{e.predicted}** ({e.probabilities[e.predicted]:.0%}); heatmaps explain **{e.explained}**. "
-            "Drag the slider over the X-ray to compare it with the deepest layer's heatmap."
-        )
-        if not e.validity.in_distribution:
-            summary = f"⚠️ **{WARNING}** ({'; '.join(e.validity.reasons)}).\n\n{summary}"
-        files = overlay_files.write([*e.overlays, e.image], [*e.layer_names, "xray"])
-        return e.probabilities, list(zip(files, captions)), summary, (files[-1], files[-2])
+        names = ["default", *e.layer_names, "xray"]
+        files = overlay_files.write([p.overlay for p in e.panels] + [e.image], names)
+        gallery = list(zip(files, [p.caption for p in e.panels]))
+        details = gr.Accordion(label=DETAILS if e.meaningful else SHOW_ANYWAY, open=e.meaningful)
+        return e.probabilities, gallery, headline(e), (files[-1], files[0]), details
+
+    def slider_label(method: str | None) -> str:
+        """The slider names the map it compares with the X-ray (the default one, or the chosen method's)."""
+        meta = explainer.predictor.meta
+        return f"The X-ray | {map_title(meta, method or explainer.method, explainer.score)}"
 
     with gr.Blocks(title="PneumoCAM", delete_cache=(900, 1800)) as demo:
         gr.Markdown("# PneumoCAM: explainable pediatric chest X-ray triage")
@@ -134,38 +168,53 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.File(label="Chest X-ray (PNG, JPEG, BMP or DICOM)", file_types=UPLOAD_TYPES)
-                layers = gr.Slider(1, max_layers, value=default_layers, step=1, label="Conv layers to explain")
+                per_layer = "Per-layer maps after the default (last N layers)"
+                layers = gr.Slider(1, max_layers, value=default_layers, step=1, label=per_layer)
                 explain = gr.Dropdown([PREDICTED, *classes], value=PREDICTED, label="Class to explain")
                 opacity = gr.Slider(0.0, 1.0, value=config.default_opacity, step=0.05, label="Heatmap opacity")
-                method = gr.Dropdown(list(CAM_METHODS), value=explainer.method, label="CAM method")
+                method = gr.Dropdown(
+                    method_choices(explainer, False), value=explainer.method, label="CAM method", elem_id="method"
+                )
+                advanced = gr.Checkbox(
+                    False,
+                    label="Advanced: also offer the CAM methods that fail the sanity check on this model",
+                    visible=failing,
+                )
                 run = gr.Button("Classify and explain", variant="primary", elem_id="run")
                 examples = example_files(config)
                 if examples:
                     gr.Examples(examples, inputs=[image], label="Example X-rays (click one)", cache_examples=False)
             with gr.Column(scale=2):
-                summary = gr.Markdown(label="summary", elem_id="summary")  # above the probabilities: the warning
-                label = gr.Label(num_top_classes=len(classes), label="Probabilities", elem_id="label")
-                slider = gr.ImageSlider(
-                    label="The X-ray | the deepest layer's heatmap", type="filepath", elem_id="slider", height=520
-                )
-                gr.Image(
-                    colour_scale(),
-                    label="Heatmap colour scale: blue, little influence on the explained class; red, the most",
-                    interactive=False,
-                    height=60,
-                    buttons=[],
-                )
-                gallery = gr.Gallery(
-                    label="Heatmap per layer",
-                    columns=3,
-                    height=420,
-                    object_fit="contain",
-                    format="png",
-                    elem_id="cams",
-                )
+                summary = gr.Markdown(label="summary", elem_id="summary")  # first: the call, or the warning
+                with gr.Accordion(DETAILS, open=True, elem_id="details") as details:
+                    label = gr.Label(num_top_classes=len(classes), label="Probabilities", elem_id="label")
+                    slider = gr.ImageSlider(label=slider_label(None), type="filepath", elem_id="slider", height=520)
+                    gr.Image(
+                        colour_scale(),
+                        label="Heatmap colour scale: blue, little influence on the explained class; red, the most",
+                        interactive=False,
+                        height=60,
+                        buttons=[],
+                    )
+                    gallery = gr.Gallery(
+                        label="The default map, then one map per layer",
+                        columns=4,
+                        height=420,
+                        object_fit="contain",
+                        format="png",
+                        elem_id="cams",
+                    )
         gr.Markdown(ABOUT)
+        advanced.change(
+            lambda everything: gr.Dropdown(choices=method_choices(explainer, everything), value=explainer.method),
+            advanced,
+            method,
+            api_name=False,
+        )
         inputs = [image, layers, explain, opacity, method]
-        run.click(predict, inputs, [label, gallery, summary, slider], api_name="predict")
+        run.click(predict, inputs, [label, gallery, summary, slider, details], api_name="predict").then(
+            lambda m: gr.ImageSlider(label=slider_label(m)), method, slider, api_name=False
+        )
     return demo
 
 

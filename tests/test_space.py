@@ -66,26 +66,33 @@ def test_predict_endpoint_through_gradio_client(server: str, xray: Path, tmp_pat
     assert set(confidences) == {"BACTERIA", "NORMAL", "VIRUS"}
     assert sum(confidences.values()) == pytest.approx(1.0, abs=1e-4)
     assert label["label"] == max(confidences, key=confidences.get)
-    assert len(gallery) == 2
+    from pneumocam.explain.shown import map_title, offered_methods
+    from pneumocam.model.artifact import read_meta
+    from pneumocam.paths import DEFAULT_WEIGHTS_DIR
+
+    meta = read_meta(DEFAULT_WEIGHTS_DIR)
+    assert len(gallery) == 1 + 2  # the default map, then the last two layers
+    assert gallery[0]["caption"].startswith(map_title(meta, meta.explain.method, meta.explain.score))
+    assert gallery[0]["caption"].startswith("audited default: ")  # the published model's map was audited
     size = Image.open(xray).size
     for item in gallery:
         assert Image.open(item["image"]).size == size
     assert "out_relu" in gallery[-1]["caption"]  # the deepest layer, after its activation
-    assert label["label"] in summary
-    shown, heat = (Image.open(p) for p in slider)  # the X-ray itself against the deepest layer's heatmap
+    assert summary.startswith(f"## {label['label']} (")
+    shown, heat = (Image.open(p) for p in slider)  # the X-ray itself against the default map
     assert shown.size == heat.size == size
     assert np.abs(np.asarray(shown.convert("L"), float) - np.asarray(Image.open(xray).convert("L"), float)).mean() < 1
     assert np.asarray(heat, float).std(axis=-1).mean() > 5  # coloured, unlike the grey X-ray
+    assert np.array_equal(np.asarray(heat), np.asarray(Image.open(gallery[0]["image"])))  # the first panel
 
     photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    _, _, warned, _ = client.predict(handle_file(str(photo)), 1, api_name="/predict")
-    assert warned.startswith("⚠️ **This does not look like a frontal pediatric chest X-ray") and "colour" in warned
+    conf, maps, warned, _ = client.predict(handle_file(str(photo)), 1, api_name="/predict")
+    assert warned.startswith("## ⚠️ Not a meaningful call") and "colour" in warned
+    assert not any(c in warned for c in meta.classes)  # no class headline; the outputs are kept below
+    assert len(conf["confidences"]) == 3 and len(maps) == 2
 
     _, default, _, _ = client.predict(handle_file(str(xray)), api_name="/predict")  # every other input defaulted
-    from pneumocam.model.artifact import read_meta
-    from pneumocam.paths import DEFAULT_WEIGHTS_DIR
-
-    assert len(default) == read_meta(DEFAULT_WEIGHTS_DIR).explain.layers  # the model's own default
+    assert len(default) == 1 + meta.explain.layers  # the model's own default
 
     bad = tmp_path / "corrupt.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
@@ -93,11 +100,15 @@ def test_predict_endpoint_through_gradio_client(server: str, xray: Path, tmp_pat
         client.predict(handle_file(str(bad)), api_name="/predict")
     again, gradcam, _, _ = client.predict(handle_file(str(xray)), 1, "NORMAL", 0.3, api_name="/predict")
     assert again["label"] == label["label"]
-    _, layercam, _, _ = client.predict(handle_file(str(xray)), 1, "NORMAL", 0.3, "layercam", api_name="/predict")
-    a, b = (np.asarray(Image.open(g[0]["image"]), float) for g in (gradcam, layercam))
+    offered = offered_methods(meta)
+    other = next(m for m in offered if m != meta.explain.method)
+    _, by_other, said, _ = client.predict(handle_file(str(xray)), 1, "NORMAL", 0.3, other, api_name="/predict")
+    a, b = (np.asarray(Image.open(g[0]["image"]), float) for g in (gradcam, by_other))
     assert a.shape == b.shape and np.abs(a - b).mean() > 0.5  # the method reaches the heatmap
-    with pytest.raises(Exception, match="layercam"):  # the dropdown offers the CAM methods only
-        client.predict(handle_file(str(xray)), 1, "NORMAL", 0.3, "guessing", api_name="/predict")
+    assert not by_other[0]["caption"].startswith("audited default")  # named for what it is
+    for refused in [m for m in ("gradcam", "gradcam++", "hirescam", "layercam") if m not in offered] + ["guessing"]:
+        with pytest.raises(AppError, match=f"{re.escape(refused)} is not in the list of choices"):
+            client.predict(handle_file(str(xray)), 1, "NORMAL", 0.3, refused, api_name="/predict")
 
 
 def test_a_bare_dicom_gets_the_call_of_the_same_pixels_everywhere(server: str, tiny_model_dir: Path, tmp_path) -> None:
@@ -226,15 +237,39 @@ def test_in_a_real_browser(server: str, xray: Path) -> None:
         page.locator("input[type=file]").first.set_input_files(str(xray))
         page.wait_for_timeout(500)
         page.locator("#run").click()
-        expect(page.locator("#summary")).to_contain_text("Predicted", timeout=60_000)
+        expect(page.locator("#summary")).to_contain_text("heatmaps explain", timeout=60_000)
         expect(page.locator("#label")).to_contain_text(re.compile("BACTERIA|NORMAL|VIRUS"))
         images = page.locator("#cams img")
         expect(images.first).to_be_visible(timeout=30_000)
+        from pneumocam.explain.shown import map_title
         from pneumocam.model.artifact import read_meta
         from pneumocam.paths import DEFAULT_WEIGHTS_DIR
 
-        assert images.count() == read_meta(DEFAULT_WEIGHTS_DIR).explain.layers  # one overlay per default layer
+        meta = read_meta(DEFAULT_WEIGHTS_DIR)
+        audited = map_title(meta, meta.explain.method, meta.explain.score)
+        assert audited.startswith("audited default: ")
+        assert images.count() == 1 + meta.explain.layers  # the default map, then one per default layer
+        assert images.first.get_attribute("alt").startswith(audited)  # the first image is the audited map
+        expect(page.locator("#cams .caption-label").first).to_contain_text(audited)
+        expect(page.locator("#slider")).to_contain_text(f"The X-ray | {audited}")
+        slid = [page.locator("#slider img").nth(i).get_attribute("src") for i in range(2)]
+        assert slid[1] == images.first.get_attribute("src")  # the slider compares the X-ray with that same map
         page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
+
+        portrait = browser.new_page(viewport={"width": 1400, "height": 1000})
+        portrait.goto(server, wait_until="networkidle")
+        photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+        portrait.locator("input[type=file]").first.set_input_files(str(photo))
+        portrait.wait_for_timeout(500)
+        portrait.locator("#run").click()
+        expect(portrait.locator("#summary")).to_contain_text("Not a meaningful call", timeout=60_000)
+        expect(portrait.locator("#summary")).not_to_contain_text(re.compile("BACTERIA|NORMAL|VIRUS"))
+        expect(portrait.locator("#details")).to_contain_text("Show anyway")
+        expect(portrait.locator("#label")).to_be_hidden()  # the class headline sits in the closed section
+        expect(portrait.locator("#cams")).to_be_hidden()
+        portrait.locator("#details button").first.click()  # opened on request, the outputs are all there
+        expect(portrait.locator("#label")).to_contain_text(re.compile("BACTERIA|NORMAL|VIRUS"))
+        portrait.screenshot(path=str(ARTIFACTS / "space_flagged.png"), full_page=True)
         browser.close()
     shot = np.asarray(Image.open(ARTIFACTS / "space.png"))
     assert shot.shape[0] > 500 and shot.std() > 10
