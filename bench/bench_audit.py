@@ -2,9 +2,10 @@
 
     python bench/bench_audit.py [--data ../shared/data/chest_xray/test] [--model weights/] [--limit 100]
 
-Times ``pneumocam.explain.audit.audit_images`` with the command's defaults (four CAM methods,
-two explained scores, the default layer sets, ROAD at six shares, deletion and
-insertion, 4 randomisation stages) on a seeded sample, after the model has loaded.
+Times ``pneumocam.explain.audit.audit_images`` with the command's defaults (four CAM methods
+explaining the model's score, the default layer sets, ROAD at six shares, the head randomised
+for every method and 4 stages for the default), scored as served (the model's input pipeline
+and test-time views), on a seeded sample, after the model has loaded.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main() -> None:
 
     paths = audit_sample(scan_dataset(args.data).samples, args.limit)
     predictor = load_predictor(args.model)
-    plan = AuditPlan()
+    plan = AuditPlan().for_model(predictor.meta.explain.score)
     start = time.perf_counter()
     result = audit_images(predictor, paths, plan)
     seconds = time.perf_counter() - start
@@ -40,6 +41,7 @@ def main() -> None:
         [
             ("machine", f"{os.cpu_count()} CPUs"),
             ("images", f"{result['n_images']} from {args.data}"),
+            ("as served", f"{result['served']['input']}; views {', '.join(result['served']['views'])}"),
             (
                 "methods x scores x layer sets",
                 f"{len(plan.methods)} x {len(plan.scores)} x {len(result['layer_sets'])}",

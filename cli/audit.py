@@ -1,4 +1,4 @@
-"""``audit``: are the heatmaps faithful? Sanity, deletion / insertion and border shortcuts."""
+"""``audit``: are the heatmaps faithful? Sanity, ROAD, blank maps and border shortcuts, as served."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ from .common import (
 )
 @click.option(
     "--scores",
-    default=",".join(CAM_SCORES),
-    show_default=True,
-    help="Comma-separated scores each method explains: the class's logit, its log-probability.",
+    default="",
+    help=f"Comma-separated scores each method explains ({', '.join(CAM_SCORES)}) [default: the model's own, "
+    "model.json explain.score]. Both let the audit choose the score too, in twice the time.",
 )
 @click.option(
     "--layers",
@@ -77,18 +77,19 @@ def audit(
 ) -> None:
     """Check that the heatmaps show what the model uses, for every CAM method and layer set.
 
-    On a seeded sample of DATA_DIR's images (labels unused; each map explains
-    the predicted class, through its logit or its log-probability):
+    On a seeded sample of DATA_DIR's images (labels unused), scored and
+    explained as every entry point serves them (input pipeline, test-time
+    views); each map explains the predicted class, through the model's score:
 
     \b
-    - sanity (Adebayo et al. 2018): the head, then Conv_1, block_16 and
-      block_15 are randomised in turn; a candidate and layer pass when the median
-      |Spearman rho| with the trained map drops below 0.3 once the head is random;
+    - sanity (Adebayo et al. 2018): the head is randomised; a candidate and
+      layer pass when the median |Spearman rho| with the trained map drops
+      below 0.3. For the model's default, Conv_1, block_16 and block_15 follow;
     - faithfulness (ROAD, Rong et al. 2022): 10-90 % of the image removed in
       the map's order, most or least relevant first, and filled from its
       neighbours by noisy linear imputation; the areas under the class
-      probability, against a random and a centred map. RISE deletion and
-      insertion are reported beside it;
+      probability, against a random and a centred map;
+    - blank maps: how often a set's map holds no evidence for the class;
     - shortcuts: the share of each map in the outer 10 % band of the image
       (markers, text, borders); images above half are flagged and shown.
 
@@ -103,6 +104,7 @@ def audit(
       python -m cli audit data/test --limit 100
       python -m cli audit ../shared/data/chest_xray/train --subset weights/validation.txt
       python -m cli audit data/test --methods gradcam,layercam --layers 1
+      python -m cli audit data/test --scores logit,log-probability
     """
     from pneumocam.atomic import claim_output
     from pneumocam.explain.audit import (

@@ -17,14 +17,17 @@ from pneumocam.cli.app import main
 from pneumocam.config import FEATURES_LAYER, LOGITS_LAYER, ArchConfig, InputSpec
 from pneumocam.errors import InputError
 from pneumocam.explain.audit import AUDIT_FILES, AuditPlan, audit_images
-from pneumocam.explain.faithfulness import DELETION, INSERTION, area, border_share, curves, random_map
+from pneumocam.explain.faithfulness import border_share, random_map
 from pneumocam.explain.gradcam import GradCAM
+from pneumocam.explain.road import LERF, MORF, road_area, road_curves
 from pneumocam.model.artifact import DEFAULT_CLASSES, LoadedModel, ModelMeta, read_meta
+from pneumocam.options import ROAD_FINALISTS
 from pneumocam.scoring.forward import compile_forward
 from pneumocam.scoring.predictor import Predictor, load_predictor
 
 SIZE = 32
 PATCH = (slice(4, 12), slice(18, 26))  # rows 4-11, columns 18-25
+SHARES = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 
 def known_evidence_model(where: str) -> Predictor:
@@ -65,7 +68,7 @@ def images(n: int, bright: tuple[slice, slice] | None = PATCH, seed: int = 0) ->
     return np.repeat(x, 3, -1).astype(np.float32)
 
 
-def test_gradcam_finds_the_patch_and_deleting_it_beats_a_random_order() -> None:
+def test_gradcam_finds_the_patch_and_removing_it_first_beats_a_random_order() -> None:
     loaded = known_evidence_model("patch")
     x = images(6)
     result = GradCAM(loaded.model, ["conv"])(x)
@@ -79,11 +82,12 @@ def test_gradcam_finds_the_patch_and_deleting_it_beats_a_random_order() -> None:
         assert PATCH[0].start <= r < PATCH[0].stop and PATCH[1].start <= c < PATCH[1].stop
         cls = int(result.target_classes[i])
         assert cls == 0
-        deletion = curves(probabilities, x[i], [cam, random_map(cam.shape, i)], cls, 16, DELETION)
-        assert deletion[0, 0] == pytest.approx(deletion[1, 0])  # both start from the untouched image
-        assert area(deletion[0])[0] < area(deletion[1])[0] - 0.1
-        insertion = curves(probabilities, x[i], [cam, random_map(cam.shape, i)], cls, 16, INSERTION)
-        assert area(insertion[0])[0] > area(insertion[1])[0]
+        maps = [cam, random_map(cam.shape, i)]
+        morf = road_curves(probabilities, x[i], maps, cls, SHARES, MORF, SIZE, 0.0, i)
+        assert morf[0, 0] == pytest.approx(morf[1, 0])  # both start from the untouched image
+        assert road_area(morf[0], SHARES)[0] < road_area(morf[1], SHARES)[0] - 0.1
+        lerf = road_curves(probabilities, x[i], maps, cls, SHARES, LERF, SIZE, 0.0, i)
+        assert road_area(lerf[0], SHARES)[0] > road_area(lerf[1], SHARES)[0]
 
 
 def test_border_share_of_simple_maps() -> None:
@@ -107,11 +111,9 @@ def test_a_model_that_looks_at_the_border_gets_its_images_flagged(tmp_path: Path
     border = audit_images(known_evidence_model("border"), write_images(tmp_path / "b", x), AuditPlan(n_layers=1))
     assert len(border["border_flagged"]) == 4
     assert min(border["border"]["share"].values()) > 0.8  # the model looks 4 px deep, the band is 3 px
-    patch = audit_images(known_evidence_model("patch"), write_images(tmp_path / "p", images(4)), AuditPlan(n_layers=1))
+    both = AuditPlan(n_layers=1, scores=("logit", "log-probability"))
+    patch = audit_images(known_evidence_model("patch"), write_images(tmp_path / "p", images(4)), both)
     assert patch["border_flagged"] == [] and max(patch["border"]["share"].values()) < 0.1
-    g = patch["faithfulness"]
-    assert g["gradcam"]["deletion_auc"] < g["random"]["deletion_auc"]
-    assert g["gradcam"]["insertion_auc"] > g["random"]["insertion_auc"]
     road = patch["road"]
     assert road["grid"] == SIZE  # never finer than the image
     for name in ("gradcam", "gradcam (log-probability)"):
@@ -142,9 +144,10 @@ def test_a_map_without_evidence_is_captioned_never_an_empty_panel_and_the_audit_
     against = Explainer(model).explain(list(x[:1]), target="VIRUS")[0]  # the patch argues against VIRUS
     assert against.default.empty and against.default.caption.endswith("no evidence for VIRUS at this layer")
 
-    plan = AuditPlan(methods=("gradcam",), scores=("logit",), n_layers=1, steps=4, shares=(0.2, 0.5))
+    plan = AuditPlan(methods=("gradcam",), scores=("logit",), n_layers=1, shares=(0.2, 0.5))
     result = audit_images(model, write_images(tmp_path, x), plan)
     assert [r["empty_share"] for r in result["table"]] == [0.5]
+    assert result["blank_layers"] == {"gradcam": {"conv": 0.5}}
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +167,7 @@ def test_randomising_the_head_of_a_trained_model_breaks_the_maps(trained_tiny) -
     data, model_dir = trained_tiny
     loaded = load_predictor(model_dir)
     paths = sorted(data.rglob("*.jpeg"))[:8]
-    result = audit_images(loaded, paths, AuditPlan(methods=("gradcam", "hirescam"), n_layers=2, steps=4, blocks=2))
+    result = audit_images(loaded, paths, AuditPlan(methods=("gradcam", "hirescam"), n_layers=2, blocks=2))
     assert result["randomisation_stages"] == ["head", "Conv_1", "block_16"]
     decided = 0
     for method in ("gradcam", "hirescam"):
@@ -173,7 +176,8 @@ def test_randomising_the_head_of_a_trained_model_breaks_the_maps(trained_tiny) -
             if np.prod(loaded.model.get_layer(layer).output.shape[1:3]) >= 16:
                 assert entry["rho_after_head"] < 0.5, (method, layer, entry)
                 decided += 1
-            assert set(entry["rho"]) == {"head", "Conv_1", "block_16"}
+            cascade = {"head", "Conv_1", "block_16"} if method == result["cascade"] else {"head"}
+            assert set(entry["rho"]) == cascade  # the whole cascade for the model's default only
             assert all(0 <= v <= 1 for v in entry["ssim"].values())
     assert decided >= 2
     assert loaded.model.get_layer(LOGITS_LAYER).get_weights()[0].std() > 0  # the loaded model itself untouched
@@ -200,31 +204,34 @@ def test_audit_cli_writes_the_report(trained_tiny, tmp_path: Path) -> None:
         "out_relu": ["out_relu"],
         "block_13_expand + out_relu": ["block_13_expand", "out_relu"],
     }
-    assert len(audit["table"]) == 4 * 2 * 3
-    for method in ("gradcam", "gradcam++", "hirescam", "layercam (log-probability)"):
+    assert len(audit["table"]) == 4 * 3  # each method, explaining the model's own score, on each set
+    assert {r["score"] for r in audit["table"]} == {read_meta(model_dir).explain.score}
+    for method in ("gradcam", "gradcam++", "hirescam", "layercam"):
         assert set(audit["sanity"][method]) == {"block_16_project", "block_13_expand", "out_relu"}
         assert 0 <= audit["sanity"][method]["block_13_expand"]["rho_after_head"] <= 1
+        stages = set(audit["sanity"][method]["out_relu"]["rho"])
+        assert stages == (set(audit["randomisation_stages"]) if method == audit["cascade"] else {"head"})
     border = (audit["border"]["method"], audit["border"]["score"], audit["border"]["layer_set"])
     for row in audit["table"]:
         name = row["method"] if row["score"] == "logit" else f"{row['method']} ({row['score']})"
         measured = row["sanity_pass"] or (row["method"], row["score"], row["layer_set"]) == border
         assert (row["morf_auc"] is not None) == measured, row  # faithfulness only where sanity passed
         if measured:
-            for block, keys in (
-                ("faithfulness", ("deletion_auc", "insertion_auc")),
-                ("road", ("morf_auc", "lerf_auc")),
-            ):
-                entry = audit[block][name]["sets"][row["layer_set"]]
-                assert all(0 <= entry[k] <= 1 for k in keys)
+            entry = audit["road"][name]["sets"][row["layer_set"]]
+            assert all(0 <= entry[k] <= 1 for k in ("morf_auc", "lerf_auc"))
             assert row["road_gap"] == pytest.approx(row["lerf_auc"] - row["morf_auc"])
     assert len(audit["road"]["gradcam"]["sets"]["last 2 conv"]["morf_curve"]) == len(audit["road"]["shares"]) + 1
     for baseline in ("random", "center"):
-        assert {"deletion_auc", "insertion_auc"} <= set(audit["faithfulness"][baseline])
         assert {"morf_auc", "lerf_auc", "per_class"} <= set(audit["road"][baseline])
     assert isinstance(audit["border_flagged"], list)
     rec = audit["recommendation"]
     passing = [r for r in audit["table"] if r["sanity_pass"]]
-    if passing:  # the best row that passes, else the model's own default (3 layers, which --layers 2 leaves out)
+    full = [r for r in audit["table"] if r["road_images"] == audit["n_images"]]  # ROAD's second round
+    assert 1 <= len(full) <= 1 + ROAD_FINALISTS and border in {(r["method"], r["score"], r["layer_set"]) for r in full}
+    assert all(r["road_images"] == 3 for r in audit["table"] if r["morf_auc"] is not None and r not in full)
+    assert audit["road"]["random"]["n_images"] == audit["road"]["center"]["n_images"] == 5
+    passing = [r for r in passing if r in full]
+    if passing:  # the best row that passes, measured on every image; else the model's own default
         assert (rec["method"], rec["score"], rec["layer_set"]) == tuple(
             passing[0][k] for k in ("method", "score", "layer_set")
         )
@@ -256,7 +263,7 @@ def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, 
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
     loaded = load_predictor(copy)
-    plan = AuditPlan(methods=("hirescam",), scores=("log-probability",), steps=4, shares=(0.2, 0.5))
+    plan = AuditPlan(methods=("hirescam",), scores=("log-probability",), shares=(0.2, 0.5))
     result = audit_images(loaded, sorted(data.rglob("*.jpeg"))[:4], plan)
     rows = {r["layer_set"]: r for r in result["table"]}
     assert set(rows) == {"last 3 conv", "out_relu", "block_13_expand + out_relu"}
@@ -280,7 +287,7 @@ def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, 
         recommend(rows["out_relu"], todays)["is_default"] and not recommend(rows["last 3 conv"], todays)["is_default"]
     )
     assert recommend(None, todays)["layers"] == ["out_relu"]
-    audited = audit_images(again, sorted(data.rglob("*.jpeg"))[:2], AuditPlan(methods=("gradcam", "hirescam"), steps=2))
+    audited = audit_images(again, sorted(data.rglob("*.jpeg"))[:2], AuditPlan(methods=("gradcam", "hirescam")))
     border = audited["border"]
     assert (border["method"], border["score"], border["layer_set"]) == ("hirescam", "log-probability", "out_relu")
 

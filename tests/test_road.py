@@ -6,7 +6,16 @@ import keras
 import numpy as np
 import pytest
 
-from pneumocam.explain.road import LERF, MORF, impute, removal_masks, road_area, road_curves, road_images
+from pneumocam.explain.road import (
+    LERF,
+    MORF,
+    impute,
+    removal_masks,
+    road_area,
+    road_curves,
+    road_images,
+    road_orders,
+)
 
 
 def test_one_removed_pixel_is_the_weighted_mean_of_its_neighbours() -> None:
@@ -85,6 +94,9 @@ def test_road_ranks_the_true_cam_of_a_gap_linear_model_above_a_random_map() -> N
         morf = road_area(road_curves(probabilities, x, maps, 0, shares, MORF, grid, 2.55, seed=i), shares)
         lerf = road_area(road_curves(probabilities, x, maps, 0, shares, LERF, grid, 2.55, seed=i), shares)
         assert morf[0] < morf[1] and lerf[0] > lerf[1], (morf, lerf)
+        both = road_orders(probabilities, x, maps, 0, shares, (MORF, LERF), grid, 2.55, seed=i)  # one batch
+        np.testing.assert_allclose(road_area(both[MORF], shares), morf, atol=1e-6)
+        np.testing.assert_allclose(road_area(both[LERF], shares), lerf, atol=1e-6)
         gaps.append((lerf - morf)[0] - (lerf - morf)[1])
     assert min(gaps) > 0.2
 

@@ -1,1 +1,1 @@
-"""Heatmaps: the CAM methods, overlays and pages, the one-image explainer, and the audit (sanity, ROAD, deletion)."""
+"""Heatmaps: the CAM methods, overlays and pages, the one-image explainer, and the audit (sanity, ROAD, blank maps)."""

@@ -1,14 +1,16 @@
-"""The heatmap audit: sanity, faithfulness and border shortcuts of every CAM method, score and layer set.
+"""The heatmap audit: sanity, faithfulness and border shortcuts of every CAM method and layer set, as served.
 
-For a sample of images: each candidate's maps (a CAM method explaining the
-logit or the log-probability) on each audited layer; the sanity check
-(:mod:`pneumocam.explain.sanity`) per candidate and layer; ROAD most- and least-relevant-
-first areas (:mod:`pneumocam.explain.road`) and, as secondary figures, deletion and
-insertion areas (:mod:`pneumocam.explain.faithfulness`) per candidate and layer set, with
-a random and a centred baseline; the share of each default map in the image
-border. The audit then recommends the candidate and layer set with the
-widest ROAD gap that passes sanity. Files are written by :func:`write_audit`
-(audit.json, two plots, a page of border-flagged images, index.html).
+For a sample of images, scored and explained as every entry point serves them
+(input pipeline, test-time views, explained score): each candidate's maps (a CAM
+method explaining the model's score, or each score asked for) on each audited layer;
+the sanity check (:mod:`pneumocam.explain.sanity`) per candidate and layer, the
+whole cascade for the model's own default; ROAD most- and least-relevant-first
+areas (:mod:`pneumocam.explain.road`) per candidate and layer set that passed,
+with a random and a centred baseline (:mod:`pneumocam.explain.faithfulness`); how
+often each set's map is blank; the share of each default map in the image border.
+The audit then recommends the candidate and layer set with the widest ROAD gap
+that passes sanity. Files are written by :func:`write_audit` (audit.json, two
+plots, a page of border-flagged images, index.html).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import html
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,38 +30,28 @@ from pneumocam.atomic import save_figure, write_bytes, write_json, write_text
 from pneumocam.config import ExplainDefaults, check_cam_method, check_cam_score
 from pneumocam.errors import InputError, none_readable
 from pneumocam.explain.explainer import Explainer
-from pneumocam.explain.faithfulness import (
-    AREA_COLUMNS,
-    DELETION,
-    INSERTION,
-    area,
-    area_text,
-    border_share,
-    center_map,
-    curves,
-    random_map,
-)
+from pneumocam.explain.faithfulness import AREA_COLUMNS, area_text, border_share, center_map, random_map
 from pneumocam.explain.gradcam import METHODS
 from pneumocam.explain.overlay import encode_png, mean_map
 from pneumocam.explain.pages import compose_page, explanation_row
-from pneumocam.explain.road import LERF, MORF, road_area, road_curves
+from pneumocam.explain.road import LERF, MORF, road_area, road_orders
 from pneumocam.explain.sanity import HEAD, randomize, rank_correlation, ssim, stages
 from pneumocam.images.data import Sample
 from pneumocam.images.readers import read_image
 from pneumocam.model.network import explainable_layer_names
 from pneumocam.options import (
     AUDIT_BLOCKS,
+    AUDIT_CASCADE_IMAGES,
     AUDIT_LIMIT,
     AUDIT_SEED,
-    AUDIT_STEPS,
     BORDER_BAND,
     BORDER_FLAG,
     CAM_METHODS,
-    CAM_SCORES,
     DEFAULT_CAM_SCORE,
     DEFAULT_LAYERS,
     DEFAULT_OPACITY,
     GALLERY_LIMIT,
+    ROAD_FINALISTS,
     ROAD_GRID,
     ROAD_NOISE,
     ROAD_SHARES,
@@ -75,19 +67,21 @@ BORDER_PAGE = "border_flagged.png"
 INDEX = "index.html"
 AUDIT_FILES = (AUDIT_FILE, SANITY_PLOT, CURVES_PLOT, BORDER_PAGE, INDEX)
 RANDOM, CENTER = "random", "center"
-FAITH_AUCS = ("deletion_auc", "insertion_auc")
 ROAD_AUCS = ("morf_auc", "lerf_auc")
 CAM_BATCH = 16
 
 
 @dataclass(frozen=True)
 class AuditPlan:
-    """What to audit: methods, explained scores, the multi-layer set's size, curve steps, ROAD, randomisation, seed."""
+    """What to audit: methods, explained scores, the multi-layer set's size, ROAD, randomisation, seed.
+
+    ``scores``: empty (the default) audits the score the model explains (``model.json`` ``explain.score``);
+    name both of :data:`pneumocam.options.CAM_SCORES` to let the audit choose it too (twice the time).
+    """
 
     methods: tuple[str, ...] = CAM_METHODS
-    scores: tuple[str, ...] = CAM_SCORES
+    scores: tuple[str, ...] = ()
     n_layers: int = DEFAULT_LAYERS
-    steps: int = AUDIT_STEPS
     shares: tuple[float, ...] = ROAD_SHARES
     grid: int = ROAD_GRID
     noise: float = ROAD_NOISE
@@ -105,12 +99,14 @@ class AuditPlan:
     def __post_init__(self) -> None:
         if not self.methods:
             raise InputError("name at least one CAM method to audit")
-        if not self.scores:
-            raise InputError("name at least one CAM score to audit")
         for method in self.methods:
             check_cam_method(method)
         for score in self.scores:
             check_cam_score(score)
+
+    def for_model(self, score: str) -> AuditPlan:
+        """This plan with its scores named: the model's own ``score`` when none was asked for."""
+        return self if self.scores else replace(self, scores=(score,))
 
     @property
     def candidates(self) -> list[tuple[str, str]]:
@@ -179,9 +175,15 @@ def sanity_check(
     plan: AuditPlan,
     layers: list[str],
     original: dict[str, dict[str, np.ndarray]],
+    cascade: str,
     on_stage: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Cascading randomisation on a copy of the model: median |rho| and SSIM per candidate, layer and depth."""
+    """Cascading randomisation on a copy of the model: median |rho| and SSIM per candidate, layer and depth.
+
+    Every candidate is measured on every image once the head is random (what passing means); the deeper
+    stages, which only draw the cascade, for the ``cascade`` candidate alone (the model's own default), on the
+    first :data:`~pneumocam.options.AUDIT_CASCADE_IMAGES` images.
+    """
     copy = keras.models.clone_model(predictor.model)
     copy.set_weights(predictor.model.get_weights())
     randomised = predictor.derived(model=copy)
@@ -189,10 +191,13 @@ def sanity_check(
     out: dict[str, Any] = {c: {name: {"rho": {}, "ssim": {}} for name in layers} for c in cams}
     for k, (stage, stage_layers) in enumerate(stages(copy, plan.blocks)):
         randomize(copy, stage_layers, plan.seed + k)
+        n = len(x) if stage == HEAD else AUDIT_CASCADE_IMAGES
         for c, cam in cams.items():
-            random_maps, _ = _cam_maps(cam, x, targets)
+            if stage != HEAD and c != cascade:
+                continue
+            random_maps, _ = _cam_maps(cam, x[:n], targets[:n])
             for name, rmaps in zip(layers, random_maps):
-                orig = original[c][name]
+                orig = original[c][name][:n]
                 rhos = [rank_correlation(a, b) for a, b in zip(orig, rmaps)]
                 out[c][name]["rho"][stage] = float(np.median(rhos))
                 out[c][name]["ssim"][stage] = float(np.median([ssim(a, b) for a, b in zip(orig, rmaps)]))
@@ -206,18 +211,28 @@ def sanity_check(
     return out
 
 
+def road_finalists(auc: dict[str, np.ndarray], keys: list[tuple[str | None, str | None]], default: int) -> list[int]:
+    """The columns ROAD measures on every image: the model's default, the best first-round gaps, the baselines."""
+    gap = np.nanmean(auc[LERF], axis=0) - np.nanmean(auc[MORF], axis=0)
+    ranked = [j for j in np.argsort(-gap, kind="stable") if keys[j][1] is not None and j != default]
+    baselines = [j for j, (_, s) in enumerate(keys) if s is None]
+    return sorted({default, *ranked[:ROAD_FINALISTS], *baselines})
+
+
 def _summarise(
     values: dict[str, np.ndarray], curves: dict[str, np.ndarray], j: int, targets: np.ndarray, classes: list[str]
 ) -> dict[str, Any]:
-    """One candidate's (column ``j``) mean areas, per predicted class, and mean curves."""
-    entry: dict[str, Any] = {f"{k}_auc": float(v[:, j].mean()) for k, v in values.items()}
+    """One candidate's (column ``j``) mean areas over the images it was measured on, per predicted class, curves."""
+    done = ~np.isnan(next(iter(values.values()))[:, j])
+    entry: dict[str, Any] = {f"{k}_auc": float(v[done, j].mean()) for k, v in values.items()}
+    entry["n_images"] = int(done.sum())
     entry["per_class"] = {
         classes[c]: {
-            "n": int((targets == c).sum()),
-            **{f"{k}_auc": float(v[targets == c, j].mean()) for k, v in values.items()},
+            "n": int((done & (targets == c)).sum()),
+            **{f"{k}_auc": float(v[done & (targets == c), j].mean()) for k, v in values.items()},
         }
         for c in range(len(classes))
-        if (targets == c).any()
+        if (done & (targets == c)).any()
     }
     entry.update({f"{k}_curve": curves[k][j].round(5).tolist() for k in values})
     return entry
@@ -259,6 +274,7 @@ def audit_images(
     meta, model = predictor.meta, predictor.model
     if plan.n_layers < 1 or plan.n_layers > len(meta.gradcam_layers):
         raise InputError(f"number of layers must be between 1 and {len(meta.gradcam_layers)}")
+    plan = plan.for_model(meta.explain.score)
     images, kept, skipped = [], [], []
     for batch in predictor.batches(paths):
         images.append(batch.images)
@@ -270,7 +286,7 @@ def audit_images(
     forward = predictor.forward()
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
-        return np.concatenate([forward(batch[i : i + 64]).numpy() for i in range(0, len(batch), 64)])
+        return np.concatenate([forward(batch[i : i + 128]).numpy() for i in range(0, len(batch), 128)])
 
     probs = probabilities(x)
     targets = probs.argmax(1).astype(np.int32)
@@ -290,56 +306,66 @@ def audit_images(
     border_name = candidate_name(*border_pair)
     border_set = todays["layer_set"] if todays["layer_set"] in sets else default_set_name(plan.n_layers)
 
-    sanity = sanity_check(predictor, x, targets, plan, layers, maps, on_step)
-    # Faithfulness only where it can decide: a candidate and set that fail sanity are out whatever their areas.
+    sanity = sanity_check(predictor, x, targets, plan, layers, maps, border_name, on_step)
+    # ROAD only where it can decide: a candidate and set that fail sanity are out whatever their areas.
     keys: list[tuple[str | None, str | None]] = [
         (c, s) for c in named for s in sets if _passes(sanity[c], sets[s]) or (c, s) == (border_name, border_set)
     ]
     keys += [(RANDOM, None), (CENTER, None)]
     border_key = keys.index((border_name, border_set))
-    modes = (DELETION, INSERTION, MORF, LERF)
-    n_points = {DELETION: plan.steps + 1, INSERTION: plan.steps + 1, MORF: len(plan.shares) + 1}
-    n_points[LERF] = n_points[MORF]
-    auc = {mode: np.zeros((len(x), len(keys))) for mode in modes}
-    mean_curve = {mode: np.zeros((len(keys), n_points[mode])) for mode in modes}
+    orders = (MORF, LERF)
+    auc = {order: np.full((len(x), len(keys)), np.nan) for order in orders}
+    curve_sum = {order: np.zeros((len(keys), len(plan.shares) + 1)) for order in orders}
     centre = center_map(size)
     grid = min(plan.grid, *size)
-    default_maps = []
-    for i in range(len(x)):
-        candidates = [set_map(maps[c], sets[s], i, size) for c, s in keys[:-2]]
-        candidates += [random_map(size, plan.seed + i), centre]
+    default_maps = [set_map(maps[border_name], sets[border_set], i, size) for i in range(len(x))]
+
+    def measure(i: int, columns: list[int]) -> None:
+        """ROAD of image ``i`` for the keys in ``columns``, both orders from one batch."""
+        chosen = [keys[j] for j in columns]
+        candidates = [
+            random_map(size, plan.seed + i)
+            if c == RANDOM
+            else centre
+            if c == CENTER
+            else set_map(maps[c], sets[s], i, size)
+            for c, s in chosen
+        ]
         cls = int(targets[i])
-        found = {mode: curves(probabilities, x[i], candidates, cls, plan.steps, mode) for mode in (DELETION, INSERTION)}
-        for order in (MORF, LERF):
-            found[order] = road_curves(
-                probabilities,
-                x[i],
-                candidates,
-                cls,
-                plan.shares,
-                order,
-                grid,
-                plan.noise,
-                plan.seed + i,
-                clean=float(probs[i, cls]),
-            )
-        for mode, c in found.items():
-            auc[mode][i] = area(c) if mode in (DELETION, INSERTION) else road_area(c, plan.shares)
-            mean_curve[mode] += c / len(x)
-        default_maps.append(candidates[border_key])
+        found = road_orders(
+            probabilities,
+            x[i],
+            candidates,
+            cls,
+            plan.shares,
+            orders,
+            grid,
+            plan.noise,
+            plan.seed + i,
+            float(probs[i, cls]),
+        )
+        for order in orders:
+            auc[order][i, columns] = road_area(found[order], plan.shares)
+            curve_sum[order][columns] += found[order]
         if on_step:
             on_step(1)
 
+    everything = list(range(len(keys)))
+    for i in range(0, len(x), 2):
+        measure(i, everything)
+    finalists = road_finalists(auc, keys, border_key)
+    for i in range(1, len(x), 2):
+        measure(i, finalists)
+    measured = (~np.isnan(auc[MORF])).sum(axis=0)
+    mean_curve = {order: curve_sum[order] / measured[:, None] for order in orders}
+
     classes = meta.classes
-    faith_values = {"deletion": auc[DELETION], "insertion": auc[INSERTION]}
-    faith_curves = {"deletion": mean_curve[DELETION], "insertion": mean_curve[INSERTION]}
     road_values = {"morf": auc[MORF], "lerf": auc[LERF]}
     road_curves_ = {"morf": mean_curve[MORF], "lerf": mean_curve[LERF]}
-    faith_entries = [_summarise(faith_values, faith_curves, j, targets, classes) for j in range(len(keys))]
     road_entries = [_summarise(road_values, road_curves_, j, targets, classes) for j in range(len(keys))]
 
-    table = recommendation_table(road_entries, faith_entries, keys, sanity, sets, plan, blank)
-    best = table[0] if table and table[0]["sanity_pass"] else None
+    table = recommendation_table(road_entries, keys, sanity, sets, plan, blank)
+    best = table[0] if table and table[0]["sanity_pass"] and table[0]["road_images"] == len(x) else None
     shown_set = best["layer_set"] if best else border_set
     shares = [border_share(d) for d in default_maps]
     names = [str(p) for p in kept]
@@ -348,8 +374,8 @@ def audit_images(
         "served": served_pipeline(predictor),
         "methods": named,
         "layer_sets": sets,
-        "steps": plan.steps,
         "randomisation_stages": [name for name, _ in stages(model, plan.blocks)],
+        "cascade": border_name,
         "sanity_threshold": SANITY_MAX_RHO,
         "sanity": sanity,
         "road": {
@@ -358,8 +384,8 @@ def audit_images(
             "grid": grid,
             "noise": plan.noise,
         },
-        "faithfulness": _nest(faith_entries, keys, shown_set),
         "table": table,
+        "blank_layers": {c: {name: float(flags.mean()) for name, flags in per.items()} for c, per in blank.items()},
         "recommendation": recommend(best, todays),
         "border": {
             "band": BORDER_BAND,
@@ -382,7 +408,6 @@ def _passes(sanity: dict[str, Any], layers: Sequence[str]) -> bool:
 
 def recommendation_table(
     road: list[dict[str, Any]],
-    faith: list[dict[str, Any]],
     keys: list[tuple[str | None, str | None]],
     sanity: dict[str, Any],
     sets: dict[str, list[str]],
@@ -391,7 +416,8 @@ def recommendation_table(
 ) -> list[dict[str, Any]]:
     """Candidate x layer set rows, best first: ROAD least- minus most-relevant-first area (higher: more faithful).
 
-    A row that fails sanity has no areas (None) unless it is the model's own default, and comes last.
+    A row that fails sanity has no areas (None) unless it is the model's own default, and comes last; a row that
+    ROAD measured in its first round only (on half the images) comes after those measured on every image.
     ``empty_share``: how often the set's map is blank (no evidence for the explained class on any of its layers).
     """
     index = {k: j for j, k in enumerate(keys)}
@@ -401,7 +427,6 @@ def recommendation_table(
         for s, layers in sets.items():
             j = index.get((c, s))
             r = road[j] if j is not None else dict.fromkeys(ROAD_AUCS)
-            f = faith[j] if j is not None else dict.fromkeys(FAITH_AUCS)
             rows.append(
                 {
                     "method": m,
@@ -411,14 +436,21 @@ def recommendation_table(
                     "morf_auc": r["morf_auc"],
                     "lerf_auc": r["lerf_auc"],
                     "road_gap": None if j is None else r["lerf_auc"] - r["morf_auc"],
-                    "deletion_auc": f["deletion_auc"],
-                    "insertion_auc": f["insertion_auc"],
+                    "road_images": 0 if j is None else r["n_images"],
                     "rho_after_head": max(sanity[c][name]["rho_after_head"] for name in layers),
                     "sanity_pass": _passes(sanity[c], layers),
                     "empty_share": float(np.mean(np.all([blank[c][name] for name in layers], axis=0))),
                 }
             )
-    return sorted(rows, key=lambda r: (not r["sanity_pass"], -r["road_gap"] if r["road_gap"] is not None else np.inf))
+    most = max(r["road_images"] for r in rows)
+    return sorted(
+        rows,
+        key=lambda r: (
+            not r["sanity_pass"],
+            r["road_images"] < most,
+            -r["road_gap"] if r["road_gap"] is not None else np.inf,
+        ),
+    )
 
 
 def models_default(predictor: Predictor, sets: dict[str, list[str]]) -> dict[str, Any]:
@@ -462,7 +494,7 @@ def explain_defaults(result: dict[str, Any], predictor: Predictor) -> tuple[list
     if missing:
         raise InputError(f"the recommended layers ({', '.join(missing)}) are not explainable layers; not recorded")
     named = () if layers[-len(want) :] == want else tuple(want)
-    road, faith = result["road"], result["faithfulness"]
+    road = result["road"]
     summary = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "data_dir": result.get("data_dir", ""),
@@ -470,10 +502,7 @@ def explain_defaults(result: dict[str, Any], predictor: Predictor) -> tuple[list
         "served": result["served"],
         "recommendation": rec,
         "table": result["table"],
-        "baselines": {
-            b: {k: src[b][k] for src, ks in ((faith, FAITH_AUCS), (road, ROAD_AUCS)) for k in ks}
-            for b in (RANDOM, CENTER)
-        },
+        "baselines": {b: {k: road[b][k] for k in ROAD_AUCS} for b in (RANDOM, CENTER)},
         "road": {k: road[k] for k in ("shares", "grid", "noise")},
         "sanity_threshold": result["sanity_threshold"],
     }
@@ -488,15 +517,19 @@ def audit_metrics(result: dict[str, Any]) -> dict[str, float]:
     out = {
         f"{candidate_name(r['method'], r['score'])}.{r['layer_set']}.{k}": float(r[k])
         for r in result["table"]
-        for k in (*ROAD_AUCS, *FAITH_AUCS, "rho_after_head")
+        for k in (*ROAD_AUCS, "rho_after_head", "empty_share")
         if r[k] is not None
     }
     for base in (RANDOM, CENTER):
-        for src, ks in ((result["road"], ROAD_AUCS), (result["faithfulness"], FAITH_AUCS)):
-            out.update({f"{base}.{k}": float(src[base][k]) for k in ks})
+        out.update({f"{base}.{k}": float(result["road"][base][k]) for k in ROAD_AUCS})
     out["n_images"] = float(result["n_images"])
     out["border_flagged"] = float(len(result["border_flagged"]))
     return out
+
+
+def _half(row: dict[str, Any], result: dict[str, Any]) -> str:
+    """ "*" for a row ROAD measured in its first round only."""
+    return "*" if 0 < row["road_images"] < result["n_images"] else " "
 
 
 def _served_text(result: dict[str, Any]) -> str:
@@ -508,31 +541,33 @@ def format_audit(result: dict[str, Any]) -> str:
     """The candidate x layer-set table for the terminal, ROAD first."""
     lines = [
         "ROAD areas: MoRF (most relevant removed first) lower and LeRF higher are more faithful; gap = LeRF - MoRF;",
-        "del / ins: RISE deletion and insertion (secondary); rho: median |rho| once the head is random (sanity);",
-        "-: not measured, the candidate failed sanity on that layer set; blank: share of maps with no evidence.",
+        "rho: median |rho| once the head is random (sanity); -: not measured, the candidate failed sanity on that",
+        "layer set; blank: the share of maps with no evidence for the explained class; *: ROAD on half the images",
+        "(every other one: the first round), the default, the best of that round and the baselines on all of them.",
         f"as served: {_served_text(result)}",
-        f"{'method':<28} {'layer set':<26} {'MoRF':>6} {'LeRF':>6} {'gap':>6} {'del':>6} {'ins':>6} {'rho':>5}  "
-        "sanity  blank",
-        "-" * 107,
+        f"{'method':<28} {'layer set':<26} {'MoRF':>6} {'LeRF':>6} {'gap':>6} {'rho':>5}  sanity  blank",
+        "-" * 93,
     ]
     for r in result["table"]:
         lines.append(
             f"{candidate_name(r['method'], r['score']):<28} {r['layer_set']:<26} "
             + " ".join(f"{area_text(r[k]):>6}" for k in AREA_COLUMNS)
-            + f" {r['rho_after_head']:>5.2f}  {'pass' if r['sanity_pass'] else 'FAIL'}  {r['empty_share']:>5.0%}"
+            + f"{_half(r, result)} {r['rho_after_head']:>5.2f}  {'pass' if r['sanity_pass'] else 'FAIL'}  "
+            f"{r['empty_share']:>5.0%}"
         )
-    road, faith = result["road"], result["faithfulness"]
     for base in (RANDOM, CENTER):
-        b, f = road[base], faith[base]
+        b = result["road"][base]
         lines.append(
-            f"{base + ' map':<55} {b['morf_auc']:>6.3f} {b['lerf_auc']:>6.3f} {b['lerf_auc'] - b['morf_auc']:>6.3f} "
-            f"{f['deletion_auc']:>6.3f} {f['insertion_auc']:>6.3f}"
+            f"{base + ' map':<55} {b['morf_auc']:>6.3f} {b['lerf_auc']:>6.3f} {b['lerf_auc'] - b['morf_auc']:>6.3f}"
         )
     rec = result["recommendation"]
     lines.append(
         f"recommended: {candidate_name(rec['method'], rec['score'])}, {rec['layer_set']}"
         + (" (today's default)" if rec["is_default"] else " (not today's default)")
     )
+    cascade = result["cascade"]
+    per_layer = ", ".join(f"{name} {share:.0%}" for name, share in result["blank_layers"][cascade].items())
+    lines.append(f"blank maps per layer ({cascade}, the pages' per-layer panels): {per_layer}")
     lines.append(f"border-flagged images: {len(result['border_flagged'])} of {result['n_images']}")
     return "\n".join(lines)
 
@@ -570,21 +605,20 @@ def write_audit(out: Path, result: dict[str, Any], predictor: Predictor, title: 
 def index_html(result: dict[str, Any], title: str, border_page: bool) -> str:
     esc = html.escape
     head = "<tr><th>method</th><th>layer set</th><th>ROAD MoRF</th><th>ROAD LeRF</th><th>LeRF - MoRF</th>"
-    head += "<th>deletion</th><th>insertion</th><th>|rho| after head</th><th>sanity</th><th>blank maps</th></tr>"
+    head += "<th>|rho| after head</th><th>sanity</th><th>blank maps</th></tr>"
     rows = "".join(
         f"<tr><td>{esc(candidate_name(r['method'], r['score']))}</td><td>{esc(r['layer_set'])}</td>"
-        + "".join(f"<td>{area_text(r[k])}</td>" for k in AREA_COLUMNS)
-        + f"<td>{r['rho_after_head']:.2f}</td>"
+        + "".join(f"<td>{area_text(r[k])}</td>" for k in AREA_COLUMNS[:-1])
+        + f"<td>{area_text(r['road_gap'])}{_half(r, result).strip()}</td><td>{r['rho_after_head']:.2f}</td>"
         f"<td>{'pass' if r['sanity_pass'] else 'FAIL'}</td><td>{r['empty_share']:.0%}</td></tr>"
         for r in result["table"]
     )
-    road, faith = result["road"], result["faithfulness"]
+    road = result["road"]
     for base in (RANDOM, CENTER):
-        b, f = road[base], faith[base]
+        b = road[base]
         rows += (
             f"<tr><td colspan=2><i>{base} map (baseline)</i></td><td>{b['morf_auc']:.3f}</td>"
-            f"<td>{b['lerf_auc']:.3f}</td><td>{b['lerf_auc'] - b['morf_auc']:.3f}</td>"
-            f"<td>{f['deletion_auc']:.3f}</td><td>{f['insertion_auc']:.3f}</td><td></td><td></td><td></td></tr>"
+            f"<td>{b['lerf_auc']:.3f}</td><td>{b['lerf_auc'] - b['morf_auc']:.3f}</td><td></td><td></td><td></td></tr>"
         )
     rec = result["recommendation"]
     flagged = result["border_flagged"]
@@ -604,9 +638,11 @@ map's order, most relevant first (MoRF: lower is more faithful) or least relevan
 faithful), and fills the removed pixels from their neighbours by noisy linear imputation. Sanity passes when the
 median |Spearman rho| between the trained model's map and the map of a model with a random head is below
 {result["sanity_threshold"]}. Blank maps: the share of images whose map holds no evidence for the explained
-class on any layer of the set (the pages show those with a caption, not as an empty panel).</p>
+class on any layer of the set (the pages show those with a caption, not as an empty panel). ROAD runs in two
+rounds: every candidate that passed sanity on every other image, then the model's default, the best of that round
+and the baselines on the rest (*: a row measured in the first round only).</p>
 <h2>Method x layer set</h2><table>{head}{rows}</table>
-<h2>ROAD, deletion and insertion</h2><img src="{CURVES_PLOT}" alt="ROAD, deletion and insertion curves">
+<h2>ROAD curves</h2><img src="{CURVES_PLOT}" alt="ROAD curves, most and least relevant first">
 <h2>Sanity: cascading randomisation</h2><img src="{SANITY_PLOT}" alt="rank correlation against depth">
 {border}
 </body></html>

@@ -15,7 +15,7 @@ import jinja2
 
 from pneumocam.explain.faithfulness import AREA_COLUMNS, area_text
 from pneumocam.model.artifact import ModelMeta
-from pneumocam.options import LOG_PROBABILITY
+from pneumocam.options import LOG_PROBABILITY, ROAD_FINALISTS
 from pneumocam.reports.evaluation import SITE_CURVE, metrics_key
 
 CARD_TEMPLATE = "model_card.md"
@@ -302,14 +302,15 @@ def audit_table(explain: Any) -> str:
         )
     rows = [
         "| method | explains | layer set | ROAD MoRF (lower is better) | ROAD LeRF (higher is better) | "
-        "LeRF - MoRF | deletion | insertion | median abs(rho) after head | sanity | blank maps |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "LeRF - MoRF | median abs(rho) after head | sanity | blank maps |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     chosen = (rec["method"], rec["score"], rec["layer_set"])
     for r in a["table"]:
         mark = "**" if (r["method"], r["score"], r["layer_set"]) == chosen else ""
         named = r["layer_set"] if r["layers"] == [r["layer_set"]] else f"{r['layer_set']} ({', '.join(r['layers'])})"
-        areas = " | ".join(area_text(r[k]) for k in AREA_COLUMNS)
+        half = "*" if 0 < r.get("road_images", a["n_images"]) < a["n_images"] else ""
+        areas = " | ".join(area_text(r[k]) for k in AREA_COLUMNS) + half
         rows.append(
             f"| {mark}{r['method']}{mark} | {r['score']} | {mark}{named}{mark} | {areas} | "
             f"{r['rho_after_head']:.2f} | {'pass' if r['sanity_pass'] else 'fail'} | {_share(r.get('empty_share'))} |"
@@ -317,7 +318,7 @@ def audit_table(explain: Any) -> str:
     for name, b in a["baselines"].items():
         rows.append(
             f"| {name} map (baseline) | | | {b['morf_auc']:.3f} | {b['lerf_auc']:.3f} | "
-            f"{b['lerf_auc'] - b['morf_auc']:.3f} | {b['deletion_auc']:.3f} | {b['insertion_auc']:.3f} | | | |"
+            f"{b['lerf_auc'] - b['morf_auc']:.3f} | | | |"
         )
     base = a["baselines"]
     beats = [
@@ -334,6 +335,13 @@ def audit_table(explain: Any) -> str:
         else "without the test-time views (an audit older than the served path)"
     )
     failing = sorted({r["method"] for r in a["table"]} - {r["method"] for r in a["table"] if r["sanity_pass"]})
+    scores = sorted({r["score"] for r in a["table"]})
+    explained = (
+        "either the class's logit (textbook) or its log-probability (the percentage shown, so also the evidence "
+        "against the other classes)"
+        if len(scores) > 1
+        else f"the class's {scores[0]}, the score the model explains (an earlier audit chose it)"
+    )
     return "\n".join(
         [
             f"`python -m cli audit` on {a['n_images']} images of `{a['data_dir']}` ({a['date'][:10]}; {how}; each "
@@ -342,11 +350,11 @@ def audit_table(explain: Any) -> str:
             f"{shares} of the image removed in the map's order, most relevant first (MoRF) or least relevant first "
             "(LeRF), the removed pixels filled from their neighbours by noisy linear imputation "
             f"({a['road']['grid']}x{a['road']['grid']} cells, noise {a['road']['noise']} grey levels), so the "
-            "model loses the information, not a grey patch's edges. Deletion and insertion (RISE) are kept as "
-            "secondary figures; a candidate that fails sanity on a layer set is not measured there (-). Each "
-            "candidate is a CAM method explaining either the class's logit (textbook) or "
-            "its log-probability (the percentage shown, so also the evidence against the other classes). The "
-            "default is the widest LeRF - MoRF gap that passes sanity: "
+            "model loses the information, not a grey patch's edges. A candidate that fails sanity on a layer set is "
+            "not measured there (-); ROAD runs in two rounds, every candidate that passed on every other image, then "
+            f"the default, the best {ROAD_FINALISTS} of that round and the baselines on the rest (*: first round "
+            f"only). Each candidate is a CAM method explaining {explained}. The default is the "
+            "widest LeRF - MoRF gap that passes sanity: "
             f"**{rec['method']} on {rec['layer_set']}, explaining the {rec['score']}**. Every page shows this map "
             "first, named as the audited default, then one map per layer; blank maps: the share of images whose "
             "map holds no evidence for the explained class (the pages caption those, never an empty panel).",
