@@ -63,11 +63,17 @@ SITE_CURVE_REPEATS = 3
 #: pixel from its grey, 0..255) an X-ray may have, and the DICOM modalities, body parts and views of a frontal
 #: chest radiograph (an absent tag passes).
 VALIDITY_LAYER = "out_relu"
+#: The discriminator beside the distance (fit-validity --proxy): the layer whose channel means and spreads it reads,
+#: chosen leave-one-source-out on radiographs that are not pediatric frontal chest X-rays (docs/validity.md).
+VALIDITY_DISC_LAYER = "block_16_expand_relu"
 VALIDITY_ACCEPT = 0.95
 COLOUR_MAX = 8.0
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
 FRONTAL_VIEWS = ("PA", "AP")
+#: A DICOM whose patient is this old or older (PatientAge, or PatientBirthDate against StudyDate) is an adult:
+#: a sure check, like the modality.
+ADULT_AGE = 18
 #: The input pipeline's last step (images.preprocess): the JPEG quality the data set's 224 px copies were saved at.
 #: New models record it in model.json (input.jpeg_quality), so an original upload reaches them as its copy did.
 COPY_JPEG_QUALITY = 75

@@ -180,3 +180,106 @@ def test_a_dicom_of_another_body_part_is_flagged_by_evaluate(tiny_model_dir: Pat
     rows = (tmp_path / "r" / "predictions.csv").read_text().splitlines()
     hand = next(r for r in rows if r.startswith("NORMAL/IM-9999-0001.dcm"))
     assert ",false," in hand and "body part HAND" in hand
+
+
+def test_the_patient_age_is_read_from_the_age_or_the_birth_date() -> None:
+    from pydicom.dataset import Dataset
+
+    from pneumocam.images.readers import patient_age
+
+    def ds(**tags: str) -> Dataset:
+        d = Dataset()
+        for k, v in tags.items():
+            setattr(d, k, v)
+        return d
+
+    assert patient_age(ds(PatientAge="062Y")) == 62
+    assert patient_age(ds(PatientAge="018M")) == pytest.approx(1.5)
+    assert patient_age(ds(PatientAge="003W")) == pytest.approx(21 / 365.25)
+    assert patient_age(ds(PatientBirthDate="19600105", StudyDate="20220104")) == pytest.approx(62, abs=0.01)
+    assert patient_age(ds(PatientBirthDate="20190301", SeriesDate="20220301")) == pytest.approx(3, abs=0.01)
+    for unreadable in (ds(), ds(PatientAge="62"), ds(PatientAge="ABCY"), ds(PatientBirthDate="19600105")):
+        assert patient_age(unreadable) is None
+    grey = np.repeat(xray_like(64, 64)[..., None], 3, -1)
+    assert input_reasons(grey, Header("CR", "CHEST", "PA", age_years=4.0)) == []
+    reasons = input_reasons(grey, Header("CR", "CHEST", "PA", age_years=62.0))
+    assert reasons == ["DICOM patient age 62 years, an adult (the model is for children)"]
+
+
+def test_an_adult_chest_dicom_is_flagged_and_a_child_s_is_not(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """An X-ray-like chest DICOM that says its patient is 62 is flagged whatever the score; at 4 it is not."""
+    pixels = xray_like(96, 80).astype(np.uint16) * 16
+    for name, age in (("adult.dcm", "062Y"), ("child.dcm", "004Y")):
+        ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+        ds.Modality, ds.BodyPartExamined, ds.ViewPosition, ds.PatientAge = "CR", "CHEST", "PA", age
+        ds.Rows, ds.Columns = pixels.shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(tmp_path / name)
+    out = CliRunner().invoke(main, ["predict", str(tmp_path), "--json", "--model", str(tiny_model_dir)])
+    assert out.exit_code == 0, out.output
+    adult, child = json.loads(out.stdout)
+    assert not adult["in_distribution"] and any("patient age 62 years" in r for r in adult["reasons"])
+    assert not any("patient age" in r for r in child["reasons"])
+
+
+def proxy_like(rng: np.random.Generator, n: int, d: int = 6) -> np.ndarray:
+    """Summaries of radiographs that are not ours: the distance's part near the training X-rays, the rest apart."""
+    far = rng.normal(0, 1, (n, 2 * d)) + np.r_[np.zeros(d), np.full(d, 3.0)]
+    far[:, :d] += np.eye(3, d)[np.arange(n) % 3] * 3
+    return far
+
+
+def test_a_discriminator_flags_what_the_distance_accepts_and_keeps_the_validation_share(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    base, val = gaussian_stats(rng)
+    tail = lambda n: rng.normal(0, 1, (n, 6))  # noqa: E731 - the discriminator's layer: training X-rays centred
+    train = np.c_[rng.normal(0, 1, (600, 6)) + np.repeat(np.eye(3, 6) * 3, 200, axis=0), tail(600)]
+    val_whole = np.c_[val, tail(len(val))]
+    proxy, held_out = proxy_like(rng, 120), proxy_like(rng, 60)
+    assert np.mean(base.scores(held_out[:, :6]) > 1) < 0.3  # the distance alone misses most of them
+    stats = validity.with_discriminator(base, "block_16_expand_relu", train, proxy, val_whole)
+    assert stats.layer == "out_relu+block_16_expand_relu" and stats.width == 12
+    assert 0.95 <= np.mean(stats.scores(val_whole) <= 1) < 0.96
+    assert np.mean(stats.scores(held_out) > 1) >= 0.95
+    back = ValidityStats.load(stats.save(tmp_path / VALIDITY_FILE))
+    np.testing.assert_allclose(back.scores(held_out), stats.scores(held_out), rtol=1e-5)
+    older = tmp_path / "older.npz"  # a file written before the discriminator: the distance alone, as before
+    np.savez(
+        older,
+        layer=np.array("out_relu"),
+        threshold=np.array(base.threshold),
+        means=base.means,
+        precision=base.precision,
+        train_mean=base.train_mean,
+        train_std=base.train_std,
+        scale=base.scale,
+        shift=base.shift,
+    )
+    np.testing.assert_allclose(ValidityStats.load(older).scores(val), base.scores(val), rtol=1e-6)
+
+
+def test_fit_validity_with_a_proxy_folder_adds_a_discriminator_every_entry_point_uses(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    data = tmp_path / "train"
+    make_dataset(data, per_class=8)
+    proxy = tmp_path / "proxy"
+    for i in range(8):  # radiographs that are not ours: inverted and turned X-ray-like images
+        save_gray(proxy / "other" / f"p{i}.png", np.rot90(255 - xray_like(64, 64, seed=900 + i)))
+    out = CliRunner().invoke(main, ["fit-validity", str(data), "--model-dir", str(folder), "--proxy", str(proxy)])
+    assert out.exit_code == 0, out.output
+    loaded = load_predictor(folder)
+    record = loaded.meta.validity
+    assert record["discriminator"]["against"] == {"images": 8, "folder": "proxy"}
+    assert loaded.validity.has_discriminator and loaded.validity.layer.endswith("+block_16_expand_relu")
+    assert record["validation"]["accepted"] >= 0.95
+    files = [save_gray(tmp_path / "new" / f"x{i}.png", xray_like(64, 64, seed=4000 + i)) for i in range(2)]
+    files += sorted((proxy / "other").glob("*.png"))[:2]
+    batch = loaded.score(files).validity()
+    explained = [e.validity for e in Explainer(loaded).explain([read_image_and_header(f)[0] for f in files])]
+    for a, b in zip(batch, explained):
+        assert a.ood_score == pytest.approx(b.ood_score, rel=1e-4)
+    assert not batch[-1].in_distribution and not batch[-2].in_distribution

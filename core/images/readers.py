@@ -14,6 +14,7 @@ import stat
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ class Header:
     modality: str = ""
     body_part: str = ""
     view: str = ""
+    age_years: float | None = None  # the patient's age at the study, when the file says it
 
 
 def is_image_name(path: str | Path) -> bool:
@@ -143,9 +145,36 @@ def scale_to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.round(np.clip(v, 0, 255)).astype(np.uint8)
 
 
+_AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+_DATE_TAGS = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
+
+
+def _dicom_date(value: object) -> date | None:
+    text = str(value or "").strip()[:8]
+    try:
+        return datetime.strptime(text, "%Y%m%d").date() if len(text) == 8 else None
+    except ValueError:
+        return None
+
+
+def patient_age(ds: object) -> float | None:
+    """The patient's age in years: ``PatientAge`` (``nnnD/W/M/Y``), else ``PatientBirthDate`` against the study's
+    date; None when the file says neither (or says it malformed: a tag that cannot be read is no evidence).
+    """
+    age = str(ds.get("PatientAge", "") or "").strip().upper()
+    if len(age) >= 2 and age[:-1].isdigit() and age[-1] in _AGE_UNITS:
+        return int(age[:-1]) * _AGE_UNITS[age[-1]]
+    born = _dicom_date(ds.get("PatientBirthDate"))
+    studied = next((d for t in _DATE_TAGS if (d := _dicom_date(ds.get(t)))), None)
+    if born is None or studied is None or studied < born:
+        return None
+    return (studied - born).days / 365.25
+
+
 def dicom_header(ds: object) -> Header:
-    """Modality, body part and view position, as the file states them."""
-    return Header(*(str(ds.get(tag, "") or "").strip() for tag in ("Modality", "BodyPartExamined", "ViewPosition")))
+    """Modality, body part, view position and the patient's age, as the file states them."""
+    tags = (str(ds.get(tag, "") or "").strip() for tag in ("Modality", "BodyPartExamined", "ViewPosition"))
+    return Header(*tags, age_years=patient_age(ds))
 
 
 def read_dicom(path: Path, data: bytes) -> tuple[np.ndarray, Header]:

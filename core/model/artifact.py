@@ -318,6 +318,7 @@ def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef 
     except InputError as exc:
         raise ModelLoadError(f"{META_FILE} predict.views: {exc}") from exc
     validity = load_validity(d, meta)
-    if validity is not None and validity.layer not in {layer.name for layer in model.layers}:
+    names = {layer.name for layer in model.layers}
+    if validity is not None and not set(validity.layer.split("+")) <= names:
         raise ModelLoadError(f"{VALIDITY_FILE} summarises layer {validity.layer}, which the model lacks")
     return LoadedModel(model=model, meta=meta, source=source or str(d), directory=d, hub=hub, validity=validity)

@@ -105,6 +105,25 @@ def set_fine_tuning(model: keras.Model, fine_tune_from: int | None) -> None:
         layer.trainable = unfreeze and not isinstance(layer, layers.BatchNormalization)
 
 
-def validity_summary(model: keras.Model, layer: str) -> keras.KerasTensor:
-    """The validity summary of one conv layer (pneumocam.model.validity): each channel's spatial std, per image."""
-    return ops.std(model.get_layer(layer).output, axis=(1, 2))
+def summary_layers(spec: str) -> list[str]:
+    """The layers a validity summary reads: ``"out_relu"``, or ``"out_relu+block_16_expand_relu"`` with a
+    discriminator's layer after the ``+``.
+    """
+    return spec.split("+")
+
+
+def summary_width(model: keras.Model, spec: str) -> int:
+    """How many numbers :func:`validity_summary` gives per image."""
+    first, *more = (int(model.get_layer(n).output.shape[-1]) for n in summary_layers(spec))
+    return first + 2 * sum(more)
+
+
+def validity_summary(model: keras.Model, spec: str) -> keras.KerasTensor:
+    """The validity summary (pneumocam.model.validity), per image: each channel's spatial std of the first layer,
+    then each channel's spatial mean and std of every further layer (the discriminator's), concatenated.
+    """
+    first, *more = (model.get_layer(n).output for n in summary_layers(spec))
+    parts = [ops.std(first, axis=(1, 2))]
+    for act in more:
+        parts += [ops.mean(act, axis=(1, 2)), ops.std(act, axis=(1, 2))]
+    return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)

@@ -35,6 +35,7 @@ import numpy as np
 from pneumocam.errors import InputError
 from pneumocam.images.readers import Header
 from pneumocam.options import (
+    ADULT_AGE,
     CHEST_BODY_PARTS,
     COLOUR_MAX,
     FRONTAL_VIEWS,
@@ -61,9 +62,16 @@ class ValidityStats:
     train_std: np.ndarray
     scale: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32))
     shift: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    # The discriminator (absent: size 0): logistic regression on the standardised summary, training X-rays
+    # against radiographs that are not pediatric frontal chest X-rays; its threshold accepts VALIDITY_ACCEPT of
+    # validation, and ``joint`` is the threshold of the larger of the two ratios that accepts it too.
+    disc_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    disc_bias: float = 0.0
+    disc_threshold: float = 0.0
+    joint: float = 1.0
 
     def __post_init__(self) -> None:
-        d = self.means.shape[1]
+        d = self.train_mean.size  # the whole summary: the distance's part, then the discriminator's
         if self.scale.size == 0:
             self.scale = np.ones(d, np.float32)
         if self.shift.size == 0:
@@ -75,16 +83,47 @@ class ValidityStats:
         whiten = np.linalg.cholesky(np.asarray(self.precision, np.float64))
         return whiten, self.means.astype(np.float64) @ whiten
 
+    @property
+    def width(self) -> int:
+        """Numbers per image in the summary (:func:`pneumocam.model.network.validity_summary` of ``layer``)."""
+        return int(self.train_mean.size)
+
+    def _mapped(self, summaries: np.ndarray) -> np.ndarray:
+        return np.asarray(summaries, np.float64) * self.scale + self.shift
+
     def distances(self, summaries: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance of each summary to its nearest class mean."""
+        """Squared Mahalanobis distance of each summary's first part (the first layer's) to its nearest class mean."""
         whiten, means = self._whitened
-        z = (np.asarray(summaries, np.float64) * self.scale + self.shift) @ whiten
+        z = self._mapped(summaries)[:, : self.means.shape[1]] @ whiten
         squared = (z * z).sum(1)[:, None] - 2 * z @ means.T + (means * means).sum(1)[None, :]
         return np.maximum(squared.min(1), 0.0)
 
+    @property
+    def has_discriminator(self) -> bool:
+        return self.disc_weights.size > 0
+
+    def standardised(self, summaries: np.ndarray) -> np.ndarray:
+        """Summaries in units of the training X-rays' spread (the discriminator reads the part after the first)."""
+        std = np.where(self.train_std > _MIN_STD, self.train_std, 1.0)
+        return (self._mapped(summaries) - self.train_mean) / std
+
+    def decisions(self, summaries: np.ndarray) -> np.ndarray:
+        """The discriminator's log-odds that an image is not a pediatric frontal chest X-ray."""
+        part = self.standardised(summaries)[:, self.width - self.disc_weights.size :]
+        return part @ self.disc_weights.astype(np.float64) + self.disc_bias
+
+    def ratios(self, summaries: np.ndarray) -> np.ndarray:
+        """The larger of the distance over its threshold and the discriminator's odds over its own (1: each
+        check's 95 % validation threshold); the distance alone for statistics without a discriminator.
+        """
+        ratio = self.distances(summaries) / self.threshold
+        if self.has_discriminator:
+            ratio = np.maximum(ratio, np.exp(np.minimum(self.decisions(summaries) - self.disc_threshold, 50.0)))
+        return ratio
+
     def scores(self, summaries: np.ndarray) -> np.ndarray:
-        """``ood_score`` per image: the distance over the threshold (above 1: flagged)."""
-        return (self.distances(summaries) / self.threshold).astype(np.float32)
+        """``ood_score`` per image: the ratio over the threshold that accepts 95 % of validation (above 1: flagged)."""
+        return (self.ratios(summaries) / self.joint).astype(np.float32)
 
     def rematched(self, site_mean: np.ndarray, site_std: np.ndarray) -> ValidityStats:
         """The statistics for a model adapted to a site: its summaries re-standardised to the training ones."""
@@ -96,16 +135,22 @@ class ValidityStats:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
-        arrays = {k: getattr(self, k) for k in ("means", "precision", "train_mean", "train_std", "scale", "shift")}
-        np.savez(tmp, layer=np.array(self.layer), threshold=np.array(self.threshold), **arrays)
+        arrays = {k: getattr(self, k) for k in _ARRAYS}
+        floats = {k: np.array(getattr(self, k)) for k in _FLOATS}
+        np.savez(tmp, layer=np.array(self.layer), **floats, **arrays)
         tmp.replace(path)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> ValidityStats:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in ("means", "precision", "train_mean", "train_std", "scale", "shift")}
-            return cls(layer=str(z["layer"]), threshold=float(z["threshold"]), **arrays)
+        with np.load(path, allow_pickle=False) as z:  # files written before the discriminator lack its fields
+            arrays = {k: z[k] for k in _ARRAYS if k in z}
+            floats = {k: float(z[k]) for k in _FLOATS if k in z}
+            return cls(layer=str(z["layer"]), **floats, **arrays)
+
+
+_ARRAYS = ("means", "precision", "train_mean", "train_std", "scale", "shift", "disc_weights")
+_FLOATS = ("threshold", "disc_bias", "disc_threshold", "joint")
 
 
 def fit(
@@ -134,11 +179,86 @@ def fit(
     return stats
 
 
-def record(stats: ValidityStats, train: np.ndarray, validation: np.ndarray, images: str) -> dict[str, Any]:
-    """What ``model.json`` says about the statistics (the file's hash is added on saving)."""
+#: The discriminator's L2 strength (scikit-learn's C), and its threshold: its own boundary (log-odds 0, the two
+#: sides weighted equally), chosen leave-one-source-out (experiments/choose_adult_check.py, docs/validity.md).
+DISCRIMINATOR_C = 0.01
+DISCRIMINATOR_LOGIT = 0.0
+
+
+def with_discriminator(
+    stats: ValidityStats,
+    layer: str,
+    train: np.ndarray,
+    proxy: np.ndarray,
+    validation: np.ndarray,
+    accept: float = VALIDITY_ACCEPT,
+) -> ValidityStats:
+    """The statistics with a discriminator on ``layer``'s summary: training X-rays (0) against ``proxy`` radiographs
+    (1), classes balanced. The arrays are whole summaries of ``f"{stats.layer}+{layer}"`` (the distance's part
+    first); the joint threshold accepts ``accept`` of the validation split.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if len(proxy) < 2:
+        raise InputError("the discriminator needs at least 2 radiographs that are not pediatric frontal chest X-rays")
+    train = np.asarray(train, np.float64)
+    d = stats.means.shape[1]
+    tail = train[:, d:]
+    out = replace(
+        stats,
+        layer=f"{stats.layer.split('+')[0]}+{layer}",
+        train_mean=np.r_[stats.train_mean[:d], tail.mean(0)].astype(np.float32),
+        train_std=np.r_[stats.train_std[:d], tail.std(0)].astype(np.float32),
+        scale=np.ones(0, np.float32),
+        shift=np.zeros(0, np.float32),
+        disc_weights=np.zeros(train.shape[1] - d, np.float32),
+        disc_threshold=DISCRIMINATOR_LOGIT,
+        joint=1.0,
+    )
+    out.__post_init__()
+    x = np.r_[out.standardised(train), out.standardised(proxy)][:, d:]
+    y = np.r_[np.zeros(len(train)), np.ones(len(proxy))]
+    clf = LogisticRegression(C=DISCRIMINATOR_C, class_weight="balanced", max_iter=5000).fit(x, y)
+    out.disc_weights, out.disc_bias = clf.coef_[0].astype(np.float32), float(clf.intercept_[0])
+    out.joint = float(np.quantile(out.ratios(validation), accept, method="higher"))
+    return out
+
+
+def describe(stats: ValidityStats) -> str:
+    """The method in words, for ``model.json`` and the card."""
+    distance, *disc = stats.layer.split("+")
+    text = (
+        "squared Mahalanobis distance to the nearest training class mean (shared Ledoit-Wolf "
+        f"covariance) of the per-channel spatial standard deviation of {distance}"
+    )
+    if disc:
+        text += (
+            f"; and a logistic-regression discriminator on the channel means and spreads of {disc[0]}, training "
+            "X-rays against radiographs that are not pediatric frontal chest X-rays (adult, lateral, other body "
+            "parts), its threshold its own boundary; the larger of the two ratios to their thresholds is scored, "
+            "its threshold accepting the validation share"
+        )
+    return text
+
+
+def record(
+    stats: ValidityStats, train: np.ndarray, validation: np.ndarray, images: str, proxy: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What ``model.json`` says about the statistics (the file's hash is added on saving).
+
+    ``proxy``: what the discriminator was fitted against (folder, images), for statistics that have one.
+    """
+    extra = {}
+    if stats.has_discriminator:
+        extra["discriminator"] = {
+            "C": DISCRIMINATOR_C,
+            "threshold": stats.disc_threshold,
+            "joint": stats.joint,
+            "against": proxy or {},
+        }
     return {
-        "method": "squared Mahalanobis distance to the nearest training class mean (shared Ledoit-Wolf "
-        f"covariance) of the per-channel spatial standard deviation of {stats.layer}",
+        "method": describe(stats),
+        **extra,
         "layer": stats.layer,
         "summary": "std",
         "accept": VALIDITY_ACCEPT,
@@ -155,6 +275,7 @@ def record(stats: ValidityStats, train: np.ndarray, validation: np.ndarray, imag
             "modalities": list(RADIOGRAPH_MODALITIES),
             "body_parts": list(CHEST_BODY_PARTS),
             "views": list(FRONTAL_VIEWS),
+            "adult_age": ADULT_AGE,
         },
     }
 
@@ -177,6 +298,8 @@ def input_reasons(image: np.ndarray, header: Header) -> list[str]:
         reasons.append(f"DICOM body part {header.body_part}, not the chest")
     if header.view and header.view.upper() not in FRONTAL_VIEWS:
         reasons.append(f"DICOM view {header.view}, not a frontal view ({', '.join(FRONTAL_VIEWS)})")
+    if header.age_years is not None and header.age_years >= ADULT_AGE:
+        reasons.append(f"DICOM patient age {header.age_years:.0f} years, an adult (the model is for children)")
     return reasons
 
 
