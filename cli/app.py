@@ -37,6 +37,7 @@ COMMANDS = (
     site.site_curve,
     train.train,
     train.fit_validity,
+    train.fit_conformal,
     train.choose_views,
     hub.model_card_cmd,
     hub.publish,

@@ -59,6 +59,11 @@ def predict(
     its reason (in the JSON too) and the exit code is 1; the others are still
     reported.
 
+    Every call carries its prediction set (prediction_set, set_level in the
+    JSON): the classes the X-ray may belong to at the stated level (90 %: the
+    set holds the true class for 90 % of images like the validation ones; a
+    site's labelled sample makes it hold there, see calibrate).
+
     Every call says whether the image looks like the training X-rays:
     in_distribution, ood_score (above 1: less like them than 95 % of the
     validation X-rays) and, in the JSON, the reasons (a colour image, a DICOM
@@ -90,18 +95,24 @@ def predict(
     from pneumocam.explain.overlay import encode_png
     from pneumocam.explain.pages import compose_page, explanation_row
     from pneumocam.explain.shown import method_warning
+    from pneumocam.model.conformal import SET_SEP
     from pneumocam.model.validity import FLAG_MARK, NOT_MEANINGFUL, NOTE_SEP, WARNING
 
     names = dict(zip(files, distinct_names(files)))  # a/x.png and b/x.png get two overlays, not one
     results: list[dict[str, Any]] = []
     if not as_json:
-        click.echo("\t".join(["file", "predicted", *[f"p_{c}" for c in classes], "in_distribution", "ood_score"]))
+        head = ["file", "predicted", *[f"p_{c}" for c in classes], "in_distribution", "ood_score"]
+        level = predictor.sets.level if predictor.sets else None
+        click.echo("\t".join(head + ([f"set_{level:.0%}"] if level else [])))
 
     def report(
         path: Path, probs: dict[str, float], validity: Any, gradcam: str | None = None, first_map: str = ""
     ) -> None:
         predicted = max(probs, key=probs.get)
         record: dict[str, Any] = {"file": str(path), "predicted": predicted, "probabilities": probs}
+        named = predictor.prediction_set(probs)
+        if named is not None:
+            record |= {"prediction_set": named, "set_level": predictor.sets.level}
         record |= validity.to_dict()
         if gradcam:
             record |= {"gradcam": gradcam, "gradcam_first_map": first_map}
@@ -109,6 +120,7 @@ def predict(
         if not as_json:
             score = "" if validity.ood_score is None else f"{validity.ood_score:.2f}"
             cells = [str(path), predicted, *[f"{probs[c]:.4f}" for c in classes], str(validity.in_distribution), score]
+            cells += [SET_SEP.join(named)] if named is not None else []
             click.echo("\t".join(cells))
             if not validity.in_distribution:
                 why = f"{NOT_MEANINGFUL.lower()}: {WARNING} ({NOTE_SEP.join(validity.reasons)})"

@@ -224,7 +224,13 @@ def model_dir_option(what: str) -> Any:
 @command("fit-validity")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @model_dir_option("to add validity.npz to")
-def fit_validity(data_dir: Path, model_dir: Path) -> None:
+@click.option(
+    "--proxy",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="A folder of radiographs that are not pediatric frontal chest X-rays (adult, lateral, other body parts), "
+    "searched recursively: a discriminator against them joins the distance, so adults are flagged too.",
+)
+def fit_validity(data_dir: Path, model_dir: Path, proxy: Path | None) -> None:
     """Fit the validity statistics of a model trained before they were kept, from its training data.
 
     DATA_DIR is the folder the model was trained on. Its training and
@@ -234,9 +240,15 @@ def fit_validity(data_dir: Path, model_dir: Path) -> None:
     training now stores them. Every call then carries in_distribution and
     ood_score.
 
+    With --proxy, a logistic-regression discriminator on the channel means and
+    spreads of a deeper layer, fitted on the training X-rays against those
+    radiographs, joins the distance; the joint threshold still accepts 95 % of
+    the validation split.
+
     \b
     Example:
       python -m cli fit-validity ../shared/data/chest_xray/train --model-dir weights
+      python -m cli fit-validity ../shared/data/chest_xray/train --model-dir weights --proxy ../shared/ood_proxy
     """
     import_tensorflow_quietly()
     from pneumocam.images.data import scan_dataset
@@ -245,13 +257,63 @@ def fit_validity(data_dir: Path, model_dir: Path) -> None:
 
     scan = scan_dataset(data_dir)
     predictor = load_predictor(model_dir)
-    add_validity(predictor, scan)
+    add_validity(predictor, scan, proxy)
     v = predictor.meta.validity
     click.echo(
         f"validity statistics of {v['layer']} from {v['n_train']} training images; the threshold accepts "
-        f"{v['validation']['accepted']:.1%} of {v['validation']['n_images']} validation images; "
-        f"written to {model_dir}/"
+        f"{v['validation']['accepted']:.1%} of {v['validation']['n_images']} validation images"
+        + (f"; a discriminator against {v['discriminator']['against']['images']} proxy radiographs" if proxy else "")
+        + f"; written to {model_dir}/"
     )
+
+
+@command("fit-conformal")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@model_dir_option("to give a temperature and prediction sets")
+def fit_conformal(data_dir: Path, model_dir: Path) -> None:
+    """Give a model trained before them its validation temperature and its prediction-set rule.
+
+    DATA_DIR is the folder the model was trained on; the validation split is
+    rebuilt from model.json and scored as served. A temperature fitted there
+    is folded into the logits (model.keras is rewritten) when it lowers the
+    validation calibration error, cross-fitted on two patient halves. Then the
+    set score is chosen by the rule in pneumocam.model.conformal and its
+    threshold fitted at the 90 % level, both recorded in model.json; every
+    call then carries its prediction set. Training does both for new models.
+
+    \b
+    Example:
+      python -m cli fit-conformal ../shared/data/chest_xray/train --model-dir weights
+    """
+    import_tensorflow_quietly()
+    from pneumocam.images.data import scan_dataset
+    from pneumocam.scoring.predictor import load_predictor
+    from pneumocam.training.confidence import add_confidence
+    from pneumocam.training.trainer import recorded_split, split_by_patient
+
+    scan = scan_dataset(data_dir)
+    predictor = load_predictor(model_dir)
+    n_val = len(split_by_patient(scan.samples, *recorded_split(predictor.meta.training))[1])
+    with progress(2 * n_val, "validation images, as served") as bar:
+        record = add_confidence(predictor, scan, bar.update)
+    t, sets = record["temperature"], record["sets"]
+    verdict = "folded into the logits" if t["used"] else "not used"
+    click.echo(
+        f"temperature {t['value']:.3f} ({verdict}): validation ECE {t['ece_before']:.3f} -> "
+        f"{t['ece_after_cross_fitted']:.3f} cross-fitted"
+    )
+    for method, row in sets["choice"]["table"].items():
+        if row["sites"]:
+            click.echo(
+                f"  {method:<10} coverage in 90 % of simulated sites >= {row['p10_coverage']:.1%}, "
+                f"mean size {row['mean_size']:.2f}{'' if row['passes'] else ' (fails the rule)'}"
+            )
+    click.echo(
+        f"prediction sets: {sets['method']} at {sets['level']:.0%}, thresholds "
+        + ", ".join("all" if v is None else f"{v:.3f}" for v in sets["thresholds"])
+        + f"; validation coverage {sets['validation']['coverage']:.1%}, mean size {sets['validation']['mean_size']:.2f}"
+    )
+    click.echo(f"written to {model_dir}/")
 
 
 @command("choose-views")

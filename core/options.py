@@ -112,6 +112,11 @@ BORDER_FLAG = 0.5  # an image is flagged when more than this share of its map li
 MLFLOW_DEFAULT_URI = "sqlite:///mlflow.db"
 MLFLOW_INSTALL = "pip install -r requirements-mlflow.txt"
 
+# Prediction sets (pneumocam.model.conformal): the coverage level a set is fitted for.
+SET_LEVEL = 0.90
+#: Answers ranked by confidence (pneumocam.scoring.selective): the shares of most confident answers reported.
+RISK_COVERAGE_SHARES = (1.0, 0.9, 0.8, 0.7, 0.5)
+
 # Metrics (pneumocam.scoring.metrics): bootstrap resamples of patients for the 95 % intervals; reliability bins (ECE).
 N_BOOTSTRAP = 1000
 ECE_BINS = 10

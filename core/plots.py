@@ -77,6 +77,33 @@ def reliability_figure(metrics: dict[str, Any], title: str = "") -> Figure:
     return fig
 
 
+def risk_coverage_figure(metrics: dict[str, Any], title: str = "") -> Figure:
+    """Accuracy of the most confident answers against the share answered, the reported shares marked."""
+    block = metrics["risk_coverage"]
+    fig, ax = plt.subplots(figsize=(5.2, 4))
+    if block["curve"]:
+        share, acc = np.asarray(block["curve"]).T
+        ax.plot(100 * share, 100 * acc, "-", color="C0", label=f"most confident first (area {block['area']:.3f})")
+        for p in block["points"]:
+            ax.plot(100 * p["share"], 100 * p["accuracy"], "o", color="C3")
+            ax.annotate(
+                f"{p['accuracy']:.1%}",
+                (100 * p["share"], 100 * p["accuracy"]),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=8,
+            )
+        ax.axhline(100 * metrics["accuracy"], ls="--", color="grey", label="answering every image")
+    ax.set_xlabel("share of images answered (%)")
+    ax.set_ylabel("accuracy of those answers (%)")
+    ax.set_xlim(0, 102)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title or "Risk-coverage: answering only when most sure")
+    fig.tight_layout()
+    return fig
+
+
 def training_curves_figure(history: dict[str, dict[str, list[float]]]) -> Figure:
     """One row per training stage: train vs validation for each metric every stage recorded."""
     stages = list(history)

@@ -39,15 +39,16 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_evaluate_writes_four_consistent_files(data_with_junk, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_evaluate_writes_consistent_report_files(data_with_junk, tiny_model_dir: Path, tmp_path: Path) -> None:
     root, counts = data_with_junk
     out = tmp_path / "report"
     result = run("evaluate", root, "--model", tiny_model_dir, "--out", out, "--batch-size", 4)
     assert result.exit_code == 0, result.output
     assert "overall" in result.output and "skipped 1" in result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["metrics.json", "predictions.csv", "confusion_matrix.png", "per_class_metrics.png", "reliability.png"]
-    )
+        ["metrics.json", "predictions.csv", "confusion_matrix.png", "per_class_metrics.png", "reliability.png",
+         "risk_coverage.png"]
+    )  # fmt: skip
     m = json.loads((out / "metrics.json").read_text())
     n = sum(counts.values())
     assert m["classes"] == CLASSES and m["n_images"] == n
@@ -57,8 +58,9 @@ def test_evaluate_writes_four_consistent_files(data_with_junk, tiny_model_dir: P
     rows = read_csv(out / "predictions.csv")
     assert list(rows[0]) == [
         "file", "true", "predicted", "p_BACTERIA", "p_NORMAL", "p_VIRUS", "in_distribution", "ood_score",
-        "validity_reasons",
+        "validity_reasons", "prediction_set",
     ]  # fmt: skip
+    assert all(r["prediction_set"] == "" for r in rows)  # the tiny model has no set rule: no set, not a made-up one
     assert len(rows) == n
     flagged = [r for r in rows if r["in_distribution"] == "false"]
     assert all(float(r["ood_score"]) > 1 or r["validity_reasons"] for r in flagged)

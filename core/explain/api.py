@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumocam.explain.explainer import Explainer, Explanation
+from pneumocam.model.conformal import in_words
 from pneumocam.model.validity import Validity, call_text
 from pneumocam.options import DEFAULT_BATCH_SIZE
 from pneumocam.scoring.predictor import Predictor
@@ -30,6 +31,8 @@ class Call:
     probabilities: dict[str, float] = field(default_factory=dict)
     validity: Validity | None = None
     error: str = ""
+    prediction_set: list[str] | None = None  # most probable first; None: unread, or a model without a set rule
+    set_level: float | None = None
 
     @property
     def predicted(self) -> str | None:
@@ -40,7 +43,11 @@ class Call:
         """The call in words; a flagged image leads with "Not a meaningful call" and why."""
         if self.error:
             return f"not read: {self.error}"
-        return call_text(self.probabilities, self.validity)
+        text = call_text(self.probabilities, self.validity)
+        if self.prediction_set is None or self.set_level is None or not self.validity.in_distribution:
+            return text
+        words = in_words(self.prediction_set, self.set_level, list(self.probabilities))
+        return f"{text}. {words[0].upper()}{words[1:]}."
 
 
 class Model:
@@ -68,7 +75,12 @@ class Model:
             if isinstance(got, str):
                 calls.append(Call(path, error=got))
             else:
-                calls.append(Call(path, {c: float(v) for c, v in zip(self.classes, got[0])}, got[1]))
+                probs = {c: float(v) for c, v in zip(self.classes, got[0])}
+                rule = self.predictor.sets
+                level = None if rule is None else rule.level
+                calls.append(
+                    Call(path, probs, got[1], prediction_set=self.predictor.prediction_set(probs), set_level=level)
+                )
         return calls
 
     def explain(

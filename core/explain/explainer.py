@@ -16,6 +16,7 @@ from pneumocam.explain.overlay import blend, colorize, mean_map
 from pneumocam.explain.shown import layer_titles, map_title, method_warning
 from pneumocam.images.preprocess import fit_within
 from pneumocam.images.readers import Header, read_image_and_header
+from pneumocam.model.conformal import in_words
 from pneumocam.model.validity import Validity, call_text, input_reasons, verdict
 from pneumocam.options import DEFAULT_BATCH_SIZE, DEFAULT_OPACITY
 from pneumocam.scoring.predictor import Predictor
@@ -56,6 +57,15 @@ class Explanation:
     layers: list[Panel]  # one panel per shown layer, deepest last
     validity: Validity
     method_warning: str = ""  # the chosen method failed sanity on this model
+    prediction_set: list[str] | None = None  # most probable first (pneumocam.model.conformal); None: no set rule
+    set_level: float | None = None
+
+    @property
+    def set_text(self) -> str:
+        """The prediction set in words ("bacterial or viral pneumonia: the model cannot tell which ..."), or ""."""
+        if self.prediction_set is None or self.set_level is None:
+            return ""
+        return in_words(self.prediction_set, self.set_level, list(self.probabilities))
 
     @property
     def panels(self) -> list[Panel]:
@@ -91,7 +101,8 @@ class Explanation:
     def summary(self) -> str:
         """One paragraph a reader sees first; a flagged image leads with the warning, not a class."""
         call = f"{call_text(self.probabilities, self.validity)}; the heatmaps explain {self.explained}."
-        return f"{call} {self.method_warning}".strip()
+        sets = f" {self.set_text[0].upper()}{self.set_text[1:]}." if self.set_text and self.meaningful else ""
+        return f"{call}{sets} {self.method_warning}".strip()
 
 
 def draw_panel(
@@ -233,6 +244,8 @@ class Explainer:
                     layers=per_layer,
                     validity=verdict(ood[i], input_reasons(x[i], headers[i])),
                     method_warning=warning,
+                    prediction_set=self.predictor.prediction_set(dict(zip(meta.classes, map(float, p)))),
+                    set_level=None if self.predictor.sets is None else self.predictor.sets.level,
                 )
             )
         return out

@@ -57,6 +57,8 @@ class ModelMeta:
     calibration: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
     validity: dict[str, Any] = field(default_factory=dict)
+    conformal: dict[str, Any] = field(default_factory=dict)  # the prediction-set rule (pneumocam.model.conformal)
+    temperature: dict[str, Any] = field(default_factory=dict)  # the validation temperature (training.confidence)
     weights_sha256: str = ""
     explain: ExplainDefaults = field(default_factory=ExplainDefaults)
     predict: PredictDefaults = field(default_factory=PredictDefaults)
@@ -81,6 +83,8 @@ class ModelMeta:
             "calibration": self.calibration,
             **({"tuning": self.tuning} if self.tuning else {}),
             **({"validity": self.validity} if self.validity else {}),
+            **({"temperature": self.temperature} if self.temperature else {}),
+            **({"conformal": self.conformal} if self.conformal else {}),
         }
 
     @classmethod
@@ -110,6 +114,8 @@ class ModelMeta:
                 calibration=d.get("calibration", {}),
                 tuning=d.get("tuning", {}),
                 validity=d.get("validity", {}),
+                conformal=d.get("conformal", {}),
+                temperature=d.get("temperature", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"model metadata is incomplete or invalid: {exc}") from exc
@@ -241,9 +247,14 @@ def read_meta(directory: str | Path) -> ModelMeta:
 
 
 def record_metrics(directory: str | Path, split: str, metrics: dict[str, Any]) -> ModelMeta:
-    """Store measured metrics (e.g. on the test split) in a model folder's metadata."""
+    """Store measured metrics (e.g. on the test split) in a model folder's metadata (not the skipped files, not the
+    whole risk-coverage curve: the report beside them keeps both).
+    """
     meta = read_meta(directory)
-    meta.metrics[split] = {k: v for k, v in metrics.items() if k != "skipped"}
+    kept = {k: v for k, v in metrics.items() if k != "skipped"}
+    if "risk_coverage" in kept:  # the headline points and area; the whole curve stays in the report's metrics.json
+        kept["risk_coverage"] = {k: v for k, v in kept["risk_coverage"].items() if k != "curve"}
+    meta.metrics[split] = kept
     write_json(Path(directory) / META_FILE, meta.to_dict())
     return meta
 

@@ -14,6 +14,7 @@ import numpy as np
 from pneumocam.atomic import save_figure, write_csv, write_json
 from pneumocam.errors import DataError, InputError, none_readable
 from pneumocam.images.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
+from pneumocam.model import conformal
 from pneumocam.model.validity import NOTE_SEP, Validity, summarize
 from pneumocam.options import (
     ADAPT_BATCH_SIZE,
@@ -25,9 +26,10 @@ from pneumocam.options import (
     LAME_KNN,
     VALIDITY_ACCEPT,
 )
-from pneumocam.plots import confusion_matrix_figure, per_class_figure, reliability_figure
+from pneumocam.plots import confusion_matrix_figure, per_class_figure, reliability_figure, risk_coverage_figure
 from pneumocam.scoring.engine import LocalEngine
 from pneumocam.scoring.metrics import bootstrap_ci, classification_metrics
+from pneumocam.scoring.selective import risk_coverage, set_metrics
 from pneumocam.site import calibration, tuning
 
 if TYPE_CHECKING:
@@ -40,7 +42,8 @@ PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_FILE = "confusion_matrix.png"
 PER_CLASS_FILE = "per_class_metrics.png"
 RELIABILITY_FILE = "reliability.png"
-REPORT_FILES = (METRICS_FILE, PREDICTIONS_FILE, CONFUSION_FILE, PER_CLASS_FILE, RELIABILITY_FILE)
+RISK_COVERAGE_FILE = "risk_coverage.png"
+REPORT_FILES = (METRICS_FILE, PREDICTIONS_FILE, CONFUSION_FILE, PER_CLASS_FILE, RELIABILITY_FILE, RISK_COVERAGE_FILE)
 GALLERY_DIR = "gallery"
 ADAPT_ENGINE_HINT = (
     "--adapt runs on the local engine; for --engine ray, adapt first (python -m cli adapt DIR --out MODEL) "
@@ -82,7 +85,8 @@ class Prediction:
     """One scored file; ``file`` is relative to the data folder (posix).
 
     ``in_distribution``, ``ood_score`` and ``reasons``: the call's validity (:mod:`pneumocam.model.validity`);
-    None where it was not measured (a predictions.csv written before it was).
+    None where it was not measured (a predictions.csv written before it was). ``prediction_set``: the classes of
+    its prediction set, most probable first (:mod:`pneumocam.model.conformal`); None without a set rule.
     """
 
     file: str
@@ -92,6 +96,7 @@ class Prediction:
     in_distribution: bool | None = None
     ood_score: float | None = None
     reasons: tuple[str, ...] = ()
+    prediction_set: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -220,6 +225,9 @@ def evaluate_scan(
     y_true = class_indices(labels, classes)
     groups = [patient_id(p) for p in scores.paths]
     probabilities = scores.probabilities
+    rule = scored.sets
+    member = None if rule is None else rule.member(probabilities)
+    sets_from = None if rule is None else rule.fitted_on
     if protocol.folds:
         fold = calibration.folds(labels, groups, protocol.folds, protocol.split_seed)
         before = classification_metrics(y_true, probabilities, classes)
@@ -230,19 +238,33 @@ def evaluate_scan(
             "fold_sizes": np.bincount(fold).tolist(),
             "folds": {relative_name(p, scan.root): int(f) for p, f in zip(scores.paths, fold)},
         }
+        raw = probabilities
         if protocol.cross_calibrate:
             fitted = calibration.cross_fit(probabilities, y_true, fold)
             block["calibrations"] = [c.to_dict() for c in fitted.calibrations]
             block["before_calibration"] = {"accuracy": before["accuracy"], "macro_f1": before["macro_f1"]}
+            others = [calibration.apply(raw[fold != f], c) for f, c in enumerate(fitted.calibrations)]
         else:
             fitted = tuning.cross_fit(probabilities, scores.features, y_true, groups, fold)
             block["tunings"] = [f.to_dict() for f in fitted.fits]
             block["before_tuning"] = {"accuracy": before["accuracy"], "macro_f1": before["macro_f1"]}
+            others = [t.out_of_fold for t in fitted.fits]  # a re-fitted head is too sure of its own images
         probabilities = fitted.probabilities
+        if rule is not None:
+            member, rules = conformal.cross_fit(probabilities, y_true, fold, others, rule.method, rule.level)
+            block["set_thresholds"] = [list(r.thresholds) for r in rules]
+            sets_from = "cross-fitted: each fold's threshold from the other folds, after their site fit"
     metrics = classification_metrics(y_true, probabilities, classes)
     metrics["ci95"] = bootstrap_ci(y_true, probabilities, classes, groups)
     validity = scores.validity()
     metrics["validity"] = validity_block(validity, y_true, probabilities, classes, scored.validity is not None)
+    if member is not None:
+        metrics["sets"] = {
+            "method": rule.method,
+            "fitted_on": sets_from,
+            **set_metrics(member, y_true, classes, groups, rule.level),
+        }
+    metrics["risk_coverage"] = risk_coverage(probabilities, y_true)
     metrics["protocol"] = block
     metrics["skipped"] = [{"file": relative_name(p, scan.root), "reason": r} for p, r in scores.skipped]
     metrics["provenance"] = {**provenance(predictor, scan.root), "engine": engine.info()}
@@ -255,8 +277,11 @@ def evaluate_scan(
             in_distribution=v.in_distribution,
             ood_score=v.ood_score,
             reasons=v.reasons,
+            prediction_set=None if member is None else tuple(conformal.member_names(pr, keep, classes)),
         )
-        for p, label, pr, v in zip(scores.paths, labels, probabilities, validity)
+        for p, label, pr, v, keep in zip(
+            scores.paths, labels, probabilities, validity, [None] * len(labels) if member is None else member
+        )
     ]
     return Evaluation(preds, metrics)
 
@@ -278,10 +303,11 @@ def validity_block(
 
 
 VALIDITY_COLUMNS = ("in_distribution", "ood_score", "validity_reasons")
+SET_COLUMN = "prediction_set"
 
 
 def write_predictions(path: Path, predictions: list[Prediction], classes: list[str]) -> Path:
-    header = ["file", "true", "predicted", *[f"p_{c}" for c in classes], *VALIDITY_COLUMNS]
+    header = ["file", "true", "predicted", *[f"p_{c}" for c in classes], *VALIDITY_COLUMNS, SET_COLUMN]
     rows = (
         [
             p.file,
@@ -291,6 +317,7 @@ def write_predictions(path: Path, predictions: list[Prediction], classes: list[s
             "" if p.in_distribution is None else str(p.in_distribution).lower(),
             "" if p.ood_score is None else f"{p.ood_score:.4f}",
             NOTE_SEP.join(p.reasons),
+            "" if p.prediction_set is None else conformal.SET_SEP.join(p.prediction_set),
         ]
         for p in predictions
     )
@@ -300,10 +327,12 @@ def write_predictions(path: Path, predictions: list[Prediction], classes: list[s
 def _validity_of(row: dict[str, str]) -> dict[str, Any]:
     """The validity columns of a predictions.csv row (absent in files written before them)."""
     flag, score, why = (row.get(k) or "" for k in VALIDITY_COLUMNS)
+    named = row.get(SET_COLUMN) or ""
     return {
         "in_distribution": {"true": True, "false": False}.get(flag),
         "ood_score": float(score) if score else None,
         "reasons": tuple(why.split(NOTE_SEP)) if why else (),
+        "prediction_set": tuple(named.split(conformal.SET_SEP)) if named else None,
     }
 
 
@@ -358,4 +387,5 @@ def write_report(out: str | Path, evaluation: Evaluation, classes: list[str], ti
         save_figure(confusion_matrix_figure(m["confusion_matrix"], classes, title), out / CONFUSION_FILE),
         save_figure(per_class_figure(m), out / PER_CLASS_FILE),
         save_figure(reliability_figure(m), out / RELIABILITY_FILE),
+        save_figure(risk_coverage_figure(m), out / RISK_COVERAGE_FILE),
     ]

@@ -23,6 +23,7 @@ import numpy as np
 
 from pneumocam.errors import DataError, ModelLoadError, none_readable
 from pneumocam.images.data import Scan, check_labels, class_indices, labels_of, patient_id, relative_name
+from pneumocam.model import conformal
 from pneumocam.options import (
     DEFAULT_BATCH_SIZE,
     SITE_CURVE_REPEATS,
@@ -56,11 +57,16 @@ def stratified_sample(y: np.ndarray, pool: np.ndarray, size: int, rng: np.random
 
 def _fit_and_score(
     method: str, p: np.ndarray, f: np.ndarray, y: np.ndarray, g: np.ndarray, train: np.ndarray, held: np.ndarray
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out images' probabilities after a fit on ``train``, and the fitted images' own, for the sets: in
+    sample for calibration (four parameters), from the inner folds for tuning (a re-fitted head is too sure).
+    """
     k = p.shape[1]
     if method == tuning.CALIBRATE:
-        return calibration.apply(p[held], calibration.fit(p[train], y[train], k))
-    return tuning.fit(p[train], f[train], y[train], g[train], k).tuning.apply(p[held], f[held])
+        cal = calibration.fit(p[train], y[train], k)
+        return calibration.apply(p[held], cal), calibration.apply(p[train], cal)
+    fitted = tuning.fit(p[train], f[train], y[train], g[train], k)
+    return fitted.tuning.apply(p[held], f[held]), fitted.out_of_fold
 
 
 def curve(
@@ -72,17 +78,21 @@ def curve(
     sizes: Sequence[int] = SITE_CURVE_SIZES,
     repeats: int = SITE_CURVE_REPEATS,
     on_fit: Callable[[int], None] | None = None,
+    sets: conformal.PredictionSets | None = None,
 ) -> list[dict[str, Any]]:
     """The curve's points from one forward pass's outputs: ``{method, size, accuracy, ci95, macro_f1, recall}``.
 
     ``size`` is the number of labelled images per fit; the last point per method
-    is the whole labelled half (``"whole_half": true``, ``size`` its mean size rounded).
+    is the whole labelled half (``"whole_half": true``, ``size`` its mean size rounded). With ``sets`` (the
+    model's rule), each fit's sample also refits the set threshold, and each point gets the held-out images'
+    ``coverage`` and ``mean_set_size``.
     """
     y = np.asarray(y, dtype=int)
     g = np.asarray(groups)
     labels = [classes[i] for i in y]
     steps = [*sorted(set(sizes)), FULL]
     oof = {(m, s): np.zeros((repeats, *probabilities.shape), np.float32) for m in METHODS for s in steps}
+    kept = {key: np.zeros(v.shape, bool) for key, v in oof.items()}
     n_labelled = {s: [] for s in steps}
     for r in range(repeats):
         fold = calibration.folds(labels, g, 2, seed=r)
@@ -93,7 +103,11 @@ def curve(
                 train = pool if s == FULL else stratified_sample(y, pool, s, rng)
                 n_labelled[s].append(len(train))
                 for m in METHODS:
-                    oof[(m, s)][r, held] = _fit_and_score(m, probabilities, features, y, g, train, held)
+                    after, fitted = _fit_and_score(m, probabilities, features, y, g, train, held)
+                    oof[(m, s)][r, held] = after
+                    if sets is not None:
+                        rule = conformal.fit(fitted, y[train], sets.method, sets.level)
+                        kept[(m, s)][r, held] = rule.member(after)
                 if on_fit:
                     on_fit(1)
     w = patient_resamples(g)
@@ -114,6 +128,10 @@ def curve(
                 "recall": {c: float(np.mean([q["per_class"][c]["recall"] for q in per_repeat])) for c in classes},
             }
         )
+        if sets is not None:
+            member = kept[(m, s)]
+            points[-1]["coverage"] = float(member[:, np.arange(len(y)), y].mean())
+            points[-1]["mean_set_size"] = float(member.sum(axis=2).mean())
     return points
 
 
@@ -126,6 +144,7 @@ class SiteScores:
     y: np.ndarray
     groups: list[str]
     classes: list[str]
+    sets: conformal.PredictionSets | None
     untouched: float
     adapted: float | None
     header: dict[str, Any]
@@ -159,7 +178,9 @@ def score_site(
     }
     untouched = classification_metrics(y, scores.probabilities, classes)["accuracy"]
     groups = [patient_id(p) for p in scores.paths]
-    return SiteScores(scores.probabilities, scores.features, y, groups, list(classes), untouched, adapted, header)
+    return SiteScores(
+        scores.probabilities, scores.features, y, groups, list(classes), predictor.sets, untouched, adapted, header
+    )
 
 
 def check_plan(sizes: Sequence[int], repeats: int, n_classes: int) -> None:
@@ -182,9 +203,12 @@ def site_curve(
 ) -> dict[str, Any]:
     """The whole ``site_curve.json``: the points, and the untouched and (unlabelled) adapted references."""
     check_plan(sizes, repeats, len(site.classes))
-    points = curve(site.probabilities, site.features, site.y, site.groups, site.classes, sizes, repeats, on_fit)
+    points = curve(
+        site.probabilities, site.features, site.y, site.groups, site.classes, sizes, repeats, on_fit, site.sets
+    )
     return {
         **site.header,
+        **({"sets": {"method": site.sets.method, "level": site.sets.level}} if site.sets else {}),
         "repeats": repeats,
         "split": "2 folds, StratifiedGroupKFold by class, grouped by patient, seeds 0..repeats-1",
         "reference": {"untouched": site.untouched, "adapted": site.adapted},
@@ -199,14 +223,23 @@ def point_key(point: dict[str, Any]) -> tuple[str, int, bool]:
 
 
 def format_curve(result: dict[str, Any]) -> str:
-    """The curve as a table: accuracy [95 % interval] per size, one column per method."""
+    """The curve as a table: accuracy [95 % interval] per size, one column per method; with sets, each method's
+    held-out coverage and mean set size beside it.
+    """
 
     ref = result["reference"]
+    sets = result.get("sets")
     lines = [f"untouched {ref['untouched']:.1%}" + (f", adapted {ref['adapted']:.1%}" if ref["adapted"] else "")]
-    lines.append(f"{'labels':>8}" + "".join(f"{m:>24}" for m in METHODS))
+    set_head = f"{sets['level']:.0%} set cov/size" if sets else ""
+    lines.append(f"{'labels':>8}" + "".join(f"{m:>24}{set_head:>20}" for m in METHODS))
     by = {point_key(p): p for p in result["points"]}
     for s in dict.fromkeys(point_key(p)[1:] for p in result["points"]):
-        cells = "".join(f"{with_ci(by[(m, *s)]['accuracy'], by[(m, *s)]['ci95']):>24}" for m in METHODS)
+        cells = ""
+        for m in METHODS:
+            point = by[(m, *s)]
+            cells += f"{with_ci(point['accuracy'], point['ci95']):>24}"
+            if sets:
+                cells += f"{point['coverage']:>13.1%} / {point['mean_set_size']:.2f}"
         lines.append(f"{s[0]:>8}{cells}")
     return "\n".join(lines)
 

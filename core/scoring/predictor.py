@@ -22,6 +22,8 @@ from pneumocam.config import FEATURES_LAYER, InputSpec
 from pneumocam.images.preprocess import finish_input, to_model_input
 from pneumocam.images.readers import Header
 from pneumocam.model.artifact import HubRef, LoadedModel, ModelMeta
+from pneumocam.model.conformal import PredictionSets
+from pneumocam.model.network import summary_width
 from pneumocam.model.resolve import load_model
 from pneumocam.model.validity import Validity, ValidityStats, input_reasons, verdict
 from pneumocam.model.views import check_views
@@ -81,6 +83,17 @@ class Predictor:
     @property
     def validity(self) -> ValidityStats | None:
         return self.loaded.validity
+
+    @property
+    def sets(self) -> PredictionSets | None:
+        """The model's prediction-set rule (``model.json`` ``conformal``); None for a model fitted before sets."""
+        block = self.loaded.meta.conformal
+        return PredictionSets.from_dict(block) if block else None
+
+    def prediction_set(self, probabilities: dict[str, float]) -> list[str] | None:
+        """One call's prediction set, most probable class first; None for a model without a set rule."""
+        rule = self.sets
+        return None if rule is None else rule.names([probabilities[c] for c in self.classes], self.classes)
 
     @property
     def score_name(self) -> str:
@@ -159,7 +172,7 @@ class Predictor:
                 on_batch(batch.size)
         widths = [self.model.output_shape[-1]]
         widths += [self.model.get_layer(FEATURES_LAYER).output.shape[-1]] if features else []
-        widths += [self.model.get_layer(stats.layer).output.shape[-1]] if stats is not None else []
+        widths += [stats.width] if stats is not None else []
         arrays = [np.concatenate(a) for a in zip(*outs)] if outs else [np.zeros((0, w), np.float32) for w in widths]
         ood = stats.scores(arrays[-1]) if stats is not None else None
         return Scores(kept, arrays[0], skipped, arrays[1] if features else None, ood, notes)
@@ -186,7 +199,7 @@ class Predictor:
         """The readable files and their validity summaries of ``layer``, of the image alone (what validity fits)."""
         forward = compile_forward(self.model, summary_layer=layer)
         kept: list[Path] = []
-        outs = [np.zeros((0, self.model.get_layer(layer).output.shape[-1]), np.float32)]
+        outs = [np.zeros((0, summary_width(self.model, layer)), np.float32)]
         for batch in self.batches(paths, batch_size):
             if len(batch.images):
                 outs.append(forward(batch.images)[1].numpy())

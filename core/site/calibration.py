@@ -81,6 +81,22 @@ def fit(probabilities: np.ndarray, y_true: Sequence[int], n_classes: int | None 
     return Calibration(float(np.exp(res.x[0])), tuple(float(v) for v in res.x[1:]))
 
 
+def fit_temperature(probabilities: np.ndarray, y_true: Sequence[int]) -> float:
+    """The one temperature that minimises the negative log-likelihood (no biases: the ranking and priors stay)."""
+    from scipy.optimize import minimize_scalar
+
+    logp = _log_probs(probabilities)
+    y = np.asarray(y_true, dtype=int)
+
+    def nll(log_t: float) -> float:
+        z = logp / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        z = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-z[np.arange(len(y)), y].mean())
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
+
+
 def folds(labels: Sequence[str], groups: Sequence[str], k: int, seed: int = DEFAULT_SPLIT_SEED) -> np.ndarray:
     """Fold index per image: stratified by class, no patient in two folds."""
     if k < 2:

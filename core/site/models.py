@@ -20,8 +20,9 @@ from pneumocam.atomic import replace_folder
 from pneumocam.config import FEATURES_LAYER
 from pneumocam.errors import DataError, none_readable
 from pneumocam.images.data import Scan, check_labels, class_indices, labels_of, list_images, patient_id
+from pneumocam.model import conformal
 from pneumocam.model.artifact import ModelMeta, is_model_entry, save_artifact
-from pneumocam.options import ADAPT_BATCH_SIZE, DEFAULT_ADAPT_METHOD, DEFAULT_BATCH_SIZE
+from pneumocam.options import ADAPT_BATCH_SIZE, DEFAULT_ADAPT_METHOD, DEFAULT_BATCH_SIZE, SET_LEVEL
 from pneumocam.scoring.forward import Scores
 from pneumocam.scoring.metrics import classification_metrics
 from pneumocam.scoring.predictor import Predictor
@@ -106,7 +107,7 @@ def fit_to_site(
     scores, y = _score_labelled(predictor, scan, batch_size, on_batch, features=kind == TUNE)
     if kind == TUNE:
         tuning.check_counts(np.bincount(y, minlength=len(classes)), classes, f"{scan.root} (readable images)")
-    model, text, fitted, after, counts = fitters[kind](predictor, scores, y, counts)
+    model, text, fitted, after, counts, unseen = fitters[kind](predictor, scores, y, counts)
     meta = _derived_meta(predictor, {CALIBRATE: "calibrated", TUNE: "tuned"}[kind])
     record = _site_record(text, fitted, scan, len(y), counts, _in_sample(y, scores.probabilities, after, classes))
     if kind == CALIBRATE:
@@ -114,32 +115,54 @@ def fit_to_site(
         meta.calibration = record | ({"previous": previous} if previous else {})
     else:
         meta.tuning = record
+    meta.conformal = _site_sets(predictor, unseen, y, f"{scan.root.resolve().name} ({len(y)} labelled images)")
     return _write_site_model(model, meta, out, overwrite, predictor.validity)
+
+
+def _site_sets(predictor: Predictor, probabilities: np.ndarray, y: np.ndarray, where: str) -> dict[str, Any]:
+    """The set rule refitted on the site's labelled sample, after the fit: the score and level stay the model's.
+
+    Here the guarantee holds for the site's images (the threshold of a rule fitted on train's validation does
+    not). ``probabilities``: the sample's after the fit, from fits that did not see each image where the fit has
+    many parameters (tuning's inner folds); calibration's own (four parameters).
+    """
+    rule = predictor.sets
+    method, level = (rule.method, rule.level) if rule else (conformal.METHODS[0], SET_LEVEL)
+    fitted = conformal.fit(probabilities, y, method, level, f"the labelled site sample {where}, after the fit")
+    previous = predictor.meta.conformal
+    return fitted.to_dict() | (
+        {"previous": {k: previous[k] for k in ("method", "level", "thresholds", "fitted_on")}} if previous else {}
+    )
 
 
 def _calibrated(
     predictor: Predictor, scores: Scores, y: np.ndarray, counts: dict[str, int]
-) -> tuple[Any, str, dict[str, Any], np.ndarray, dict[str, int]]:
-    """The calibrated model, what it is, its parameters, the sample's probabilities after, the counts."""
+) -> tuple[Any, str, dict[str, Any], np.ndarray, dict[str, int], np.ndarray]:
+    """The calibrated model, what it is, its parameters, the sample's probabilities after, the counts, and the
+    probabilities the set threshold is fitted on (the same).
+    """
     cal = calibration.fit(scores.probabilities, y, len(predictor.meta.classes))
     model = clone(predictor.model)
     logits = model.get_layer(predictor.meta.logits_layer)
     logits.set_weights(list(calibration.fold_into_logits(*[np.array(w) for w in logits.get_weights()], cal)))
     text = "labelled site calibration (temperature and per-class logit biases)"
-    return model, text, cal.to_dict(), calibration.apply(scores.probabilities, cal), counts
+    after = calibration.apply(scores.probabilities, cal)
+    return model, text, cal.to_dict(), after, counts, after
 
 
 def _tuned(
     predictor: Predictor, scores: Scores, y: np.ndarray, counts: dict[str, int]
-) -> tuple[Any, str, dict[str, Any], np.ndarray, dict[str, int]]:
-    """The tuned model (:mod:`.tuning`), what it is, the fit, the sample's probabilities after, the counts."""
+) -> tuple[Any, str, dict[str, Any], np.ndarray, dict[str, int], np.ndarray]:
+    """The tuned model (:mod:`.tuning`), what it is, the fit, the sample's probabilities after, the counts, and
+    the inner folds' probabilities (what the set threshold is fitted on).
+    """
     classes = predictor.meta.classes
     groups = [patient_id(p) for p in scores.paths]
     fitted = tuning.fit(scores.probabilities, scores.features, y, groups, len(classes))
     model = tuning.tuned_model(clone(predictor.model), predictor.meta.logits_layer, FEATURES_LAYER, fitted.tuning)
     text = "labelled site tuning (the head re-fitted on the pooled features, the trained logits as offset)"
     after = fitted.tuning.apply(scores.probabilities, scores.features)
-    return model, text, fitted.to_dict(), after, dict(zip(classes, fitted.counts))
+    return model, text, fitted.to_dict(), after, dict(zip(classes, fitted.counts)), fitted.out_of_fold
 
 
 def _site_record(

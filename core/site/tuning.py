@@ -91,6 +91,9 @@ class TuneFit:
     inner_log_loss: dict[str, float]
     inner_folds: int
     counts: list[int] = field(default_factory=list)
+    #: The sample's probabilities from the inner folds' fits of the chosen kind, each image by a fit that did not
+    #: see it: what a prediction-set threshold is fitted on (the in-sample ones of a re-fitted head are too sure).
+    out_of_fold: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -196,15 +199,17 @@ def fit(
     splits = list(StratifiedGroupKFold(k_inner, shuffle=True, random_state=seed).split(f, y, groups))
     candidates = [(UNTOUCHED, None), (CALIBRATE, None), *[(TUNE, lam) for lam in sorted(penalties, reverse=True)]]
     losses = {candidate_name(*c): 0.0 for c in candidates}
+    held_out = {candidate_name(*c): np.zeros(p.shape, np.float32) for c in candidates}
     for train, held in splits:
         start = None
         for kind, lam in candidates:
             t, start_next = _fit_one(p[train], f[train], y[train], n_classes, kind, lam, start)
             start = start_next if start_next is not None else start
             losses[candidate_name(kind, lam)] += _mean_log_loss(t, p[held], f[held], y[held]) * len(held) / len(y)
+            held_out[candidate_name(kind, lam)][held] = t.apply(p[held], f[held])
     best = min(candidates, key=lambda c: losses[candidate_name(*c)])
     tuning, _ = _fit_one(p, f, y, n_classes, *best)
-    return TuneFit(tuning, losses, k_inner, counts.tolist())
+    return TuneFit(tuning, losses, k_inner, counts.tolist(), held_out[candidate_name(*best)])
 
 
 @dataclass

@@ -32,7 +32,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from pneumocam.atomic import replace_folder, save_figure, write_json, write_text
 from pneumocam.config import ArchConfig, InputSpec, TrainConfig
 from pneumocam.errors import DataError, InputError
-from pneumocam.images.data import Sample, Scan, class_indices, labels_of, patient_id, relative_name
+from pneumocam.images.data import Sample, Scan, class_indices, labels_of, list_images, patient_id, relative_name
 from pneumocam.model import validity
 from pneumocam.model.artifact import (
     DEFAULT_CLASSES,
@@ -45,13 +45,14 @@ from pneumocam.model.artifact import (
     save_artifact,
     store_validity,
 )
-from pneumocam.model.network import FEATURES_LAYER, backbone_layers, build_model, set_fine_tuning
+from pneumocam.model.network import FEATURES_LAYER, backbone_layers, build_model, set_fine_tuning, summary_width
 from pneumocam.model.validity import ValidityStats
-from pneumocam.options import AUGMENTATIONS, CACHE_PREDICT_BATCH, VALIDITY_LAYER
+from pneumocam.options import AUGMENTATIONS, CACHE_PREDICT_BATCH, VALIDITY_DISC_LAYER, VALIDITY_LAYER
 from pneumocam.plots import training_curves_figure
 from pneumocam.scoring.predictor import Predictor
 from pneumocam.site.adaptation import layer_statistics, measured_layers
 from pneumocam.training.augment import acquisition_augmenter, augment_params
+from pneumocam.training.confidence import fit_confidence
 from pneumocam.training.consistency import PerView, ViewBatches, consistency_loss, view_accuracy
 from pneumocam.training.view_choice import choose_views
 
@@ -406,7 +407,10 @@ def train_model(
     choose_views(served, val, classes).record_into(meta)  # validation metrics and stress, with the views
     stats = source_statistics(served, [s.path for s in train])
     validity, meta.validity = validity_statistics(served, train, val, classes, TRAINING_IMAGES)
-    return TrainResult(model, meta, history, stats, [relative_name(s.path, scan.root) for s in val], validity)
+    # the temperature folded in when it helps, and the set rule: through the views just chosen
+    served, _ = fit_confidence(Predictor.in_memory(model, meta, validity), val)
+    files = [relative_name(s.path, scan.root) for s in val]
+    return TrainResult(served.model, served.meta, history, stats, files, validity)
 
 
 def source_statistics(predictor: Predictor, paths: Sequence[str | Path]) -> LayerStats:
@@ -425,18 +429,31 @@ def validity_statistics(
     classes: Sequence[str],
     images: str,
     layer: str = VALIDITY_LAYER,
+    proxy: Path | None = None,
 ) -> tuple[ValidityStats, dict[str, Any]]:
-    """Fit the validity statistics on the training split, the threshold on validation; and their record."""
+    """Fit the validity statistics on the training split, the threshold on validation; and their record.
 
-    kept, train_summaries = predictor.summaries([s.path for s in train], layer)
+    ``proxy``: a folder of radiographs that are not pediatric frontal chest X-rays (adult, lateral, other body
+    parts), searched recursively; with it, a discriminator on :data:`~pneumocam.options.VALIDITY_DISC_LAYER` joins
+    the distance.
+    """
+    spec = f"{layer}+{VALIDITY_DISC_LAYER}" if proxy else layer
+    kept, train_summaries = predictor.summaries([s.path for s in train], spec)
     y = class_indices(labels_of(list(train), kept), list(classes))
-    _, val_summaries = predictor.summaries([s.path for s in val], layer)
-    stats = validity.fit(train_summaries, y, val_summaries, layer)
-    return stats, validity.record(stats, train_summaries, val_summaries, images)
+    _, val_summaries = predictor.summaries([s.path for s in val], spec)
+    d = summary_width(predictor.model, layer)
+    stats = validity.fit(train_summaries[:, :d], y, val_summaries[:, :d], layer)
+    against = None
+    if proxy:
+        read, proxy_summaries = predictor.summaries(list_images(proxy), spec)
+        stats = validity.with_discriminator(stats, VALIDITY_DISC_LAYER, train_summaries, proxy_summaries, val_summaries)
+        against = {"images": len(read), "folder": Path(proxy).name}
+    return stats, validity.record(stats, train_summaries, val_summaries, images, against)
 
 
-def add_validity(predictor: Predictor, scan: Scan) -> Path:
-    """Fit and store the validity statistics of a model trained before they were kept.
+def add_validity(predictor: Predictor, scan: Scan, proxy: Path | None = None) -> Path:
+    """Fit and store the validity statistics of a model trained before they were kept (``proxy``: see
+    :func:`validity_statistics`).
 
     The training and validation splits are rebuilt from the configuration in
     ``model.json`` (same fraction and seed, so the same patients), which makes
@@ -445,7 +462,8 @@ def add_validity(predictor: Predictor, scan: Scan) -> Path:
 
     train, val = split_by_patient(scan.samples, *recorded_split(predictor.meta.training))
     images = TRAINING_IMAGES + "; measured after training"
-    stats, predictor.meta.validity = validity_statistics(predictor, train, val, predictor.meta.classes, images)
+    stats, record = validity_statistics(predictor, train, val, predictor.meta.classes, images, proxy=proxy)
+    predictor.meta.validity = record
     path = store_validity(predictor.directory, predictor.meta, stats)
     write_json(predictor.directory / META_FILE, predictor.meta.to_dict())
     return path
