@@ -68,6 +68,11 @@ coarser but closer to the decision, and a layer with no evidence for the class s
 A heatmap on the lungs is what you hope for; one on text markers, tubes or the image border
 means the call rests on something other than the lungs.
 
+**The prediction set** lists the classes this X-ray may belong to: for X-rays like the ones the
+model was checked on, the set holds the true class 9 times in 10. Two classes in the set mean the
+model cannot tell them apart for this X-ray. At a new hospital that figure is not guaranteed until
+the hospital refits the set on its own labelled X-rays.
+
 **Research demo, not a medical device.** Trained on pediatric (1-5 years) chest X-rays of one
 hospital (Kermany et al. 2018, CC BY 4.0); it must not be used for diagnosis or treatment.
 """
@@ -118,8 +123,11 @@ def headline(e: Explanation) -> str:
     """What the page leads with: the call, or for a flagged upload the warning and its reasons, never a class."""
     if not e.meaningful:
         return f"## ⚠️ {NOT_MEANINGFUL}\n\n**{WARNING}** ({'; '.join(e.validity.reasons)})."
-    text = (
-        f"## {e.predicted} ({e.probabilities[e.predicted]:.0%})\n\nThe heatmaps explain **{e.explained}**. "
+    text = f"## {e.predicted} ({e.probabilities[e.predicted]:.0%})\n\n"
+    if e.set_text:
+        text += f"**{e.set_text[0].upper()}{e.set_text[1:]}.**\n\n"
+    text += (
+        f"The heatmaps explain **{e.explained}**. "
         f"Drag the slider over the X-ray to compare it with the {e.default.title}."
     )
     return f"{text}\n\n⚠️ {e.method_warning}" if e.method_warning else text

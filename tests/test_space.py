@@ -79,6 +79,11 @@ def test_predict_endpoint_through_gradio_client(server: str, xray: Path, tmp_pat
         assert Image.open(item["image"]).size == size
     assert "out_relu" in gallery[-1]["caption"]  # the deepest layer, after its activation
     assert summary.startswith(f"## {label['label']} (")
+    from pneumocam.model.conformal import CLASS_WORDS, PredictionSets
+
+    rule = PredictionSets.from_dict(meta.conformal)  # the set, in words, above the probabilities
+    named = rule.names([confidences[c] for c in meta.classes], meta.classes)
+    assert "90% prediction set" in summary and all(CLASS_WORDS[c].split()[0] in summary.lower() for c in named)
     shown, heat = (Image.open(p) for p in slider)  # the X-ray itself against the default map
     assert shown.size == heat.size == size
     assert np.abs(np.asarray(shown.convert("L"), float) - np.asarray(Image.open(xray).convert("L"), float)).mean() < 1
@@ -238,6 +243,7 @@ def test_in_a_real_browser(server: str, xray: Path) -> None:
         page.wait_for_timeout(500)
         page.locator("#run").click()
         expect(page.locator("#summary")).to_contain_text("heatmaps explain", timeout=60_000)
+        expect(page.locator("#summary")).to_contain_text("90% prediction set")
         expect(page.locator("#label")).to_contain_text(re.compile("BACTERIA|NORMAL|VIRUS"))
         images = page.locator("#cams img")
         expect(images.first).to_be_visible(timeout=30_000)
