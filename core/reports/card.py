@@ -16,6 +16,7 @@ import jinja2
 from pneumocam.explain.faithfulness import AREA_COLUMNS, area_text
 from pneumocam.model.artifact import ModelMeta
 from pneumocam.options import LOG_PROBABILITY, ROAD_FINALISTS
+from pneumocam.reports.card_confidence import confidence_text, site_curve_sets
 from pneumocam.reports.evaluation import SITE_CURVE, metrics_key
 
 CARD_TEMPLATE = "model_card.md"
@@ -185,9 +186,13 @@ def site_curve_table(result: dict[str, Any]) -> str:
     lines = ["| labelled images per fit | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for s in sizes:
         label = f"{s[0]} (the whole half)" if s[1] else str(s[0])
-        cells = [(by[(m, *s)]["accuracy"], by[(m, *s)]["ci95"]) for m in methods]
+        cells = [by[(m, *s)] for m in methods]
         lines.append(
-            f"| {label} | " + " | ".join(f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]" for v, (lo, hi) in cells) + " |"
+            f"| {label} | "
+            + " | ".join(
+                f"{_pct(p['accuracy'])} [{_pct(p['ci95'][0])}, {_pct(p['ci95'][1])}]{site_curve_sets(p)}" for p in cells
+            )
+            + " |"
         )
     ref = result["reference"]
     adapted = f", adapted without labels {_pct(ref['adapted'])} %" if ref.get("adapted") is not None else ""
@@ -197,6 +202,12 @@ def site_curve_table(result: dict[str, Any]) -> str:
         f"{result['repeats']} random halvings of the {result['n_images']} images (by class and patient); a "
         "class-stratified sample of the given size from one half is fitted and the other half scored, then the "
         "halves swap; the interval resamples patients. `python -m cli site-curve data/test`."
+        + (
+            f' After "sets": the {result["sets"]["level"]:.0%} prediction sets refitted on the same sample, their '
+            "coverage on the other half and mean size."
+            if result.get("sets")
+            else ""
+        )
     )
 
 
@@ -377,12 +388,22 @@ def validity_text(meta: ModelMeta) -> str:
     """The validity score in a few lines: what it is, its threshold, and what it flagged where measured."""
     v = meta.validity
     lines = [
-        f"Every call carries `in_distribution` and `ood_score`: the {v['method']}, divided by the threshold "
-        f"that accepts {v['accept']:.0%} of the validation split (fitted on {v['n_train']} training images; "
-        f"validation accepted {_pct(v['validation']['accepted'])} % of {v['validation']['n_images']}). Above 1, "
-        "or a sure check (a colour image; a DICOM of another modality, body part or view), flags the call as not "
-        "meaningful; the image is scored anyway. `validity.npz` holds the statistics (SHA-256 in `model.json`); "
-        "`adapt` re-matches them to the site.",
+        f"Every call carries `in_distribution` and `ood_score`. The score: the {v['method']}; `ood_score` is it "
+        f"over the threshold that accepts {v['accept']:.0%} of the validation split (fitted on {v['n_train']} "
+        f"training images; validation accepted {_pct(v['validation']['accepted'])} % of "
+        f"{v['validation']['n_images']})."
+        + (
+            f" The discriminator was fitted against {v['discriminator']['against']['images']} radiographs of adults, "
+            "lateral views and other body parts from public collections (never shipped); left out one collection "
+            "at a time it flagged the left-out adults and every lateral and other-body-part film it was checked "
+            "on (docs/validity.md)."
+            if "discriminator" in v
+            else ""
+        )
+        + " Above 1, or a sure check (a colour image; a DICOM of another modality, body part or view, or of a "
+        f"patient {v['checks'].get('adult_age', 18)} or older), flags the call as not meaningful; the image is "
+        "scored anyway. `validity.npz` holds the statistics (SHA-256 in `model.json`); `adapt` re-matches them to "
+        "the site.",
     ]
     rows = [
         (name, m["validity"])
@@ -435,6 +456,7 @@ def model_card(meta: ModelMeta) -> str:
         "protocols": protocol_comparison(meta.metrics) if test else "",
         "site_curve": site_curve_table(curve) if curve else "",
         "validity": validity_text(meta) if meta.validity else "",
+        "confidence": confidence_text(meta),
         "audit": audit_table(meta.explain) if meta.explain.audit else "",
     }
     text = _TEMPLATES.get_template(CARD_TEMPLATE).render(context)
