@@ -285,35 +285,25 @@ def fit_conformal(data_dir: Path, model_dir: Path) -> None:
     Example:
       python -m cli fit-conformal ../shared/data/chest_xray/train --model-dir weights
     """
+    scan, predictor, n_val = _completing(data_dir, model_dir)
+    from pneumocam.training.confidence import add_confidence, format_record
+
+    with progress(2 * n_val, "validation images, as served") as bar:
+        record = add_confidence(predictor, scan, bar.update)
+    click.echo(format_record(record))
+    click.echo(f"written to {model_dir}/")
+
+
+def _completing(data_dir: Path, model_dir: Path) -> tuple[Any, Any, int]:
+    """The training folder, the model folder to complete, and how many validation images it has."""
     import_tensorflow_quietly()
     from pneumocam.images.data import scan_dataset
     from pneumocam.scoring.predictor import load_predictor
-    from pneumocam.training.confidence import add_confidence
     from pneumocam.training.trainer import recorded_split, split_by_patient
 
     scan = scan_dataset(data_dir)
     predictor = load_predictor(model_dir)
-    n_val = len(split_by_patient(scan.samples, *recorded_split(predictor.meta.training))[1])
-    with progress(2 * n_val, "validation images, as served") as bar:
-        record = add_confidence(predictor, scan, bar.update)
-    t, sets = record["temperature"], record["sets"]
-    verdict = "folded into the logits" if t["used"] else "not used"
-    click.echo(
-        f"temperature {t['value']:.3f} ({verdict}): validation ECE {t['ece_before']:.3f} -> "
-        f"{t['ece_after_cross_fitted']:.3f} cross-fitted"
-    )
-    for method, row in sets["choice"]["table"].items():
-        if row["sites"]:
-            click.echo(
-                f"  {method:<10} coverage in 90 % of simulated sites >= {row['p10_coverage']:.1%}, "
-                f"mean size {row['mean_size']:.2f}{'' if row['passes'] else ' (fails the rule)'}"
-            )
-    click.echo(
-        f"prediction sets: {sets['method']} at {sets['level']:.0%}, thresholds "
-        + ", ".join("all" if v is None else f"{v:.3f}" for v in sets["thresholds"])
-        + f"; validation coverage {sets['validation']['coverage']:.1%}, mean size {sets['validation']['mean_size']:.2f}"
-    )
-    click.echo(f"written to {model_dir}/")
+    return scan, predictor, len(split_by_patient(scan.samples, *recorded_split(predictor.meta.training))[1])
 
 
 @command("choose-views")
@@ -335,15 +325,10 @@ def choose_views(data_dir: Path, model_dir: Path) -> None:
     Example:
       python -m cli choose-views ../shared/data/chest_xray/train --model-dir weights
     """
-    import_tensorflow_quietly()
-    from pneumocam.images.data import scan_dataset
-    from pneumocam.scoring.predictor import load_predictor
-    from pneumocam.training.trainer import add_views, recorded_split, split_by_patient
+    scan, predictor, n_val = _completing(data_dir, model_dir)
+    from pneumocam.training.trainer import add_views
     from pneumocam.training.view_choice import format_choice
 
-    scan = scan_dataset(data_dir)
-    predictor = load_predictor(model_dir)
-    n_val = len(split_by_patient(scan.samples, *recorded_split(predictor.meta.training))[1])
     with progress(n_val, "validation images, every view and perturbation") as bar:
         choice = add_views(predictor, scan, bar.update)
     click.echo(format_choice(choice))

@@ -121,3 +121,25 @@ def add_confidence(predictor: Predictor, scan: Scan, on_batch: Callable[[int], N
         served.meta.weights_sha256 = file_sha256(directory / MODEL_FILE)
     write_json(directory / META_FILE, served.meta.to_dict())
     return record
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """What ``fit-conformal`` prints: the temperature and its effect, the scores' simulated figures, the rule."""
+    t, sets = record["temperature"], record["sets"]
+    verdict = "folded into the logits" if t["used"] else "not used"
+    lines = [
+        f"temperature {t['value']:.3f} ({verdict}): validation ECE {t['ece_before']:.3f} -> "
+        f"{t['ece_after_cross_fitted']:.3f} cross-fitted"
+    ]
+    for method, row in sets["choice"]["table"].items():
+        if row["sites"]:
+            lines.append(
+                f"  {method:<10} coverage in 90 % of simulated sites >= {row['p10_coverage']:.1%}, "
+                f"mean size {row['mean_size']:.2f}{'' if row['passes'] else ' (fails the rule)'}"
+            )
+    thresholds = ", ".join("all" if v is None else f"{v:.3f}" for v in sets["thresholds"])
+    lines.append(
+        f"prediction sets: {sets['method']} at {sets['level']:.0%}, thresholds {thresholds}; validation coverage "
+        f"{sets['validation']['coverage']:.1%}, mean size {sets['validation']['mean_size']:.2f}"
+    )
+    return "\n".join(lines)
