@@ -234,5 +234,5 @@ def test_report_folder_is_never_mixed(tmp_path: Path, tiny_model_dir: Path, data
     assert (report / "gallery" / "drawn.txt").is_file()  # another command's work survives the new report
     assert sorted(p.name for p in report.iterdir()) == sorted(
         ["metrics.json", "predictions.csv", "confusion_matrix.png", "per_class_metrics.png", "reliability.png"]
-        + ["gallery"]
+        + ["risk_coverage.png", "gallery"]
     )
