@@ -214,8 +214,7 @@ def with_discriminator(
         disc_weights=np.zeros(train.shape[1] - d, np.float32),
         disc_threshold=DISCRIMINATOR_LOGIT,
         joint=1.0,
-    )
-    out.__post_init__()
+    )  # replace() runs __post_init__: scale and shift become the whole summary's identity map
     x = np.r_[out.standardised(train), out.standardised(proxy)][:, d:]
     y = np.r_[np.zeros(len(train)), np.ones(len(proxy))]
     clf = LogisticRegression(C=DISCRIMINATOR_C, class_weight="balanced", max_iter=5000).fit(x, y)
