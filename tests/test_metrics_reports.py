@@ -7,10 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from pneumocam.atomic import atomic_path, save_figure, write_json
 from pneumocam.plots import confusion_matrix_figure, per_class_figure
-from pneumocam.scoring.metrics import classification_metrics, format_table, outcome_mask
+from pneumocam.scoring.metrics import (
+    classification_metrics,
+    format_table,
+    outcome_mask,
+    patient_resamples,
+    weighted_auc,
+)
 
 CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
 
@@ -55,6 +62,17 @@ def test_auc_undefined_when_a_class_is_absent() -> None:
     p = np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1]])
     m = classification_metrics(y, p, CLASSES)
     assert m["per_class"]["VIRUS"]["auc"] is None and m["per_class"]["VIRUS"]["support"] == 0
+
+
+def test_the_bootstraps_auc_equals_scikit_learns_under_each_resample_ties_included() -> None:
+    y, p = random_case(3, n=150)
+    score = np.round(p[:, 2], 1)  # coarse: many ties
+    weights = patient_resamples([str(i // 4) for i in range(len(y))], n_boot=50)
+    weights[0] *= y != 2  # a resample without positives: undefined
+    got = weighted_auc(y == 2, score, weights)
+    assert np.isnan(got[0])
+    want = [roc_auc_score(y == 2, score, sample_weight=w) for w in weights[1:]]
+    np.testing.assert_allclose(got[1:], want, rtol=0, atol=1e-12)
 
 
 def test_outcome_masks_partition_the_data() -> None:

@@ -76,6 +76,23 @@ def percentile_interval(values: np.ndarray, level: float = CI_LEVEL) -> list[flo
     return [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))]
 
 
+def weighted_auc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC under each row of ``weights`` (resamples x images) at once; NaN where a row lacks either side.
+
+    The Mann-Whitney form, ties counted half, as ``roc_auc_score(..., sample_weight=row)`` computes it row by
+    row: the bootstrap's thousand AUCs per class in one matrix product instead of a thousand calls.
+    """
+    _, level = np.unique(score, return_inverse=True)
+    onehot = np.zeros((len(score), int(level.max()) + 1 if len(score) else 0))
+    onehot[np.arange(len(score)), level] = 1.0
+    pos = weights @ (onehot * positive[:, None])  # (B, distinct scores): positive weight at each score
+    neg = weights @ (onehot * ~positive[:, None])
+    below = np.cumsum(neg, axis=1) - neg  # negative weight strictly below each score
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    wins = (pos * (below + 0.5 * neg)).sum(axis=1)
+    return np.divide(wins, pairs, out=np.full(len(weights), np.nan), where=pairs > 0)
+
+
 def bootstrap_ci(
     y_true: Sequence[int],
     probabilities: np.ndarray,
@@ -111,11 +128,7 @@ def bootstrap_ci(
         fn = w @ (is_k & ~said_k)
         f1 = ratio(2 * tp, 2 * tp + fp + fn)
         f1s.append(np.nan_to_num(f1))
-        aucs = np.full(n_boot, np.nan)
-        for b in range(n_boot):
-            pos = (w[b] * is_k).sum()
-            if 0 < pos < total[b]:
-                aucs[b] = roc_auc_score(is_k, p[:, k], sample_weight=w[b])
+        aucs = weighted_auc(is_k, p[:, k], w)
         per_class[name] = {
             "accuracy": interval(ratio(total - fp - fn, total)),
             "precision": interval(ratio(tp, tp + fp)),
