@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY_ARCH, TINY_SPEC, save_gray, xray_like
+from helpers import TINY_ARCH, TINY_SPEC, run, save_gray, xray_like
 from pneumocam.errors import ModelLoadError
 from pneumocam.model.artifact import (
     META_FILE,
@@ -91,9 +91,7 @@ def test_tampered_weights_are_refused(tiny_model_dir: Path, tmp_path: Path) -> N
 
 
 def test_a_newer_metadata_format_is_refused_with_a_clear_message(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from click.testing import CliRunner
 
-    from pneumocam.cli.app import main
     from pneumocam.model.artifact import FORMAT_VERSION
 
     d = copy_model(tiny_model_dir, tmp_path / "m")
@@ -104,8 +102,8 @@ def test_a_newer_metadata_format_is_refused_with_a_clear_message(tiny_model_dir:
     with pytest.raises(ModelLoadError, match=f"format version {FORMAT_VERSION + 1}.*upgrade PneumoCAM"):
         load_artifact(d)
     image = save_gray(tmp_path / "x.png", xray_like())
-    result = CliRunner().invoke(main, ["predict", str(image), "--model", str(d)])
-    assert result.exit_code == 1 and "upgrade PneumoCAM" in result.stderr
+    result = run("predict", image, "--model", d, code=1)
+    assert "upgrade PneumoCAM" in result.stderr
 
 
 def test_metadata_disagreeing_with_model_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -8,12 +8,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from keras import layers
 from PIL import Image
 
-from conftest import make_dataset, save_gray
-from pneumocam.cli.app import main
+from helpers import make_dataset, run, save_gray
 from pneumocam.config import FEATURES_LAYER, LOGITS_LAYER, ArchConfig, InputSpec
 from pneumocam.errors import InputError
 from pneumocam.explain.audit import AUDIT_FILES, AuditPlan, audit_images
@@ -158,8 +156,7 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_file: P
     out = root / "model"
     args = ["train", data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
     args += ["--image-size", "64", "--epochs", "3", "--fine-tune-from", "none", "--cached-views", "1"]
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
+    run(*args)
     return data, out
 
 
@@ -191,8 +188,7 @@ def test_audit_cli_writes_the_report(trained_tiny, tmp_path: Path) -> None:
     data, model_dir = trained_tiny
     out = tmp_path / "audit"
     args = ["audit", data, "--model", model_dir, "--limit", 5, "--layers", 2, "--out", out]
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
+    result = run(*args)
     assert "recommended:" in result.output
     assert {p.name for p in out.iterdir()} <= set(AUDIT_FILES) and {"audit.json", "index.html"} <= {
         p.name for p in out.iterdir()
@@ -244,11 +240,11 @@ def test_audit_cli_writes_the_report(trained_tiny, tmp_path: Path) -> None:
     assert "sanity.png" in html and "curves.png" in html and rec["method"] in html
     for png in ("sanity.png", "curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    bad = CliRunner().invoke(main, ["audit", str(data), "--model", str(model_dir), "--methods", "gradcam,guess"])
-    assert bad.exit_code == 1 and "unknown CAM method 'guess'" in bad.output
+    bad = run("audit", data, "--model", model_dir, "--methods", "gradcam,guess", code=1)
+    assert "unknown CAM method 'guess'" in bad.output
     (out / "notes.txt").write_text("mine")  # a folder holding other files is not replaced
-    again = CliRunner().invoke(main, [str(a) for a in args])
-    assert again.exit_code == 1 and "--overwrite" in again.output and (out / "notes.txt").exists()
+    again = run(*args, code=1)
+    assert "--overwrite" in again.output and (out / "notes.txt").exists()
 
 
 def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, tmp_path: Path) -> None:

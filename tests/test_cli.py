@@ -11,18 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import make_dataset, save_gray, xray_like
+from helpers import make_dataset, run, save_gray, xray_like
 from pneumocam.cli.app import main
 from pneumocam.paths import REPO_ROOT
 
 CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
-
-
-def run(*args: str) -> object:
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture()
@@ -43,7 +38,6 @@ def test_evaluate_writes_consistent_report_files(data_with_junk, tiny_model_dir:
     root, counts = data_with_junk
     out = tmp_path / "report"
     result = run("evaluate", root, "--model", tiny_model_dir, "--out", out, "--batch-size", 4)
-    assert result.exit_code == 0, result.output
     assert "overall" in result.output and "skipped 1" in result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["metrics.json", "predictions.csv", "confusion_matrix.png", "per_class_metrics.png", "reliability.png",
@@ -86,7 +80,7 @@ def test_evaluate_writes_consistent_report_files(data_with_junk, tiny_model_dir:
 def test_gallery_pages_match_the_outcome_count(data_with_junk, tiny_model_dir: Path, tmp_path: Path) -> None:
     root, _ = data_with_junk
     report = tmp_path / "report"
-    assert run("evaluate", root, "--model", tiny_model_dir, "--out", report).exit_code == 0
+    run("evaluate", root, "--model", tiny_model_dir, "--out", report)
     rows = read_csv(report / "predictions.csv")
     for outcome, keep in (
         ("FN", lambda r: r["true"] == "VIRUS" and r["predicted"] != "VIRUS"),
@@ -96,7 +90,6 @@ def test_gallery_pages_match_the_outcome_count(data_with_junk, tiny_model_dir: P
         out = tmp_path / f"gallery_{outcome}"
         args = ["gallery", root, "--class", "virus", "--outcome", outcome, "--model", tiny_model_dir]
         result = run(*args, "--predictions", report / "predictions.csv", "--out", out, "--per-page", 2, "--layers", 2)
-        assert result.exit_code == 0, result.output
         assert f"{expected} image(s) with outcome {outcome}" in result.output
         pages = sorted(out.glob("page_*.png"))
         assert len(pages) == -(-expected // 2)
@@ -107,11 +100,10 @@ def test_gallery_pages_match_the_outcome_count(data_with_junk, tiny_model_dir: P
 def test_gallery_scores_when_no_predictions_given(dataset_download, tiny_model_dir: Path, tmp_path: Path) -> None:
     root, _ = dataset_download
     out = tmp_path / "g"
-    result = run("gallery", root, "--class", "NORMAL", "--outcome", "TP", "--model", tiny_model_dir, "--out", out)
-    assert result.exit_code == 0, result.output
+    run("gallery", root, "--class", "NORMAL", "--outcome", "TP", "--model", tiny_model_dir, "--out", out)
     assert (out / "index.html").exists()
-    bad = run("gallery", root, "--class", "FUNGUS", "--outcome", "TP", "--model", tiny_model_dir, "--out", out)
-    assert bad.exit_code == 2 and "--class" in bad.output and "Traceback" not in bad.output
+    bad = run("gallery", root, "--class", "FUNGUS", "--outcome", "TP", "--model", tiny_model_dir, "--out", out, code=2)
+    assert "--class" in bad.output and "Traceback" not in bad.output
 
 
 def test_predict_json_and_overlays(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -119,7 +111,6 @@ def test_predict_json_and_overlays(tiny_model_dir: Path, tmp_path: Path) -> None
     b = save_gray(tmp_path / "b.jpeg", xray_like(120, 160, seed=2))
     cams = tmp_path / "cams"
     result = run("predict", a, b, "--model", tiny_model_dir, "--json", "--cam-out", cams, "--layers", 2)
-    assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert [r["file"] for r in out] == [str(a), str(b)]
     from pneumocam.explain.pages import PAD, TILE
@@ -146,7 +137,6 @@ def test_predict_says_when_the_chosen_method_fails_sanity_on_the_model(tmp_path:
     image = save_gray(tmp_path / "x.png", xray_like(200, 180))
     for method, warned in ((failing[0], True), (passing[0], False)):
         result = run("predict", image, "--json", "--cam-out", tmp_path / method, "--method", method)
-        assert result.exit_code == 0, result.output
         assert (FAILS_SANITY in result.stderr) is warned
         assert (FAILS_SANITY in json.loads(result.stdout)[0]["gradcam_first_map"]) is warned
 
@@ -158,7 +148,6 @@ def test_predict_names_overlays_by_relative_path_and_batches_like_a_single_call(
     files = [save_gray(tmp_path / d / "x.png", xray_like(140, 110, seed=k)) for k, d in enumerate("abc")]
     cams = tmp_path / "cams"
     result = run("predict", *files, "--model", tiny_model_dir, "--json", "--cam-out", cams, "--batch-size", 2)
-    assert result.exit_code == 0, result.output
     batched = json.loads(result.stdout)
     assert [r["gradcam"] for r in batched] == [str(cams / d / "x_gradcam.png") for d in "abc"]
     assert all((cams / d / "x_gradcam.png").read_bytes()[:4] == b"\x89PNG" for d in "abc")
@@ -203,8 +192,7 @@ def test_evaluate_errors_are_one_line(args, message, dataset_download, tmp_path:
     argv = [a.format(tmp=tmp_path, data=root) for a in args]
     if "--model" not in argv:
         argv += ["--model", str(tiny_model_dir)]
-    result = CliRunner().invoke(main, argv)
-    assert result.exit_code == 1
+    result = run(*argv, code=1)
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert message in result.stderr and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()[-1:]) == 1
@@ -215,31 +203,30 @@ def test_prepare_data_cli(dataset_download, tmp_path: Path) -> None:
     save_gray(root / "PNEUMONIA" / "person5_other_1.jpeg", xray_like())
     dest = tmp_path / "prepared"
     result = run("prepare-data", root, dest)
-    assert result.exit_code == 0
     for c in CLASSES:
         assert f"{c:<9}{counts[c]:>6}" in result.stdout
         assert len(list((dest / c).iterdir())) == counts[c]
     assert "person5_other_1.jpeg" in result.stderr
-    again = CliRunner().invoke(main, ["prepare-data", str(root), str(dest)])
-    assert again.exit_code == 1 and "not empty" in again.stderr
+    again = run("prepare-data", root, dest, code=1)
+    assert "not empty" in again.stderr
 
 
 def test_every_command_has_help_with_an_example() -> None:
     assert len(main.commands) >= 11
     for cmd in main.commands:
         result = run(cmd, "--help")
-        assert result.exit_code == 0 and "Example" in result.output and "python -m cli" in result.output
+        assert "Example" in result.output and "python -m cli" in result.output
 
 
 def test_debug_variable_shows_the_traceback_of_our_errors(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     from pneumocam.errors import DataError
 
     args = ["evaluate", str(tmp_path / "nowhere"), "--model", str(tiny_model_dir)]
-    quiet = CliRunner().invoke(main, args)
-    assert quiet.exit_code == 1 and "error: data folder" in quiet.stderr
+    quiet = run(*args, code=1)
+    assert "error: data folder" in quiet.stderr
     assert isinstance(quiet.exception, SystemExit)
     monkeypatch.setenv("PNEUMOCAM_DEBUG", "1")
-    loud = CliRunner().invoke(main, args)
+    loud = run(*args, code=None)
     assert isinstance(loud.exception, DataError) and loud.exc_info[2] is not None
 
 
@@ -263,14 +250,13 @@ def test_predict_a_folder_lists_failures_and_skips_gradcam_without_cam_out(tiny_
     b = save_gray(folder / "sub" / "b.jpeg", xray_like(120, 160, seed=2))
     bad = folder / "c.jpeg"
     bad.write_text("not an image")
-    table = run("predict", folder, "--model", tiny_model_dir)
-    assert table.exit_code == 1
+    table = run("predict", folder, "--model", tiny_model_dir, code=1)
     lines = table.stdout.strip().splitlines()
     assert lines[0].split("\t") == [
         "file", "predicted", "p_BACTERIA", "p_NORMAL", "p_VIRUS", "in_distribution", "ood_score"
     ]  # fmt: skip
     assert {line.split("\t")[0] for line in lines[1:]} == {str(a), str(b)}
-    as_json = json.loads(run("predict", folder, "--model", tiny_model_dir, "--json", "--layers", 8).stdout)
+    as_json = json.loads(run("predict", folder, "--model", tiny_model_dir, "--json", "--layers", 8, code=1).stdout)
     assert {r["file"]: r.get("error") for r in as_json} == {
         str(a): None,
         str(b): None,
@@ -280,8 +266,8 @@ def test_predict_a_folder_lists_failures_and_skips_gradcam_without_cam_out(tiny_
     for r in [r for r in as_json if "error" not in r]:
         assert isinstance(r["in_distribution"], bool) and r["ood_score"] > 0
         assert r["in_distribution"] == (r["ood_score"] <= 1 and not r["reasons"])
-    wrong = run("predict", a, "--model", tiny_model_dir, "--explain", "PNEUMONIA")
-    assert wrong.exit_code == 2 and "BACTERIA, NORMAL, VIRUS" in wrong.output
+    wrong = run("predict", a, "--model", tiny_model_dir, "--explain", "PNEUMONIA", code=2)
+    assert "BACTERIA, NORMAL, VIRUS" in wrong.output
 
 
 def test_evaluating_again_keeps_the_galleries_drawn_from_the_report(
@@ -289,14 +275,13 @@ def test_evaluating_again_keeps_the_galleries_drawn_from_the_report(
 ):
     root, _ = dataset_download
     monkeypatch.chdir(tmp_path)  # default folders: reports/<data>/ and reports/<data>/gallery/
-    assert run("evaluate", root, "--model", tiny_model_dir).exit_code == 0
+    run("evaluate", root, "--model", tiny_model_dir)
     report = tmp_path / "reports" / root.name
-    gallery = run("gallery", root, "--class", "NORMAL", "--outcome", "TP", "--model", tiny_model_dir)
-    assert gallery.exit_code == 0
+    run("gallery", root, "--class", "NORMAL", "--outcome", "TP", "--model", tiny_model_dir)
     index = report / "gallery" / "NORMAL_TP" / "index.html"
     assert index.is_file()
     before = (report / "metrics.json").stat().st_mtime_ns
-    assert run("evaluate", root, "--model", tiny_model_dir, "--batch-size", 3).exit_code == 0
+    run("evaluate", root, "--model", tiny_model_dir, "--batch-size", 3)
     assert (report / "metrics.json").stat().st_mtime_ns != before  # a new report...
     assert index.is_file()  # ...that kept the gallery
     assert not list((tmp_path / "reports").glob(".*staging*"))
@@ -340,23 +325,21 @@ def test_gallery_reuses_the_predictions_of_an_evaluate_by_the_same_model(
 ) -> None:
     root, _ = dataset_download
     monkeypatch.chdir(tmp_path)
-    assert run("evaluate", root, "--model", tiny_model_dir).exit_code == 0
+    run("evaluate", root, "--model", tiny_model_dir)
     args = ["gallery", root, "--class", "NORMAL", "--outcome", "TP", "--model", tiny_model_dir]
-    reused = CliRunner().invoke(main, [str(a) for a in args])
-    assert reused.exit_code == 0, reused.output
+    reused = run(*args)
     assert f"reusing {Path('reports') / root.name / 'predictions.csv'}" in reused.stderr
     assert "scoring" not in reused.stderr
     other = run(
         "gallery", root, "--class", "NORMAL", "--outcome", "TP", "--model", REPO_ROOT / "weights", "--overwrite"
     )
-    assert other.exit_code == 0 and "reusing" not in other.stderr  # another model scores again
+    assert "reusing" not in other.stderr  # another model scores again
 
 
 def test_a_folder_of_unreadable_images_names_them(tiny_model_dir: Path, tmp_path: Path) -> None:
     for cls in ("BACTERIA", "NORMAL", "VIRUS"):
         (tmp_path / "data" / cls).mkdir(parents=True)
         (tmp_path / "data" / cls / f"{cls.lower()}.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    result = run("evaluate", tmp_path / "data", "--model", tiny_model_dir, "--out", tmp_path / "r")
-    assert result.exit_code == 1
+    result = run("evaluate", tmp_path / "data", "--model", tiny_model_dir, "--out", tmp_path / "r", code=1)
     assert "none of the 3 images" in result.stderr and "bacteria.png: " in result.stderr
     assert not (tmp_path / "r").exists()

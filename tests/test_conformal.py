@@ -9,10 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import make_dataset
-from pneumocam.cli.app import main
+from helpers import make_dataset, run
 from pneumocam.model import conformal
 from pneumocam.model.artifact import read_meta
 from pneumocam.scoring.metrics import reliability
@@ -29,12 +27,6 @@ def noisy_calls(n: int, seed: int, sharp: float = 1.5) -> tuple[np.ndarray, np.n
     logits[np.arange(n), y] += sharp
     p = np.exp(logits)
     return p / p.sum(1, keepdims=True), y
-
-
-def run(*args: object):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.mark.parametrize("method", conformal.METHODS)

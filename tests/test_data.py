@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_dataset, save_gray, xray_like
+from helpers import make_dataset, save_gray, xray_like
 from pneumocam.errors import DataError
 from pneumocam.images.data import label_from_name, patient_id, prepare_layout, scan_dataset
 from pneumocam.training.trainer import class_weights, split_by_patient

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from conftest import TINY_SPEC, overlay, xray_like
+from helpers import TINY_SPEC, overlay, xray_like
 from pneumocam.errors import InputError
 from pneumocam.explain.gradcam import METHODS, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, normalize_map
 from pneumocam.explain.overlay import blend, colorize, upsample

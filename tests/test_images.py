@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import decode_bytes, save_gray, write_raw_dicom, xray_like
+from helpers import decode_bytes, save_gray, write_raw_dicom, xray_like
 from pneumocam.errors import ImageLoadError
 from pneumocam.images.readers import read_image
 
@@ -192,7 +192,7 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
 
 
 def test_load_xray_gives_display_copy_and_model_input(tmp_path: Path) -> None:
-    from conftest import load_xray
+    from helpers import load_xray
     from pneumocam.images.preprocess import InputSpec
 
     path = save_gray(tmp_path / "big.png", xray_like(900, 700))

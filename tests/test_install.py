@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_dataset
+from helpers import make_dataset
 from pneumocam.images.readers import read_image
 from pneumocam.model.artifact import read_meta
 from pneumocam.paths import REPO_ROOT

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conftest import xray_like
+from helpers import xray_like
 from pneumocam.explain.pages import DEFAULT_FRAME, PAD, TILE, compose_page
 from pneumocam.explain.shown import layer_titles
 

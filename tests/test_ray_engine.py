@@ -13,10 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import SHARED_DATA, make_dataset, requires_shared
-from pneumocam.cli.app import main
+from helpers import SHARED_DATA, make_dataset, requires_shared, run
 from pneumocam.errors import EngineError, InputError
 from pneumocam.paths import REPO_ROOT
 
@@ -26,10 +24,6 @@ from pneumocam.scoring.engine import make_engine  # noqa: E402
 from pneumocam.scoring.ray_engine import ERROR, PATH, PROBABILITIES, BatchScorer, merge_rows, pool_size, probe  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)  # a Ray job that hangs fails here, not at CI's limit
-
-
-def run(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -99,8 +93,7 @@ def test_an_address_that_does_not_answer_fails_in_one_line(tiny_model_dir: Path,
         with pytest.raises(EngineError, match="cannot connect to Ray at 127.0.0.1"):
             probe(f"127.0.0.1:{port}", timeout=2)
         args = ["--model", tiny_model_dir, "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"]
-        result = run("evaluate", broken_folder, *args)
-    assert result.exit_code == 1
+        result = run("evaluate", broken_folder, *args, code=1)
     assert result.output.strip().splitlines()[-1].startswith("error: cannot connect to Ray at 127.0.0.1")
 
 
@@ -115,10 +108,10 @@ def test_without_ray_installed_the_engine_says_what_to_install(tiny_model_dir: P
 
 
 def test_ray_options_need_the_ray_engine(tiny_model_dir: Path, broken_folder) -> None:
-    result = run("evaluate", broken_folder, "--model", tiny_model_dir, "--workers", "2")
-    assert result.exit_code == 2 and "apply to --engine ray only" in result.output
-    result = run("evaluate", broken_folder, "--model", tiny_model_dir, "--engine", "ray", "--adapt")
-    assert result.exit_code == 2 and "python -m cli adapt" in result.output
+    result = run("evaluate", broken_folder, "--model", tiny_model_dir, "--workers", "2", code=2)
+    assert "apply to --engine ray only" in result.output
+    result = run("evaluate", broken_folder, "--model", tiny_model_dir, "--engine", "ray", "--adapt", code=2)
+    assert "python -m cli adapt" in result.output
 
 
 # --- on a local Ray --------------------------------------------------------------------------------
@@ -136,8 +129,7 @@ def evaluate_both(data: Path, model: Path | None, out: Path, *extra: object) -> 
     for engine in ("local", "ray"):
         report = out / engine
         model_args = ["--model", model] if model else []
-        result = run("evaluate", data, *model_args, "--engine", engine, "--out", report, *extra)
-        assert result.exit_code == 0, result.output
+        run("evaluate", data, *model_args, "--engine", engine, "--out", report, *extra)
         reports.append(report)
     return reports[0], reports[1]
 
@@ -220,7 +212,6 @@ def test_on_the_real_test_split_ray_matches_local_and_feeds_gallery(local_ray, t
     out = tmp_path / "gallery"
     args = ["gallery", test_dir, "--class", "VIRUS", "--outcome", "FN", "--limit", 4, "--out", out]
     result = run(*args, "--predictions", on_ray / "predictions.csv")
-    assert result.exit_code == 0, result.output
     fn = sum(r["true"] == "VIRUS" and r["predicted"] != "VIRUS" for r in read_csv(on_ray / "predictions.csv"))
     assert f"{fn} image(s) with outcome FN" in result.output
     assert sorted(out.glob("page_*.png"))

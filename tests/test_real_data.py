@@ -12,11 +12,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import SHARED_DATA, SHARED_WEIGHTS, requires_shared
-from pneumocam.cli.app import main
+from helpers import SHARED_DATA, SHARED_WEIGHTS, requires_shared, run
 from pneumocam.model.artifact import read_meta
 from pneumocam.model.network import ArchConfig, build_model
 from pneumocam.paths import DEFAULT_WEIGHTS_DIR
@@ -25,12 +23,6 @@ from pneumocam.reports.site_curve import point_key
 pytestmark = [requires_shared, pytest.mark.shared]
 TEST_DIR = SHARED_DATA / "test"
 CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
-
-
-def run(*args: object):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +230,7 @@ def test_validity_accepts_the_test_x_rays_and_flags_what_is_not_one(evaluation: 
         xrays = [float(r["ood_score"]) for r in csv.DictReader(f)]
     altered = altered_xrays(tmp_path / "altered")
     shipped = shipped_images(tmp_path / "shipped")
-    calls = json.loads(CliRunner().invoke(main, ["predict", str(tmp_path), "--json"]).stdout)
+    calls = json.loads(run("predict", tmp_path, "--json", code=None).stdout)
     scored = {Path(c["file"]).resolve(): c for c in calls if "error" not in c}
     assert len([p for p in shipped if p.resolve() in scored]) >= 50  # the rest are not images (RT plans, reports)
     flagged = {k: np.mean([not scored[p.resolve()]["in_distribution"] for p in v]) for k, v in altered.items()}

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from test_images import bomb_png, write_dicom
 
-from conftest import decode_bytes, make_dataset, save_gray, xray_like
-from pneumocam.cli.app import main
+from helpers import decode_bytes, make_dataset, run, save_gray, xray_like
 from pneumocam.errors import ImageLoadError
 from pneumocam.images.readers import read_image
 from pneumocam.paths import REPO_ROOT
@@ -83,10 +81,7 @@ def awkward_corpus(root: Path) -> dict[str, str]:
 def test_awkward_files_are_scored_or_skipped_with_a_reason(tmp_path: Path, tiny_model_dir: Path) -> None:
     expect = awkward_corpus(tmp_path / "data")
     out = tmp_path / "report"
-    result = CliRunner().invoke(
-        main, ["evaluate", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--out", str(out)]
-    )
-    assert result.exit_code == 0, result.output
+    result = run("evaluate", tmp_path / "data", "--model", tiny_model_dir, "--out", out)
     m = json.loads((out / "metrics.json").read_text())
     skipped = {Path(s["file"]).name: s["reason"] for s in m["skipped"]}
     assert set(skipped) == {n for n, k in expect.items() if k == "skip"}
@@ -223,14 +218,14 @@ def test_report_folder_is_never_mixed(tmp_path: Path, tiny_model_dir: Path, data
     out.mkdir()
     (out / "thesis.docx").write_text("precious")
     args = ["evaluate", str(data), "--model", str(tiny_model_dir), "--out", str(out)]
-    refused = CliRunner().invoke(main, args)
-    assert refused.exit_code == 1 and "--overwrite" in refused.stderr
+    refused = run(*args, code=1)
+    assert "--overwrite" in refused.stderr
     assert [p.name for p in out.iterdir()] == ["thesis.docx"]
     report = tmp_path / "report"
-    assert CliRunner().invoke(main, [*args[:-1], str(report)]).exit_code == 0
+    run(*args[:-1], report)
     (report / "gallery").mkdir()
     (report / "gallery" / "drawn.txt").write_text("a gallery drawn from the previous run")
-    assert CliRunner().invoke(main, [*args[:-1], str(report)]).exit_code == 0
+    run(*args[:-1], report)
     assert (report / "gallery" / "drawn.txt").is_file()  # another command's work survives the new report
     assert sorted(p.name for p in report.iterdir()) == sorted(
         ["metrics.json", "predictions.csv", "confusion_matrix.png", "per_class_metrics.png", "reliability.png"]

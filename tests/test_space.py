@@ -12,11 +12,9 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import SHARED_DATA, save_gray, xray_like
-from pneumocam.cli.app import main as cli_main
+from helpers import SHARED_DATA, run, save_gray, xray_like
 from pneumocam.deploy.space_config import SpaceConfig, load_space_config
 from pneumocam.paths import REPO_ROOT
 
@@ -120,11 +118,9 @@ def test_a_bare_dicom_gets_the_call_of_the_same_pixels_everywhere(server: str, t
     """A DICOM without preamble or file meta, holding a PNG's pixels: the Space, predict and evaluate read it."""
     import json
 
-    from click.testing import CliRunner
     from gradio_client import Client, handle_file
 
-    from conftest import write_raw_dicom
-    from pneumocam.cli.app import main
+    from helpers import write_raw_dicom
 
     gray = xray_like(120, 100, seed=9)
     png = save_gray(tmp_path / "x.png", gray)
@@ -133,8 +129,7 @@ def test_a_bare_dicom_gets_the_call_of_the_same_pixels_everywhere(server: str, t
     calls = [client.predict(handle_file(str(p)), 1, api_name="/predict")[0] for p in (png, dcm)]
     as_dict = [{c["label"]: c["confidence"] for c in call["confidences"]} for call in calls]
     assert as_dict[0] == pytest.approx(as_dict[1], abs=1e-4)
-    out = CliRunner().invoke(main, ["predict", str(png), str(dcm), "--json", "--model", str(tiny_model_dir)])
-    assert out.exit_code == 0, out.output
+    out = run("predict", png, dcm, "--json", "--model", tiny_model_dir)
     a, b = json.loads(out.stdout)
     assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
     data = tmp_path / "data"
@@ -142,12 +137,7 @@ def test_a_bare_dicom_gets_the_call_of_the_same_pixels_everywhere(server: str, t
         save_gray(data / cls / f"{cls}.png", xray_like(seed=len(cls)))
     (data / "NORMAL" / "scan.dcm").write_bytes(dcm.read_bytes())
     report = tmp_path / "report"
-    assert (
-        CliRunner()
-        .invoke(main, ["evaluate", str(data), "--model", str(tiny_model_dir), "--out", str(report)])
-        .exit_code
-        == 0
-    )
+    run("evaluate", data, "--model", tiny_model_dir, "--out", report)
     m = json.loads((report / "metrics.json").read_text())
     assert m["n_images"] == 4 and m["skipped"] == []
 
@@ -199,10 +189,9 @@ def test_deploy_space_never_makes_a_space_without_a_model() -> None:
     from pneumocam.deploy.space_config import load_space_config
 
     assert not load_space_config().revision  # nothing published from here yet: no pinned Hub model
-    refused = CliRunner().invoke(cli_main, ["deploy-space", "--space-id", "me/pneumocam", "--dry-run"])
-    assert refused.exit_code == 1 and "--with-weights" in refused.stderr
-    result = CliRunner().invoke(cli_main, ["deploy-space", "--space-id", "me/pneumocam", "--dry-run", "--with-weights"])
-    assert result.exit_code == 0, result.output
+    refused = run("deploy-space", "--space-id", "me/pneumocam", "--dry-run", code=1)
+    assert "--with-weights" in refused.stderr
+    result = run("deploy-space", "--space-id", "me/pneumocam", "--dry-run", "--with-weights")
     assert "it would serve weights/ uploaded with it" in result.stdout
     listed = [line.split("\t")[0] for line in result.stdout.splitlines() if "\t" in line]
     expected = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "core").rglob("*.py")}

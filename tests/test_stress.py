@@ -9,10 +9,8 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from click.testing import CliRunner
 
-from conftest import TINY_ARCH, TINY_SPEC, make_dataset, served, xray_like
-from pneumocam.cli.app import main
+from helpers import TINY_ARCH, TINY_SPEC, make_dataset, run, served, xray_like
 from pneumocam.images.data import scan_dataset
 from pneumocam.images.preprocess import to_model_input
 from pneumocam.images.readers import read_image
@@ -139,15 +137,14 @@ def test_stress_cli_writes_report_and_refuses_unknown_names(tiny_model_dir: Path
     counts = make_dataset(root, "download", per_class=2)
     out = tmp_path / "stress"
     args = ["stress", str(root), "--model", str(tiny_model_dir), "--out", str(out), "--only", "blur-3,gamma-0.6"]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
+    result = run(*args)
     report = json.loads((out / "stress.json").read_text())
     assert list(report["perturbations"]) == [CLEAN, "blur-3", "gamma-0.6"]
     assert report["n_images"] == sum(counts.values())
     assert cv2.imread(str(out / "stress.png")) is not None
     assert "blur-3" in result.output and "mean accuracy" in result.output
-    bad = CliRunner().invoke(main, [*args[:-1], "rain"])
-    assert bad.exit_code == 2 and "unknown 'rain'" in bad.output
+    bad = run(*args[:-1], "rain", code=2)
+    assert "unknown 'rain'" in bad.output
 
 
 def test_resampling_augmentation_changes_fine_texture_only() -> None:

@@ -12,10 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import make_dataset
-from pneumocam.cli.app import main
+from helpers import make_dataset, run
 from pneumocam.paths import REPO_ROOT
 from pneumocam.reports.tracking import tracked, tracking_uri
 
@@ -24,13 +22,17 @@ mlflow = pytest.importorskip("mlflow", reason="MLflow is an optional install: pi
 pytestmark = pytest.mark.timeout(600)
 
 
-def run(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 @pytest.fixture()
 def store(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def tracking_left_as_found():
+    """``mlflow.set_tracking_uri`` also sets MLFLOW_TRACKING_URI: later tests must not track into these stores."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow.set_tracking_uri(before)
 
 
 def runs(uri: str):
@@ -52,12 +54,10 @@ def test_train_then_evaluate_are_logged_with_params_metrics_steps_and_artifacts(
     model = tmp_path / "model"
     args = ["train", data, "--out", model, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
     args += ["--image-size", "64", "--epochs", "2", "--fine-tune-epochs", "2", "--cached-views", "1", "--mlflow", store]
-    result = run(*args)
-    assert result.exit_code == 0, result.output
+    run(*args)
     history = json.loads((model / "history.json").read_text())
     report = tmp_path / "report"
-    result = run("evaluate", data, "--model", model, "--out", report, "--record-as", "site", "--mlflow", store)
-    assert result.exit_code == 0, result.output
+    run("evaluate", data, "--model", model, "--out", report, "--record-as", "site", "--mlflow", store)
 
     df = runs(store)
     assert sorted(df["status"]) == ["FINISHED", "FINISHED"]

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import TINY_ARCH, TINY_SPEC, make_dataset, served
-from pneumocam.cli.app import main
+from helpers import TINY_ARCH, TINY_SPEC, make_dataset, run, served
 from pneumocam.images.data import scan_dataset
 from pneumocam.images.readers import read_image
 from pneumocam.model.network import backbone_layers, build_model
@@ -86,8 +84,7 @@ def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: 
     args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
     args += ["--image-size", "64", "--epochs", "2", "--fine-tune-epochs", "1", "--cached-views", "2"]
     args += ["--batch-size", "16"]
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
+    result = run(*args)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["model.keras", "model.json", "history.json", "training_curves.png", "train.log", "source_stats.npz"]
         + ["validation.txt", "validity.npz"]
@@ -102,12 +99,8 @@ def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: 
     assert f"test-time views (chosen on validation): {', '.join(chosen.views)}" in result.output
     assert trained.meta.metrics["validation_shift"]["max_changed_encoding"] is not None
     stress_out = tmp_path / "stress"
-    stressed = CliRunner().invoke(
-        main,
-        [str(a) for a in ["stress", tiny_data, "--model", out, "--subset", out / "validation.txt", "--out", stress_out]]
-        + ["--only", "jpeg-50"],
-    )
-    assert stressed.exit_code == 0, stressed.output
+    stress = ["stress", tiny_data, "--model", out, "--subset", out / "validation.txt", "--out", stress_out]
+    run(*stress, "--only", "jpeg-50")
     assert json.loads((stress_out / "stress.json").read_text())["n_images"] == len(listed)
     assert not out.with_name("model.partial").exists()
     loaded = load_predictor(out)
@@ -116,8 +109,8 @@ def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: 
     assert len(history["baseline"]["loss"]) <= 2 and len(history["fine-tuning"]["loss"]) == 1
     log = (out / "train.log").read_text()
     assert "stage head" in log and "stage fine_tuning" in log and '"seed": 42' in log
-    again = CliRunner().invoke(main, [str(a) for a in args])
-    assert again.exit_code == 2 and "--overwrite" in again.output
+    again = run(*args, code=2)
+    assert "--overwrite" in again.output
 
 
 def loaded_n_val(folder: Path) -> int:
@@ -129,12 +122,11 @@ def test_publish_dry_run_lists_exactly_the_model_files(tiny_model_dir: Path, tmp
 
     folder = tmp_path / "pub"
     shutil.copytree(tiny_model_dir, folder)
-    incomplete = CliRunner().invoke(main, ["publish", str(folder), "--repo-id", "me/x", "--dry-run"])
-    assert incomplete.exit_code == 1 and "README.md" in incomplete.stderr
+    incomplete = run("publish", folder, "--repo-id", "me/x", "--dry-run", code=1)
+    assert "README.md" in incomplete.stderr
     (folder / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n# card\n")
     (folder / "notes.txt").write_text("not uploaded")
-    result = CliRunner().invoke(main, ["publish", str(folder), "--repo-id", "me/x", "--dry-run"])
-    assert result.exit_code == 0, result.output
+    result = run("publish", folder, "--repo-id", "me/x", "--dry-run")
     listed = [line.split("\t")[0] for line in result.stdout.splitlines() if "\t" in line]
     assert sorted(listed) == ["README.md", "model.json", "model.keras", "validity.npz"]
     assert "dry run: 4 file(s)" in result.stdout
@@ -183,8 +175,8 @@ def test_a_failed_training_leaves_no_folder_and_no_log_handler(tiny_data: Path, 
     out = tmp_path / "model"
     args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
     args += ["--image-size", "64", "--fine-tune-from", "142"]  # crosses a residual connection: refused in core
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 1 and "block boundary" in result.output
+    result = run(*args, code=1)
+    assert "block boundary" in result.output
     assert not out.exists() and not list(tmp_path.glob(".model.staging-*"))
     handlers = logging.getLogger("pneumocam").handlers
     assert not any(isinstance(h, logging.FileHandler) for h in handlers)
@@ -204,8 +196,7 @@ def test_train_reads_a_recipe_file_and_records_it_with_the_overrides(
     out = tmp_path / "model"
     args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
     args += ["--image-size", "64", "--recipe", recipe, "--dropout", "0.25"]
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
+    run(*args)
     loaded = load_predictor(out)
     training = loaded.meta.training
     assert training["config"]["epochs"] == 1 and training["epochs_run"] == {"baseline": 1}  # from the file
@@ -215,8 +206,8 @@ def test_train_reads_a_recipe_file_and_records_it_with_the_overrides(
     assert training["recipe"]["overrides"]["arch"] == {"alpha": 0.35, "dropout": 0.25}
     assert f"recipe `{recipe}` with" in model_card(loaded.meta)
     recipe.write_text(json.dumps({"train": {"epoch": 1}}))
-    refused = CliRunner().invoke(main, [str(a) for a in [*args, "--overwrite"]])
-    assert refused.exit_code == 1 and "unknown train setting(s) epoch" in refused.output
+    refused = run(*args, "--overwrite", code=1)
+    assert "unknown train setting(s) epoch" in refused.output
 
 
 def test_the_shipped_recipes_are_the_seed_defaults_and_the_published_model() -> None:

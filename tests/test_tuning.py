@@ -8,11 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import make_dataset, site_fixtures
-from pneumocam.cli.app import main
+from helpers import make_dataset, run, site_fixtures
 from pneumocam.errors import DataError
 from pneumocam.explain.explainer import Explainer
 from pneumocam.images.data import class_indices, labels_of, patient_id, scan_dataset
@@ -22,10 +20,6 @@ from pneumocam.scoring.predictor import load_predictor
 from pneumocam.site import tuning
 
 CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
-
-
-def run(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def synthetic(n: int, d: int, seed: int, signal: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -105,7 +99,6 @@ def test_tune_cli_writes_a_model_whose_logits_are_the_tuned_ones(
 ) -> None:
     out = tmp_path / "tuned"
     result = run("tune", site_data, "--out", out, "--model", adaptable_dir)
-    assert result.exit_code == 0, result.output
     assert "inner 3-fold cross-validation chose" in result.output and "in-sample" in result.output
     base, tuned = load_predictor(adaptable_dir), load_predictor(out)  # reloaded: safe mode, hash, layers
     rec = tuned.meta.tuning
@@ -125,10 +118,10 @@ def test_tune_cli_writes_a_model_whose_logits_are_the_tuned_ones(
     e = Explainer(tuned).explain_file(paths[0], n_layers=2)
     assert len(e.heatmaps) == 2 and all(np.isfinite(h).all() for h in e.heatmaps)
     assert e.probabilities == pytest.approx(dict(zip(CLASSES, p_tuned[0].tolist())), abs=1e-4)
-    twice = run("tune", site_data, "--out", tmp_path / "twice", "--model", out)
-    assert twice.exit_code == 1 and "already site-tuned" in twice.output
-    adapt = run("adapt", site_data, "--out", tmp_path / "adapted", "--model", out)
-    assert adapt.exit_code == 1 and "site-tuned" in adapt.output
+    twice = run("tune", site_data, "--out", tmp_path / "twice", "--model", out, code=1)
+    assert "already site-tuned" in twice.output
+    adapt = run("adapt", site_data, "--out", tmp_path / "adapted", "--model", out, code=1)
+    assert "site-tuned" in adapt.output
 
 
 def test_a_tuned_head_that_refits_is_folded_exactly(tiny_predictor, site_data: Path, tmp_path: Path) -> None:
@@ -166,8 +159,8 @@ def test_tune_errors_are_one_line(setup: str, message: str, adaptable_dir: Path,
         virus = sorted((root / "VIRUS").iterdir())
         for f in virus if setup == "missing-class" else virus[2:]:
             f.unlink()
-    result = run("tune", root, "--out", tmp_path / "out", "--model", adaptable_dir)
-    assert result.exit_code == 1 and message in result.output, result.output
+    result = run("tune", root, "--out", tmp_path / "out", "--model", adaptable_dir, code=1)
+    assert message in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 
@@ -177,7 +170,6 @@ def test_tune_errors_are_one_line(setup: str, message: str, adaptable_dir: Path,
 def test_evaluate_cross_tune_writes_the_protocol(adaptable_dir: Path, site_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "tuned"
     r = run("evaluate", site_data, "--model", adaptable_dir, "--out", out, "--cross-tune", 2)
-    assert r.exit_code == 0, r.output
     assert "site-tuned" in r.output
     m = json.loads((out / "metrics.json").read_text())
     block = m["protocol"]
@@ -190,12 +182,9 @@ def test_evaluate_cross_tune_writes_the_protocol(adaptable_dir: Path, site_data:
     assert (
         json.loads((calibrated / "metrics.json").read_text())["protocol"]["split"]["folds"] == block["split"]["folds"]
     )
-    both = run("evaluate", site_data, "--model", adaptable_dir, "--cross-tune", 2, "--cross-calibrate", 2)
-    assert both.exit_code == 2 and "choose one" in both.output
-    combined = run(
-        "evaluate", site_data, "--model", adaptable_dir, "--out", tmp_path / "at", "--adapt", "--cross-tune", 2
-    )
-    assert combined.exit_code == 0, combined.output
+    both = run("evaluate", site_data, "--model", adaptable_dir, "--cross-tune", 2, "--cross-calibrate", 2, code=2)
+    assert "choose one" in both.output
+    run("evaluate", site_data, "--model", adaptable_dir, "--out", tmp_path / "at", "--adapt", "--cross-tune", 2)
     assert json.loads((tmp_path / "at" / "metrics.json").read_text())["protocol"]["name"] == "site-adapted+site-tuned"
 
 
@@ -218,8 +207,7 @@ def test_curve_points_cover_every_method_and_size() -> None:
 
 def test_site_curve_cli_writes_json_and_plot(adaptable_dir: Path, site_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "curve"
-    r = run("site-curve", site_data, "--model", adaptable_dir, "--out", out, "--sizes", "15", "--repeats", 2)
-    assert r.exit_code == 0, r.output
+    run("site-curve", site_data, "--model", adaptable_dir, "--out", out, "--sizes", "15", "--repeats", 2)
     data = json.loads((out / "site_curve.json").read_text())
     assert set(data["reference"]) == {"untouched", "adapted"} and data["reference"]["adapted"] is not None
     assert {(q["method"], "half" if q["whole_half"] else q["size"]) for q in data["points"]} == {
@@ -228,10 +216,10 @@ def test_site_curve_cli_writes_json_and_plot(adaptable_dir: Path, site_data: Pat
     assert data["n_images"] == 39 and data["repeats"] == 2
     with Image.open(out / "site_curve.png") as im:
         assert im.size[0] > 400
-    bad = run("site-curve", site_data, "--model", adaptable_dir, "--out", tmp_path / "b", "--sizes", "ten")
-    assert bad.exit_code == 2 and "comma-separated" in bad.output
-    small = run("site-curve", site_data, "--model", adaptable_dir, "--out", tmp_path / "b", "--sizes", "10")
-    assert small.exit_code == 1 and "at least 15" in small.output and not (tmp_path / "b").exists()
+    bad = run("site-curve", site_data, "--model", adaptable_dir, "--out", tmp_path / "b", "--sizes", "ten", code=2)
+    assert "comma-separated" in bad.output
+    small = run("site-curve", site_data, "--model", adaptable_dir, "--out", tmp_path / "b", "--sizes", "10", code=1)
+    assert "at least 15" in small.output and not (tmp_path / "b").exists()
 
 
 # --- adaptation depends on the images only --------------------------------------------------------
@@ -256,8 +244,7 @@ def test_adaptation_ignores_names_order_and_layout(adaptable_dir: Path, site_dat
     for a, b in zip(first.get_weights(), second.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     report = tmp_path / "report"
-    r = run("evaluate", site_data, "--model", adaptable_dir, "--adapt", "--out", report, "--batch-size", 8)
-    assert r.exit_code == 0, r.output
+    run("evaluate", site_data, "--model", adaptable_dir, "--adapt", "--out", report, "--batch-size", 8)
     adaptation = json.loads((report / "metrics.json").read_text())["protocol"]["adaptation"]
     assert adaptation["method"] == "bn+features+lame" and adaptation["lame"]["knn"] == 5
 

@@ -10,11 +10,9 @@ import matplotlib
 import numpy as np
 import pydicom
 import pytest
-from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 
-from conftest import make_dataset, save_gray, xray_like
-from pneumocam.cli.app import main
+from helpers import make_dataset, run, save_gray, xray_like
 from pneumocam.errors import ModelLoadError
 from pneumocam.explain.explainer import Explainer
 from pneumocam.images.readers import Header, read_image_and_header
@@ -110,8 +108,7 @@ def test_predict_flags_the_files_of_the_issue_with_any_model(tiny_model_dir: Pat
         get_testdata_file("MR_small.dcm"),
         get_testdata_file("SC_rgb_dcmtk_+eb+cr.dcm"),
     ]
-    out = CliRunner().invoke(main, ["predict", *map(str, files), "--json", "--model", str(tiny_model_dir)])
-    assert out.exit_code == 0, out.output
+    out = run("predict", *map(str, files), "--json", "--model", tiny_model_dir)
     calls = json.loads(out.stdout)
     assert [c["in_distribution"] for c in calls] == [False] * 5
     assert all(c["reasons"] for c in calls)
@@ -127,8 +124,7 @@ def test_fit_validity_adds_statistics_to_an_older_model(tiny_model_dir: Path, tm
     assert load_predictor(folder).validity is None
     data = tmp_path / "train"
     make_dataset(data, per_class=8)
-    out = CliRunner().invoke(main, ["fit-validity", str(data), "--model-dir", str(folder)])
-    assert out.exit_code == 0, out.output
+    out = run("fit-validity", data, "--model-dir", folder)
     loaded = load_predictor(folder)
     record = loaded.meta.validity
     assert loaded.validity is not None and record["layer"] == loaded.validity.layer
@@ -171,10 +167,7 @@ def test_a_dicom_of_another_body_part_is_flagged_by_evaluate(tiny_model_dir: Pat
     ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
     ds.Modality, ds.BodyPartExamined = "CR", "HAND"
     ds.save_as(root / "NORMAL" / "IM-9999-0001.dcm")
-    out = CliRunner().invoke(
-        main, ["evaluate", str(root), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r")]
-    )
-    assert out.exit_code == 0, out.output
+    run("evaluate", root, "--model", tiny_model_dir, "--out", tmp_path / "r")
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["n_images"] == 3 * 3 + 3 + 1 and m["validity"]["reasons"]["DICOM body part HAND, not the chest"] == 1
     rows = (tmp_path / "r" / "predictions.csv").read_text().splitlines()
@@ -216,8 +209,7 @@ def test_an_adult_chest_dicom_is_flagged_and_a_child_s_is_not(tiny_model_dir: Pa
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.PixelData = pixels.tobytes()
         ds.save_as(tmp_path / name)
-    out = CliRunner().invoke(main, ["predict", str(tmp_path), "--json", "--model", str(tiny_model_dir)])
-    assert out.exit_code == 0, out.output
+    out = run("predict", tmp_path, "--json", "--model", tiny_model_dir)
     adult, child = json.loads(out.stdout)
     assert not adult["in_distribution"] and any("patient age 62 years" in r for r in adult["reasons"])
     assert not any("patient age" in r for r in child["reasons"])
@@ -269,8 +261,7 @@ def test_fit_validity_with_a_proxy_folder_adds_a_discriminator_every_entry_point
     proxy = tmp_path / "proxy"
     for i in range(8):  # radiographs that are not ours: inverted and turned X-ray-like images
         save_gray(proxy / "other" / f"p{i}.png", np.rot90(255 - xray_like(64, 64, seed=900 + i)))
-    out = CliRunner().invoke(main, ["fit-validity", str(data), "--model-dir", str(folder), "--proxy", str(proxy)])
-    assert out.exit_code == 0, out.output
+    run("fit-validity", data, "--model-dir", folder, "--proxy", proxy)
     loaded = load_predictor(folder)
     record = loaded.meta.validity
     assert record["discriminator"]["against"] == {"images": 8, "folder": "proxy"}

@@ -10,11 +10,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from click.testing import CliRunner
 from keras import layers
 
-from conftest import save_gray, xray_like
-from pneumocam.cli.app import main
+from helpers import run, save_gray, xray_like
 from pneumocam.config import PredictDefaults
 from pneumocam.errors import InputError, ModelLoadError
 from pneumocam.explain.explainer import Explainer
@@ -154,8 +152,7 @@ def test_every_path_gives_an_original_size_upload_one_call_validity_and_heatmap(
     same(out[PROBABILITIES][0], float(out["ood_score"][0]))
     kept, stressed, _ = stress_probabilities(predictor, [path], [CLEAN])
     np.testing.assert_allclose(stressed[CLEAN][0], ref, atol=1e-5)
-    res = CliRunner().invoke(main, ["predict", str(path), "--json", "--model", str(viewed_model)])
-    assert res.exit_code == 0, res.output
+    res = run("predict", path, "--json", "--model", viewed_model)
     call = json.loads(res.stdout)[0]
     same([call["probabilities"][c] for c in predictor.classes], call["ood_score"])
 
@@ -176,21 +173,15 @@ def test_every_path_gives_an_original_size_upload_one_call_validity_and_heatmap(
 
 def test_predict_and_evaluate_switch_views_off(viewed_model: Path, dataset_download, tmp_path: Path) -> None:
     image = save_gray(tmp_path / "x.png", xray_like(90, 70, seed=2))
-    runner = CliRunner()
     calls = {}
     for flag in ("--views", "--no-views"):
-        res = runner.invoke(main, ["predict", str(image), "--json", "--model", str(viewed_model), flag])
-        assert res.exit_code == 0, res.output
+        res = run("predict", image, "--json", "--model", viewed_model, flag)
         calls[flag] = json.loads(res.stdout)[0]["probabilities"]
     assert calls["--views"] != calls["--no-views"]
-    assert (
-        "test-time views: identity, jpeg-75"
-        in runner.invoke(main, ["predict", str(image), "--model", str(viewed_model)]).stderr
-    )
+    assert "test-time views: identity, jpeg-75" in run("predict", image, "--model", viewed_model).stderr
     data, _ = dataset_download
     out = tmp_path / "report"
-    res = runner.invoke(main, ["evaluate", str(data), "--model", str(viewed_model), "--out", str(out), "--no-views"])
-    assert res.exit_code == 0, res.output
+    run("evaluate", data, "--model", viewed_model, "--out", out, "--no-views")
     assert json.loads((out / "metrics.json").read_text())["provenance"]["views"] == ["identity"]
 
 
@@ -239,13 +230,12 @@ def test_the_rule_prefers_a_stable_set_and_else_the_steadiest() -> None:
 
 
 def test_choose_views_cli_records_the_choice(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from conftest import make_dataset
+    from helpers import make_dataset
 
     make_dataset(tmp_path / "data", "download", per_class=10)
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    res = CliRunner().invoke(main, ["choose-views", str(tmp_path / "data"), "--model-dir", str(model)])
-    assert res.exit_code == 0, res.output
+    res = run("choose-views", tmp_path / "data", "--model-dir", model)
     meta = json.loads((model / "model.json").read_text())
     views = meta["predict"]["views"]
     assert views[0] == "identity" and f"chosen: {', '.join(views)}" in res.stdout
