@@ -150,9 +150,9 @@ def test_dicom_without_pixels(tmp_path: Path) -> None:
         read_image(path)
 
 
-def test_bytes_and_file_decode_the_same(tmp_path: Path, gray: np.ndarray) -> None:
+def test_bytes_in_memory_decode_to_the_pixels_written(tmp_path: Path, gray: np.ndarray) -> None:
     path = save_gray(tmp_path / "x.png", gray)
-    assert np.array_equal(decode_bytes(path.read_bytes(), "x.png"), read_image(path))
+    assert np.array_equal(decode_bytes(path.read_bytes(), "x.png"), np.repeat(gray[..., None], 3, axis=-1))
 
 
 BROKEN = {
