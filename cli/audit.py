@@ -10,7 +10,6 @@ from pneumocam.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS, CAM_SCORES, 
 
 from .common import (
     ModelChoice,
-    command,
     default_out,
     mlflow_option,
     model_options,
@@ -20,7 +19,7 @@ from .common import (
 )
 
 
-@command()
+@click.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @model_options
 @click.option(

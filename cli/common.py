@@ -56,11 +56,6 @@ def choice_option(flag: str, choices: Sequence[str], default: str, text: str) ->
     return click.option(flag, type=click.Choice(choices), default=default, show_default=True, help=text)
 
 
-def command(name: str | None = None) -> Callable:
-    """``@click.command``; the command imports TensorFlow only once its arguments are checked."""
-    return click.command(name)
-
-
 @dataclass(frozen=True)
 class ModelChoice:
     """The --model / --repo-id / --revision options, loaded only when the command needs the model."""

@@ -6,12 +6,8 @@ from pathlib import Path
 
 import click
 
-from .common import (
-    command,
-)
 
-
-@command("prepare-data")
+@click.command("prepare-data")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Replace the class folders of a non-empty DEST.")

@@ -14,7 +14,6 @@ from .common import (
     batch_size_option,
     cam_method_option,
     choice_option,
-    command,
     default_out,
     explain_option,
     layers_option,
@@ -33,7 +32,7 @@ def _folds_option(flag: str, dest: str, text: str) -> Callable:
     return click.option(flag, dest, type=click.IntRange(2, 10), metavar="K", help=text)
 
 
-@command()
+@click.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @model_options
 @views_option
@@ -211,7 +210,7 @@ def evaluate(
         click.echo(f"metrics recorded as {key!r} in {predictor.directory}/model.json")
 
 
-@command()
+@click.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @model_options
 @views_option
@@ -301,7 +300,7 @@ def stress(
             run.artifacts(out)
 
 
-@command()
+@click.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--class", "cls", required=True, help="Class to look at, e.g. VIRUS.")
 @click.option(

@@ -6,12 +6,8 @@ from pathlib import Path
 
 import click
 
-from .common import (
-    command,
-)
 
-
-@command("model-card")
+@click.command("model-card")
 @click.argument("model_dir", type=click.Path(path_type=Path, file_okay=False))
 def model_card_cmd(model_dir: Path) -> None:
     """Write MODEL_DIR/README.md, the Hugging Face model card, from its model.json.
@@ -30,7 +26,7 @@ def model_card_cmd(model_dir: Path) -> None:
     click.echo(f"model card written to {path}")
 
 
-@command()
+@click.command()
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--repo-id", required=True, help="Target model repo, e.g. org/pneumocam (created when missing).")
 @click.option("--message", "--revision-message", "message", default="", help="Commit message on the Hub.")
@@ -65,7 +61,7 @@ def publish(folder: Path, repo_id: str, message: str, private: bool, dry_run: bo
     click.echo(f"uploaded {len(files)} file(s) to {repo_id}; pin revision {commit}", err=True)
 
 
-@command("deploy-space")
+@click.command("deploy-space")
 @click.option("--space-id", required=True, help="Target Space, e.g. org/pneumocam (created when missing).")
 @click.option("--message", default="", help="Commit message on the Hub.")
 @click.option("--dry-run", is_flag=True, help="List the files that would be uploaded; upload nothing.")

@@ -16,7 +16,6 @@ from .common import (
     ModelChoice,
     batch_size_option,
     cam_method_option,
-    command,
     explain_option,
     layers_option,
     model_options,
@@ -26,7 +25,7 @@ from .common import (
 )
 
 
-@command()
+@click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @layers_option
 @click.option(

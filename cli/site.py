@@ -22,7 +22,6 @@ from .common import (
     ModelChoice,
     batch_size_option,
     choice_option,
-    command,
     mlflow_option,
     model_options,
     model_out_option,
@@ -32,7 +31,7 @@ from .common import (
 )
 
 
-@command()
+@click.command()
 @click.argument("image_dir", type=click.Path(path_type=Path))
 @model_out_option()
 @model_options
@@ -113,7 +112,7 @@ def _labelled_site_options(f: Callable) -> Callable:
     return f
 
 
-@command()
+@click.command()
 @_labelled_site_options
 def calibrate(
     data_dir: Path, out: Path, model: ModelChoice, batch_size: int, overwrite: bool, mlflow_uri: str | None
@@ -144,7 +143,7 @@ def calibrate(
             run.metrics(figures | _in_sample_figures(cal))
 
 
-@command()
+@click.command()
 @_labelled_site_options
 def tune(
     data_dir: Path, out: Path, model: ModelChoice, batch_size: int, overwrite: bool, mlflow_uri: str | None
@@ -230,7 +229,7 @@ def _in_sample_figures(record: dict[str, Any]) -> dict[str, float]:
     }
 
 
-@command("site-curve")
+@click.command("site-curve")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Report folder [default: reports/<DATA_DIR name>-site-curve/]."

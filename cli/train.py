@@ -13,7 +13,7 @@ from pneumocam.paths import ENV_BACKBONE_WEIGHTS
 from pneumocam.runtime import import_tensorflow_quietly
 from pneumocam.training.recipe import PUBLISHED_RECIPE, SEED_RECIPE, available_recipes, load_recipe
 
-from .common import IntList, command, mlflow_option, model_out_option, progress
+from .common import IntList, mlflow_option, model_out_option, progress
 
 
 class LayerIndex(click.ParamType):
@@ -54,7 +54,7 @@ def recipe_overrides(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
 _FROM_RECIPE = " [default: the recipe's]"
 
 
-@command()
+@click.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @model_out_option()
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT folder.")
@@ -221,7 +221,7 @@ def model_dir_option(what: str) -> Any:
     )
 
 
-@command("fit-validity")
+@click.command("fit-validity")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @model_dir_option("to add validity.npz to")
 @click.option(
@@ -267,7 +267,7 @@ def fit_validity(data_dir: Path, model_dir: Path, proxy: Path | None) -> None:
     )
 
 
-@command("fit-conformal")
+@click.command("fit-conformal")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @model_dir_option("to give a temperature and prediction sets")
 def fit_conformal(data_dir: Path, model_dir: Path) -> None:
@@ -306,7 +306,7 @@ def _completing(data_dir: Path, model_dir: Path) -> tuple[Any, Any, int]:
     return scan, predictor, len(split_by_patient(scan.samples, *recorded_split(predictor.meta.training))[1])
 
 
-@command("choose-views")
+@click.command("choose-views")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @model_dir_option("whose test-time views to choose")
 def choose_views(data_dir: Path, model_dir: Path) -> None:

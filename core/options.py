@@ -45,8 +45,7 @@ LAME_BLOCK = 1024
 #: Images per batch in adaptation's measuring pass (its batch statistics standardise each layer); part of the
 #: method, so ``adapt`` and ``evaluate --adapt`` use it whatever batch size scores the images.
 ADAPT_BATCH_SIZE = DEFAULT_BATCH_SIZE
-#: Folds of the cross-fitted site calibration in the benchmark, and the seed of its split.
-DEFAULT_CROSS_FOLDS = 2
+#: The seed of the cross-fitted site protocols' split (the benchmark uses two folds).
 DEFAULT_SPLIT_SEED = 0
 #: Site tuning (site.tuning): the L2 strengths tried for the re-fitted read-out of the pooled features, the folds
 #: of the inner cross-validation that chooses among them (and calibration, and the model untouched), and the
