@@ -45,8 +45,9 @@ from pneumocam.model.network import FEATURES_LAYER  # noqa: E402
 from pneumocam.options import ADAPT_METHODS  # noqa: E402
 from pneumocam.reports.stress import CLEAN, perturb  # noqa: E402
 from pneumocam.scoring.predictor import Predictor, load_predictor  # noqa: E402
-from pneumocam.site.adaptation import adapted_site, lame  # noqa: E402
-from pneumocam.training.trainer import recorded_split, split_by_patient  # noqa: E402
+from pneumocam.site.adaptation import adapted_site  # noqa: E402
+from pneumocam.site.lame import lame  # noqa: E402
+from pneumocam.training.split import recorded_split, split_by_patient  # noqa: E402
 
 SHIFTS = (CLEAN, "blur-3", "noise-8", "gamma-1.6", "equalize")
 T3A_FILTERS = (20, 100)

@@ -250,7 +250,7 @@ def test_adaptation_ignores_names_order_and_layout(adaptable_dir: Path, site_dat
 
 
 def test_lame_pulls_an_unsure_image_towards_its_confident_neighbours() -> None:
-    from pneumocam.site.adaptation import lame
+    from pneumocam.site.lame import lame
 
     # two clusters in feature space; in each, four confident images and one the model is unsure about
     rng = np.random.default_rng(0)
@@ -276,7 +276,7 @@ def test_lame_pulls_an_unsure_image_towards_its_confident_neighbours() -> None:
 
 def test_lame_on_a_folder_ignores_the_order_of_its_files(tmp_path: Path) -> None:
     from pneumocam.scoring.forward import Scores
-    from pneumocam.site.adaptation import lame_scores
+    from pneumocam.site.lame import lame_scores
 
     rng = np.random.default_rng(1)
     paths = []

@@ -208,7 +208,8 @@ def evaluate_scan(
     if protocol.adapt:
         if engine.name != LocalEngine.name:
             raise InputError(ADAPT_ENGINE_HINT)
-        from pneumocam.site.adaptation import adapted_site, lame_scores, split_method  # TensorFlow: see passes()
+        from pneumocam.site.adaptation import adapted_site, split_method  # TensorFlow: see passes()
+        from pneumocam.site.lame import lame_scores
 
         method, with_lame = split_method(protocol.adapt_method)
         scored, info = adapted_site(predictor, paths, method, batch_size=ADAPT_BATCH_SIZE, on_batch=on_batch)
