@@ -135,40 +135,16 @@ def evaluate(
     """
     from pneumocam.atomic import claim_output
     from pneumocam.images.data import scan_dataset
-    from pneumocam.model.validity import format_summary
-    from pneumocam.reports.evaluation import (
-        ADAPT_ENGINE_HINT,
-        GALLERY_DIR,
-        TUNE_ENGINE_HINT,
-        Protocol,
-        evaluate_scan,
-        is_report_entry,
-        write_report,
-    )
-    from pneumocam.reports.tracking import report_metrics
-    from pneumocam.scoring.engine import make_engine
-    from pneumocam.scoring.metrics import format_table
-    from pneumocam.scoring.selective import format_risk_coverage, format_sets
+    from pneumocam.reports.evaluation import GALLERY_DIR, evaluate_scan, is_report_entry, write_report
 
-    if engine == "local":
-        ctx = click.get_current_context()
-        if workers or ctx.get_parameter_source("ray_address") == click.core.ParameterSource.COMMANDLINE:
-            raise click.UsageError("--ray-address and --workers apply to --engine ray only")
-        ray_address = None
-    elif adapt:
-        raise click.UsageError(ADAPT_ENGINE_HINT)
-    elif tune_folds:
-        raise click.UsageError(TUNE_ENGINE_HINT)
-    if folds and tune_folds:
-        raise click.UsageError("--cross-calibrate and --cross-tune are two protocols: choose one")
-    scorer = make_engine(engine, ray_address, workers)
+    settings = {"adapt": adapt, "cross_calibrate": folds, "cross_tune": tune_folds, "split_seed": split_seed}
+    protocol, scorer = _protocol_and_engine(settings, engine, ray_address, workers)
     scan = scan_dataset(data_dir)
     out = out or default_out(data_dir)
     write = claim_output(out, is_report_entry, overwrite, keep=lambda name: name == GALLERY_DIR)
     if record_as and model.is_hub():
         raise click.UsageError("--record-as needs a local model folder (--model), not a Hub download")
     predictor = model.load()
-    protocol = Protocol(adapt=adapt, cross_calibrate=folds, cross_tune=tune_folds, split_seed=split_seed)
     if adapt:
         from pneumocam.site.adaptation import check_adaptable
 
@@ -178,15 +154,7 @@ def evaluate(
     with tracked_command(mlflow_uri, "evaluate", predictor, data_dir, out.name, **tags) as run:
         with progress(len(scan.samples) * protocol.passes(), label) as bar:
             result = evaluate_scan(predictor, scan, batch_size, on_batch=bar.update, protocol=protocol, engine=scorer)
-        click.echo(f"protocol: {protocol.name}: {protocol.describe()}")
-        click.echo(format_table(result.metrics))
-        click.echo(format_summary(result.metrics["validity"]))
-        if "sets" in result.metrics:
-            click.echo(format_sets(result.metrics["sets"]))
-        click.echo(format_risk_coverage(result.metrics["risk_coverage"]))
-        skipped = result.metrics["skipped"]
-        if skipped:
-            click.echo(f"skipped {len(skipped)} unreadable file(s); see {out / 'metrics.json'}", err=True)
+        _show(result.metrics, protocol, out)
         if run:
             result.metrics["provenance"]["mlflow"] = run.describe()
         with write() as staging:
@@ -194,20 +162,67 @@ def evaluate(
             write_report(staging, result, predictor.meta.classes, title=title)
         click.echo(f"report written to {out}/")
         if run:
-            params = {"batch_size": batch_size, "engine": scorer.info(), "protocol": result.metrics["protocol"]}
-            params["protocol"] = {
-                k: v for k, v in params["protocol"].items() if k not in ("split", "calibrations", "tunings")
-            }
-            run.params({**params, "data_dir": data_dir.resolve().name, "model": predictor.source})
-            run.metrics(report_metrics(result.metrics))
-            run.artifacts(out)
+            params = {"batch_size": batch_size, "engine": scorer.info(), "data_dir": data_dir.resolve().name}
+            _track(run, result.metrics, {**params, "model": predictor.source}, out)
     if record_as:
-        from pneumocam.model.artifact import record_metrics
-        from pneumocam.reports.evaluation import metrics_key
+        _record(predictor.directory, record_as, protocol.name, {**result.metrics, "data_dir": data_dir.resolve().name})
 
-        key = metrics_key(record_as, protocol.name)
-        record_metrics(predictor.directory, key, {**result.metrics, "data_dir": data_dir.resolve().name})
-        click.echo(f"metrics recorded as {key!r} in {predictor.directory}/model.json")
+
+def _protocol_and_engine(
+    settings: dict, engine: str, ray_address: str | None, workers: int | None
+) -> tuple[object, object]:
+    """The protocol and engine the options ask for; a protocol that cannot run on the engine is bad usage."""
+    from pneumocam.errors import InputError
+    from pneumocam.scoring.engine import make_engine
+    from pneumocam.site.protocols import Protocol
+
+    if engine == "local":
+        ctx = click.get_current_context()
+        if workers or ctx.get_parameter_source("ray_address") == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("--ray-address and --workers apply to --engine ray only")
+        ray_address = None
+    try:
+        protocol = Protocol(**settings)
+        protocol.check_engine(engine)
+    except InputError as exc:
+        raise click.UsageError(str(exc)) from None
+    return protocol, make_engine(engine, ray_address, workers)
+
+
+def _record(directory: Path, split: str, protocol: str, metrics: dict) -> None:
+    """``--record-as``: the figures into the model folder's model.json, under the split and protocol."""
+    from pneumocam.model.artifact import record_metrics
+    from pneumocam.site.protocols import metrics_key
+
+    key = metrics_key(split, protocol)
+    record_metrics(directory, key, metrics)
+    click.echo(f"metrics recorded as {key!r} in {directory}/model.json")
+
+
+def _show(metrics: dict, protocol: object, out: Path) -> None:
+    """The terminal's summary of an evaluation: the protocol, the table, validity, sets and risk-coverage."""
+    from pneumocam.model.validity import format_summary
+    from pneumocam.scoring.metrics import format_table
+    from pneumocam.scoring.selective import format_risk_coverage, format_sets
+
+    click.echo(f"protocol: {protocol.name}: {protocol.describe()}")
+    click.echo(format_table(metrics))
+    click.echo(format_summary(metrics["validity"]))
+    if "sets" in metrics:
+        click.echo(format_sets(metrics["sets"]))
+    click.echo(format_risk_coverage(metrics["risk_coverage"]))
+    if metrics["skipped"]:
+        click.echo(f"skipped {len(metrics['skipped'])} unreadable file(s); see {out / 'metrics.json'}", err=True)
+
+
+def _track(run: object, metrics: dict, params: dict, out: Path) -> None:
+    """An evaluate's MLflow run: its settings and protocol (without the per-image split) as parameters, figures."""
+    from pneumocam.reports.tracking import report_metrics
+
+    protocol = {k: v for k, v in metrics["protocol"].items() if k not in ("split", "calibrations", "tunings")}
+    run.params({**params, "protocol": protocol})
+    run.metrics(report_metrics(metrics))
+    run.artifacts(out)
 
 
 @click.command()

@@ -312,7 +312,7 @@ def site_curve(
     click.echo(f"report written to {out}/")
     if record_as:
         from pneumocam.model.artifact import record_metrics
-        from pneumocam.reports.evaluation import SITE_CURVE, metrics_key
+        from pneumocam.site.protocols import SITE_CURVE, metrics_key
 
         key = metrics_key(record_as, SITE_CURVE)
         record_metrics(predictor.directory, key, result)

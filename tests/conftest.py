@@ -58,3 +58,43 @@ def tiny_predictor(tiny_model_dir: Path):
 def dataset_download(tmp_path: Path) -> tuple[Path, dict[str, int]]:
     root = tmp_path / "data"
     return root, make_dataset(root, "download")
+
+
+# --- the real test split, scored once per session (skipped where ../shared is absent) ---------------------------
+
+
+@pytest.fixture(scope="session")
+def real_scan():
+    """The real test split in the download's layout."""
+    from helpers import SHARED_DATA, SHARED_WEIGHTS
+    from pneumocam.images.data import scan_dataset
+
+    if not (SHARED_DATA / "test").is_dir() or not SHARED_WEIGHTS.is_file():
+        pytest.skip(f"real data/weights not found in {SHARED_DATA.parent.parent} (set PNEUMOCAM_SHARED)")
+    return scan_dataset(SHARED_DATA / "test")
+
+
+@pytest.fixture(scope="session")
+def real_predictor():
+    """The committed model, served as ``evaluate`` serves it by default (its test-time views on)."""
+    from pneumocam.paths import DEFAULT_WEIGHTS_DIR
+    from pneumocam.scoring.predictor import load_predictor
+
+    return load_predictor(DEFAULT_WEIGHTS_DIR)
+
+
+@pytest.fixture(scope="session")
+def real_scored(real_predictor, real_scan):
+    """The test split through the committed model once, pooled features kept: every protocol without adaptation
+    (as trained, cross-calibrated, cross-tuned, the site curve) starts from these scores, as ``evaluate`` does."""
+    from pneumocam.site.protocols import Protocol
+
+    return Protocol().score(real_predictor, [s.path for s in real_scan.samples], features=True)
+
+
+@pytest.fixture(scope="session")
+def real_adapted(real_predictor, real_scan):
+    """The test split through the committed model adapted to it (``evaluate --adapt``'s passes), once."""
+    from pneumocam.site.protocols import Protocol
+
+    return Protocol(adapt=True).score(real_predictor, [s.path for s in real_scan.samples])

@@ -204,9 +204,19 @@ def test_a_model_folder_workers_cannot_read_is_one_line(local_ray, tiny_model_di
 
 
 @requires_shared
-def test_on_the_real_test_split_ray_matches_local_and_feeds_gallery(local_ray, tmp_path: Path) -> None:
+def test_on_the_real_test_split_ray_matches_local_and_feeds_gallery(
+    local_ray, real_scored, real_scan, tmp_path: Path
+) -> None:
+    """The command on Ray against the report the local engine's scores (made once per session) give."""
+    from pneumocam.reports.evaluation import evaluate_scored, write_report
+    from pneumocam.scoring.engine import LocalEngine
+    from pneumocam.site.protocols import Protocol
+
     test_dir = SHARED_DATA / "test"
-    local, on_ray = evaluate_both(test_dir, None, tmp_path)
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    run("evaluate", test_dir, "--engine", "ray", "--out", on_ray)
+    evaluation = evaluate_scored(real_scored, real_scan, Protocol(), LocalEngine().info())
+    write_report(local, evaluation, real_scored.predictor.meta.classes)
     assert_same_report(local, on_ray)
     assert len(read_csv(on_ray / "predictions.csv")) == 624
     out = tmp_path / "gallery"

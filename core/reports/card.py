@@ -17,7 +17,7 @@ from pneumocam.explain.faithfulness import AREA_COLUMNS, area_text
 from pneumocam.model.artifact import ModelMeta
 from pneumocam.options import LOG_PROBABILITY, ROAD_FINALISTS
 from pneumocam.reports.card_confidence import confidence_text, site_curve_sets
-from pneumocam.reports.evaluation import SITE_CURVE, metrics_key
+from pneumocam.site.protocols import SITE_CURVE, metrics_key
 
 CARD_TEMPLATE = "model_card.md"
 _TEMPLATES = jinja2.Environment(

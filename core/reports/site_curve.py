@@ -30,11 +30,11 @@ from pneumocam.options import (
     SITE_CURVE_SIZES,
     TUNE_MIN_PER_CLASS,
 )
-from pneumocam.reports.evaluation import Protocol, evaluate_scan
 from pneumocam.scoring.metrics import classification_metrics, patient_resamples, percentile_interval, with_ci
 from pneumocam.scoring.predictor import Predictor
 from pneumocam.site import calibration, tuning
 from pneumocam.site.adaptation import check_adaptable
+from pneumocam.site.protocols import Protocol, Scored
 
 SITE_CURVE_FILE = "site_curve.json"
 SITE_CURVE_PLOT = "site_curve.png"
@@ -157,29 +157,38 @@ def score_site(
     on_batch: Callable[[int], None] | None = None,
 ) -> SiteScores:
     """Score the folder once (probabilities and pooled features), and once more adapted to it, if the model can be."""
-    classes = predictor.meta.classes
-    check_labels(scan, classes)
+    check_labels(scan, predictor.meta.classes)
     paths = [s.path for s in scan.samples]
-    scores = predictor.score(paths, batch_size, on_batch, features=True)
+    untouched = Protocol().score(predictor, paths, batch_size=batch_size, on_batch=on_batch, features=True)
+    adapted = None
+    if adapt_passes(predictor):
+        adapted = Protocol(adapt=True).score(predictor, paths, batch_size=batch_size, on_batch=on_batch)
+    return site_scores(untouched, adapted, scan)
+
+
+def site_scores(untouched: Scored, adapted: Scored | None, scan: Scan) -> SiteScores:
+    """What the curve reuses from a folder scored as trained (features kept) and, optionally, adapted to it."""
+    scores, classes = untouched.scores, list(untouched.predictor.meta.classes)
     if not scores.paths:
-        raise none_readable(len(paths), scan.root, scores.skipped)
+        raise none_readable(len(scan.samples), scan.root, scores.skipped)
     y = class_indices(labels_of(scan.samples, scores.paths), classes)
     counts = np.bincount(y, minlength=len(classes))
     tuning.check_counts(counts // 2, classes, f"half of {scan.root}")
-    adapted = None
-    if adapt_passes(predictor):
-        adapted = evaluate_scan(predictor, scan, batch_size, on_batch, Protocol(adapt=True)).metrics["accuracy"]
+    reference = None
+    if adapted is not None:
+        y_adapted = class_indices(labels_of(scan.samples, adapted.scores.paths), classes)
+        reference = classification_metrics(y_adapted, adapted.scores.probabilities, classes)["accuracy"]
     header = {
         "data_dir": scan.root.resolve().name,
         "n_images": len(y),
         "counts": dict(zip(classes, counts.tolist())),
         "skipped": [{"file": relative_name(p, scan.root), "reason": r} for p, r in scores.skipped],
-        "model": {"name": predictor.meta.name, "sha256": predictor.meta.weights_sha256},
+        "model": {"name": untouched.predictor.meta.name, "sha256": untouched.predictor.meta.weights_sha256},
     }
-    untouched = classification_metrics(y, scores.probabilities, classes)["accuracy"]
+    accuracy = classification_metrics(y, scores.probabilities, classes)["accuracy"]
     groups = [patient_id(p) for p in scores.paths]
     return SiteScores(
-        scores.probabilities, scores.features, y, groups, list(classes), predictor.sets, untouched, adapted, header
+        scores.probabilities, scores.features, y, groups, classes, untouched.predictor.sets, accuracy, reference, header
     )
 
 
