@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -106,17 +107,10 @@ def audit(
       python -m cli audit data/test --scores logit,log-probability
     """
     from pneumocam.atomic import claim_output
-    from pneumocam.explain.audit import (
-        AUDIT_FILES,
-        AuditPlan,
-        audit_images,
-        audit_metrics,
-        audit_sample,
-        format_audit,
-        write_audit,
-    )
+    from pneumocam.explain.audit import AuditPlan, audit_images, audit_sample
     from pneumocam.images.data import scan_dataset
     from pneumocam.images.data import subset as data_subset
+    from pneumocam.reports.audit_report import AUDIT_FILES, audit_metrics, format_audit, write_audit
 
     if record and model.is_hub():
         raise click.UsageError("--record needs a local model folder (--model), not a Hub download")
@@ -135,10 +129,9 @@ def audit(
             result = audit_images(predictor, paths, plan, on_step=bar.update)
         result["data_dir"] = data_dir.resolve().name + (f", the files in {subset.name}" if subset else "")
         click.echo(format_audit(result))
+        title = f"Heatmap audit: {data_dir.name}, {result['n_images']} images"
         with write() as staging:
-            write_audit(
-                staging, result, predictor, title=f"Heatmap audit: {data_dir.name}, {result['n_images']} images"
-            )
+            write_audit(staging, result, predictor, title=title)
         click.echo(f"report written to {out}/")
         if run:
             run.params({"plan": plan.to_dict(), "limit": limit, "subset": subset.name if subset else ""})
@@ -147,15 +140,20 @@ def audit(
             run.tags({"recommended": f"{rec['method']}, {rec['layer_set']}"})
             run.artifacts(out)
     if record:
-        from pneumocam.explain.audit import explain_defaults
-        from pneumocam.model.artifact import record_explain
+        _record(result, predictor)
 
-        layers, defaults = explain_defaults(result, predictor)
-        record_explain(predictor.directory, layers, defaults)
-        click.echo(
-            f"default heatmaps of {predictor.directory}: {defaults.method} explaining the {defaults.score}, on "
-            f"{', '.join(defaults.layer_names or layers[-defaults.layers :])}; recorded in model.json"
-        )
+
+def _record(result: dict, predictor: Any) -> None:
+    """``--record``: the recommendation becomes the model folder's default heatmaps (model.json ``explain``)."""
+    from pneumocam.explain.audit_choice import explain_defaults
+    from pneumocam.model.artifact import record_explain
+
+    layers, defaults = explain_defaults(result, predictor)
+    record_explain(predictor.directory, layers, defaults)
+    click.echo(
+        f"default heatmaps of {predictor.directory}: {defaults.method} explaining the {defaults.score}, on "
+        f"{', '.join(defaults.layer_names or layers[-defaults.layers :])}; recorded in model.json"
+    )
 
 
 def _names(text: str) -> tuple[str, ...]:

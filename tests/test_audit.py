@@ -14,12 +14,13 @@ from PIL import Image
 from helpers import make_dataset, run, save_gray
 from pneumocam.config import FEATURES_LAYER, LOGITS_LAYER, ArchConfig, InputSpec
 from pneumocam.errors import InputError
-from pneumocam.explain.audit import AUDIT_FILES, AuditPlan, audit_images
+from pneumocam.explain.audit import AuditPlan, audit_images
 from pneumocam.explain.faithfulness import border_share, random_map
 from pneumocam.explain.gradcam import GradCAM
 from pneumocam.explain.road import LERF, MORF, road_area, road_curves
 from pneumocam.model.artifact import DEFAULT_CLASSES, LoadedModel, ModelMeta, read_meta
 from pneumocam.options import ROAD_FINALISTS
+from pneumocam.reports.audit_report import AUDIT_FILES
 from pneumocam.scoring.forward import compile_forward
 from pneumocam.scoring.predictor import Predictor, load_predictor
 
@@ -250,7 +251,7 @@ def test_audit_cli_writes_the_report(trained_tiny, tmp_path: Path) -> None:
 def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, tmp_path: Path) -> None:
     import shutil
 
-    from pneumocam.explain.audit import explain_defaults, models_default, recommend
+    from pneumocam.explain.audit_choice import explain_defaults, models_default, recommend
     from pneumocam.explain.explainer import Explainer
     from pneumocam.model.artifact import record_explain
     from pneumocam.reports.card import model_card
