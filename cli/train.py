@@ -253,7 +253,7 @@ def fit_validity(data_dir: Path, model_dir: Path, proxy: Path | None) -> None:
     import_tensorflow_quietly()
     from pneumocam.images.data import scan_dataset
     from pneumocam.scoring.predictor import load_predictor
-    from pneumocam.training.trainer import add_validity
+    from pneumocam.training.completion import add_validity
 
     scan = scan_dataset(data_dir)
     predictor = load_predictor(model_dir)
@@ -299,7 +299,7 @@ def _completing(data_dir: Path, model_dir: Path) -> tuple[Any, Any, int]:
     import_tensorflow_quietly()
     from pneumocam.images.data import scan_dataset
     from pneumocam.scoring.predictor import load_predictor
-    from pneumocam.training.trainer import recorded_split, split_by_patient
+    from pneumocam.training.split import recorded_split, split_by_patient
 
     scan = scan_dataset(data_dir)
     predictor = load_predictor(model_dir)
@@ -326,7 +326,7 @@ def choose_views(data_dir: Path, model_dir: Path) -> None:
       python -m cli choose-views ../shared/data/chest_xray/train --model-dir weights
     """
     scan, predictor, n_val = _completing(data_dir, model_dir)
-    from pneumocam.training.trainer import add_views
+    from pneumocam.training.completion import add_views
     from pneumocam.training.view_choice import format_choice
 
     with progress(n_val, "validation images, every view and perturbation") as bar:

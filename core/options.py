@@ -119,5 +119,5 @@ RISK_COVERAGE_SHARES = (1.0, 0.9, 0.8, 0.7, 0.5)
 # Metrics (pneumocam.scoring.metrics): bootstrap resamples of patients for the 95 % intervals; reliability bins (ECE).
 N_BOOTSTRAP = 1000
 ECE_BINS = 10
-# Training (pneumocam.training.trainer): images per forward pass where training scores cached activations.
+# Training (pneumocam.training.activations): images per forward pass where training scores cached activations.
 CACHE_PREDICT_BATCH = 256

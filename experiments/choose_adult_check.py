@@ -29,7 +29,7 @@ from pneumocam.images.readers import read_image  # noqa: E402
 from pneumocam.model import validity  # noqa: E402
 from pneumocam.reports.stress import ENCODING, perturb  # noqa: E402
 from pneumocam.scoring.predictor import Predictor, load_predictor  # noqa: E402
-from pneumocam.training.trainer import recorded_split, split_by_patient  # noqa: E402
+from pneumocam.training.split import recorded_split, split_by_patient  # noqa: E402
 
 LAYERS = ("block_13_expand_relu", "block_16_expand_relu", "out_relu")
 SOURCES = ("NIH", "UNIFESP", "JSRT", "object-CXR", "NEMA", "CheXpert", "MURA")

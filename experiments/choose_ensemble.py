@@ -28,7 +28,7 @@ from pneumocam.images.data import class_indices, labels_of, scan_dataset  # noqa
 from pneumocam.model.artifact import read_meta  # noqa: E402
 from pneumocam.reports.stress import CLEAN, selection_score, stress_metrics, stress_probabilities  # noqa: E402
 from pneumocam.scoring.predictor import load_predictor  # noqa: E402
-from pneumocam.training.trainer import recorded_split, split_by_patient  # noqa: E402
+from pneumocam.training.split import recorded_split, split_by_patient  # noqa: E402
 
 
 def main() -> None:

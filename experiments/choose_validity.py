@@ -39,7 +39,7 @@ from pneumocam.model import validity  # noqa: E402
 from pneumocam.model.network import FEATURES_LAYER  # noqa: E402
 from pneumocam.reports.stress import ENCODING, PERTURBATIONS, perturb  # noqa: E402
 from pneumocam.scoring.predictor import Predictor, load_predictor  # noqa: E402
-from pneumocam.training.trainer import recorded_split, split_by_patient  # noqa: E402
+from pneumocam.training.split import recorded_split, split_by_patient  # noqa: E402
 
 LAYERS = ("block_6_expand_relu", "block_10_expand_relu", "block_13_expand_relu", "block_16_expand_relu", "out_relu")
 PAIRS = tuple(("pooled", f"{how}:{layer}") for layer in LAYERS[:-1] for how in ("mean", "std"))

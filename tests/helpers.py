@@ -169,7 +169,7 @@ def adaptable_copy(out: Path, model_dir: Path, data: Path) -> Path:
 
     from pneumocam.images.data import scan_dataset
     from pneumocam.scoring.predictor import load_predictor
-    from pneumocam.training.trainer import add_source_stats
+    from pneumocam.training.completion import add_source_stats
 
     shutil.copytree(model_dir, out)
     add_source_stats(load_predictor(out), scan_dataset(data))

@@ -10,7 +10,7 @@ import pytest
 from helpers import make_dataset, save_gray, xray_like
 from pneumocam.errors import DataError
 from pneumocam.images.data import label_from_name, patient_id, prepare_layout, scan_dataset
-from pneumocam.training.trainer import class_weights, split_by_patient
+from pneumocam.training.split import class_weights, split_by_patient
 
 
 def test_label_and_patient_from_names() -> None:

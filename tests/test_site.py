@@ -118,7 +118,7 @@ def test_bootstrap_intervals_bracket_the_estimate_and_widen_with_correlated_imag
 
 def test_adapting_to_the_training_images_changes_nothing(adaptable_dir: Path, site_data: Path) -> None:
     loaded = load_predictor(adaptable_dir)
-    from pneumocam.training.trainer import split_by_patient
+    from pneumocam.training.split import split_by_patient
 
     train, _ = split_by_patient(scan_dataset(site_data).samples)
     paths = [s.path for s in train]

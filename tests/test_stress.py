@@ -17,8 +17,8 @@ from pneumocam.images.readers import read_image
 from pneumocam.model.network import build_model
 from pneumocam.reports.stress import CLEAN, PERTURBATIONS, perturb, stress_metrics, stress_probabilities
 from pneumocam.scoring.metrics import classification_metrics
+from pneumocam.training.activations import extract_activations
 from pneumocam.training.augment import AcquisitionAugment, acquisition_augmenter
-from pneumocam.training.trainer import extract_activations
 
 
 def batch(n: int = 6, size: int = 64) -> np.ndarray:

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from helpers import TINY_ARCH, TINY_SPEC, make_dataset, run, served
+from pneumocam.config import TrainConfig
 from pneumocam.images.data import scan_dataset
 from pneumocam.images.readers import read_image
 from pneumocam.model.network import backbone_layers, build_model
 from pneumocam.reports.stress import CLEAN, PERTURBATIONS
 from pneumocam.scoring.predictor import load_predictor
-from pneumocam.training.trainer import TrainConfig, cut_layer_name, extract_activations, train_model, upper_model
+from pneumocam.training.activations import cut_layer_name, extract_activations, upper_model
+from pneumocam.training.trainer import train_model
 
 
 @pytest.fixture(scope="module")

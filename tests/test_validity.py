@@ -134,7 +134,7 @@ def test_fit_validity_adds_statistics_to_an_older_model(tiny_model_dir: Path, tm
 
 def test_adapting_rematches_the_statistics_to_the_site(tiny_model_dir: Path, tmp_path: Path) -> None:
     from pneumocam.site.models import adapt_to_site
-    from pneumocam.training.trainer import add_source_stats
+    from pneumocam.training.completion import add_source_stats
 
     data = tmp_path / "train"
     make_dataset(data, per_class=6)

@@ -107,7 +107,7 @@ def fit_confidence(
 
 def add_confidence(predictor: Predictor, scan: Scan, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Complete a model folder trained before: the temperature folded into ``model.keras`` and the set rule."""
-    from pneumocam.training.trainer import recorded_split, split_by_patient
+    from pneumocam.training.split import recorded_split, split_by_patient
 
     if predictor.meta.temperature.get("used"):
         raise DataError(f"{predictor.source} already serves a validation temperature; fit the rule on the original")

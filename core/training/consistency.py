@@ -6,7 +6,7 @@ probabilities, and the published model changed 8.5 % of its validation calls
 under a JPEG re-encoding. Hendrycks et al. 2020 (AugMix) add the
 Jensen-Shannon divergence between the predictions of the clean image and two
 augmented views to the cross-entropy. Here the views come from the activation
-cache of :mod:`pneumocam.training.trainer`: each step takes, for every image of the batch,
+cache of :mod:`pneumocam.training.activations`: each step takes, for every image of the batch,
 the clean view and two other cached views drawn at random.
 """
 
