@@ -135,6 +135,8 @@ def test_publish_dry_run_lists_exactly_the_model_files(tiny_model_dir: Path, tmp
 
 
 def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:
+    import yaml
+
     from pneumocam.model.artifact import read_meta
     from pneumocam.paths import DEFAULT_WEIGHTS_DIR
     from pneumocam.reports.card import model_card
@@ -153,7 +155,11 @@ def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:
     ):
         assert key in front
     test = meta.metrics["test"]
-    assert f"value: {test['accuracy']:.4f}, name: overall accuracy" in front
+    index = yaml.safe_load(front)["model-index"][0]
+    assert index["name"] == meta.name
+    figures = {m["name"]: m["value"] for m in index["results"][0]["metrics"]}
+    assert figures["overall accuracy"] == round(test["accuracy"], 4)
+    assert figures["VIRUS recall"] == round(test["per_class"]["VIRUS"]["recall"], 4)
     assert f"**{100 * test['accuracy']:.1f}**" in card
     row = " | ".join(str(v) for v in test["confusion_matrix"][2])
     assert f"| VIRUS | {row} |" in card

@@ -45,32 +45,38 @@ def _pct(v: float | None) -> str:
 
 
 def _front_matter(meta: ModelMeta, test: dict[str, Any] | None) -> str:
-    lines = [
-        "---",
-        "license: cc-by-4.0",
-        "library_name: keras",
-        "pipeline_tag: image-classification",
-        "tags: [chest-x-ray, pneumonia, grad-cam, mobilenetv2, medical-imaging, research-only]",
-        "datasets: [kermany-2018-chest-xray]",
-        "base_model: google/mobilenet_v2_1.0_224",
-    ]
+    """The YAML header the Hub reads, written by huggingface_hub: licence, tags, base model, test figures."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    task = f"Pediatric chest X-ray triage ({len(meta.classes)} classes)"
+    results = []
     if test:
-        lines += [
-            "model-index:",
-            f"- name: {meta.name}",
-            "  results:",
-            "  - task: {type: image-classification, name: Pediatric chest X-ray triage "
-            f"({len(meta.classes)} classes)}}",
-            f"    dataset: {{name: Kermany et al. 2018 chest X-ray test split ({test['n_images']} images), "
-            "type: chest-xray}",
-            "    metrics:",
-            f"    - {{type: accuracy, value: {test['accuracy']:.4f}, name: overall accuracy}}",
-            f"    - {{type: f1, value: {test['macro_f1']:.4f}, name: macro F1}}",
+        figures = [("accuracy", test["accuracy"], "overall accuracy"), ("f1", test["macro_f1"], "macro F1")]
+        figures += [("recall", m["recall"], f"{cls} recall") for cls, m in test["per_class"].items()]
+        dataset = f"Kermany et al. 2018 chest X-ray test split ({test['n_images']} images)"
+        results = [
+            EvalResult(
+                task_type="image-classification",
+                task_name=task,
+                dataset_type="chest-xray",
+                dataset_name=dataset,
+                metric_type=kind,
+                metric_value=round(float(value), 4),
+                metric_name=name,
+            )
+            for kind, value, name in figures
         ]
-        for cls, m in test["per_class"].items():
-            lines.append(f"    - {{type: recall, value: {m['recall']:.4f}, name: {cls} recall}}")
-    lines.append("---")
-    return "\n".join(lines)
+    data = ModelCardData(
+        license="cc-by-4.0",
+        library_name="keras",
+        pipeline_tag="image-classification",
+        tags=["chest-x-ray", "pneumonia", "grad-cam", "mobilenetv2", "medical-imaging", "research-only"],
+        datasets=["kermany-2018-chest-xray"],
+        base_model="google/mobilenet_v2_1.0_224",
+        model_name=meta.name if results else None,
+        eval_results=results or None,
+    )
+    return f"---\n{data.to_yaml()}\n---"
 
 
 def per_class_table(metrics: dict[str, Any]) -> str:
