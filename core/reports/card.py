@@ -13,10 +13,9 @@ from typing import Any
 
 import jinja2
 
-from pneumocam.explain.faithfulness import AREA_COLUMNS, area_text
 from pneumocam.model.artifact import ModelMeta
-from pneumocam.options import LOG_PROBABILITY, ROAD_FINALISTS
-from pneumocam.reports.card_confidence import confidence_text, site_curve_sets
+from pneumocam.reports.card_confidence import confidence_text, pct, site_curve_sets
+from pneumocam.reports.card_serving import audit_table, views_clause, views_text
 from pneumocam.site.protocols import SITE_CURVE, metrics_key
 
 CARD_TEMPLATE = "model_card.md"
@@ -38,10 +37,6 @@ SEED = {
         "VIRUS": {"accuracy": 0.883, "precision": 0.800, "recall": 0.676},
     },
 }
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}"
 
 
 def _front_matter(meta: ModelMeta, test: dict[str, Any] | None) -> str:
@@ -84,11 +79,11 @@ def per_class_table(metrics: dict[str, Any]) -> str:
     for cls, m in metrics["per_class"].items():
         auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
         rows.append(
-            f"| {cls} | {_pct(m['accuracy'])} | {_pct(m['precision'])} | {_pct(m['recall'])} "
+            f"| {cls} | {pct(m['accuracy'])} | {pct(m['precision'])} | {pct(m['recall'])} "
             f"| {m['f1']:.3f} | {auc} | {m['support']} |"
         )
     rows.append(
-        f"| **overall** | **{_pct(metrics['accuracy'])}** | | | macro {metrics['macro_f1']:.3f} | | "
+        f"| **overall** | **{pct(metrics['accuracy'])}** | | | macro {metrics['macro_f1']:.3f} | | "
         f"{metrics['n_images']} |"
     )
     return "\n".join(rows)
@@ -151,7 +146,7 @@ def _cell(m: dict[str, Any], key: str, cls: str | None = None) -> str:
     value = m[key] if cls is None else m["per_class"][cls][key]
     ci = m.get("ci95", {})
     ci = ci.get(key) if cls is None else ci.get("per_class", {}).get(cls, {}).get(key)
-    return _pct(value) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+    return pct(value) + (f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else "")
 
 
 def protocol_comparison(metrics: dict[str, Any]) -> str:
@@ -163,7 +158,7 @@ def protocol_comparison(metrics: dict[str, Any]) -> str:
         + " | ".join(t for _, t, _ in rows)
         + " |",
         "|---" * (len(rows) + 2) + "|",
-        f"| overall accuracy | {_pct(ft['accuracy'])} | "
+        f"| overall accuracy | {pct(ft['accuracy'])} | "
         + " | ".join(_cell(metrics[k], "accuracy") for k, _, _ in rows)
         + " |",
     ]
@@ -171,7 +166,7 @@ def protocol_comparison(metrics: dict[str, Any]) -> str:
         for key in ("accuracy", "precision", "recall"):
             label = f"{cls} {'accuracy (1-vs-rest)' if key == 'accuracy' else key}"
             cells = " | ".join(_cell(metrics[k], key, cls) for k, _, _ in rows)
-            lines.append(f"| {label} | {_pct(ft[cls][key])} | {cells} |")
+            lines.append(f"| {label} | {pct(ft[cls][key])} | {cells} |")
     notes = [f"- **{title}**: {text}" for _, title, text in rows]
     return (
         "\n".join(lines)
@@ -196,15 +191,15 @@ def site_curve_table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | "
             + " | ".join(
-                f"{_pct(p['accuracy'])} [{_pct(p['ci95'][0])}, {_pct(p['ci95'][1])}]{site_curve_sets(p)}" for p in cells
+                f"{pct(p['accuracy'])} [{pct(p['ci95'][0])}, {pct(p['ci95'][1])}]{site_curve_sets(p)}" for p in cells
             )
             + " |"
         )
     ref = result["reference"]
-    adapted = f", adapted without labels {_pct(ref['adapted'])} %" if ref.get("adapted") is not None else ""
+    adapted = f", adapted without labels {pct(ref['adapted'])} %" if ref.get("adapted") is not None else ""
     return (
         "\n".join(lines)
-        + f"\n\nReferences: the model untouched {_pct(ref['untouched'])} %{adapted}. Each figure is the mean over "
+        + f"\n\nReferences: the model untouched {pct(ref['untouched'])} %{adapted}. Each figure is the mean over "
         f"{result['repeats']} random halvings of the {result['n_images']} images (by class and patient); a "
         "class-stratified sample of the given size from one half is fitted and the other half scored, then the "
         "halves swap; the interval resamples patients. `python -m cli site-curve data/test`."
@@ -246,15 +241,15 @@ def stress_table(shift: dict[str, Any]) -> str:
     lines = ["| perturbation | accuracy | calls changed | " + " | ".join(f"{c} recall" for c in classes) + " |"]
     lines.append("|---" * (len(classes) + 3) + "|")
     for name, r in rows.items():
-        changed = _pct(r["changed"]) if "changed" in r else "n/a"
-        recalls = " | ".join(_pct(r["recall"][c]) for c in classes)
-        lines.append(f"| {name} | {_pct(r['accuracy'])} | {changed} | {recalls} |")
-    lines.append(f"| **mean under perturbation** | **{_pct(shift['mean_accuracy'])}** | |" + " |" * len(classes))
+        changed = pct(r["changed"]) if "changed" in r else "n/a"
+        recalls = " | ".join(pct(r["recall"][c]) for c in classes)
+        lines.append(f"| {name} | {pct(r['accuracy'])} | {changed} | {recalls} |")
+    lines.append(f"| **mean under perturbation** | **{pct(shift['mean_accuracy'])}** | |" + " |" * len(classes))
     if shift.get("max_changed_encoding") is not None:
         lines.append(
             f"\nRe-encoding, resampling and an imitated original upload (JPEG 50/90, four resampling filters, "
             f"'original': enlarged 4-8x with a random filter, slight noise, read back through our loader) changed at "
-            f"most {_pct(shift['max_changed_encoding'])} % of the calls (target: at most 3 %)."
+            f"most {pct(shift['max_changed_encoding'])} % of the calls (target: at most 3 %)."
         )
     if "original-clean" in rows:
         lines.append(
@@ -265,138 +260,13 @@ def stress_table(shift: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def views_clause(meta: Any) -> str:
-    """How the robustness figures were scored: with the model's test-time views, or the image alone."""
-    views = meta.predict.views
-    return (
-        f", scored with the test-time views ({', '.join(views)}) as every entry point scores" if len(views) > 1 else ""
-    )
-
-
-def views_text(meta: Any) -> str:
-    """The views every entry point averages, and the validation table that chose them."""
-    choice = meta.predict.choice
-    explained = "log of the averaged probability" if meta.explain.score == LOG_PROBABILITY else "averaged logit"
-    lines = [
-        f"Every entry point (`predict`, `evaluate`, `stress`, the Space) scores an X-ray as {len(meta.predict.views)} "
-        f"views, {', '.join(f'`{v}`' for v in meta.predict.views)}, and averages their probabilities; Grad-CAM "
-        f"explains the {explained}, each view's map mapped back onto the image. `--no-views` scores the image alone."
-    ]
-    if choice.get("table"):
-        lines.append(
-            f"\nChosen on the {choice.get('split', 'validation')} split ({choice.get('n_images', '?')} images; by "
-            f"training, or `python -m cli choose-views` for an older model): {choice.get('rule')}.\n"
-        )
-        lines.append("| views | stable | rule score | clean | mean under perturbation | most calls changed |")
-        lines.append("|---|---|---|---|---|---|")
-        for r in sorted(choice["table"], key=lambda r: -r["score"]):
-            lines.append(
-                f"| {' + '.join(r['views'])} | {'yes' if r['stable'] else 'no'} | {_pct(r['score'])} | "
-                f"{_pct(r['clean_accuracy'])} | {_pct(r['mean_accuracy'])} | {_pct(r['max_changed'])} |"
-            )
-    return "\n".join(lines)
-
-
-def _beats(row: dict[str, Any], baseline: dict[str, Any]) -> bool:
-    """Lower ROAD MoRF area and higher LeRF area than the baseline map (False where not measured)."""
-    if row["morf_auc"] is None:
-        return False
-    return row["morf_auc"] < baseline["morf_auc"] and row["lerf_auc"] > baseline["lerf_auc"]
-
-
-def _share(value: float | None) -> str:
-    return "" if value is None else f"{value:.0%}"
-
-
-def audit_table(explain: Any) -> str:
-    """The audit behind the default heatmaps: candidate x layer set, ROAD first, with baselines and sanity."""
-    a = explain.audit
-    rec = a["recommendation"]
-    if "road" not in a:
-        return (
-            f"Chosen by an audit of {a['n_images']} images ({a['date'][:10]}) that predates ROAD; run "
-            "`python -m cli audit --record` again for the table."
-        )
-    rows = [
-        "| method | explains | layer set | ROAD MoRF (lower is better) | ROAD LeRF (higher is better) | "
-        "LeRF - MoRF | median abs(rho) after head | sanity | blank maps |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    chosen = (rec["method"], rec["score"], rec["layer_set"])
-    for r in a["table"]:
-        mark = "**" if (r["method"], r["score"], r["layer_set"]) == chosen else ""
-        named = r["layer_set"] if r["layers"] == [r["layer_set"]] else f"{r['layer_set']} ({', '.join(r['layers'])})"
-        half = "*" if 0 < r.get("road_images", a["n_images"]) < a["n_images"] else ""
-        areas = " | ".join(area_text(r[k]) for k in AREA_COLUMNS) + half
-        rows.append(
-            f"| {mark}{r['method']}{mark} | {r['score']} | {mark}{named}{mark} | {areas} | "
-            f"{r['rho_after_head']:.2f} | {'pass' if r['sanity_pass'] else 'fail'} | {_share(r.get('empty_share'))} |"
-        )
-    for name, b in a["baselines"].items():
-        rows.append(
-            f"| {name} map (baseline) | | | {b['morf_auc']:.3f} | {b['lerf_auc']:.3f} | "
-            f"{b['lerf_auc'] - b['morf_auc']:.3f} | | | |"
-        )
-    base = a["baselines"]
-    beats = [
-        r
-        for r in a["table"]
-        if r["sanity_pass"]
-        and all(r["morf_auc"] < b["morf_auc"] and r["lerf_auc"] > b["lerf_auc"] for b in base.values())
-    ]
-    shares = ", ".join(f"{s:.0%}" for s in a["road"]["shares"])
-    served = a.get("served")
-    how = (
-        f"scored and explained as served: {served['input']}, test-time views {', '.join(served['views'])}"
-        if served
-        else "without the test-time views (an audit older than the served path)"
-    )
-    failing = sorted({r["method"] for r in a["table"]} - {r["method"] for r in a["table"] if r["sanity_pass"]})
-    scores = sorted({r["score"] for r in a["table"]})
-    explained = (
-        "either the class's logit (textbook) or its log-probability (the percentage shown, so also the evidence "
-        "against the other classes)"
-        if len(scores) > 1
-        else f"the class's {scores[0]}, the score the model explains (an earlier audit chose it)"
-    )
-    return "\n".join(
-        [
-            f"`python -m cli audit` on {a['n_images']} images of `{a['data_dir']}` ({a['date'][:10]}; {how}; each "
-            "map explains the predicted class). Sanity (Adebayo et al. 2018): the head is randomised and the map must "
-            f"change, median abs(Spearman rho) below {a['sanity_threshold']}. Faithfulness (ROAD, Rong et al. 2022): "
-            f"{shares} of the image removed in the map's order, most relevant first (MoRF) or least relevant first "
-            "(LeRF), the removed pixels filled from their neighbours by noisy linear imputation "
-            f"({a['road']['grid']}x{a['road']['grid']} cells, noise {a['road']['noise']} grey levels), so the "
-            "model loses the information, not a grey patch's edges. A candidate that fails sanity on a layer set is "
-            "not measured there (-); ROAD runs in two rounds, every candidate that passed on every other image, then "
-            f"the default, the best {ROAD_FINALISTS} of that round and the baselines on the rest (*: first round "
-            f"only). Each candidate is a CAM method explaining {explained}. The default is the "
-            "widest LeRF - MoRF gap that passes sanity: "
-            f"**{rec['method']} on {rec['layer_set']}, explaining the {rec['score']}**. Every page shows this map "
-            "first, named as the audited default, then one map per layer; blank maps: the share of images whose "
-            "map holds no evidence for the explained class (the pages caption those, never an empty panel).",
-            "",
-            *rows,
-            "",
-            f"{len(beats)} of the {len(a['table'])} candidates pass sanity and beat both the random map and a "
-            "centred Gaussian (which knows nothing of the image) on both ROAD orders."
-            + (
-                f" {', '.join(failing)} fail sanity on every layer set: the Space does not offer them unless asked "
-                "(an advanced switch), and the pages that draw them say so."
-                if failing
-                else ""
-            ),
-        ]
-    )
-
-
 def validity_text(meta: ModelMeta) -> str:
     """The validity score in a few lines: what it is, its threshold, and what it flagged where measured."""
     v = meta.validity
     lines = [
         f"Every call carries `in_distribution` and `ood_score`. The score: the {v['method']}; `ood_score` is it "
         f"over the threshold that accepts {v['accept']:.0%} of the validation split (fitted on {v['n_train']} "
-        f"training images; validation accepted {_pct(v['validation']['accepted'])} % of "
+        f"training images; validation accepted {pct(v['validation']['accepted'])} % of "
         f"{v['validation']['n_images']})."
         + (
             f" The discriminator was fitted against {v['discriminator']['against']['images']} radiographs of adults, "
@@ -425,8 +295,8 @@ def validity_text(meta: ModelMeta) -> str:
         for name, b in rows:
             acc = b.get("accepted", {}).get("accuracy")
             lines.append(
-                f"| {name} | {b['n_images']} | {b['n_flagged']} ({_pct(b['share_flagged'])}) | "
-                f"{_pct(b.get('accuracy_all'))} | {_pct(acc)} |"
+                f"| {name} | {b['n_images']} | {b['n_flagged']} ({pct(b['share_flagged'])}) | "
+                f"{pct(b.get('accuracy_all'))} | {pct(acc)} |"
             )
     if "rematched" in v:
         lines.append(f"\nRe-matched to {v['rematched']['folder']} ({v['rematched']['n_images']} images).")

@@ -19,13 +19,14 @@ SET_ROWS = (
 )
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
+    """A share as the card writes it: percent with one decimal, or n/a."""
     return "n/a" if v is None else f"{100 * v:.1f}"
 
 
-def _ci(v: float, ci: list[float] | None, pct: bool = True) -> str:
-    if pct:
-        return _pct(v) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+def _ci(v: float, ci: list[float] | None, percent: bool = True) -> str:
+    if percent:
+        return pct(v) + (f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else "")
     return f"{v:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
@@ -72,11 +73,11 @@ def sets_text(meta: ModelMeta) -> str:
         ]
         for key, title, how in rows:
             s = meta.metrics[key]["sets"]
-            per = " | ".join(_pct(s["per_class"][c].get("coverage")) for c in classes)
+            per = " | ".join(pct(s["per_class"][c].get("coverage")) for c in classes)
             lines.append(
                 f"| {title} | {how} | {_ci(s['coverage'], s['coverage_ci95'])} | "
-                f"{_ci(s['mean_size'], s['mean_size_ci95'], False)} | {_pct(s['single_share'])} | "
-                f"{_pct(s['single_accuracy'])} | {per} |"
+                f"{_ci(s['mean_size'], s['mean_size_ci95'], False)} | {pct(s['single_share'])} | "
+                f"{pct(s['single_accuracy'])} | {per} |"
             )
         lines += [
             "",
@@ -105,7 +106,7 @@ def risk_coverage_text(meta: ModelMeta) -> str:
         "|---" * (len(shares) + 2) + "|",
     ]
     for title, block in rows:
-        cells = " | ".join(_pct(p["accuracy"]) for p in block["points"])
+        cells = " | ".join(pct(p["accuracy"]) for p in block["points"])
         lines.append(f"| {title} | {cells} | {block['area']:.3f} |")
     return "\n".join(lines)
 
@@ -120,4 +121,4 @@ def site_curve_sets(point: dict[str, Any]) -> str:
     """A site-curve point's held-out set coverage and size, for the card's table ("" when not measured)."""
     if "coverage" not in point:
         return ""
-    return f"; sets {_pct(point['coverage'])} % / {point['mean_set_size']:.2f}"
+    return f"; sets {pct(point['coverage'])} % / {point['mean_set_size']:.2f}"
