@@ -87,72 +87,97 @@ def predict(
     classes = predictor.meta.classes
     if target not in ("predicted", *classes):
         raise click.BadParameter(f"'predicted' or one of {', '.join(classes)}", param_hint="--explain")
-    target = None if target == "predicted" else target
+    options = {"n_layers": n_layers, "target": None if target == "predicted" else target, "alpha": alpha}
+    calls = _Calls(predictor, as_json)
+    with progress(len(files), "predicting", quiet=len(files) <= batch_size) as bar:
+        if cam_out:
+            names = dict(zip(files, distinct_names(files)))  # a/x.png and b/x.png get two overlays, not one
+            _with_overlays(predictor, files, names, cam_out, method, options, batch_size, bar.update, calls)
+        else:
+            for path, got in zip(files, predictor.score(files, batch_size, bar.update).in_order(files)):
+                if isinstance(got, str):
+                    calls.failed(path, got)
+                else:
+                    calls.add(path, {c: float(v) for c, v in zip(classes, got[0])}, got[1])
+    calls.finish()
 
+
+def _with_overlays(
+    predictor: Any,
+    files: list[Path],
+    names: dict[Path, Path],
+    cam_out: Path,
+    method: str | None,
+    options: dict[str, Any],
+    batch_size: int,
+    on_batch: Any,
+    calls: _Calls,
+) -> None:
+    """Explain each file and write its overlay page under ``cam_out`` (by its distinct name), then report the call."""
     from pneumocam.atomic import write_bytes
     from pneumocam.explain.explainer import Explainer
     from pneumocam.explain.overlay import encode_png
     from pneumocam.explain.pages import compose_page, explanation_row
     from pneumocam.explain.shown import method_warning
-    from pneumocam.model.conformal import SET_SEP
-    from pneumocam.model.validity import FLAG_MARK, NOT_MEANINGFUL, NOTE_SEP, WARNING
+    from pneumocam.model.validity import FLAG_MARK
 
-    names = dict(zip(files, distinct_names(files)))  # a/x.png and b/x.png get two overlays, not one
-    results: list[dict[str, Any]] = []
-    if not as_json:
-        head = ["file", "predicted", *[f"p_{c}" for c in classes], "in_distribution", "ood_score"]
-        level = predictor.sets.level if predictor.sets else None
-        click.echo("\t".join(head + ([f"set_{level:.0%}"] if level else [])))
+    explainer = Explainer(predictor, method=method)
+    warning = method_warning(predictor.meta, explainer.method, explainer.score)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    for path, e, reason in explainer.explain_files(files, batch_size, on_batch, max_side=PREDICT_MAX_SIDE, **options):
+        if e is None:
+            calls.failed(path, reason)
+            continue
+        mark = "" if e.validity.in_distribution else f"\n{FLAG_MARK}"
+        caption = f"{path.name}\n{e.predicted} ({e.probabilities[e.predicted]:.0%}), explaining {e.explained}"
+        png = cam_out / names[path].with_name(f"{names[path].stem}_gradcam.png")
+        page = compose_page([explanation_row(e, caption + mark)])
+        calls.add(path, e.probabilities, e.validity, str(write_bytes(png, encode_png(page))), e.default.caption)
 
-    def report(
-        path: Path, probs: dict[str, float], validity: Any, gradcam: str | None = None, first_map: str = ""
+
+class _Calls:
+    """One predict run's calls: printed as table rows as they come, or gathered into one JSON document."""
+
+    def __init__(self, predictor: Any, as_json: bool) -> None:
+        self.predictor, self.as_json, self.results = predictor, as_json, []
+        self.classes = predictor.meta.classes
+        if not as_json:
+            head = ["file", "predicted", *[f"p_{c}" for c in self.classes], "in_distribution", "ood_score"]
+            level = predictor.sets.level if predictor.sets else None
+            click.echo("\t".join(head + ([f"set_{level:.0%}"] if level else [])))
+
+    def add(
+        self, path: Path, probs: dict[str, float], validity: Any, gradcam: str | None = None, first_map: str = ""
     ) -> None:
+        from pneumocam.model.conformal import SET_SEP
+        from pneumocam.model.validity import NOT_MEANINGFUL, NOTE_SEP, WARNING
+
         predicted = max(probs, key=probs.get)
         record: dict[str, Any] = {"file": str(path), "predicted": predicted, "probabilities": probs}
-        named = predictor.prediction_set(probs)
+        named = self.predictor.prediction_set(probs)
         if named is not None:
-            record |= {"prediction_set": named, "set_level": predictor.sets.level}
+            record |= {"prediction_set": named, "set_level": self.predictor.sets.level}
         record |= validity.to_dict()
         if gradcam:
             record |= {"gradcam": gradcam, "gradcam_first_map": first_map}
-        results.append(record)
-        if not as_json:
+        self.results.append(record)
+        if not self.as_json:
             score = "" if validity.ood_score is None else f"{validity.ood_score:.2f}"
-            cells = [str(path), predicted, *[f"{probs[c]:.4f}" for c in classes], str(validity.in_distribution), score]
-            cells += [SET_SEP.join(named)] if named is not None else []
+            cells = [str(path), predicted, *[f"{probs[c]:.4f}" for c in self.classes]]
+            cells += [str(validity.in_distribution), score] + ([SET_SEP.join(named)] if named is not None else [])
             click.echo("\t".join(cells))
             if not validity.in_distribution:
                 why = f"{NOT_MEANINGFUL.lower()}: {WARNING} ({NOTE_SEP.join(validity.reasons)})"
                 click.echo(f"warning: {path}: {why}", err=True)
 
-    def failed(path: Path, reason: str) -> None:
-        results.append({"file": str(path), "error": reason})
+    def failed(self, path: Path, reason: str) -> None:
+        self.results.append({"file": str(path), "error": reason})
         click.echo(f"error: {path}: {reason}", err=True)
 
-    with progress(len(files), "predicting", quiet=len(files) <= batch_size) as bar:
-        if cam_out:
-            explainer = Explainer(predictor, method=method)
-            warning = method_warning(predictor.meta, explainer.method, explainer.score)
-            if warning:
-                click.echo(f"warning: {warning}", err=True)
-            options = {"n_layers": n_layers, "target": target, "alpha": alpha, "max_side": PREDICT_MAX_SIDE}
-            for path, e, reason in explainer.explain_files(files, batch_size, bar.update, **options):
-                if e is None:
-                    failed(path, reason)
-                    continue
-                mark = "" if e.validity.in_distribution else f"\n{FLAG_MARK}"
-                caption = f"{path.name}\n{e.predicted} ({e.probabilities[e.predicted]:.0%}), explaining {e.explained}"
-                name = names[path]
-                png = cam_out / name.with_name(f"{name.stem}_gradcam.png")
-                page = compose_page([explanation_row(e, caption + mark)])
-                report(path, e.probabilities, e.validity, str(write_bytes(png, encode_png(page))), e.default.caption)
-        else:
-            for path, got in zip(files, predictor.score(files, batch_size, bar.update).in_order(files)):
-                if isinstance(got, str):
-                    failed(path, got)
-                else:
-                    report(path, {c: float(v) for c, v in zip(classes, got[0])}, got[1])
-    if as_json:
-        click.echo(json.dumps(results, indent=2))
-    if any("error" in r for r in results):
-        sys.exit(EXIT_ERROR)
+    def finish(self) -> None:
+        """The JSON document, if asked for; exit code 1 if any file could not be read."""
+        if self.as_json:
+            click.echo(json.dumps(self.results, indent=2))
+        if any("error" in r for r in self.results):
+            sys.exit(EXIT_ERROR)

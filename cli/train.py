@@ -165,8 +165,8 @@ def train(
     cfg, arch, spec = chosen.train, chosen.arch, chosen.input
     scan = scan_dataset(data_dir)
     import_tensorflow_quietly()
-    from pneumocam.model.artifact import ModelMeta, record_run
-    from pneumocam.reports.tracking import report_metrics, tracked, tracking_uri
+    from pneumocam.model.artifact import ModelMeta
+    from pneumocam.reports.tracking import tracked, tracking_uri
     from pneumocam.training.trainer import train_to_folder
 
     tags = {"data_dir": data_dir.resolve().name, "protocol": "train-only", "backbone": Path(backbone_weights).name}
@@ -190,25 +190,38 @@ def train(
                 on_epoch=on_epoch,
                 recipe=chosen.record(overrides),
             )
-        val = result.meta.metrics["validation"]
-        minutes = result.meta.training["wall_minutes"]
-        click.echo(
-            f"validation accuracy {val['accuracy']:.1%}, macro F1 {val['macro_f1']:.3f} "
-            f"({val['n_images']} images); {minutes:.1f} min; model written to {out}/"
-        )
-        shift = result.meta.metrics["validation_shift"]
-        click.echo(
-            f"validation under perturbation: mean accuracy {shift['mean_accuracy']:.1%}, worst {shift['worst']}; "
-            f"re-encoding, resampling and an original changed at most {shift['max_changed_encoding']:.1%} of calls"
-        )
-        click.echo(f"test-time views (chosen on validation): {', '.join(result.meta.predict.views)}")
+        _say(result.meta, out)
         if run:
-            final = {f"final.validation.{k}": v for k, v in report_metrics(val).items()}
-            run.metrics({**final, "final.validation_shift.mean_accuracy": shift["mean_accuracy"]})
-            run.metrics({"wall_minutes": float(minutes)})
-            run.tags({"model.sha256": result.meta.weights_sha256})
-            record_run(out, run.describe())
-            run.artifacts(out, under="model")
+            _track_trained(run, result.meta, out)
+
+
+def _say(meta: Any, out: Path) -> None:
+    """What the terminal shows of a trained model: its validation figures, with and without perturbation."""
+    val, shift = meta.metrics["validation"], meta.metrics["validation_shift"]
+    minutes = meta.training["wall_minutes"]
+    click.echo(
+        f"validation accuracy {val['accuracy']:.1%}, macro F1 {val['macro_f1']:.3f} "
+        f"({val['n_images']} images); {minutes:.1f} min; model written to {out}/"
+    )
+    click.echo(
+        f"validation under perturbation: mean accuracy {shift['mean_accuracy']:.1%}, worst {shift['worst']}; "
+        f"re-encoding, resampling and an original changed at most {shift['max_changed_encoding']:.1%} of calls"
+    )
+    click.echo(f"test-time views (chosen on validation): {', '.join(meta.predict.views)}")
+
+
+def _track_trained(run: Any, meta: Any, out: Path) -> None:
+    """The training run's final figures, the model's hash, and the model folder as artefacts."""
+    from pneumocam.model.artifact import record_run
+    from pneumocam.reports.tracking import report_metrics
+
+    shift = meta.metrics["validation_shift"]
+    final = {f"final.validation.{k}": v for k, v in report_metrics(meta.metrics["validation"]).items()}
+    run.metrics({**final, "final.validation_shift.mean_accuracy": shift["mean_accuracy"]})
+    run.metrics({"wall_minutes": float(meta.training["wall_minutes"])})
+    run.tags({"model.sha256": meta.weights_sha256})
+    record_run(out, run.describe())
+    run.artifacts(out, under="model")
 
 
 def model_dir_option(what: str) -> Any:
