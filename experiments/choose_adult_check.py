@@ -19,16 +19,15 @@ from pneumocam.runtime import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from choose_validity import measure, summaries_model  # noqa: E402  (run as a script: experiments/ is on the path)
 
-from pneumocam.config import FEATURES_LAYER  # noqa: E402
 from pneumocam.images.data import class_indices, labels_of, scan_dataset  # noqa: E402
 from pneumocam.images.readers import read_image  # noqa: E402
 from pneumocam.model import validity  # noqa: E402
 from pneumocam.reports.stress import ENCODING, perturb  # noqa: E402
-from pneumocam.scoring.predictor import Predictor, load_predictor  # noqa: E402
+from pneumocam.scoring.predictor import load_predictor  # noqa: E402
 from pneumocam.training.split import recorded_split, split_by_patient  # noqa: E402
 
 LAYERS = ("block_13_expand_relu", "block_16_expand_relu", "out_relu")
@@ -38,32 +37,11 @@ SOURCES = ("NIH", "UNIFESP", "JSRT", "object-CXR", "NEMA", "CheXpert", "MURA")
 CANDIDATES = ("out_relu", "block_13_expand_relu", "block_16_expand_relu")
 
 
-def probe_model(model: keras.Model) -> tuple[keras.Model, list[str]]:
-    names, outs = ["probabilities", "pooled"], [model.output, model.get_layer(FEATURES_LAYER).output]
-    for layer in LAYERS:
-        act = model.get_layer(layer).output
-        names += [f"mean:{layer}", f"std:{layer}"]
-        outs += [keras.ops.mean(act, axis=(1, 2)), keras.ops.std(act, axis=(1, 2))]
-    return keras.Model(model.inputs[0], outs), names
-
-
-def measure(probe: keras.Model, names: list[str], predictor: Predictor, paths) -> tuple[list[Path], dict]:
-    forward = tf.function(lambda x: probe(x, training=False))
-    kept, outs = [], []
-    for batch in predictor.batches(paths, 64):
-        if len(batch.images):
-            outs.append([o.numpy() for o in forward(batch.images)])
-            kept += batch.paths
-        for p, why in batch.skipped:
-            print("skipped", p, why)
-    return kept, {n: np.concatenate(a) for n, a in zip(names, zip(*outs))}
-
-
 def extract(args: argparse.Namespace) -> None:
     predictor = load_predictor(args.model)
     classes = predictor.meta.classes
     train, val = split_by_patient(scan_dataset(args.train).samples, *recorded_split(predictor.meta.training))
-    probe, names = probe_model(predictor.model)
+    probe, names = summaries_model(predictor.model, LAYERS)
     out: dict[str, np.ndarray] = {}
     for split, samples in (("train", train), ("val", val)):
         kept, feats = measure(probe, names, predictor, [s.path for s in samples])
@@ -89,7 +67,7 @@ def extract_perturbed(args: argparse.Namespace) -> None:
     files = z["val/files"]
     pick = np.random.default_rng(0).choice(len(files), min(400, len(files)), replace=False)
     clean = np.stack([predictor.model_input(read_image(f)) for f in files[pick]])
-    probe, names = probe_model(predictor.model)
+    probe, names = summaries_model(predictor.model, LAYERS)
     forward = tf.function(lambda x: probe(x, training=False))
     out: dict[str, np.ndarray] = {"pick": pick}
     for name in ENCODING:

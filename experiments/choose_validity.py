@@ -45,10 +45,10 @@ LAYERS = ("block_6_expand_relu", "block_10_expand_relu", "block_13_expand_relu",
 PAIRS = tuple(("pooled", f"{how}:{layer}") for layer in LAYERS[:-1] for how in ("mean", "std"))
 
 
-def summaries_model(model: keras.Model) -> tuple[keras.Model, list[str]]:
+def summaries_model(model: keras.Model, layers: tuple[str, ...] = LAYERS) -> tuple[keras.Model, list[str]]:
     """Probabilities, pooled features and each layer's spatial mean and spread, from one pass."""
     names, outs = ["probabilities", "pooled"], [model.output, model.get_layer(FEATURES_LAYER).output]
-    for layer in LAYERS:
+    for layer in layers:
         act = model.get_layer(layer).output
         names += [f"mean:{layer}", f"std:{layer}"]
         outs += [keras.ops.mean(act, axis=(1, 2)), keras.ops.std(act, axis=(1, 2))]
@@ -101,6 +101,8 @@ def measure(probe: keras.Model, names: list[str], predictor: Predictor, paths) -
         if len(batch.images):
             outs.append([o.numpy() for o in forward(batch.images)])
             kept += batch.paths
+        for p, why in batch.skipped:
+            print("skipped", p, why)
     return kept, {n: np.concatenate(a) for n, a in zip(names, zip(*outs))}
 
 
