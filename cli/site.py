@@ -300,7 +300,7 @@ def site_curve(
     check_plan(sizes, repeats, len(model.meta().classes))
     predictor = model.load()
     with progress(len(scan.samples) * (1 + adapt_passes(predictor)), "scoring") as bar:
-        site = score_site(predictor, scan, batch_size, bar.update)
+        site = score_site(predictor, scan, batch_size=batch_size, on_batch=bar.update)
     with progress(fits_needed(sizes, repeats), "fitting") as bar:
         result = make_curve(site, sizes, repeats, bar.update)
     click.echo(format_curve(result))

@@ -150,22 +150,6 @@ class SiteScores:
     header: dict[str, Any]
 
 
-def score_site(
-    predictor: Predictor,
-    scan: Scan,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    on_batch: Callable[[int], None] | None = None,
-) -> SiteScores:
-    """Score the folder once (probabilities and pooled features), and once more adapted to it, if the model can be."""
-    check_labels(scan, predictor.meta.classes)
-    paths = [s.path for s in scan.samples]
-    untouched = Protocol().score(predictor, paths, batch_size=batch_size, on_batch=on_batch, features=True)
-    adapted = None
-    if adapt_passes(predictor):
-        adapted = Protocol(adapt=True).score(predictor, paths, batch_size=batch_size, on_batch=on_batch)
-    return site_scores(untouched, adapted, scan)
-
-
 def site_scores(untouched: Scored, adapted: Scored | None, scan: Scan) -> SiteScores:
     """What the curve reuses from a folder scored as trained (features kept) and, optionally, adapted to it."""
     scores, classes = untouched.scores, list(untouched.predictor.meta.classes)
@@ -190,6 +174,23 @@ def site_scores(untouched: Scored, adapted: Scored | None, scan: Scan) -> SiteSc
     return SiteScores(
         scores.probabilities, scores.features, y, groups, classes, untouched.predictor.sets, accuracy, reference, header
     )
+
+
+def score_site(
+    predictor: Predictor,
+    scan: Scan,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> SiteScores:
+    """Score the folder once (probabilities and pooled features), and once more adapted to it, if the model can be."""
+    check_labels(scan, predictor.meta.classes)
+    paths = [s.path for s in scan.samples]
+    untouched = Protocol().score(predictor, paths, batch_size=batch_size, on_batch=on_batch, features=True)
+    adapted = None
+    if adapt_passes(predictor):
+        adapted = Protocol(adapt=True).score(predictor, paths, batch_size=batch_size, on_batch=on_batch)
+    return site_scores(untouched, adapted, scan)
 
 
 def check_plan(sizes: Sequence[int], repeats: int, n_classes: int) -> None:

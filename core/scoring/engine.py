@@ -7,7 +7,7 @@ the order of the paths given, so one set of report writers serves both.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,15 +29,9 @@ class LocalEngine:
 
     name = "local"
 
-    def score(
-        self,
-        predictor: Predictor,
-        paths: Sequence[Path],
-        batch_size: int,
-        on_batch: Callable[[int], None] | None = None,
-        features: bool = False,
-    ) -> Scores:
-        return predictor.score(paths, batch_size, on_batch, features)
+    def score(self, predictor: Predictor, paths: Sequence[Path], *args: Any, **kwargs: Any) -> Scores:
+        """:meth:`pneumocam.scoring.predictor.Predictor.score` itself: batch size, progress, features."""
+        return predictor.score(paths, *args, **kwargs)
 
     def info(self) -> dict[str, Any]:
         import pneumocam
