@@ -219,3 +219,27 @@ def test_unpinned_revision_needs_the_flag_and_warns(tiny_model_dir: Path, tmp_pa
     )
     assert allowed.returncode == 0, allowed.stderr
     assert "warning: loading pneumocam/test-model at unpinned revision 'main'" in allowed.stderr
+
+
+def test_recorded_folds_live_beside_model_json_named_by_their_hash(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from pneumocam.errors import ModelLoadError
+    from pneumocam.model.artifact import SPLITS_FILE, read_meta, record_metrics, recorded_folds
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    folds = {f"NORMAL/im{i}.jpeg": i % 2 for i in range(50)}
+    split = {"k": 2, "seed": 0, "folds": folds}
+    for key in ("site:site-calibrated", "site:site-tuned"):  # one split, two protocols: stored once
+        record_metrics(folder, key, {"accuracy": 0.5, "protocol": {"name": key, "split": split}})
+    recorded = read_meta(folder).metrics["site:site-tuned"]["protocol"]["split"]
+    assert recorded["k"] == 2 and set(recorded["folds"]) == {"file", "sha256"}
+    assert len(json.loads((folder / "model.json").read_text())["metrics"]["site:site-tuned"]["protocol"]["split"]) == 3
+    assert recorded_folds(folder, recorded) == folds
+    assert len(json.loads((folder / SPLITS_FILE).read_text())) == 1
+    stored = json.loads((folder / SPLITS_FILE).read_text())
+    stored[recorded["folds"]["sha256"]]["NORMAL/im0.jpeg"] = 1
+    (folder / SPLITS_FILE).write_text(json.dumps(stored))
+    with pytest.raises(ModelLoadError, match="does not match its SHA-256"):
+        recorded_folds(folder, recorded)

@@ -7,13 +7,21 @@ from pathlib import Path
 
 from pneumocam.deploy.space_config import load_space_config
 from pneumocam.errors import PublishError
-from pneumocam.model.artifact import CARD_FILE, META_FILE, MODEL_FILE, SOURCE_STATS_FILE, TRAINING_FILES, VALIDITY_FILE
+from pneumocam.model.artifact import (
+    CARD_FILE,
+    META_FILE,
+    MODEL_FILE,
+    SOURCE_STATS_FILE,
+    SPLITS_FILE,
+    TRAINING_FILES,
+    VALIDITY_FILE,
+)
 from pneumocam.model.hub import is_pinned
 from pneumocam.paths import REPO_ROOT
 
 MODEL_CARD = CARD_FILE
 REQUIRED_MODEL_FILES = (MODEL_FILE, META_FILE, MODEL_CARD)
-OPTIONAL_MODEL_FILES = (SOURCE_STATS_FILE, VALIDITY_FILE, *TRAINING_FILES)
+OPTIONAL_MODEL_FILES = (SOURCE_STATS_FILE, VALIDITY_FILE, SPLITS_FILE, *TRAINING_FILES)
 
 
 def model_files(folder: str | Path) -> list[Path]:

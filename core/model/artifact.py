@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,11 +32,14 @@ VALIDITY_FILE = (
     "validity.npz"  # the training X-rays' statistics behind every call's validity score (pneumocam.model.validity)
 )
 CARD_FILE = "README.md"
+#: The per-image folds of the cross-fitted protocols' recorded splits, each under the SHA-256 of its JSON (model.json
+#: names them by it), so model.json keeps what a model means and the headline figures, not 624 entries per protocol.
+SPLITS_FILE = "splits.json"
 #: What training writes beside the model; the last lists its validation images (for stress --subset).
 HISTORY_FILE = "history.json"
 TRAINING_FILES = (HISTORY_FILE, "training_curves.png", "train.log", "validation.txt")
 #: What a model folder may hold: the model, its metadata and statistics, its card, and what training wrote.
-MODEL_FOLDER_FILES = (MODEL_FILE, META_FILE, SOURCE_STATS_FILE, VALIDITY_FILE, CARD_FILE, *TRAINING_FILES)
+MODEL_FOLDER_FILES = (MODEL_FILE, META_FILE, SOURCE_STATS_FILE, VALIDITY_FILE, CARD_FILE, SPLITS_FILE, *TRAINING_FILES)
 FORMAT_VERSION = 1
 DEFAULT_CLASSES = CLASSES  # the order of the model outputs unless a model says otherwise
 
@@ -246,42 +250,73 @@ def read_meta(directory: str | Path) -> ModelMeta:
         raise ModelLoadError(f"{path} is not valid JSON ({exc.msg})") from exc
 
 
+def update(directory: str | Path, change: Callable[[ModelMeta], None]) -> ModelMeta:
+    """Read a model folder's metadata, ``change`` it in place, write it back (atomically); the one read-modify-write
+    every ``record_*`` goes through."""
+    meta = read_meta(directory)
+    change(meta)
+    write_json(Path(directory) / META_FILE, meta.to_dict())
+    return meta
+
+
+def _digest(folds: dict[str, int]) -> str:
+    return hashlib.sha256(json.dumps(folds, sort_keys=True).encode()).hexdigest()
+
+
+def _detach_folds(directory: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` with its protocol's per-image folds moved into ``splits.json``, named there by their hash."""
+    split = metrics.get("protocol", {}).get("split")
+    if not split or "file" in split["folds"]:
+        return metrics
+    digest, path = _digest(split["folds"]), directory / SPLITS_FILE
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, {**stored, digest: split["folds"]})
+    detached = {**split, "folds": {"file": SPLITS_FILE, "sha256": digest}}
+    return {**metrics, "protocol": {**metrics["protocol"], "split": detached}}
+
+
+def recorded_folds(directory: str | Path, split: dict[str, Any]) -> dict[str, int]:
+    """The per-image folds of a recorded split (``metrics[key]["protocol"]["split"]``), checked against their hash."""
+    ref = split["folds"]
+    if "file" not in ref:  # recorded before the folds moved out of model.json
+        return ref
+    try:
+        folds = json.loads((Path(directory) / ref["file"]).read_text())[ref["sha256"]]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{directory}/{ref['file']} lacks the split {ref['sha256'][:12]}") from exc
+    if _digest(folds) != ref["sha256"]:
+        raise ModelLoadError(f"{directory}/{ref['file']}: split {ref['sha256'][:12]} does not match its SHA-256")
+    return folds
+
+
 def record_metrics(directory: str | Path, split: str, metrics: dict[str, Any]) -> ModelMeta:
     """Store measured metrics (e.g. on the test split) in a model folder's metadata (not the skipped files, not the
-    whole risk-coverage curve: the report beside them keeps both).
+    whole risk-coverage curve: the report beside them keeps both; a protocol's per-image folds in ``splits.json``).
     """
-    meta = read_meta(directory)
     kept = {k: v for k, v in metrics.items() if k != "skipped"}
     if "risk_coverage" in kept:  # the headline points and area; the whole curve stays in the report's metrics.json
         kept["risk_coverage"] = {k: v for k, v in kept["risk_coverage"].items() if k != "curve"}
-    meta.metrics[split] = kept
-    write_json(Path(directory) / META_FILE, meta.to_dict())
-    return meta
+    kept = _detach_folds(Path(directory), kept)
+    return update(directory, lambda meta: meta.metrics.update({split: kept}))
 
 
 def record_run(directory: str | Path, run: dict[str, str]) -> ModelMeta:
     """Name the MLflow run that trained a model in its metadata (and so in its model card)."""
-    meta = read_meta(directory)
-    meta.training["mlflow"] = dict(run)
-    write_json(Path(directory) / META_FILE, meta.to_dict())
-    return meta
+    return update(directory, lambda meta: meta.training.update(mlflow=dict(run)))
 
 
 def record_explain(directory: str | Path, gradcam_layers: list[str], explain: ExplainDefaults) -> ModelMeta:
     """Store the layers a model may explain and its default heatmaps (what an audit chose) in its metadata."""
-    meta = read_meta(directory)
-    meta.gradcam_layers = list(gradcam_layers)
-    meta.explain = explain
-    write_json(Path(directory) / META_FILE, meta.to_dict())
-    return meta
+
+    def change(meta: ModelMeta) -> None:
+        meta.gradcam_layers, meta.explain = list(gradcam_layers), explain
+
+    return update(directory, change)
 
 
 def record_views(directory: str | Path, predict: PredictDefaults) -> ModelMeta:
     """Store the test-time views a model scores with (what the validation rule chose) in its metadata."""
-    meta = read_meta(directory)
-    meta.predict = predict
-    write_json(Path(directory) / META_FILE, meta.to_dict())
-    return meta
+    return update(directory, lambda meta: setattr(meta, "predict", predict))
 
 
 def check_consistency(model: keras.Model, meta: ModelMeta) -> None:
