@@ -192,7 +192,13 @@ mlflow_option = click.option(
     f"MLFLOW_TRACKING_URI is set; optional install: {MLFLOW_INSTALL}].",
 )
 opacity_option = click.option(
-    "--alpha", default=DEFAULT_OPACITY, show_default=True, type=click.FloatRange(0, 1), help="Heatmap opacity."
+    "--opacity",
+    "--alpha",  # its old name, still taken
+    "opacity",
+    default=DEFAULT_OPACITY,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Heatmap opacity.",
 )
 
 

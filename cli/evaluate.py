@@ -357,7 +357,7 @@ def gallery(
     per_page: int,
     explain: str,
     method: str | None,
-    alpha: float,
+    opacity: float,
     predictions: Path | None,
     out: Path | None,
     batch_size: int,
@@ -420,7 +420,7 @@ def gallery(
         click.echo(f"warning: {warning}", err=True)
     with write() as staging, progress(len(shown), "explaining") as bar:
         pages, failed = render_pages(
-            explainer, shown, root, staging, n_layers, per_page, explain, alpha, title, on_page=bar.update
+            explainer, shown, root, staging, n_layers, per_page, explain, opacity, title, on_page=bar.update
         )
         for name, reason in failed:
             click.echo(f"skipped {name}: {reason}", err=True)

@@ -46,7 +46,7 @@ def predict(
     cam_out: Path | None,
     target: str | None,
     method: str | None,
-    alpha: float,
+    opacity: float,
     as_json: bool,
     batch_size: int,
     model: ModelChoice,
@@ -87,7 +87,7 @@ def predict(
     classes = predictor.meta.classes
     if target not in ("predicted", *classes):
         raise click.BadParameter(f"'predicted' or one of {', '.join(classes)}", param_hint="--explain")
-    options = {"n_layers": n_layers, "target": None if target == "predicted" else target, "alpha": alpha}
+    options = {"n_layers": n_layers, "target": None if target == "predicted" else target, "opacity": opacity}
     calls = _Calls(predictor, as_json)
     with progress(len(files), "predicting", quiet=len(files) <= batch_size) as bar:
         if cam_out:

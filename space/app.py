@@ -153,7 +153,7 @@ def build_app(explainer: Explainer, config: SpaceConfig, model_line: str) -> gr.
         target = None if explain in (None, "", PREDICTED) else explain
         try:
             e = explainer.explain_file(
-                image, n_layers=int(layers), target=target, alpha=float(opacity), method=method or None
+                image, n_layers=int(layers), target=target, opacity=float(opacity), method=method or None
             )
         except ImageLoadError as exc:
             raise gr.Error(f"Cannot use this file: {exc.reason}.") from exc

@@ -40,12 +40,12 @@ def decode_bytes(data: bytes, name: str = "<upload>") -> np.ndarray:
     return pick_reader(data, p)(p, data)[0]
 
 
-def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float) -> np.ndarray:
+def overlay(rgb: np.ndarray, cam: np.ndarray, opacity: float) -> np.ndarray:
     """Upsample a map to ``rgb``'s size, colour-map it and blend: what every entry point shows."""
     from pneumocam.explain.overlay import blend, colorize, upsample
 
     h, w = rgb.shape[:2]
-    return blend(rgb, colorize(upsample(cam, h, w)), alpha)
+    return blend(rgb, colorize(upsample(cam, h, w)), opacity)
 
 
 def load_xray(path: Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -110,12 +110,12 @@ def draw_panel(
     image: np.ndarray,
     maps: dict[str, tuple[np.ndarray, bool]],
     explained: str,
-    alpha: float,
+    opacity: float,
 ) -> Panel:
     """A panel from a layer set's ``{layer: (map, empty)}``: their mean map over ``image``, blank only if all are."""
     heat = mean_map([m for m, _ in maps.values()], *image.shape[:2])
     empty = all(e for _, e in maps.values())
-    overlay = image.copy() if empty else blend(image, colorize(heat), alpha)
+    overlay = image.copy() if empty else blend(image, colorize(heat), opacity)
     return Panel(title, tuple(maps), heat, overlay, empty, explained)
 
 
@@ -152,13 +152,13 @@ class Explainer:
         path: str | Path,
         n_layers: int | None = None,
         target: str | None = None,
-        alpha: float = DEFAULT_OPACITY,
+        opacity: float = DEFAULT_OPACITY,
         max_side: int | None = None,
         method: str | None = None,
     ) -> Explanation:
         """Read one file (any supported format) and explain it; unreadable files raise ImageLoadError."""
         rgb, header = read_image_and_header(path)
-        return self.explain([rgb], n_layers, target, alpha, max_side, method, [header])[0]
+        return self.explain([rgb], n_layers, target, opacity, max_side, method, [header])[0]
 
     def explain_files(
         self,
@@ -190,7 +190,7 @@ class Explainer:
         images: Sequence[np.ndarray],
         n_layers: int | None = None,
         target: str | Sequence[str] | None = None,
-        alpha: float = DEFAULT_OPACITY,
+        opacity: float = DEFAULT_OPACITY,
         max_side: int | None = None,
         method: str | None = None,
         headers: Sequence[Header] | None = None,
@@ -232,7 +232,7 @@ class Explainer:
             explained = meta.classes[int(result.target_classes[i])]
             by_layer = {n: (m[i], bool(e[i])) for n, m, e in zip(layers, result.maps, result.empty)}
             per_layer = [
-                draw_panel(t, image, {n: by_layer[n]}, explained, alpha) for t, n in zip(layer_titles(shown), shown)
+                draw_panel(t, image, {n: by_layer[n]}, explained, opacity) for t, n in zip(layer_titles(shown), shown)
             ]
             out.append(
                 Explanation(
@@ -240,7 +240,7 @@ class Explainer:
                     predicted=meta.classes[int(np.argmax(p))],
                     explained=explained,
                     image=image,
-                    default=draw_panel(title, image, {n: by_layer[n] for n in default}, explained, alpha),
+                    default=draw_panel(title, image, {n: by_layer[n] for n in default}, explained, opacity),
                     layers=per_layer,
                     validity=verdict(ood[i], input_reasons(x[i], headers[i])),
                     method_warning=warning,

@@ -177,8 +177,8 @@ class GradCAMPlusPlus(BaseCAM):
         g2 = tf.square(grads)
         g3 = g2 * grads
         denom = 2.0 * g2 + tf.reduce_sum(activations, axis=(1, 2), keepdims=True) * g3
-        alpha = g2 / tf.where(tf.abs(denom) > 1e-12, denom, tf.ones_like(denom))
-        return _weighted(activations, tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(1, 2)))
+        pixel_weight = g2 / tf.where(tf.abs(denom) > 1e-12, denom, tf.ones_like(denom))
+        return _weighted(activations, tf.reduce_sum(pixel_weight * tf.nn.relu(grads), axis=(1, 2)))
 
 
 class HiResCAM(BaseCAM):

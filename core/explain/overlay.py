@@ -28,11 +28,11 @@ def colorize(cam: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def blend(rgb: np.ndarray, heat_rgb: np.ndarray, alpha: float = DEFAULT_OPACITY) -> np.ndarray:
-    """Alpha-blend a heatmap over the image; alpha is the heatmap's weight."""
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError("alpha must be within [0, 1]")
-    return cv2.addWeighted(heat_rgb, alpha, rgb, 1.0 - alpha, 0.0)
+def blend(rgb: np.ndarray, heat_rgb: np.ndarray, opacity: float = DEFAULT_OPACITY) -> np.ndarray:
+    """Blend a heatmap over the image; ``opacity`` is the heatmap's weight."""
+    if not 0.0 <= opacity <= 1.0:
+        raise InputError("opacity must be within [0, 1]")
+    return cv2.addWeighted(heat_rgb, opacity, rgb, 1.0 - opacity, 0.0)
 
 
 def colour_scale(width: int = 320, height: int = 18) -> np.ndarray:

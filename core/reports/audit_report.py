@@ -92,7 +92,7 @@ def border_rows(predictor: Predictor, result: dict[str, Any], limit: int = GALLE
     layers = result["layer_sets"][border["layer_set"]]
     rows = []
     for name in result["border_flagged"][:limit]:
-        e = explainer.explain([read_image(name)], alpha=DEFAULT_OPACITY, max_side=512, layer_names=layers)[0]
+        e = explainer.explain([read_image(name)], opacity=DEFAULT_OPACITY, max_side=512, layer_names=layers)[0]
         share = border["share"][name]
         caption = f"{Path(name).name}\npred {e.predicted} ({e.probabilities[e.predicted]:.0%}); border {share:.0%}"
         rows.append(explanation_row(e, caption))

@@ -58,7 +58,7 @@ def render_pages(
     n_layers: int | None = None,
     per_page: int = GALLERY_PER_PAGE,
     explain: str = "predicted",
-    alpha: float = DEFAULT_OPACITY,
+    opacity: float = DEFAULT_OPACITY,
     title: str = "",
     on_page: Callable[[int], None] | None = None,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -80,7 +80,8 @@ def render_pages(
                 on_page(len(page))
             continue
         targets = {"predicted": None, "true": [p.true for p in batch]}.get(explain, [explain] * len(batch))
-        explained = explainer.explain(images, n_layers=n_layers, target=targets, alpha=alpha, max_side=GALLERY_MAX_SIDE)
+        shown = {"n_layers": n_layers, "target": targets, "opacity": opacity, "max_side": GALLERY_MAX_SIDE}
+        explained = explainer.explain(images, **shown)
         rows = [explanation_row(e, caption(p)) for p, e in zip(batch, explained)]
         page_title = f"{title} (page {len(pages) + 1})" if title else ""
         pages.append(write_bytes(out / f"page_{len(pages) + 1:03d}.png", encode_png(compose_page(rows, page_title))))

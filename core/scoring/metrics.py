@@ -72,8 +72,8 @@ def percentile_interval(values: np.ndarray, level: float = CI_LEVEL) -> list[flo
     v = np.asarray(values)[np.isfinite(values)]
     if not len(v):
         return None
-    alpha = (1 - level) / 2
-    return [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))]
+    tail = (1 - level) / 2
+    return [float(np.quantile(v, tail)), float(np.quantile(v, 1 - tail))]
 
 
 def weighted_auc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
