@@ -16,6 +16,7 @@ from helpers import (  # noqa: E402
     TINY_SPEC,
     calibrate_batchnorm,
     make_dataset,
+    run,
     tiny_validity,
     xray_like,
 )
@@ -45,6 +46,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_file:
     stats, meta.validity = tiny_validity(model)
     save_artifact(model, meta, out, validity=stats)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_file: Path) -> tuple[Path, Path]:
+    """A tiny model trained (a few epochs, head only) on a generated folder, and that folder: the one trained model
+    shared by the tests that need its maps to mean something but do not test training itself."""
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "data"
+    make_dataset(data, "download", per_class=6)
+    out = root / "model"
+    args = ["train", data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
+    args += ["--image-size", "64", "--epochs", "3", "--fine-tune-from", "none", "--cached-views", "1"]
+    run(*args)
+    return data, out
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 from keras import layers
 from PIL import Image
 
-from helpers import make_dataset, run, save_gray
+from helpers import run, save_gray
 from pneumocam.config import FEATURES_LAYER, LOGITS_LAYER, ArchConfig, InputSpec
 from pneumocam.errors import InputError
 from pneumocam.explain.audit import AuditPlan, audit_images
@@ -147,18 +147,6 @@ def test_a_map_without_evidence_is_captioned_never_an_empty_panel_and_the_audit_
     result = audit_images(model, write_images(tmp_path, x), plan)
     assert [r["empty_share"] for r in result["table"]] == [0.5]
     assert result["blank_layers"] == {"gradcam": {"conv": 0.5}}
-
-
-@pytest.fixture(scope="module")
-def trained_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_file: Path) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("audit")
-    data = root / "data"
-    make_dataset(data, "download", per_class=6)
-    out = root / "model"
-    args = ["train", data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
-    args += ["--image-size", "64", "--epochs", "3", "--fine-tune-from", "none", "--cached-views", "1"]
-    run(*args)
-    return data, out
 
 
 def test_randomising_the_head_of_a_trained_model_breaks_the_maps(trained_tiny) -> None:
