@@ -20,6 +20,7 @@ from pneumocam.model.validity import ValidityStats
 from pneumocam.options import VALIDITY_DISC_LAYER, VALIDITY_LAYER
 from pneumocam.scoring.predictor import Predictor
 from pneumocam.site.adaptation import layer_statistics, measured_layers
+from pneumocam.training.confidence import fit_confidence
 from pneumocam.training.split import recorded_split, split_by_patient
 from pneumocam.training.view_choice import choose_views
 
@@ -36,8 +37,6 @@ def complete(
 
     Returns the predictor to save (the temperature folded in where it helped) and the two sets of statistics.
     """
-    from pneumocam.training.confidence import fit_confidence
-
     meta = served.meta
     choose_views(served, val, classes).record_into(meta)
     stats = source_statistics(served, [s.path for s in train])

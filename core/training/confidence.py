@@ -28,6 +28,7 @@ from pneumocam.options import DEFAULT_SPLIT_SEED, SET_LEVEL
 from pneumocam.scoring.metrics import classification_metrics, reliability
 from pneumocam.scoring.predictor import Predictor
 from pneumocam.site import calibration
+from pneumocam.training.split import recorded_split, split_by_patient
 
 VALIDATION = "the validation split from train"
 
@@ -107,7 +108,6 @@ def fit_confidence(
 
 def add_confidence(predictor: Predictor, scan: Scan, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Complete a model folder trained before: the temperature folded into ``model.keras`` and the set rule."""
-    from pneumocam.training.split import recorded_split, split_by_patient
 
     if predictor.meta.temperature.get("used"):
         raise DataError(f"{predictor.source} already serves a validation temperature; fit the rule on the original")
