@@ -61,7 +61,8 @@ def test_tuning_falls_back_when_the_features_carry_nothing_new() -> None:
     tuned = fitted.tuning.apply(p[60:], f[60:])
     calibrated = calibration.apply(p[60:], calibration.fit(p[:60], y[:60]))
     assert np.mean(tuned.argmax(1) == calibrated.argmax(1)) > 0.85
-    free = tuning._fit_one(p[:60], f[:60], y[:60], 3, tuning.TUNE, min(TUNE_PENALTIES))[0].apply(p[60:], f[60:])
+    sample = tuning._design(p[:60], f[:60])
+    free = tuning._fit_one(sample, y[:60], 3, tuning.TUNE, min(TUNE_PENALTIES))[0].apply(p[60:], f[60:])
 
     def log_loss(q: np.ndarray) -> float:
         return float(-np.mean(np.log(q[np.arange(600), y[60:]])))

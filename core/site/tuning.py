@@ -118,9 +118,32 @@ def candidate_name(kind: str, penalty: float | None = None) -> str:
     return f"{TUNE} {penalty:g}" if kind == TUNE else kind
 
 
+@dataclass(frozen=True)
+class _Design:
+    """A labelled sample as the fits read it: log-probabilities, and the standardised features in the coordinates
+    of the rows' span. The penalised read-out's optimum lies in that span (its gradient does), so fitting ``r``
+    coordinates per class instead of ``d`` weights gives the same fit with fewer parameters when ``n < d``."""
+
+    probabilities: np.ndarray
+    logp: np.ndarray
+    x: np.ndarray  # (n, r): the standardised features in ``basis`` coordinates
+    basis: np.ndarray  # (d, r), orthonormal columns spanning the rows (the identity when n >= d)
+    mean: np.ndarray
+    spread: np.ndarray
+
+
+def _design(probabilities: np.ndarray, features: np.ndarray) -> _Design:
+    features = np.asarray(features, dtype=np.float64)
+    mean = features.mean(axis=0)
+    spread = np.maximum(features.std(axis=0), _MIN_SPREAD)
+    x = _standardise(features, mean, spread)
+    n, d = x.shape
+    basis = np.linalg.qr(x.T)[0] if n < d else np.eye(d)
+    return _Design(np.asarray(probabilities), _log_probs(probabilities), x @ basis, basis, mean, spread)
+
+
 def _fit_one(
-    probabilities: np.ndarray,
-    features: np.ndarray,
+    sample: _Design,
     y: np.ndarray,
     k: int,
     kind: str,
@@ -128,23 +151,19 @@ def _fit_one(
     start: np.ndarray | None = None,
 ) -> tuple[HeadTuning, np.ndarray | None]:
     """One candidate fitted by maximum likelihood (L-BFGS); returns it and its parameters (a warm start)."""
-    features = np.asarray(features, dtype=np.float64)
-    mean = features.mean(axis=0)
-    spread = np.maximum(features.std(axis=0), _MIN_SPREAD)
-    d = features.shape[1]
-    zeros = np.zeros((d, k))
+    mean, spread = sample.mean, sample.spread
+    zeros = np.zeros((len(mean), k))
     if kind == UNTOUCHED:
         return HeadTuning(UNTOUCHED, None, 1.0, np.zeros(k), zeros, mean, spread), None
     if kind == CALIBRATE:
-        cal = calibration.fit(probabilities, y, k)
+        cal = calibration.fit(sample.probabilities, y, k)
         return HeadTuning(CALIBRATE, None, 1.0 / cal.temperature, np.asarray(cal.biases), zeros, mean, spread), None
-    logp = _log_probs(probabilities)
-    x = _standardise(features, mean, spread)
+    logp, x = sample.logp, sample.x
     onehot = np.eye(k)[y]
-    n = len(y)
+    n, r = x.shape
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        s, w, b = np.exp(theta[0]), theta[1 : 1 + d * k].reshape(d, k), theta[1 + d * k :]
+        s, w, b = np.exp(theta[0]), theta[1 : 1 + r * k].reshape(r, k), theta[1 + r * k :]
         z = s * logp + x @ w + b
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
@@ -157,10 +176,10 @@ def _fit_one(
         )
         return float(value), grad
 
-    theta0 = np.zeros(1 + d * k + k) if start is None else start
+    theta0 = np.zeros(1 + r * k + k) if start is None else start
     res = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 1000})
-    s, w, b = float(np.exp(res.x[0])), res.x[1 : 1 + d * k].reshape(d, k), res.x[1 + d * k :]
-    return HeadTuning(TUNE, float(penalty), s, b, w, mean, spread), res.x
+    s, w, b = float(np.exp(res.x[0])), res.x[1 : 1 + r * k].reshape(r, k), res.x[1 + r * k :]
+    return HeadTuning(TUNE, float(penalty), s, b, sample.basis @ w, mean, spread), res.x
 
 
 def _mean_log_loss(t: HeadTuning, probabilities: np.ndarray, features: np.ndarray, y: np.ndarray) -> float:
@@ -201,14 +220,14 @@ def fit(
     losses = {candidate_name(*c): 0.0 for c in candidates}
     held_out = {candidate_name(*c): np.zeros(p.shape, np.float32) for c in candidates}
     for train, held in splits:
-        start = None
+        start, sample = None, _design(p[train], f[train])
         for kind, lam in candidates:
-            t, start_next = _fit_one(p[train], f[train], y[train], n_classes, kind, lam, start)
+            t, start_next = _fit_one(sample, y[train], n_classes, kind, lam, start)
             start = start_next if start_next is not None else start
             losses[candidate_name(kind, lam)] += _mean_log_loss(t, p[held], f[held], y[held]) * len(held) / len(y)
             held_out[candidate_name(kind, lam)][held] = t.apply(p[held], f[held])
     best = min(candidates, key=lambda c: losses[candidate_name(*c)])
-    tuning, _ = _fit_one(p, f, y, n_classes, *best)
+    tuning, _ = _fit_one(_design(p, f), y, n_classes, *best)
     return TuneFit(tuning, losses, k_inner, counts.tolist(), held_out[candidate_name(*best)])
 
 
