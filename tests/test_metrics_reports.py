@@ -64,6 +64,25 @@ def test_auc_undefined_when_a_class_is_absent() -> None:
     assert m["per_class"]["VIRUS"]["auc"] is None and m["per_class"]["VIRUS"]["support"] == 0
 
 
+def test_the_metrics_are_scikit_learns_ties_and_empty_classes_included() -> None:
+    """Counted in NumPy, defined as scikit-learn defines them: zero where a class is never predicted."""
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+    y, p = random_case(seed=4, n=90)
+    p = np.round(p, 1)  # ties in every score
+    p[:, 2] = 0.0  # VIRUS never predicted: its precision and F1 are undefined, counted as zero
+    pred, labels = p.argmax(1), [0, 1, 2]
+    m = classification_metrics(y, p, CLASSES)
+    assert m["confusion_matrix"] == confusion_matrix(y, pred, labels=labels).tolist()
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    for k, name in enumerate(CLASSES):
+        got = m["per_class"][name]
+        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((precision[k], recall[k], f1[k]))
+        assert got["support"] == support[k] and got["auc"] == pytest.approx(roc_auc_score(y == k, p[:, k]))
+    assert m["per_class"]["VIRUS"]["precision"] == 0.0
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+
+
 def test_the_bootstraps_auc_equals_scikit_learns_under_each_resample_ties_included() -> None:
     y, p = random_case(3, n=150)
     score = np.round(p[:, 2], 1)  # coarse: many ties

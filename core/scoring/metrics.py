@@ -1,4 +1,4 @@
-"""Classification metrics in the seed's shape (per class one-vs-rest), via scikit-learn."""
+"""Classification metrics in the seed's shape (per class one-vs-rest), with patient-bootstrap intervals."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
 from pneumocam.errors import InputError
 from pneumocam.options import ECE_BINS, N_BOOTSTRAP
@@ -17,41 +16,47 @@ def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray, cla
 
     Rows of the confusion matrix are true classes, columns predicted, both in
     ``classes`` order. AUC is None for a class absent from ``y_true`` (undefined).
+    Counted in NumPy (scikit-learn's definitions, zero where undefined, as the
+    bootstrap counts them): training and the site curve call this thousands of times.
     """
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(probabilities, dtype=float)
-    labels = list(range(len(classes)))
+    k_all = len(classes)
     pred = p.argmax(axis=1) if len(p) else np.zeros(0, dtype=int)
-    cm = confusion_matrix(y, pred, labels=labels)
-    prec, rec, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    cm = np.bincount(y * k_all + pred, minlength=k_all * k_all).reshape(k_all, k_all)
     n = int(len(y))
-    per_class = {}
+    per_class, f1s = {}, []
     for k, name in enumerate(classes):
-        tp = cm[k, k]
-        fp = cm[:, k].sum() - tp
-        fn = cm[k, :].sum() - tp
-        tn = n - tp - fp - fn
+        tp = int(cm[k, k])
+        fp = int(cm[:, k].sum()) - tp
+        fn = int(cm[k, :].sum()) - tp
         positives = y == k
-        auc = float(roc_auc_score(positives, p[:, k])) if 0 < positives.sum() < n else None
+        auc = float(weighted_auc(positives, p[:, k], np.ones((1, n)))[0]) if 0 < positives.sum() < n else None
+        f1s.append(_share(2 * tp, 2 * tp + fp + fn))
         per_class[name] = {
-            "accuracy": float((tp + tn) / n) if n else 0.0,
-            "precision": float(prec[k]),
-            "recall": float(rec[k]),
-            "f1": float(f1[k]),
+            "accuracy": _share(n - fp - fn, n),
+            "precision": _share(tp, tp + fp),
+            "recall": _share(tp, tp + fn),
+            "f1": f1s[-1],
             "auc": auc,
-            "support": int(support[k]),
+            "support": tp + fn,
         }
     calibration = reliability(y, p) if n else {"ece": 0.0, "bins": []}
     return {
         "classes": list(classes),
         "n_images": n,
-        "accuracy": float((pred == y).mean()) if n else 0.0,
+        "accuracy": _share(int((pred == y).sum()), n),
         "ece": calibration["ece"],
         "calibration_bins": calibration["bins"],
-        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)) if n else 0.0,
+        "macro_f1": float(np.mean(f1s)) if n else 0.0,
         "per_class": per_class,
         "confusion_matrix": cm.astype(int).tolist(),
     }
+
+
+def _share(part: int, whole: int) -> float:
+    """``part / whole``, 0 where ``whole`` is 0 (scikit-learn's ``zero_division=0``)."""
+    return float(part / whole) if whole else 0.0
 
 
 CI_LEVEL = 0.95
@@ -80,13 +85,17 @@ def weighted_auc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray) -
     """ROC AUC under each row of ``weights`` (resamples x images) at once; NaN where a row lacks either side.
 
     The Mann-Whitney form, ties counted half, as ``roc_auc_score(..., sample_weight=row)`` computes it row by
-    row: the bootstrap's thousand AUCs per class in one matrix product instead of a thousand calls.
+    row: the bootstrap's thousand AUCs per class in one pass instead of a thousand calls.
     """
     _, level = np.unique(score, return_inverse=True)
-    onehot = np.zeros((len(score), int(level.max()) + 1 if len(score) else 0))
-    onehot[np.arange(len(score)), level] = 1.0
-    pos = weights @ (onehot * positive[:, None])  # (B, distinct scores): positive weight at each score
-    neg = weights @ (onehot * ~positive[:, None])
+    n_levels = int(level.max()) + 1 if len(score) else 0
+    cell = (np.arange(len(weights))[:, None] * n_levels + level).ravel()  # (resample, distinct score)
+
+    def at_each_score(side: np.ndarray) -> np.ndarray:
+        summed = np.bincount(cell, weights=(weights * side).ravel(), minlength=len(weights) * n_levels)
+        return summed.reshape(len(weights), n_levels)
+
+    pos, neg = at_each_score(positive), at_each_score(~positive)  # (B, distinct scores): weight at each score
     below = np.cumsum(neg, axis=1) - neg  # negative weight strictly below each score
     pairs = pos.sum(axis=1) * neg.sum(axis=1)
     wins = (pos * (below + 0.5 * neg)).sum(axis=1)
