@@ -105,8 +105,9 @@ def layer_statistics(
     if summary_layer:
         tensors.append(validity_summary(model, summary_layer))
         names.append(VALIDITY_SUMMARY)
-    probe = keras.Model(model.inputs[0], tensors)
-    return _site_moments(probe, predictor, paths, names, batch_size, on_batch)
+    moments = [part for t in tensors for part in _BatchMoments()(t)]
+    probe = _Probe(keras.Model(model.inputs[0], moments), names)
+    return _site_moments(probe, predictor, paths, batch_size, on_batch)
 
 
 def _ratio(source_std: np.ndarray, target_std: np.ndarray) -> np.ndarray:
@@ -143,12 +144,21 @@ def first_head_dense(model: keras.Model) -> keras.layers.Dense:
     raise ModelLoadError("the model has no dense layer after its pooled features, so it cannot be adapted")
 
 
-class _SiteStandardize(keras.layers.Layer):
+class _BatchMoments(keras.layers.Layer):
+    """Per-channel mean and variance of a batch over every axis but the channels (two passes, float32)."""
+
+    def call(self, x):
+        axes = tuple(range(len(x.shape) - 1))
+        return keras.ops.mean(x, axis=axes), keras.ops.var(x, axis=axes)
+
+
+class _SiteStandardize(_BatchMoments):
     """Standardise a batch-norm input with the batch's own statistics, re-scaled to the training ones.
 
     Used only inside the measuring pass of :func:`adapt_model` (never saved):
     like AdaBN's forward in training mode, every deeper layer then sees inputs
     already corrected for the site, so one pass measures all layers consistently.
+    Returns the batch's moments too: the site statistics are made of them.
     """
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, **kwargs) -> None:
@@ -158,79 +168,76 @@ class _SiteStandardize(keras.layers.Layer):
 
     def call(self, x):
         ops = keras.ops
-        mean = ops.mean(x, axis=(0, 1, 2))
-        var = ops.var(x, axis=(0, 1, 2))
+        mean, var = super().call(x)
         ok = ops.logical_and(ops.sqrt(var) > _MIN_STD, self.source_std > _MIN_STD)
         scale = ops.where(ok, self.source_std / ops.sqrt(var + 1e-12), 1.0)
         shift = ops.where(ok, self.source_mean - mean * scale, 0.0)
-        return x * scale + shift
+        return x * scale + shift, mean, var
 
 
-def _measuring_model(model: keras.Model, source: LayerStats, bn_names: Sequence[str]) -> keras.Model:
-    """The model with each batch norm's input standardised per batch; outputs each raw input and the features."""
-    raw: dict[str, object] = {}
+@dataclass(frozen=True)
+class _Probe:
+    """A model whose outputs are each named tensor's batch moments: mean, variance, in ``names`` order."""
+
+    model: keras.Model
+    names: list[str]
+
+
+def _measuring_model(model: keras.Model, source: LayerStats, bn_names: Sequence[str]) -> _Probe:
+    """The model with each batch norm's input standardised per batch; outputs the moments of each raw input and
+    of the pooled features."""
+    moments: dict[str, tuple] = {}
     wanted = set(bn_names)
 
     def call(layer: keras.layers.Layer, *args, **kwargs):
         if layer.name in wanted:
-            x = args[0]
-            raw[layer.name] = x
-            x = _SiteStandardize(source.mean[layer.name], source.std[layer.name])(x)
+            x, *moments[layer.name] = _SiteStandardize(source.mean[layer.name], source.std[layer.name])(args[0])
             return layer(x, *args[1:], **kwargs)
         out = layer(*args, **kwargs)
         if layer.name == FEATURES_LAYER:
-            raw[FEATURES_LAYER] = out
+            moments[FEATURES_LAYER] = _BatchMoments()(out)
         return out
 
     inputs = keras.Input(model.input_shape[1:], name="site_image")
     keras.models.clone_model(model, inputs, clone_function=lambda layer: layer, call_function=call)
-    return keras.Model(inputs, [raw[n] for n in [*bn_names, FEATURES_LAYER]])
+    names = [*bn_names, FEATURES_LAYER]
+    outputs = [part for n in names for part in moments[n]]
+    return _Probe(keras.Model(inputs, outputs), names)
 
 
 def _site_moments(
-    probe: keras.Model,
+    probe: _Probe,
     predictor: Predictor,
     paths: Sequence[str | Path],
-    names: Sequence[str],
     batch_size: int,
     on_batch: Callable[[int], None] | None,
 ) -> LayerStats:
-    """Per-channel mean and std of each output of ``probe`` over every pixel of every readable image."""
+    """Per-channel mean and std of each probed tensor over every pixel of every readable image: the batches'
+    moments pooled in float64 (the spread within batches plus the spread of their means)."""
     sig = [tf.TensorSpec([None, *predictor.spec.shape], tf.float32)]
-
-    @tf.function(input_signature=sig)
-    def moments(x: tf.Tensor) -> tuple[list[tf.Tensor], list[tf.Tensor], list[tf.Tensor]]:
-        outs = probe(x, training=False)
-        outs = outs if isinstance(outs, list | tuple) else [outs]
-        flat = [tf.reshape(tf.cast(o, tf.float64), [-1, o.shape[-1]]) for o in outs]
-        counts = [tf.cast(tf.shape(f)[0], tf.float64) for f in flat]
-        return [tf.reduce_sum(f, 0) for f in flat], [tf.reduce_sum(tf.square(f), 0) for f in flat], counts
-
-    total: list = [0.0] * len(names)
-    total_sq: list = [0.0] * len(names)
-    counts = [0.0] * len(names)
-    n_images = 0
+    batch_moments = tf.function(lambda x: probe.model(x, training=False), input_signature=sig)
+    sizes: list[int] = []
+    parts: list[list[np.ndarray]] = []
     skipped: list[tuple[Path, str]] = []
     for batch in predictor.batches(paths, batch_size):
         skipped += batch.skipped
         if len(batch.images):
-            sums, squares, seen = moments(batch.images)
-            for i in range(len(names)):
-                total[i] = total[i] + sums[i].numpy()
-                total_sq[i] = total_sq[i] + squares[i].numpy()
-                counts[i] += float(seen[i])
-            n_images += len(batch.images)
+            parts.append([np.asarray(m, np.float64) for m in batch_moments(batch.images)])
+            sizes.append(len(batch.images))
         if on_batch:
             on_batch(batch.size)
-    if n_images == 0:
+    if not sizes:
         where = Path(os.path.commonpath([str(p) for p in paths])) if paths else Path(".")
         raise none_readable(len(paths), where, skipped)
+    weight = np.asarray(sizes, np.float64)[:, None] / sum(sizes)  # each image gives a tensor as many values
     mean, std = {}, {}
-    for name, s, q, c in zip(names, total, total_sq, counts):
-        m = s / c
-        mean[name] = m.astype(np.float32)
-        std[name] = np.sqrt(np.maximum(q / c - m * m, 0.0)).astype(np.float32)
-    return LayerStats(mean, std, n_images)
+    for i, name in enumerate(probe.names):
+        means = np.stack([p[2 * i] for p in parts])
+        variances = np.stack([p[2 * i + 1] for p in parts])
+        pooled = (weight * means).sum(axis=0)
+        var = (weight * (variances + (means - pooled) ** 2)).sum(axis=0)
+        mean[name], std[name] = pooled.astype(np.float32), np.sqrt(var).astype(np.float32)
+    return LayerStats(mean, std, sum(sizes))
 
 
 def split_method(method: str) -> tuple[str, bool]:
@@ -275,8 +282,7 @@ def adapt_model(
     paths = content_order(paths)
     target = None
     if bn_names:
-        measured = [*bn_names, FEATURES_LAYER]
-        target = _site_moments(_measuring_model(model, source, bn_names), site, paths, measured, batch_size, on_batch)
+        target = _site_moments(_measuring_model(model, source, bn_names), site, paths, batch_size, on_batch)
         for n in bn_names:
             adapt_batchnorm(model.get_layer(n), source, target)
     last = [FEATURES_LAYER] if FEATURES_LAYER in names else []
