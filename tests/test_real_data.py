@@ -103,6 +103,45 @@ def test_predict_on_real_image_and_its_large_grayscale_original(tmp_path: Path) 
     assert Image.open(large["gradcam"]).size[0] > 500
 
 
+@pytest.mark.timeout(600)  # a Ray job that hangs fails here, not at CI's limit
+def test_ray_scores_real_x_rays_as_the_local_engine_did_and_feeds_a_gallery(
+    real_scored: Scored, real_scan: Scan, tmp_path: Path
+) -> None:
+    """``evaluate --engine ray`` on real files (a sample of the split, every virus miss in it): each row as the
+    session's local scores give it (which hold the recorded figures above), and a gallery drawn from its report."""
+    ray = pytest.importorskip("ray", reason="Ray is an optional install: pip install -r requirements-ray.txt")
+    local = dict(zip(real_scored.scores.paths, real_scored.scores.probabilities))
+    label = {s.path: s.label for s in real_scan.samples}
+    missed = [p for p, q in local.items() if label[p] == "VIRUS" and CLASSES[int(q.argmax())] != "VIRUS"][:6]
+    sample = missed + [s.path for s in real_scan.samples[::25] if s.path not in missed]
+    folder = tmp_path / "sample"
+    for path in sample:
+        (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / path.parent.name / path.name).symlink_to(path)
+    out = tmp_path / "ray"
+    ray.init(num_cpus=1, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False)
+    try:
+        run("evaluate", folder, "--engine", "ray", "--out", out)
+    finally:
+        ray.shutdown()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_images"] == len(sample) and m["skipped"] == []
+    assert m["provenance"]["engine"] == {"name": "ray", "version": ray.__version__, "address": "local", "workers": 1}
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_name = {p.name: q for p, q in local.items()}
+    for r in rows:
+        want = by_name[Path(r["file"]).name]
+        assert r["predicted"] == CLASSES[int(want.argmax())]
+        assert [float(r[f"p_{c}"]) for c in CLASSES] == pytest.approx(want.tolist(), abs=1e-5)
+    gallery = tmp_path / "gallery"
+    args = ["gallery", folder, "--class", "VIRUS", "--outcome", "FN", "--limit", 4, "--out", gallery]
+    result = run(*args, "--predictions", out / "predictions.csv")
+    fn = sum(r["true"] == "VIRUS" and r["predicted"] != "VIRUS" for r in rows)
+    assert fn >= len(missed) > 4 and f"{fn} image(s) with outcome FN" in result.output
+    assert [p.name for p in gallery.glob("page_*.png")] == ["page_001.png"]
+
+
 PROTOCOLS = {
     p.name: p
     for p in (
