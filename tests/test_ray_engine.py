@@ -119,7 +119,7 @@ def test_ray_options_need_the_ray_engine(tiny_model_dir: Path, broken_folder) ->
 
 @pytest.fixture(scope="module")
 def local_ray():
-    # One CPU, one actor: the other pytest worker shares the machine (several actors run in the CLI test below).
+    # One CPU, one actor: the other pytest worker shares the machine.
     ray.init(num_cpus=1, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -205,10 +205,12 @@ def test_a_model_folder_workers_cannot_read_is_one_line(local_ray, tiny_model_di
 
 
 def test_the_cli_ships_the_package_to_the_workers(tiny_model_dir: Path, broken_folder, tmp_path: Path) -> None:
-    """Started from elsewhere, with nothing on the workers' path: the Ray the CLI starts gets core/ itself."""
+    """Started from elsewhere, with nothing on the workers' path: the Ray the CLI starts gets core/ itself (one
+    actor: the other pytest worker shares the machine)."""
     code = f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from pneumocam.cli.app import main; main()"
     out = tmp_path / "report"
-    args = ["evaluate", str(broken_folder), "--model", str(tiny_model_dir), "--engine", "ray", "--out", str(out)]
+    args = ["evaluate", str(broken_folder), "--model", str(tiny_model_dir), "--engine", "ray", "--workers", "1"]
+    args += ["--out", str(out)]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
