@@ -26,6 +26,22 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+#: Both stages on three cached views, the fine-tuning at the head's rate: a step the consistency term can show in
+#: three epochs (lr / 100 barely moves).
+BASE = dict(epochs=1, batch_size=16, fine_tune_epochs=3, fine_tune_batch_size=8, views=3, augment="acquisition")
+BASE |= dict(fine_tune_lr_divisor=1.0)
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_data: Path, tiny_backbone_file: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One two-stage training without the consistency term, its activation cache kept: what the stage,
+    determinism and consistency tests look at (each training costs a worker half a minute)."""
+    cache = tmp_path_factory.mktemp("activations")
+    scan = scan_dataset(tiny_data)
+    result = train_model(scan, TrainConfig(**BASE), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), cache, verbose=0)
+    return result, cache
+
+
 def test_cached_activations_reproduce_the_full_model(tiny_data: Path, tiny_backbone_file: Path) -> None:
     model = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
     cut = cut_layer_name(model, 145)
@@ -47,24 +63,13 @@ def test_cut_across_a_residual_connection_is_refused() -> None:
         upper_model(model, cut_layer_name(model, 142))
 
 
-def test_two_stages_train_only_what_they_should(tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path) -> None:
+def test_two_stages_train_only_what_they_should(plain, tiny_backbone_file: Path) -> None:
+    result, cache = plain
     reference = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
-    cfg = TrainConfig(
-        epochs=3,
-        batch_size=16,
-        patience=2,
-        fine_tune_epochs=2,
-        fine_tune_batch_size=16,
-        views=2,
-        fine_tune_patience=5,
-        augment="acquisition",
-    )
-    scan = scan_dataset(tiny_data)
-    result = train_model(scan, cfg, TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), cache_dir=tmp_path, verbose=0)
     assert set(result.history) == {"baseline", "fine-tuning"}
     for h in result.history.values():
         assert {"loss", "val_loss", "accuracy", "precision", "recall", "auc", "val_auc"} <= set(h)
-    assert len(result.history["fine-tuning"]["loss"]) == 2
+    assert len(result.history["fine-tuning"]["loss"]) == BASE["fine_tune_epochs"]
     val = result.meta.metrics["validation"]
     assert val["n_images"] == result.meta.data["n_val"] > 0
     assert result.meta.training["config"]["fine_tune_from"] == 145
@@ -78,7 +83,7 @@ def test_two_stages_train_only_what_they_should(tiny_data: Path, tiny_backbone_f
     frozen, tuned = layers[1], next(lay for lay in layers[145:] if lay.weights)
     np.testing.assert_array_equal(frozen.get_weights()[0], reference.get_layer(frozen.name).get_weights()[0])
     assert not np.allclose(tuned.get_weights()[0], reference.get_layer(tuned.name).get_weights()[0])
-    assert len(list(tmp_path.glob("activations-*.npz"))) == 2  # train views + validation, reused next time
+    assert len(list(cache.glob("activations-*.npz"))) == 2  # train views + validation, reused next time
 
 
 def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path) -> None:
@@ -239,14 +244,13 @@ def test_the_shipped_recipes_are_the_seed_defaults_and_the_published_model() -> 
     assert ArchConfig.from_dict({"standardize": False, "blur": 0.0}) == ArchConfig()  # older files, options off
 
 
-def test_training_twice_in_one_process_gives_the_same_model(tiny_data: Path, tiny_backbone_file: Path) -> None:
-    cfg = TrainConfig(epochs=2, batch_size=16, fine_tune_epochs=1, fine_tune_batch_size=16, views=1)
-    scan = scan_dataset(tiny_data)
-    first = train_model(scan, cfg, TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), verbose=0).model.get_weights()
-    np.random.default_rng().random(3)  # whatever else the process does in between
+def test_training_twice_in_one_process_gives_the_same_model(plain, tiny_data: Path, tiny_backbone_file: Path) -> None:
+    """Again, after other tests and whatever else the process did, without the activation cache: the same weights."""
+    np.random.default_rng().random(3)
     build_model(TINY_ARCH, TINY_SPEC, None)
-    second = train_model(scan, cfg, TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), verbose=0).model.get_weights()
-    for a, b in zip(first, second, strict=True):
+    scan = scan_dataset(tiny_data)
+    again = train_model(scan, TrainConfig(**BASE), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), verbose=0)
+    for a, b in zip(plain[0].model.get_weights(), again.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -266,28 +270,24 @@ def test_consistency_loss_is_cross_entropy_plus_the_divergence_among_views() -> 
 
 
 def test_consistency_training_pulls_the_views_of_an_image_together(
-    tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path
+    plain, tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path
 ) -> None:
     from pneumocam.training.trainer import train_to_folder
 
     scan = scan_dataset(tiny_data)
-    base = dict(epochs=1, batch_size=16, fine_tune_epochs=3, fine_tune_batch_size=8, views=3, augment="acquisition")
-    base |= dict(fine_tune_lr_divisor=1.0)  # a step the consistency term can show in 3 epochs (lr / 100 barely moves)
     out = tmp_path / "model"  # the whole folder, curves included: the two stages record different metrics
     result = train_to_folder(
-        scan, out, TrainConfig(consistency=50.0, **base), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file)
+        scan, out, TrainConfig(consistency=50.0, **BASE), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file)
     )
     assert (out / "training_curves.png").stat().st_size > 1000 and load_predictor(out).views[0] == "identity"
     assert result.meta.training["config"]["consistency"] == 50.0
     assert len(result.history["fine-tuning"]["loss"]) == 3 and "val_accuracy" in result.history["fine-tuning"]
     # The validity statistics training stored fit the model it saved: reloaded, they accept its validation images.
-
     reloaded = load_predictor(out)
     val = [tiny_data / f for f in (out / "validation.txt").read_text().split()]
     _, summaries = reloaded.summaries(val, reloaded.validity.layer)
     accepted = float(np.mean(reloaded.validity.scores(summaries) <= 1.0))
     assert accepted == pytest.approx(reloaded.meta.validity["validation"]["accepted"]) and accepted >= 0.95
-    plain = train_model(scan, TrainConfig(**base), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file), verbose=0)
 
     def spread(model) -> float:
         paths = [s.path for s in scan.samples]
@@ -296,6 +296,6 @@ def test_consistency_training_pulls_the_views_of_an_image_together(
         probs = np.stack([head(a.astype(np.float32), training=False).numpy() for a in acts])
         return float(np.abs(probs - probs.mean(0)).mean())
 
-    assert spread(result.model) < spread(plain.model)
+    assert spread(result.model) < spread(plain[0].model)
     with pytest.raises(ValueError, match="at least 3 cached views"):
         TrainConfig(consistency=1.0, views=2)
