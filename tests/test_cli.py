@@ -287,36 +287,39 @@ def test_evaluating_again_keeps_the_galleries_drawn_from_the_report(
     assert not list((tmp_path / "reports").glob(".*staging*"))
 
 
-@pytest.mark.parametrize(
-    "args, code, message",
-    [
-        (["evaluate", "{tmp}/nowhere"], 1, "does not exist"),
-        (["gallery", "{data}", "--class", "PNEUMONIA", "--outcome", "FN"], 2, "BACTERIA, NORMAL, VIRUS"),
-        (["gallery", "{data}", "--class", "VIRUS", "--outcome", "FN", "--explain", "LUNGS"], 2, "'true'"),
-        (["evaluate", "{data}", "--out", "{tmp}/thesis"], 1, "choose another --out"),
-        (["evaluate", "{data}", "--out", "{tmp}/afile"], 1, "not a folder"),
-        (["stress", "{data}", "--out", "{tmp}/thesis"], 1, "choose another --out"),
-        (["evaluate", "{data}", "--record-as", "test", "--repo-id", "org/m", "--revision", "0" * 40], 2, "local model"),
-    ],
-)
-def test_mistakes_are_reported_before_the_model_or_tensorflow_loads(args, code, message, dataset_download, tmp_path):
-    """Run in a fresh interpreter: the error comes first, and TensorFlow was never imported."""
+MISTAKES = [
+    (["evaluate", "{tmp}/nowhere"], 1, "does not exist"),
+    (["gallery", "{data}", "--class", "PNEUMONIA", "--outcome", "FN"], 2, "BACTERIA, NORMAL, VIRUS"),
+    (["gallery", "{data}", "--class", "VIRUS", "--outcome", "FN", "--explain", "LUNGS"], 2, "'true'"),
+    (["evaluate", "{data}", "--out", "{tmp}/thesis"], 1, "choose another --out"),
+    (["evaluate", "{data}", "--out", "{tmp}/afile"], 1, "not a folder"),
+    (["stress", "{data}", "--out", "{tmp}/thesis"], 1, "choose another --out"),
+    (["evaluate", "{data}", "--record-as", "test", "--repo-id", "org/m", "--revision", "0" * 40], 2, "local model"),
+]
+
+
+def test_mistakes_are_reported_before_the_model_or_tensorflow_loads(dataset_download, tmp_path) -> None:
+    """In one fresh interpreter, each mistake in turn: its error, and TensorFlow still never imported."""
     root, _ = dataset_download
     (tmp_path / "thesis").mkdir()
     (tmp_path / "thesis" / "chapter1.docx").write_text("precious")
     (tmp_path / "afile").write_text("a file, not a folder")
-    argv = [a.format(tmp=tmp_path, data=root) for a in args]
-    if "--repo-id" not in argv:
-        argv += ["--model", str(REPO_ROOT / "weights")]
+    calls = []
+    for args, _, _ in MISTAKES:
+        argv = [a.format(tmp=tmp_path, data=root) for a in args]
+        calls.append(argv if "--repo-id" in argv else [*argv, "--model", str(REPO_ROOT / "weights")])
     probe = (
-        "import sys; from click.testing import CliRunner; from pneumocam.cli.app import main; "
-        f"r = CliRunner().invoke(main, {argv!r}); "
-        "print(r.exit_code, 'tensorflow' in sys.modules); print(r.output)"
+        "import json, sys; from click.testing import CliRunner; from pneumocam.cli.app import main\n"
+        f"for argv in {calls!r}:\n"
+        "    r = CliRunner().invoke(main, argv)\n"
+        "    print(json.dumps([r.exit_code, 'tensorflow' in sys.modules, r.output]))\n"
     )
     proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    first, *rest = proc.stdout.splitlines()
-    assert first == f"{code} False", proc.stdout + proc.stderr
-    assert message in "\n".join(rest)
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == len(MISTAKES), proc.stdout + proc.stderr
+    for (args, code, message), (exit_code, tensorflow, output) in zip(MISTAKES, results):
+        assert (exit_code, tensorflow) == (code, False), (args, output)
+        assert message in output, (args, output)
     assert [p.name for p in (tmp_path / "thesis").iterdir()] == ["chapter1.docx"]
 
 
