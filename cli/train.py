@@ -270,8 +270,7 @@ def fit_validity(data_dir: Path, model_dir: Path, proxy: Path | None) -> None:
 
     scan = scan_dataset(data_dir)
     predictor = load_predictor(model_dir)
-    add_validity(predictor, scan, proxy)
-    v = predictor.meta.validity
+    v = add_validity(predictor, scan, proxy).validity
     click.echo(
         f"validity statistics of {v['layer']} from {v['n_train']} training images; the threshold accepts "
         f"{v['validation']['accepted']:.1%} of {v['validation']['n_images']} validation images"

@@ -164,16 +164,33 @@ def tiny_validity(model: keras.Model) -> tuple:
 
 
 def adaptable_copy(out: Path, model_dir: Path, data: Path) -> Path:
-    """A copy of a model folder with training statistics measured on ``data`` (what adaptation maps back to)."""
+    """A copy of a model folder with training statistics measured on ``data``'s training split, stored as training
+    stores them (what adaptation maps back to)."""
     import shutil
 
     from pneumocam.images.data import scan_dataset
+    from pneumocam.model.artifact import store_source_stats, update
     from pneumocam.scoring.predictor import load_predictor
-    from pneumocam.training.completion import add_source_stats
+    from pneumocam.training.completion import source_statistics
+    from pneumocam.training.split import recorded_split, split_by_patient
 
     shutil.copytree(model_dir, out)
-    add_source_stats(load_predictor(out), scan_dataset(data))
+    predictor = load_predictor(out)
+    train, _ = split_by_patient(scan_dataset(data).samples, *recorded_split(predictor.meta.training))
+    stats = source_statistics(predictor, [s.path for s in train])
+    update(out, lambda meta: store_source_stats(out, meta, stats))
     return out
+
+
+def recorded_folds(directory: Path, split: dict) -> dict[str, int]:
+    """The per-image folds of a split ``model.json`` records: in the file it names, under their SHA-256."""
+    import hashlib
+    import json
+
+    ref = split["folds"]
+    folds = json.loads((Path(directory) / ref["file"]).read_text())[ref["sha256"]]
+    assert hashlib.sha256(json.dumps(folds, sort_keys=True).encode()).hexdigest() == ref["sha256"]
+    return folds
 
 
 def site_fixtures(name: str, per_class: int) -> tuple:

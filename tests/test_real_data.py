@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import SHARED_DATA, SHARED_WEIGHTS, requires_shared, run
+from helpers import SHARED_DATA, SHARED_WEIGHTS, recorded_folds, requires_shared, run
 from pneumocam.images.data import Scan, scan_dataset
-from pneumocam.model.artifact import read_meta, recorded_folds
+from pneumocam.model.artifact import read_meta
 from pneumocam.model.network import ArchConfig, build_model
 from pneumocam.paths import DEFAULT_WEIGHTS_DIR
 from pneumocam.reports.evaluation import Evaluation, evaluate_scored, write_report

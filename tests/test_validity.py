@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from helpers import make_dataset, run, save_gray, xray_like
+from helpers import adaptable_copy, make_dataset, run, save_gray, xray_like
 from pneumocam.errors import ModelLoadError
 from pneumocam.explain.explainer import Explainer
 from pneumocam.images.readers import Header, read_image_and_header
@@ -134,16 +134,10 @@ def test_fit_validity_adds_statistics_to_an_older_model(tiny_model_dir: Path, tm
 
 def test_adapting_rematches_the_statistics_to_the_site(tiny_model_dir: Path, tmp_path: Path) -> None:
     from pneumocam.site.models import adapt_to_site
-    from pneumocam.training.completion import add_source_stats
 
     data = tmp_path / "train"
     make_dataset(data, per_class=6)
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, folder)
-    from pneumocam.images.data import scan_dataset
-
-    add_source_stats(load_predictor(folder), scan_dataset(data))
-    base = load_predictor(folder)
+    base = load_predictor(adaptable_copy(tmp_path / "model", tiny_model_dir, data))
     site = tmp_path / "site"
     for i in range(12):
         save_gray(site / f"s{i}.png", (0.5 * xray_like(64, 64, seed=700 + i).astype(float) + 90).astype(np.uint8))

@@ -17,7 +17,7 @@ from pneumocam.config import PredictDefaults
 from pneumocam.errors import InputError, ModelLoadError
 from pneumocam.explain.explainer import Explainer
 from pneumocam.explain.gradcam import GradCAM, normalize_map
-from pneumocam.model.artifact import record_views
+from pneumocam.model.artifact import update
 from pneumocam.model.views import check_views, make_views, map_back, view
 from pneumocam.options import VALIDITY_LAYER
 from pneumocam.scoring.forward import compile_forward
@@ -101,7 +101,8 @@ def test_gradcam_explains_the_averaged_logit(gap_model: keras.Model) -> None:
 def viewed_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("viewed") / "model"
     shutil.copytree(tiny_model_dir, out)
-    record_views(out, PredictDefaults(views=("identity", "jpeg-75", "blur-0.7", "zoom-1.1")))
+    views = PredictDefaults(views=("identity", "jpeg-75", "blur-0.7", "zoom-1.1"))
+    update(out, lambda meta: setattr(meta, "predict", views))
     return out
 
 

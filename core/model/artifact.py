@@ -203,17 +203,24 @@ def save_artifact(
     tmp.replace(out / MODEL_FILE)
     meta.weights_sha256 = file_sha256(out / MODEL_FILE)
     if source_stats is not None:
-        path = source_stats.save(out / SOURCE_STATS_FILE)
-        meta.adaptation["source_stats"] = {
-            "file": SOURCE_STATS_FILE,
-            "sha256": file_sha256(path),
-            "n_images": source_stats.n_images,
-            "images": "the training split (validation excluded), clean, no augmentation",
-        }
+        store_source_stats(out, meta, source_stats)
     if validity is not None:
         store_validity(out, meta, validity)
     write_json(out / META_FILE, meta.to_dict())
     return out
+
+
+def store_source_stats(directory: Path, meta: ModelMeta, stats: Any, when: str = "") -> Path:
+    """Write ``source_stats.npz`` (a :class:`pneumocam.site.adaptation.LayerStats`) into a model folder and record
+    its hash and images in ``meta`` (the caller writes model.json); ``when``: appended to what the images were."""
+    path = stats.save(Path(directory) / SOURCE_STATS_FILE)
+    meta.adaptation["source_stats"] = {
+        "file": SOURCE_STATS_FILE,
+        "sha256": file_sha256(path),
+        "n_images": stats.n_images,
+        "images": "the training split (validation excluded), clean, no augmentation" + when,
+    }
+    return path
 
 
 def store_validity(directory: Path, meta: ModelMeta, validity: ValidityStats) -> Path:
@@ -275,20 +282,6 @@ def _detach_folds(directory: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     return {**metrics, "protocol": {**metrics["protocol"], "split": detached}}
 
 
-def recorded_folds(directory: str | Path, split: dict[str, Any]) -> dict[str, int]:
-    """The per-image folds of a recorded split (``metrics[key]["protocol"]["split"]``), checked against their hash."""
-    ref = split["folds"]
-    if "file" not in ref:  # recorded before the folds moved out of model.json
-        return ref
-    try:
-        folds = json.loads((Path(directory) / ref["file"]).read_text())[ref["sha256"]]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"{directory}/{ref['file']} lacks the split {ref['sha256'][:12]}") from exc
-    if _digest(folds) != ref["sha256"]:
-        raise ModelLoadError(f"{directory}/{ref['file']}: split {ref['sha256'][:12]} does not match its SHA-256")
-    return folds
-
-
 def record_metrics(directory: str | Path, split: str, metrics: dict[str, Any]) -> ModelMeta:
     """Store measured metrics (e.g. on the test split) in a model folder's metadata (not the skipped files, not the
     whole risk-coverage curve: the report beside them keeps both; a protocol's per-image folds in ``splits.json``).
@@ -312,11 +305,6 @@ def record_explain(directory: str | Path, gradcam_layers: list[str], explain: Ex
         meta.gradcam_layers, meta.explain = list(gradcam_layers), explain
 
     return update(directory, change)
-
-
-def record_views(directory: str | Path, predict: PredictDefaults) -> ModelMeta:
-    """Store the test-time views a model scores with (what the validation rule chose) in its metadata."""
-    return update(directory, lambda meta: setattr(meta, "predict", predict))
 
 
 def check_consistency(model: keras.Model, meta: ModelMeta) -> None:

@@ -285,7 +285,3 @@ def tuned_model(model: keras.Model, logits_layer: str, features_layer: str, tuni
     tuned = keras.Model(model.inputs[0], probs, name=model.name)
     dense.set_weights([new_kernel.astype(np.float32), new_bias.astype(np.float32)])
     return tuned
-
-
-def is_tuned(model: keras.Model) -> bool:
-    return TUNED_INPUT_LAYER in {layer.name for layer in model.layers}

@@ -11,10 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pneumocam.atomic import write_json
 from pneumocam.images.data import Sample, Scan, class_indices, labels_of, list_images
 from pneumocam.model import validity
-from pneumocam.model.artifact import META_FILE, SOURCE_STATS_FILE, file_sha256, store_validity
+from pneumocam.model.artifact import ModelMeta, store_validity, update
 from pneumocam.model.network import summary_width
 from pneumocam.model.validity import ValidityStats
 from pneumocam.options import VALIDITY_DISC_LAYER, VALIDITY_LAYER
@@ -83,9 +82,9 @@ def validity_statistics(
     return stats, validity.record(stats, train_summaries, val_summaries, images, against)
 
 
-def add_validity(predictor: Predictor, scan: Scan, proxy: Path | None = None) -> Path:
+def add_validity(predictor: Predictor, scan: Scan, proxy: Path | None = None) -> ModelMeta:
     """Fit and store the validity statistics of a model trained before they were kept (``proxy``: see
-    :func:`validity_statistics`).
+    :func:`validity_statistics`); returns the metadata written.
 
     The training and validation splits are rebuilt from the configuration in
     ``model.json`` (same fraction and seed, so the same patients), which makes
@@ -95,10 +94,12 @@ def add_validity(predictor: Predictor, scan: Scan, proxy: Path | None = None) ->
     train, val = split_by_patient(scan.samples, *recorded_split(predictor.meta.training))
     images = TRAINING_IMAGES + "; measured after training"
     stats, record = validity_statistics(predictor, train, val, predictor.meta.classes, images, proxy=proxy)
-    predictor.meta.validity = record
-    path = store_validity(predictor.directory, predictor.meta, stats)
-    write_json(predictor.directory / META_FILE, predictor.meta.to_dict())
-    return path
+
+    def change(meta: ModelMeta) -> None:
+        meta.validity = record
+        store_validity(predictor.directory, meta, stats)
+
+    return update(predictor.directory, change)
 
 
 def add_views(predictor: Predictor, scan: Scan, on_batch: Callable[[int], None] | None = None) -> Any:
@@ -110,27 +111,5 @@ def add_views(predictor: Predictor, scan: Scan, on_batch: Callable[[int], None] 
 
     _, val = split_by_patient(scan.samples, *recorded_split(predictor.meta.training))
     choice = choose_views(predictor, val, predictor.meta.classes, on_batch=on_batch)
-    choice.record_into(predictor.meta)
-    write_json(predictor.directory / META_FILE, predictor.meta.to_dict())
+    update(predictor.directory, choice.record_into)
     return choice
-
-
-def add_source_stats(predictor: Predictor, scan: Scan) -> Path:
-    """Measure and store the training statistics of a model trained before they were kept.
-
-    The training split is rebuilt from the configuration in ``model.json``
-    (same fraction and seed, so the same patients), which makes the result what
-    training would have stored.
-    """
-
-    train, _ = split_by_patient(scan.samples, *recorded_split(predictor.meta.training))
-    stats = source_statistics(predictor, [s.path for s in train])
-    path = stats.save(predictor.directory / SOURCE_STATS_FILE)
-    predictor.meta.adaptation["source_stats"] = {
-        "file": SOURCE_STATS_FILE,
-        "sha256": file_sha256(path),
-        "n_images": stats.n_images,
-        "images": "the training split (validation excluded), clean, no augmentation; measured after training",
-    }
-    write_json(predictor.directory / META_FILE, predictor.meta.to_dict())
-    return path
