@@ -23,6 +23,33 @@ from helpers import (  # noqa: E402
 from pneumocam.model.artifact import DEFAULT_CLASSES, new_meta, save_artifact  # noqa: E402
 from pneumocam.model.network import build_model  # noqa: E402
 
+#: The modules that take longest (``--durations``, on two workers), longest first. pytest-xdist hands whole modules
+#: to its workers in collection order (``--no-loadscope-reorder``): started first, they leave no worker alone with
+#: one of them at the end while the other idles.
+LONGEST_FIRST = (
+    "test_real_data.py",
+    "test_training.py",
+    "test_ray_engine.py",
+    "test_audit.py",
+    "test_cli.py",
+    "test_site.py",
+    "test_tuning.py",
+    "test_tracking.py",
+    "test_validity.py",
+    "test_views.py",
+    "test_artifact_hub.py",
+    "test_robustness.py",
+    "test_space.py",
+    "test_install.py",
+    "test_conformal.py",
+    "test_stress.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module's own order kept
+
 
 @pytest.fixture(scope="session")
 def tiny_backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
