@@ -86,11 +86,18 @@ def test_two_stages_train_only_what_they_should(plain, tiny_backbone_file: Path)
     assert len(list(cache.glob("activations-*.npz"))) == 2  # train views + validation, reused next time
 
 
-def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path) -> None:
+def test_train_cli_writes_a_loadable_model_from_a_recipe_and_flags(
+    tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from pneumocam.reports.card import model_card
+
+    recipe = tmp_path / "quick.json"
+    recipe.write_text(json.dumps({"train": {"epochs": 2, "views": 2, "batch_size": 16}, "arch": {"dropout": 0.3}}))
     out = tmp_path / "model"
     args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
-    args += ["--image-size", "64", "--epochs", "2", "--fine-tune-epochs", "1", "--cached-views", "2"]
-    args += ["--batch-size", "16"]
+    args += ["--image-size", "64", "--recipe", recipe, "--fine-tune-epochs", "1", "--dropout", "0.25"]
     result = run(*args)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["model.keras", "model.json", "history.json", "training_curves.png", "train.log", "source_stats.npz"]
@@ -116,8 +123,18 @@ def test_train_cli_writes_a_loadable_model(tiny_data: Path, tiny_backbone_file: 
     assert len(history["baseline"]["loss"]) <= 2 and len(history["fine-tuning"]["loss"]) == 1
     log = (out / "train.log").read_text()
     assert "stage head" in log and "stage fine_tuning" in log and '"seed": 42' in log
+    training = loaded.meta.training  # the recipe file's settings, the command line's over them, both recorded
+    assert training["config"]["epochs"] == 2 and training["config"]["views"] == 2  # from the file
+    assert training["config"]["fine_tune_epochs"] == 1 and loaded.meta.arch.dropout == 0.25  # the flags win
+    assert training["recipe"]["name"] == str(recipe)
+    assert training["recipe"]["sha256"] == hashlib.sha256(recipe.read_bytes()).hexdigest()
+    assert training["recipe"]["overrides"]["arch"] == {"alpha": 0.35, "dropout": 0.25}
+    assert f"recipe `{recipe}` with" in model_card(loaded.meta)
     again = run(*args, code=2)
     assert "--overwrite" in again.output
+    recipe.write_text(json.dumps({"train": {"epoch": 1}}))
+    refused = run(*args, "--overwrite", code=1)
+    assert "unknown train setting(s) epoch" in refused.output and load_predictor(out).meta.training == training
 
 
 def loaded_n_val(folder: Path) -> int:
@@ -193,34 +210,6 @@ def test_a_failed_training_leaves_no_folder_and_no_log_handler(tiny_data: Path, 
     assert not out.exists() and not list(tmp_path.glob(".model.staging-*"))
     handlers = logging.getLogger("pneumocam").handlers
     assert not any(isinstance(h, logging.FileHandler) for h in handlers)
-
-
-def test_train_reads_a_recipe_file_and_records_it_with_the_overrides(
-    tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path
-) -> None:
-    import hashlib
-
-    from pneumocam.reports.card import model_card
-
-    recipe = tmp_path / "quick.json"
-    recipe.write_text(
-        json.dumps({"train": {"epochs": 1, "fine_tune_from": None, "views": 1}, "arch": {"dropout": 0.3}})
-    )
-    out = tmp_path / "model"
-    args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
-    args += ["--image-size", "64", "--recipe", recipe, "--dropout", "0.25"]
-    run(*args)
-    loaded = load_predictor(out)
-    training = loaded.meta.training
-    assert training["config"]["epochs"] == 1 and training["epochs_run"] == {"baseline": 1}  # from the file
-    assert loaded.meta.arch.dropout == 0.25 and loaded.meta.input.height == 64  # the command line wins
-    assert training["recipe"]["name"] == str(recipe)
-    assert training["recipe"]["sha256"] == hashlib.sha256(recipe.read_bytes()).hexdigest()
-    assert training["recipe"]["overrides"]["arch"] == {"alpha": 0.35, "dropout": 0.25}
-    assert f"recipe `{recipe}` with" in model_card(loaded.meta)
-    recipe.write_text(json.dumps({"train": {"epoch": 1}}))
-    refused = run(*args, "--overwrite", code=1)
-    assert "unknown train setting(s) epoch" in refused.output
 
 
 def test_the_shipped_recipes_are_the_seed_defaults_and_the_published_model() -> None:
