@@ -210,15 +210,15 @@ def save_artifact(
     return out
 
 
-def store_source_stats(directory: Path, meta: ModelMeta, stats: Any, when: str = "") -> Path:
+def store_source_stats(directory: Path, meta: ModelMeta, stats: Any) -> Path:
     """Write ``source_stats.npz`` (a :class:`pneumocam.site.adaptation.LayerStats`) into a model folder and record
-    its hash and images in ``meta`` (the caller writes model.json); ``when``: appended to what the images were."""
+    its hash and images in ``meta`` (the caller writes model.json)."""
     path = stats.save(Path(directory) / SOURCE_STATS_FILE)
     meta.adaptation["source_stats"] = {
         "file": SOURCE_STATS_FILE,
         "sha256": file_sha256(path),
         "n_images": stats.n_images,
-        "images": "the training split (validation excluded), clean, no augmentation" + when,
+        "images": "the training split (validation excluded), clean, no augmentation",
     }
     return path
 
