@@ -36,20 +36,20 @@ def main() -> None:
     start = time.perf_counter()
     result = audit_images(predictor, paths, plan)
     seconds = time.perf_counter() - start
-    rec = result["recommendation"]
+    rec = result.recommendation
     print_table(
         [
             ("machine", f"{os.cpu_count()} CPUs"),
-            ("images", f"{result['n_images']} from {args.data}"),
-            ("as served", f"{result['served']['input']}; views {', '.join(result['served']['views'])}"),
+            ("images", f"{result.n_images} from {args.data}"),
+            ("as served", f"{result.served['input']}; views {', '.join(result.served['views'])}"),
             (
                 "methods x scores x layer sets",
-                f"{len(plan.methods)} x {len(plan.scores)} x {len(result['layer_sets'])}",
+                f"{len(plan.methods)} x {len(plan.scores)} x {len(result.layer_sets)}",
             ),
-            ("measured (passed sanity)", f"{sum(r['morf_auc'] is not None for r in result['table'])} rows"),
-            ("audit time", f"{seconds / 60:.1f} min ({seconds / result['n_images']:.2f} s per image)"),
-            ("recommended", f"{rec['method']} ({rec['score']}), {rec['layer_set']}"),
-            ("border-flagged", f"{len(result['border_flagged'])}"),
+            ("measured (passed sanity)", f"{sum(r.morf_auc is not None for r in result.table)} rows"),
+            ("audit time", f"{seconds / 60:.1f} min ({seconds / result.n_images:.2f} s per image)"),
+            ("recommended", f"{rec.method} ({rec.score}), {rec.layer_set}"),
+            ("border-flagged", f"{len(result.border.flagged)}"),
         ]
     )
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pneumocam.options import AUDIT_LIMIT, AUDIT_SEED, CAM_METHODS, CAM_SCORES, DEFAULT_LAYERS, MAX_SHOWN_LAYERS
+
+if TYPE_CHECKING:
+    from pneumocam.explain.audit_result import AuditResult
 
 from .common import (
     ModelChoice,
@@ -127,23 +131,23 @@ def audit(
     with tracked_command(mlflow_uri, "audit", predictor, data_dir, out.name) as run:
         with progress(len(paths) + len(stages(predictor.model, plan.blocks)), "auditing") as bar:
             result = audit_images(predictor, paths, plan, on_step=bar.update)
-        result["data_dir"] = data_dir.resolve().name + (f", the files in {subset.name}" if subset else "")
+        result = replace(result, data_dir=data_dir.resolve().name + (f", the files in {subset.name}" if subset else ""))
         click.echo(format_audit(result))
-        title = f"Heatmap audit: {data_dir.name}, {result['n_images']} images"
+        title = f"Heatmap audit: {data_dir.name}, {result.n_images} images"
         with write() as staging:
             write_audit(staging, result, predictor, title=title)
         click.echo(f"report written to {out}/")
         if run:
             run.params({"plan": plan.to_dict(), "limit": limit, "subset": subset.name if subset else ""})
             run.metrics(audit_metrics(result))
-            rec = result["recommendation"]
-            run.tags({"recommended": f"{rec['method']}, {rec['layer_set']}"})
+            rec = result.recommendation
+            run.tags({"recommended": f"{rec.method}, {rec.layer_set}"})
             run.artifacts(out)
     if record:
         _record(result, predictor)
 
 
-def _record(result: dict, predictor: Any) -> None:
+def _record(result: AuditResult, predictor: Any) -> None:
     """``--record``: the recommendation becomes the model folder's default heatmaps (model.json ``explain``)."""
     from pneumocam.explain.audit_choice import explain_defaults
     from pneumocam.model.artifact import record_explain

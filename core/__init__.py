@@ -18,7 +18,8 @@ modules, the root's and the groups listed before it (``tests/test_layout.py`` ch
 * ``site`` -- ``adaptation`` (unlabelled: AdaBN, LAME), ``calibration``, ``tuning`` (the head
   re-fitted), ``models`` (the adapted, calibrated and tuned model folders).
 * ``reports`` -- ``evaluation`` (evaluate and its site protocols), ``stress``, ``gallery``,
-  ``site_curve``, ``card`` (the model card), ``tracking`` (optional MLflow runs).
+  ``site_curve``, ``audit_report`` and ``audit_figures`` (the audit's files), ``card`` (the model card),
+  ``tracking`` (optional MLflow runs).
 * ``deploy`` -- ``publish`` (Hub and Space uploads), ``space_config``.
 * ``training`` -- ``recipe`` (``recipes/*.json``), ``augment``, ``consistency``, ``trainer`` (two
   stages on cached activations), ``view_choice`` (the test-time views, chosen on validation).

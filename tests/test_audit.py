@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import keras
@@ -15,6 +16,7 @@ from helpers import run, save_gray
 from pneumocam.config import FEATURES_LAYER, LOGITS_LAYER, ArchConfig, InputSpec
 from pneumocam.errors import InputError
 from pneumocam.explain.audit import AuditPlan, audit_images
+from pneumocam.explain.audit_result import AuditResult, AuditRow, Heatmaps, Recommendation
 from pneumocam.explain.faithfulness import border_share, random_map
 from pneumocam.explain.gradcam import GradCAM
 from pneumocam.explain.road import LERF, MORF, road_area, road_curves
@@ -108,12 +110,12 @@ def test_a_model_that_looks_at_the_border_gets_its_images_flagged(tmp_path: Path
     x = images(4, bright=None, seed=3)
     x[:, :3] = 250  # a bright band at the top: where a marker would sit
     border = audit_images(known_evidence_model("border"), write_images(tmp_path / "b", x), AuditPlan(n_layers=1))
-    assert len(border["border_flagged"]) == 4
-    assert min(border["border"]["share"].values()) > 0.8  # the model looks 4 px deep, the band is 3 px
+    assert len(border.border.flagged) == 4
+    assert min(border.border.share.values()) > 0.8  # the model looks 4 px deep, the band is 3 px
     both = AuditPlan(n_layers=1, scores=("logit", "log-probability"))
     patch = audit_images(known_evidence_model("patch"), write_images(tmp_path / "p", images(4)), both)
-    assert patch["border_flagged"] == [] and max(patch["border"]["share"].values()) < 0.1
-    road = patch["road"]
+    assert patch.border.flagged == [] and max(patch.border.share.values()) < 0.1
+    road = patch.road
     assert road["grid"] == SIZE  # never finer than the image
     for name in ("gradcam", "gradcam (log-probability)"):
         assert (
@@ -145,8 +147,8 @@ def test_a_map_without_evidence_is_captioned_never_an_empty_panel_and_the_audit_
 
     plan = AuditPlan(methods=("gradcam",), scores=("logit",), n_layers=1, shares=(0.2, 0.5))
     result = audit_images(model, write_images(tmp_path, x), plan)
-    assert [r["empty_share"] for r in result["table"]] == [0.5]
-    assert result["blank_layers"] == {"gradcam": {"conv": 0.5}}
+    assert [r.empty_share for r in result.table] == [0.5]
+    assert result.blank_layers == {"gradcam": {"conv": 0.5}}
 
 
 def test_randomising_the_head_of_a_trained_model_breaks_the_maps(trained_tiny) -> None:
@@ -154,17 +156,18 @@ def test_randomising_the_head_of_a_trained_model_breaks_the_maps(trained_tiny) -
     loaded = load_predictor(model_dir)
     paths = sorted(data.rglob("*.jpeg"))[:8]
     result = audit_images(loaded, paths, AuditPlan(methods=("gradcam", "hirescam"), n_layers=2, blocks=2))
-    assert result["randomisation_stages"] == ["head", "Conv_1", "block_16"]
+    assert result.randomisation_stages == ["head", "Conv_1", "block_16"]
     decided = 0
     for method in ("gradcam", "hirescam"):
-        for layer, entry in result["sanity"][method].items():
+        for layer, entry in result.sanity[method].items():
             # At 64 px the deepest maps are 2x2: a rank correlation over 4 cells cannot show decorrelation.
             if np.prod(loaded.model.get_layer(layer).output.shape[1:3]) >= 16:
-                assert entry["rho_after_head"] < 0.5, (method, layer, entry)
+                assert entry.rho_after_head < 0.5, (method, layer, entry)
                 decided += 1
-            cascade = {"head", "Conv_1", "block_16"} if method == result["cascade"] else {"head"}
-            assert set(entry["rho"]) == cascade  # the whole cascade for the model's default only
-            assert all(0 <= v <= 1 for v in entry["ssim"].values())
+            cascade = {"head", "Conv_1", "block_16"} if method == result.cascade else {"head"}
+            assert set(entry.rho) == cascade  # the whole cascade for the model's default only
+            assert entry.passes == (entry.rho_after_head < result.sanity_threshold)
+            assert all(0 <= v <= 1 for v in entry.ssim.values())
     assert decided >= 2
     assert loaded.model.get_layer(LOGITS_LAYER).get_weights()[0].std() > 0  # the loaded model itself untouched
     again = load_predictor(model_dir)
@@ -236,6 +239,12 @@ def test_audit_cli_writes_the_report(trained_tiny, tmp_path: Path) -> None:
     assert "--overwrite" in again.output and (out / "notes.txt").exists()
 
 
+def recommending(result: AuditResult, row: AuditRow) -> AuditResult:
+    """``result`` as if the audit had recommended ``row``: what --record does with any row."""
+    rec = Recommendation(row.method, row.score, row.layer_set, row.layers, row.road_gap, False, "test")
+    return replace(result, recommendation=rec)
+
+
 def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, tmp_path: Path) -> None:
     import shutil
 
@@ -250,10 +259,9 @@ def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, 
     loaded = load_predictor(copy)
     plan = AuditPlan(methods=("hirescam",), scores=("log-probability",), shares=(0.2, 0.5))
     result = audit_images(loaded, sorted(data.rglob("*.jpeg"))[:4], plan)
-    rows = {r["layer_set"]: r for r in result["table"]}
+    rows = {r.layer_set: r for r in result.table}
     assert set(rows) == {"last 3 conv", "out_relu", "block_13_expand + out_relu"}
-    result["recommendation"] = {**rows["out_relu"], "is_default": False, "why": "test"}
-    layers, defaults = explain_defaults(result, loaded)
+    layers, defaults = explain_defaults(recommending(result, rows["out_relu"]), loaded)
     record_explain(copy, layers, defaults)
     again = load_predictor(copy)
     explain = again.meta.explain
@@ -263,21 +271,20 @@ def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, 
         1,
         (),
     )
-    assert explain.audit["table"] == result["table"] and explain.audit["road"]["shares"] == [0.2, 0.5]
+    assert explain.audit["table"] == [asdict(r) for r in result.table] and explain.audit["road"]["shares"] == [0.2, 0.5]
+    assert explain.audit["recommendation"]["layer_set"] == "out_relu"
     shown = Explainer(again).explain_file(sorted(data.rglob("*.jpeg"))[0])
     assert shown.layer_names == ["out_relu"]
-    todays = models_default(again, result["layer_sets"])  # "today's default" is the model's own now
-    assert todays == {"method": "hirescam", "score": "log-probability", "layer_set": "out_relu", "layers": ["out_relu"]}
-    assert (
-        recommend(rows["out_relu"], todays)["is_default"] and not recommend(rows["last 3 conv"], todays)["is_default"]
-    )
-    assert recommend(None, todays)["layers"] == ["out_relu"]
+    todays = models_default(again, result.layer_sets)  # "today's default" is the model's own now
+    assert todays == Heatmaps("hirescam", "log-probability", "out_relu", ["out_relu"])
+    assert recommend(rows["out_relu"], todays).is_default and not recommend(rows["last 3 conv"], todays).is_default
+    assert recommend(None, todays).layers == ["out_relu"] and recommend(None, todays).is_default
     audited = audit_images(again, sorted(data.rglob("*.jpeg"))[:2], AuditPlan(methods=("gradcam", "hirescam")))
-    border = audited["border"]
-    assert (border["method"], border["score"], border["layer_set"]) == ("hirescam", "log-probability", "out_relu")
+    border = audited.border
+    assert (border.method, border.score, border.layer_set) == ("hirescam", "log-probability", "out_relu")
 
     fused = rows["block_13_expand + out_relu"]  # not the last N layers: recorded by name
-    result["recommendation"] = {**fused, "is_default": False, "why": "test"}
+    result = recommending(result, fused)
     record_explain(copy, *explain_defaults(result, loaded))
     named = load_predictor(copy)
     assert named.meta.explain.layer_names == ("block_13_expand", "out_relu") and named.meta.explain.layers == 2
@@ -286,24 +293,23 @@ def test_record_makes_a_passing_recommendation_the_models_default(trained_tiny, 
     shown = Explainer(named).explain_file(sorted(data.rglob("*.jpeg"))[0])
     assert shown.layer_names == ["block_13_expand", "out_relu"] and shown.heatmaps[0].shape == shown.image.shape[:2]
     assert shown.default.title == "audited default: HiResCAM, block_13_expand + out_relu"
-    assert result["served"] == {"input": named.spec.describe(), "views": list(named.views)}
+    assert result.served == {"input": named.spec.describe(), "views": list(named.views)}
 
     # The map served first is the map the audit measured for the recommended set: one image at the model's size.
     from pneumocam.explain.audit import set_map
     from pneumocam.explain.gradcam import METHODS
 
-    rec = result["recommendation"]
+    rec = result.recommendation
     side = named.spec.height
     one = save_gray(
         tmp_path / "one.png", np.asarray(Image.open(sorted(data.rglob("*.jpeg"))[1]).convert("L").resize((side, side)))
     )
     x = np.concatenate([b.images for b in named.batches([one])])
-    measured = dict(zip(rec["layers"], METHODS[rec["method"]].serving(named, rec["layers"], rec["score"])(x).maps))
+    measured = dict(zip(rec.layers, METHODS[rec.method].serving(named, rec.layers, rec.score)(x).maps))
     served = Explainer(named).explain_file(one)
     assert served.heatmap.shape == (side, side)
-    np.testing.assert_allclose(served.heatmap, set_map(measured, rec["layers"], 0, (side, side)), atol=1e-5)
+    np.testing.assert_allclose(served.heatmap, set_map(measured, rec.layers, 0, (side, side)), atol=1e-5)
     card = model_card(named.meta)
     assert "ROAD MoRF" in card and "explaining the log-probability" in card
-    result["recommendation"] = {**fused, "layers": ["dense"], "is_default": False, "why": "test"}
     with pytest.raises(InputError, match="not explainable layers"):
-        explain_defaults(result, loaded)
+        explain_defaults(recommending(result, replace(fused, layers=["dense"])), loaded)

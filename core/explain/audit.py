@@ -26,15 +26,8 @@ import numpy as np
 
 from pneumocam.config import check_cam_method, check_cam_score
 from pneumocam.errors import InputError, none_readable
-from pneumocam.explain.audit_choice import (
-    CENTER,
-    RANDOM,
-    candidate_name,
-    models_default,
-    passes,
-    recommend,
-    recommendation_table,
-)
+from pneumocam.explain.audit_choice import CENTER, RANDOM, models_default, passes, recommend, recommendation_table
+from pneumocam.explain.audit_result import AuditResult, BorderCheck, Heatmaps, LayerSanity, candidate_name
 from pneumocam.explain.audit_road import nest, road_rounds, summarise
 from pneumocam.explain.faithfulness import border_share, center_map, random_map
 from pneumocam.explain.gradcam import METHODS
@@ -46,8 +39,6 @@ from pneumocam.options import (
     AUDIT_CASCADE_IMAGES,
     AUDIT_LIMIT,
     AUDIT_SEED,
-    BORDER_BAND,
-    BORDER_FLAG,
     CAM_METHODS,
     DEFAULT_LAYERS,
     ROAD_GRID,
@@ -161,7 +152,7 @@ def sanity_check(
     original: dict[str, dict[str, np.ndarray]],
     cascade: str,
     on_stage: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, dict[str, LayerSanity]]:
     """Cascading randomisation on a copy of the model: median |rho| and SSIM per candidate, layer and depth.
 
     Every candidate is measured on every image once the head is random (what passing means); the deeper
@@ -172,7 +163,8 @@ def sanity_check(
     copy.set_weights(predictor.model.get_weights())
     randomised = predictor.derived(model=copy)
     cams = {candidate_name(m, s): METHODS[m].serving(randomised, layers, s) for m, s in plan.candidates}
-    out: dict[str, Any] = {c: {name: {"rho": {}, "ssim": {}} for name in layers} for c in cams}
+    rho: dict[str, dict[str, dict[str, float]]] = {c: {name: {} for name in layers} for c in cams}
+    similar: dict[str, dict[str, dict[str, float]]] = {c: {name: {} for name in layers} for c in cams}
     for k, (stage, stage_layers) in enumerate(stages(copy, plan.blocks)):
         randomize(copy, stage_layers, plan.seed + k)
         n = len(x) if stage == HEAD else AUDIT_CASCADE_IMAGES
@@ -182,17 +174,17 @@ def sanity_check(
             random_maps, _ = _cam_maps(cam, x[:n], targets[:n])
             for name, rmaps in zip(layers, random_maps):
                 orig = original[c][name][:n]
-                rhos = [rank_correlation(a, b) for a, b in zip(orig, rmaps)]
-                out[c][name]["rho"][stage] = float(np.median(rhos))
-                out[c][name]["ssim"][stage] = float(np.median([ssim(a, b) for a, b in zip(orig, rmaps)]))
+                rho[c][name][stage] = float(np.median([rank_correlation(a, b) for a, b in zip(orig, rmaps)]))
+                similar[c][name][stage] = float(np.median([ssim(a, b) for a, b in zip(orig, rmaps)]))
         if on_stage:
             on_stage(1)
-    for c in cams:
-        for name in layers:
-            entry = out[c][name]
-            entry["rho_after_head"] = entry["rho"][HEAD]
-            entry["passes"] = bool(entry["rho_after_head"] < SANITY_MAX_RHO)
-    return out
+    return {
+        c: {
+            name: LayerSanity(rho[c][name], similar[c][name], rho[c][name][HEAD], rho[c][name][HEAD] < SANITY_MAX_RHO)
+            for name in layers
+        }
+        for c in cams
+    }
 
 
 def audit_sample(samples: Sequence[Sample], limit: int = AUDIT_LIMIT, seed: int = AUDIT_SEED) -> list[Path]:
@@ -207,7 +199,7 @@ def audit_images(
     paths: Sequence[Path],
     plan: AuditPlan = AuditPlan(),
     on_step: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
+) -> AuditResult:
     """Audit the readable files of ``paths``; ``on_step`` advances by images and randomisation stages."""
     meta = predictor.meta
     if plan.n_layers < 1 or plan.n_layers > len(meta.gradcam_layers):
@@ -247,53 +239,45 @@ def audit_images(
     road = road_rounds(probabilities, x, probs, keys, keys.index(border), candidate_map, plan, on_step)
     road_entries = [summarise(road.values, road.curves, j, targets, meta.classes) for j in range(len(keys))]
     table = recommendation_table(road_entries, keys, sanity, sets, plan, blank)
-    best = table[0] if table and table[0]["sanity_pass"] and table[0]["road_images"] == len(x) else None
-    shares = [border_share(candidate_map(i, *border)) for i in range(len(x))]
+    best = table[0] if table and table[0].sanity_pass and table[0].road_images == len(x) else None
     names = [str(p) for p in kept]
-    return {
-        "n_images": len(kept),
-        "served": served_pipeline(predictor),
-        "methods": named,
-        "layer_sets": sets,
-        "randomisation_stages": [name for name, _ in stages(predictor.model, plan.blocks)],
-        "cascade": border[0],
-        "sanity_threshold": SANITY_MAX_RHO,
-        "sanity": sanity,
-        "road": {
-            **nest(road_entries, keys, best["layer_set"] if best else border[1]),
+    shares = {n: border_share(candidate_map(i, *border)) for i, n in enumerate(names)}
+    return AuditResult(
+        n_images=len(kept),
+        served=served_pipeline(predictor),
+        methods=named,
+        layer_sets=sets,
+        randomisation_stages=[name for name, _ in stages(predictor.model, plan.blocks)],
+        cascade=border[0],
+        sanity_threshold=SANITY_MAX_RHO,
+        sanity=sanity,
+        road={
+            **nest(road_entries, keys, best.layer_set if best else border[1]),
             "shares": list(plan.shares),
             "grid": road.grid,
             "noise": plan.noise,
         },
-        "table": table,
-        "blank_layers": {c: {name: float(flags.mean()) for name, flags in per.items()} for c, per in blank.items()},
-        "recommendation": recommend(best, todays),
-        "border": {
-            "band": BORDER_BAND,
-            "threshold": BORDER_FLAG,
-            "method": border_pair[0],
-            "score": border_pair[1],
-            "layer_set": border[1],
-            "share": dict(zip(names, map(float, shares))),
-        },
-        "border_flagged": [n for n, s in zip(names, shares) if s > BORDER_FLAG],
-        "predictions": {n: meta.classes[int(t)] for n, t in zip(names, targets)},
-        "confidence": {n: float(p.max()) for n, p in zip(names, probs)},
-        "skipped": [{"file": str(p), "reason": r} for p, r in skipped],
-    }
+        table=table,
+        blank_layers={c: {name: float(flags.mean()) for name, flags in per.items()} for c, per in blank.items()},
+        recommendation=recommend(best, todays),
+        border=BorderCheck(*border_pair, border[1], share=shares),
+        predictions={n: meta.classes[int(t)] for n, t in zip(names, targets)},
+        confidence={n: float(p.max()) for n, p in zip(names, probs)},
+        skipped=[{"file": str(p), "reason": r} for p, r in skipped],
+    )
 
 
 def _border_maps(
-    plan: AuditPlan, todays: dict[str, Any], sets: dict[str, list[str]]
+    plan: AuditPlan, todays: Heatmaps, sets: dict[str, list[str]]
 ) -> tuple[tuple[str, str], tuple[str, str]]:
     """The maps the border share and the sanity cascade look at: the model's default where the plan audits it.
 
     Returns the (method, score) pair and the (candidate name, layer set) key.
     """
     named = [candidate_name(m, s) for m, s in plan.candidates]
-    todays_name = candidate_name(todays["method"], todays["score"])
+    todays_name = todays.name
     pair = plan.candidates[named.index(todays_name)] if todays_name in named else plan.candidates[0]
-    layer_set = todays["layer_set"] if todays["layer_set"] in sets else default_set_name(plan.n_layers)
+    layer_set = todays.layer_set if todays.layer_set in sets else default_set_name(plan.n_layers)
     return pair, (candidate_name(*pair), layer_set)
 
 
