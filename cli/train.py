@@ -97,10 +97,11 @@ _FROM_RECIPE = " [default: the recipe's]"
 @click.option("--dense", "dense_units", type=IntList(at_least=0), help="Hidden ReLU layer sizes, e.g. 256,64.")
 @click.option("--rotation", type=click.FloatRange(0, 0.5), help="RandomRotation factor.")
 @click.option(
+    "--copies",
     "--cached-views",
-    "views",
+    "copies",
     type=click.IntRange(1),
-    help="Augmented training views cached per image (view 0 is the image itself).",
+    help="Augmented copies of each training image cached (copy 0 is the image itself); --cached-views: the older name.",
 )
 @click.option(
     "--augment",
@@ -111,7 +112,7 @@ _FROM_RECIPE = " [default: the recipe's]"
 @click.option(
     "--consistency",
     type=click.FloatRange(min=0),
-    help="Fine-tuning: weight of the Jensen-Shannon consistency among each image's clean and two augmented views "
+    help="Fine-tuning: weight of the Jensen-Shannon consistency among each image's clean and two augmented copies "
     "(AugMix); 0: plain cross-entropy.",
 )
 @click.option("--val-fraction", type=click.FloatRange(0.05, 0.45))

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from pneumocam.errors import InputError
 from pneumocam.options import (
@@ -31,15 +31,25 @@ POOLINGS = ("max", "avg")
 
 
 class Stored:
-    """``to_dict`` / ``from_dict`` for a frozen dataclass kept in model.json (tuple fields travel as lists)."""
+    """``to_dict`` / ``from_dict`` for a frozen dataclass kept in model.json (tuple fields travel as lists).
+
+    ``RENAMED``: the older name of a field, as model.json files and recipes written before the rename say it.
+    """
+
+    RENAMED: ClassVar[dict[str, str]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
+    def current_names(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """``d`` with each older field name replaced by today's."""
+        return {cls.RENAMED.get(k, k): v for k, v in d.items()}
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
         tuples = {f.name for f in fields(cls) if isinstance(f.default, tuple)}
-        return cls(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in cls.current_names(d).items()})
 
 
 @dataclass(frozen=True)
@@ -165,6 +175,8 @@ class ArchConfig(Stored):
 class TrainConfig(Stored):
     """Both stages; the defaults are the seed's recipe."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"views": "copies"}  # "views" now means the test-time views alone
+
     epochs: int = 50
     batch_size: int = 100
     learning_rate: float = 1e-3
@@ -174,20 +186,19 @@ class TrainConfig(Stored):
     fine_tune_batch_size: int = 300
     fine_tune_lr_divisor: float = 100.0
     fine_tune_patience: int | None = None
-    views: int = 3
+    #: Augmented copies of each training image cached as activations (copy 0 is the image itself).
+    copies: int = 3
     val_fraction: float = 0.2
     seed: int = 42
     class_weight: str = "balanced"
     label_smoothing: float = 0.0
     augment: str = AUGMENTATIONS[0]
-    #: Fine-tuning: weight of the Jensen-Shannon consistency among an image's views (pneumocam.training.consistency);
+    #: Fine-tuning: weight of the Jensen-Shannon consistency among an image's copies (pneumocam.training.consistency);
     #: 0: none.
     consistency: float = 0.0
 
     def __post_init__(self) -> None:
         if self.consistency < 0:
             raise InputError("the consistency weight must be at least 0")
-        if self.consistency > 0 and (self.fine_tune_from is None or self.views < 3):
-            raise InputError(
-                "consistency training needs the fine-tuning stage and at least 3 cached views (--cached-views)"
-            )
+        if self.consistency > 0 and (self.fine_tune_from is None or self.copies < 3):
+            raise InputError("consistency training needs the fine-tuning stage and at least 3 cached copies (--copies)")

@@ -76,12 +76,12 @@ def test_acquisition_views_differ_from_seed_views(tiny_backbone_file: Path, tmp_
     make_dataset(root, "download", per_class=2)
     paths = [s.path for s in scan_dataset(root).samples[:4]]
     model = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
-    seed_views, _ = extract_activations(served(model), paths, views=2, seed=5)
-    acq_views, _ = extract_activations(served(model), paths, views=2, seed=5, augment="acquisition")
+    seed_views, _ = extract_activations(served(model), paths, copies=2, seed=5)
+    acq_views, _ = extract_activations(served(model), paths, copies=2, seed=5, augment="acquisition")
     np.testing.assert_allclose(seed_views[0], acq_views[0])  # view 0 is always the plain image
     assert np.abs(seed_views[1].astype(np.float32) - acq_views[1]).max() > 0.05
     with pytest.raises(ValueError, match="unknown augmentation"):
-        extract_activations(served(model), paths, views=2, augment="mixup")
+        extract_activations(served(model), paths, copies=2, augment="mixup")
 
 
 @pytest.mark.parametrize("name", list(PERTURBATIONS))
@@ -177,8 +177,8 @@ def test_invariance_augmentation_trains_its_views(tmp_path: Path, tiny_backbone_
     make_dataset(tmp_path / "d", "download", per_class=2)
     model = build_model(TINY_ARCH, TINY_SPEC, str(tiny_backbone_file))
     paths = [s.path for s in scan_dataset(tmp_path / "d").samples]
-    plain, _ = extract_activations(served(model), paths, views=2, augment="acquisition")
-    inv, _ = extract_activations(served(model), paths, views=2, augment="invariance")
+    plain, _ = extract_activations(served(model), paths, copies=2, augment="acquisition")
+    inv, _ = extract_activations(served(model), paths, copies=2, augment="invariance")
     np.testing.assert_array_equal(plain[0], inv[0])
     assert np.abs(plain[1].astype(np.float32) - inv[1]).max() > 1e-3
 

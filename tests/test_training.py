@@ -28,7 +28,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 #: Both stages on three cached views, the fine-tuning at the head's rate: a step the consistency term can show in
 #: three epochs (lr / 100 barely moves).
-BASE = dict(epochs=1, batch_size=16, fine_tune_epochs=3, fine_tune_batch_size=8, views=3, augment="acquisition")
+BASE = dict(epochs=1, batch_size=16, fine_tune_epochs=3, fine_tune_batch_size=8, copies=3, augment="acquisition")
 BASE |= dict(fine_tune_lr_divisor=1.0)
 
 
@@ -47,7 +47,7 @@ def test_cached_activations_reproduce_the_full_model(tiny_data: Path, tiny_backb
     cut = cut_layer_name(model, 145)
     assert cut == backbone_layers(model)[144].name
     paths = [s.path for s in scan_dataset(tiny_data).samples[:5]]
-    acts, skipped = extract_activations(served(model), paths, cut, views=2, batch_size=2)
+    acts, skipped = extract_activations(served(model), paths, cut, copies=2, batch_size=2)
     assert acts.shape[:2] == (2, 5) and acts.dtype == np.float16 and not skipped
     x = np.stack([served(model).model_input(read_image(p)) for p in paths])
     direct = model(x, training=False).numpy()
@@ -94,6 +94,7 @@ def test_train_cli_writes_a_loadable_model_from_a_recipe_and_flags(
     from pneumocam.reports.card import model_card
 
     recipe = tmp_path / "quick.json"
+    # "views": the older name of "copies", as recipes written before the rename say it
     recipe.write_text(json.dumps({"train": {"epochs": 2, "views": 2, "batch_size": 16}, "arch": {"dropout": 0.3}}))
     out = tmp_path / "model"
     args = ["train", tiny_data, "--out", out, "--backbone-weights", tiny_backbone_file, "--width-multiplier", "0.35"]
@@ -124,7 +125,7 @@ def test_train_cli_writes_a_loadable_model_from_a_recipe_and_flags(
     log = (out / "train.log").read_text()
     assert "stage head" in log and "stage fine_tuning" in log and '"seed": 42' in log
     training = loaded.meta.training  # the recipe file's settings, the command line's over them, both recorded
-    assert training["config"]["epochs"] == 2 and training["config"]["views"] == 2  # from the file
+    assert training["config"]["epochs"] == 2 and training["config"]["copies"] == 2  # from the file
     assert training["config"]["fine_tune_epochs"] == 1 and loaded.meta.arch.dropout == 0.25  # the flags win
     assert training["recipe"]["name"] == str(recipe)
     assert training["recipe"]["sha256"] == hashlib.sha256(recipe.read_bytes()).hexdigest()
@@ -225,7 +226,8 @@ def test_the_shipped_recipes_are_the_seed_defaults_and_the_published_model() -> 
     published, meta = load_recipe(PUBLISHED_RECIPE), read_meta(DEFAULT_WEIGHTS_DIR)
     assert meta.training["recipe"]["name"] == PUBLISHED_RECIPE
     assert meta.training["recipe"]["sha256"] == published.sha256  # the file the model was trained from, unchanged
-    assert published.train.to_dict() == meta.training["config"] and published.arch == meta.arch
+    # the recorded config, read through today's names ("views" is "copies" now)
+    assert published.train == TrainConfig.from_dict(meta.training["config"]) and published.arch == meta.arch
     with pytest.raises(InputError, match="pneumocam, seed"):
         load_recipe("no-such-recipe")
     with pytest.raises(InputError, match="left PneumoCAM; load it at"):
@@ -258,7 +260,7 @@ def test_consistency_loss_is_cross_entropy_plus_the_divergence_among_views() -> 
     assert float(loss(y, differ)[0]) == pytest.approx(ce + 10.0 * js, rel=1e-5)
 
 
-def test_consistency_training_pulls_the_views_of_an_image_together(
+def test_consistency_training_pulls_the_copies_of_an_image_together(
     plain, tiny_data: Path, tiny_backbone_file: Path, tmp_path: Path
 ) -> None:
     from pneumocam.training.trainer import train_to_folder
@@ -280,11 +282,11 @@ def test_consistency_training_pulls_the_views_of_an_image_together(
 
     def spread(model) -> float:
         paths = [s.path for s in scan.samples]
-        acts, _ = extract_activations(served(model), paths, "out_relu", views=3, augment="acquisition")
+        acts, _ = extract_activations(served(model), paths, "out_relu", copies=3, augment="acquisition")
         head = upper_model(model, "out_relu")
         probs = np.stack([head(a.astype(np.float32), training=False).numpy() for a in acts])
         return float(np.abs(probs - probs.mean(0)).mean())
 
     assert spread(result.model) < spread(plain[0].model)
-    with pytest.raises(ValueError, match="at least 3 cached views"):
-        TrainConfig(consistency=1.0, views=2)
+    with pytest.raises(ValueError, match="at least 3 cached copies"):
+        TrainConfig(consistency=1.0, copies=2)

@@ -68,15 +68,15 @@ def extract_activations(
     predictor: Predictor,
     paths: Sequence[str | Path],
     layer: str = FEATURES_LAYER,
-    views: int = 1,
+    copies: int = 1,
     batch_size: int = 64,
     seed: int = 42,
     on_batch: Callable[[int], None] | None = None,
     augment: str = AUGMENTATIONS[0],
 ) -> tuple[np.ndarray, list[tuple[Path, str]]]:
-    """Activations of ``layer`` (float16), shape ``(views, n, ...)``; view 0 is the plain image.
+    """Activations of ``layer`` (float16), shape ``(copies, n, ...)``; copy 0 is the plain image.
 
-    Views 1.. are random flips/rotations made by the model's own augmentation
+    Copies 1.. are random flips/rotations made by the model's own augmentation
     layers, after zoom, blur, exposure and noise changes when ``augment`` is
     ``"acquisition"`` or ``"invariance"`` (:mod:`pneumocam.training.augment`). Unreadable files are left out and
     returned separately with their reason. The images go through the predictor's input pipeline.
@@ -87,17 +87,17 @@ def extract_activations(
     sig = [tf.TensorSpec([None, *spec.shape], tf.float32)]
     forward = tf.function(lambda x: tf.cast(probe(x, training=False), tf.float16), input_signature=sig)
     augmenter = tf.function(_augment_fn(model, augment, seed), input_signature=sig)
-    out: list[list[np.ndarray]] = [[] for _ in range(views)]
+    out: list[list[np.ndarray]] = [[] for _ in range(copies)]
     skipped: list[tuple[Path, str]] = []
     for batch in predictor.batches(paths, batch_size):
         if len(batch.images):
-            for v in range(views):
-                out[v].append(forward(batch.images if v == 0 else augmenter(batch.images)).numpy())
+            for c in range(copies):
+                out[c].append(forward(batch.images if c == 0 else augmenter(batch.images)).numpy())
         skipped += batch.skipped
         if on_batch:
             on_batch(batch.size)
     shape = probe.output_shape[1:]
-    return np.stack([np.concatenate(v) if v else np.zeros((0, *shape), np.float16) for v in out]), skipped
+    return np.stack([np.concatenate(c) if c else np.zeros((0, *shape), np.float16) for c in out]), skipped
 
 
 def cache_key(
@@ -105,7 +105,7 @@ def cache_key(
     model: keras.Model,
     spec: InputSpec,
     layer: str,
-    views: int,
+    copies: int,
     seed: int,
     augment: str = AUGMENTATIONS[0],
 ) -> str:
@@ -113,7 +113,7 @@ def cache_key(
     h = hashlib.sha256()
     h.update(json.dumps([str(p) for p in paths]).encode())
     pooling = type(model.get_layer(FEATURES_LAYER)).__name__
-    h.update(json.dumps([spec.to_dict(), layer, views, seed, pooling]).encode())
+    h.update(json.dumps([spec.to_dict(), layer, copies, seed, pooling]).encode())
     params = augment_params(augment)
     if params is not None:
         h.update(json.dumps([augment, params.to_dict()]).encode())

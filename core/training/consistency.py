@@ -1,13 +1,13 @@
-"""Consistency training: one image's views must get one call (AugMix's Jensen-Shannon term).
+"""Consistency training: one image's copies must get one call (AugMix's Jensen-Shannon term).
 
-Augmented views alone teach a model that each view's label is the image's
-label; they do not teach it that two views of one image get the *same*
+Augmented copies alone teach a model that each copy's label is the image's
+label; they do not teach it that two copies of one image get the *same*
 probabilities, and the published model changed 8.5 % of its validation calls
 under a JPEG re-encoding. Hendrycks et al. 2020 (AugMix) add the
 Jensen-Shannon divergence between the predictions of the clean image and two
-augmented views to the cross-entropy. Here the views come from the activation
+augmented copies to the cross-entropy. Here the copies come from the activation
 cache of :mod:`pneumocam.training.activations`: each step takes, for every image of the batch,
-the clean view and two other cached views drawn at random.
+the clean copy and two other cached copies drawn at random.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import keras
 import numpy as np
 from keras import ops
 
-#: Views per image in one step: the clean one and two drawn from the cached augmented views.
-STEP_VIEWS = 3
+#: Copies per image in one step: the clean one and two drawn from the cached augmented copies.
+STEP_COPIES = 3
 _EPS = 1e-7
 
 
 def consistency_loss(weight: float, label_smoothing: float, n_classes: int) -> Callable:
-    """Cross-entropy of every view plus ``weight`` times the Jensen-Shannon divergence among the views.
+    """Cross-entropy of every copy plus ``weight`` times the Jensen-Shannon divergence among the copies.
 
-    ``y_true``: (batch, classes) one-hot; ``y_pred``: (batch, views, classes) probabilities.
+    ``y_true``: (batch, classes) one-hot; ``y_pred``: (batch, copies, classes) probabilities.
     Returns one value per image, so class weights apply as sample weights.
     """
 
@@ -42,22 +42,22 @@ def consistency_loss(weight: float, label_smoothing: float, n_classes: int) -> C
     return loss
 
 
-def view_accuracy(y_true, y_pred):
-    """Accuracy of the first view (the clean image), reported as ``accuracy`` like the plain stage's."""
+def clean_accuracy(y_true, y_pred):
+    """Accuracy of the first copy (the clean image), reported as ``accuracy`` like the plain stage's."""
     return ops.cast(ops.equal(ops.argmax(y_true, axis=-1), ops.argmax(y_pred[:, 0], axis=-1)), "float32")
 
 
-view_accuracy.__name__ = "accuracy"
+clean_accuracy.__name__ = "accuracy"
 
 
-class PerView(keras.Model):
-    """``net`` applied to each of a variable number of views per image: (batch, views, ...) -> (batch, views, classes).
+class PerCopy(keras.Model):
+    """``net`` applied to each of several copies per image: (batch, copies, ...) -> (batch, copies, classes).
 
     The layers are ``net``'s own, so training this trains ``net``.
     """
 
     def __init__(self, net: keras.Model, **kwargs: object) -> None:
-        super().__init__(name=f"{net.name}_views", **kwargs)
+        super().__init__(name=f"{net.name}_copies", **kwargs)
         self.net = net
 
     def call(self, x, training=None):
@@ -66,12 +66,12 @@ class PerView(keras.Model):
         return ops.reshape(out, (shape[0], shape[1], -1))
 
 
-class ViewBatches(keras.utils.PyDataset):
-    """Batches of ``(views, one-hot labels, class weights)``: each image's clean view and random others.
+class CopyBatches(keras.utils.PyDataset):
+    """Batches of ``(copies, one-hot labels, class weights)``: each image's clean copy and random others.
 
-    ``activations`` has shape ``(views, n, ...)`` with view 0 clean; the draws are
+    ``activations`` has shape ``(copies, n, ...)`` with copy 0 clean; the draws are
     seeded and new in every epoch. An epoch passes over the images about
-    ``views / 3`` times, so it reads as many views as an epoch of the plain stage
+    ``copies / 3`` times, so it reads as many copies as an epoch of the plain stage
     and the two stages' epoch counts and patience mean the same.
     """
 
@@ -85,23 +85,23 @@ class ViewBatches(keras.utils.PyDataset):
         seed: int,
     ) -> None:
         super().__init__()
-        if activations.shape[0] < STEP_VIEWS:
-            raise ValueError(f"consistency training needs at least {STEP_VIEWS} cached views per image")
+        if activations.shape[0] < STEP_COPIES:
+            raise ValueError(f"consistency training needs at least {STEP_COPIES} cached copies per image")
         self.acts, self.y, self.batch_size = activations, y, batch_size
         self.onehot = np.eye(n_classes, dtype=np.float32)[y]
         table = np.array([(weights or {}).get(k, 1.0) for k in range(n_classes)], np.float32)
         self.sample_weight = table[y]
         self.rng = np.random.default_rng(seed)
-        # An epoch reads about as many cached views as the plain stage's (all of them, once).
-        self.passes = max(1, round(activations.shape[0] / STEP_VIEWS))
+        # An epoch reads about as many cached copies as the plain stage's (all of them, once).
+        self.passes = max(1, round(activations.shape[0] / STEP_COPIES))
         self.on_epoch_end()
 
     def on_epoch_end(self) -> None:
-        """New draws: ``passes`` shuffled passes over the images, each with the clean view and others at random."""
-        n, views = len(self.y), self.acts.shape[0]
+        """New draws: ``passes`` shuffled passes over the images, each with the clean copy and others at random."""
+        n, copies = len(self.y), self.acts.shape[0]
         self.order = np.concatenate([self.rng.permutation(n) for _ in range(self.passes)])
-        others = np.argsort(self.rng.random((len(self.order), views - 1)), axis=1)[:, : STEP_VIEWS - 1] + 1
-        self.views = np.concatenate([np.zeros((len(self.order), 1), int), others], axis=1)
+        others = np.argsort(self.rng.random((len(self.order), copies - 1)), axis=1)[:, : STEP_COPIES - 1] + 1
+        self.picks = np.concatenate([np.zeros((len(self.order), 1), int), others], axis=1)
 
     def __len__(self) -> int:
         return int(np.ceil(len(self.order) / self.batch_size))
@@ -109,5 +109,5 @@ class ViewBatches(keras.utils.PyDataset):
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         part = slice(i * self.batch_size, (i + 1) * self.batch_size)
         idx = self.order[part]
-        x = self.acts[self.views[part], idx[:, None]].astype(np.float32)
+        x = self.acts[self.picks[part], idx[:, None]].astype(np.float32)
         return x, self.onehot[idx], self.sample_weight[idx]

@@ -85,7 +85,7 @@ def load_recipe(name_or_file: str | Path = SEED_RECIPE) -> Recipe:
         raise InputError(f"recipe {path}: unknown section(s) {', '.join(sorted(unknown))}")
     parts = {}
     for section, cls in _SECTIONS.items():
-        values = doc.get(section, {})
+        values = cls.current_names(doc.get(section, {}))
         names = {f.name for f in fields(cls)}
         if bad := sorted(set(values) - names):
             raise InputError(f"recipe {path}: unknown {section} setting(s) {', '.join(bad)}")

@@ -1,4 +1,4 @@
-"""One training stage: Adam on cross-entropy (or the views' consistency term), early stopping on validation loss,
+"""One training stage: Adam on cross-entropy (or the copies' consistency term), early stopping on validation loss,
 and the callbacks that log and report each epoch."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 
 from pneumocam.errors import DataError
 from pneumocam.options import CACHE_PREDICT_BATCH
-from pneumocam.training.consistency import PerView, ViewBatches, consistency_loss, view_accuracy
+from pneumocam.training.consistency import CopyBatches, PerCopy, clean_accuracy, consistency_loss
 
 
 def _metrics() -> list:
@@ -28,7 +28,7 @@ def _metrics() -> list:
 class Stage:
     """One stage's settings: the step size, how long and in what batches, and what the loss weighs.
 
-    ``consistency`` > 0 adds that weight of the Jensen-Shannon term among each image's views
+    ``consistency`` > 0 adds that weight of the Jensen-Shannon term among each image's copies
     (:mod:`pneumocam.training.consistency`).
     """
 
@@ -54,7 +54,7 @@ def fit(
 ) -> dict[str, list[float]]:
     """Adam + cross-entropy; the epoch with the best validation loss is kept (early stopping).
 
-    With ``stage.consistency`` > 0, ``x`` is the cache itself, ``(views, n, ...)``, and ``y`` one label per image.
+    With ``stage.consistency`` > 0, ``x`` is the cache itself, ``(copies, n, ...)``, and ``y`` one label per image.
     The validation loss stays the clean images' cross-entropy either way.
     """
     if len(x) == 0 or len(x_val) == 0:
@@ -63,10 +63,10 @@ def fit(
     keras.utils.set_random_seed(stage.seed)
     val_y = keras.utils.to_categorical(y_val, n_classes)
     if stage.consistency > 0:
-        trained, metrics = PerView(net), [view_accuracy]
+        trained, metrics = PerCopy(net), [clean_accuracy]
         loss = consistency_loss(stage.consistency, stage.label_smoothing, n_classes)
         data = {
-            "x": ViewBatches(x, y, n_classes, stage.batch_size, stage.weights, stage.seed),
+            "x": CopyBatches(x, y, n_classes, stage.batch_size, stage.weights, stage.seed),
             "validation_data": (x_val[:, None], val_y),
             "validation_batch_size": CACHE_PREDICT_BATCH,
         }

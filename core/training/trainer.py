@@ -12,7 +12,7 @@ first layer to be fine-tuned), and train only what lies above:
 
 The sub-models share their layers with the full model, so training them trains
 the model that is saved. The result is the same kind of model as training end
-to end with those layers frozen and a fixed set of augmented views.
+to end with those layers frozen and a fixed set of augmented copies.
 """
 
 from __future__ import annotations
@@ -89,20 +89,20 @@ def train_model(
     cut = cut_layer_name(model, cfg.fine_tune_from)
     train, val = split_by_patient(scan.samples, cfg.val_fraction, cfg.seed)
 
-    def activations(samples: list[Sample], views: int) -> tuple[np.ndarray, np.ndarray]:
+    def activations(samples: list[Sample], copies: int) -> tuple[np.ndarray, np.ndarray]:
         paths = [s.path for s in samples]
-        key = cache_key(paths, model, spec, cut, views, cfg.seed, cfg.augment)
+        key = cache_key(paths, model, spec, cut, copies, cfg.seed, cfg.augment)
         acts, skipped = cached(
             cache_dir,
             key,
-            lambda: extract_activations(served, paths, cut, views, 64, cfg.seed, on_batch, cfg.augment),
+            lambda: extract_activations(served, paths, cut, copies, 64, cfg.seed, on_batch, cfg.augment),
         )
         bad = {p for p, _ in skipped}
         keep = np.array([p not in bad for p in paths])
         y = np.array([classes.index(s.label) for s in samples])
         return acts, y[keep]
 
-    a_train, y_train = activations(train, cfg.views)
+    a_train, y_train = activations(train, cfg.copies)
     a_val, y_val = activations(val, 1)
     weights = class_weights(y_train, len(classes)) if cfg.class_weight == "balanced" else None
     history = _two_stages(model, cut, cfg, (a_train, y_train), (a_val[0], y_val), weights, callbacks, verbose)
@@ -144,7 +144,7 @@ def _two_stages(
 ) -> dict[str, dict[str, list[float]]]:
     """The head on pooled features of the cache, then (``fine_tune_from``) the layers above the cut with it.
 
-    ``train``: the cached activations ``(views, n, ...)`` and one label per image; ``val``: clean activations.
+    ``train``: the cached activations ``(copies, n, ...)`` and one label per image; ``val``: clean activations.
     """
     (a_train, y_train), (x_val, y_val) = train, val
     x_train = a_train.reshape(-1, *a_train.shape[2:])
