@@ -70,7 +70,7 @@ def main() -> None:
     args = ap.parse_args()
 
     served = load_predictor(args.model)  # its views, validity and input pipeline, as every entry point serves it
-    alone = Predictor.of(served.loaded, views=False)
+    alone = Predictor.of(served.loaded, use_views=False)
     model, meta, views = served.model, served.meta, served.views
     scan = scan_dataset(args.data)
     paths = [s.path for s in scan.samples]

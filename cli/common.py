@@ -64,7 +64,7 @@ class ModelChoice:
     repo_id: str | None
     revision: str | None
     allow_unpinned: bool = False
-    views: bool = True  # average the model's test-time views (--no-views: the image alone)
+    use_views: bool = True  # average the model's test-time views (--no-views: the image alone)
 
     def is_hub(self) -> bool:
         """Whether this choice resolves to a Hugging Face Hub download (no local folder given)."""
@@ -100,7 +100,7 @@ class ModelChoice:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             predictor = load_predictor(
-                self.path, self.repo_id, self.revision, allow_unpinned=self.allow_unpinned, views=self.views
+                self.path, self.repo_id, self.revision, allow_unpinned=self.allow_unpinned, use_views=self.use_views
             )
         for w in caught:
             click.echo(f"warning: {w.message}", err=True)
@@ -136,14 +136,15 @@ def views_option(f: Callable) -> Callable:
 
     @click.option(
         "--views/--no-views",
+        "use_views",
         default=True,
         show_default=True,
         help="Average the model's test-time views (model.json predict.views: e.g. a JPEG re-encoding, a slight "
         "blur, a small zoom), which steadies the call; --no-views scores the image alone, faster.",
     )
     @functools.wraps(f)
-    def wrapper(*args: Any, views: bool, model: ModelChoice, **kw: Any) -> Any:
-        return f(*args, model=dataclasses.replace(model, views=views), **kw)
+    def wrapper(*args: Any, use_views: bool, model: ModelChoice, **kw: Any) -> Any:
+        return f(*args, model=dataclasses.replace(model, use_views=use_views), **kw)
 
     return wrapper
 

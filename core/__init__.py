@@ -42,15 +42,26 @@ GROUPS = ("", "images", "model", "scoring", "explain", "site", "reports", "deplo
 
 
 def load(
-    path: str | Path | None = None, *, repo_id: str | None = None, revision: str | None = None, views: bool = True
+    path: str | Path | None = None,
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    use_views: bool = True,
+    views: bool | None = None,
 ) -> Model:
     """A model to predict and explain with: the bundled one, a folder, or a Hub repo pinned to a commit.
 
-    ``views=False`` scores each image alone (faster; the reports' figures include the views).
+    ``use_views=False`` scores each image alone (faster; the reports' figures include the test-time views).
+    ``views``: the older name of ``use_views``, still accepted with a warning.
     """
+    if views is not None:
+        import warnings
+
+        warnings.warn("pneumocam.load(views=) is now use_views=", DeprecationWarning, stacklevel=2)
+        use_views = views
     from pneumocam.explain.api import Model  # the front door: TensorFlow only once a model is asked for
     from pneumocam.runtime import import_tensorflow_quietly
     from pneumocam.scoring.predictor import load_predictor
 
     import_tensorflow_quietly()
-    return Model(load_predictor(path, repo_id, revision, views=views))
+    return Model(load_predictor(path, repo_id, revision, use_views=use_views))

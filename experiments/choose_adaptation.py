@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--shifts", default=",".join(SHIFTS))
     ap.add_argument("--json", type=Path, help="Also write the table here.")
     args = ap.parse_args()
-    loaded = load_predictor(args.model, views=False)  # the choice was made on the image alone
+    loaded = load_predictor(args.model, use_views=False)  # the choice was made on the image alone
     meta = loaded.meta
     _, val = split_by_patient(scan_dataset(args.train_dir).samples, *recorded_split(meta.training))
     table: dict[str, dict[str, float]] = {}

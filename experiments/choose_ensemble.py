@@ -44,7 +44,7 @@ def main() -> None:
     paths = [s.path for s in val]
     probs: dict[str, dict[str, np.ndarray]] = {}
     for folder in args.models:
-        loaded = load_predictor(folder, views=False)
+        loaded = load_predictor(folder, use_views=False)
         t = time.perf_counter()
         kept, probs[str(folder)], _ = stress_probabilities(loaded, paths)
         classes = loaded.meta.classes

@@ -173,12 +173,19 @@ def test_every_path_gives_an_original_size_upload_one_call_validity_and_heatmap(
 
 
 def test_predict_and_evaluate_switch_views_off(viewed_model: Path, dataset_download, tmp_path: Path) -> None:
+    import pneumocam
+
     image = save_gray(tmp_path / "x.png", xray_like(90, 70, seed=2))
     calls = {}
     for flag in ("--views", "--no-views"):
         res = run("predict", image, "--json", "--model", viewed_model, flag)
         calls[flag] = json.loads(res.stdout)[0]["probabilities"]
     assert calls["--views"] != calls["--no-views"]
+    alone = pneumocam.load(viewed_model, use_views=False).predict([image])[0].probabilities
+    with pytest.warns(DeprecationWarning, match="use_views"):
+        older = pneumocam.load(viewed_model, views=False).predict([image])[0].probabilities  # the name before
+    for c, p in calls["--no-views"].items():
+        assert alone[c] == pytest.approx(p, abs=1e-5) and older[c] == pytest.approx(p, abs=1e-5)
     assert "test-time views: identity, jpeg-75" in run("predict", image, "--model", viewed_model).stderr
     data, _ = dataset_download
     out = tmp_path / "report"

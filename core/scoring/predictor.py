@@ -37,13 +37,13 @@ def load_predictor(
     path: str | Path | None = None,
     repo_id: str | None = None,
     revision: str | None = None,
-    views: bool = True,
+    use_views: bool = True,
     **resolve: Any,
 ) -> Predictor:
     """Resolve and load a model (:func:`pneumocam.model.resolve.load_model`, which takes ``resolve``), served as
-    its folder says; ``views=False`` scores each image alone (``--no-views``), faster.
+    its folder says; ``use_views=False`` scores each image alone (``--no-views``), faster.
     """
-    return Predictor.of(load_model(path, repo_id, revision, **resolve), views)
+    return Predictor.of(load_model(path, repo_id, revision, **resolve), use_views)
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,9 +54,9 @@ class Predictor:
     views: tuple[str, ...]
 
     @classmethod
-    def of(cls, loaded: LoadedModel, views: bool = True) -> Predictor:
+    def of(cls, loaded: LoadedModel, use_views: bool = True) -> Predictor:
         """Serve ``loaded`` with its own test-time views (``model.json`` ``predict.views``), or the image alone."""
-        return cls(loaded, check_views(loaded.meta.predict.views) if views else NO_VIEWS)
+        return cls(loaded, check_views(loaded.meta.predict.views) if use_views else NO_VIEWS)
 
     @classmethod
     def in_memory(cls, model: Any, meta: ModelMeta, validity: ValidityStats | None = None) -> Predictor:
