@@ -93,11 +93,11 @@ def main() -> None:
         )
     explainer = Explainer(served)
     default = meta.shown_layers()
-    if served.validity is not None:
+    if served.validity_stats is not None:
         bare_cam = METHODS[plain.method].serving(alone.derived(validity=None), default)
         with_score = plain.cam(default)
         t_bare = timed(lambda: bare_cam(x1.numpy()), args.repeat)
-        t_valid = timed(lambda: served.validity.scores(with_score(x1.numpy()).summaries), args.repeat)
+        t_valid = timed(lambda: served.validity_stats.scores(with_score(x1.numpy()).summaries), args.repeat)
         rows.append(
             ("predict + default Grad-CAM, without / with validity (ms)", f"{t_bare:.1f} / {t_valid:.1f}  "
              f"(+{t_valid / t_bare - 1:.1%})")

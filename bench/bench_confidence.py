@@ -35,7 +35,7 @@ def predict_ms(predictor, path: Path, repeat: int = 30) -> float:
         scores = predictor.score([path])
         probs = dict(zip(predictor.classes, scores.probabilities[0]))
         predictor.prediction_set(probs)
-        scores.validity()
+        scores.verdicts()
 
     once()
     times = []

@@ -83,7 +83,8 @@ def adapt(
 
     check_adaptable(predictor)
     with tracked_command(mlflow_uri, "adapt", predictor, image_dir, out.name, protocol="site-adapted") as run:
-        with progress(n * stat_passes(method, predictor.validity is not None), "measuring site statistics") as bar:
+        passes = stat_passes(method, predictor.validity_stats is not None)
+        with progress(n * passes, "measuring site statistics") as bar:
             meta = adapt_to_site(predictor, image_dir, out, method, batch_size, bar.update, overwrite)
         info = meta.adaptation["applied"]
         click.echo(

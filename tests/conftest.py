@@ -71,7 +71,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_file:
     meta = new_meta(model, TINY_ARCH, TINY_SPEC, list(DEFAULT_CLASSES))
     out = tmp_path_factory.mktemp("tiny_model")
     stats, meta.validity = tiny_validity(model)
-    save_artifact(model, meta, out, validity=stats)
+    save_artifact(model, meta, out, validity_stats=stats)
     return out
 
 

@@ -164,7 +164,7 @@ def test_hub_download_from_prefilled_cache(tiny_model_dir: Path, tmp_path: Path)
     assert source.directory == snap
     assert "pneumocam/test-model@" + COMMIT in source.description
     loaded = load_artifact(source.directory)
-    assert loaded.meta.classes == ["BACTERIA", "NORMAL", "VIRUS"] and loaded.validity is not None
+    assert loaded.meta.classes == ["BACTERIA", "NORMAL", "VIRUS"] and loaded.validity_stats is not None
 
 
 def test_hub_errors_and_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

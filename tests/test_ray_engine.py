@@ -79,9 +79,9 @@ def test_a_file_missing_from_the_results_fails_the_run() -> None:
     paths = [Path("/a.jpeg"), Path("/b.jpeg")]
     row = np.array([0.2, 0.3, 0.5], np.float32)
     rows = {"/a.jpeg": ("", row, 0.5, ""), "/b.jpeg": ("file is empty", row * np.nan, np.nan, "")}
-    scores = merge_rows(paths[::-1], rows, 3, validity=True)
+    scores = merge_rows(paths[::-1], rows, 3, has_stats=True)
     assert scores.paths == [Path("/a.jpeg")] and scores.skipped == [(Path("/b.jpeg"), "file is empty")]
-    assert scores.ood_scores.tolist() == [0.5] and scores.validity()[0].in_distribution
+    assert scores.ood_scores.tolist() == [0.5] and scores.verdicts()[0].in_distribution
     with pytest.raises(EngineError, match="no result for 1 file"):
         merge_rows(paths, {"/a.jpeg": ("", row, 0.5, "")}, 3)
 

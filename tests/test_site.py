@@ -238,7 +238,7 @@ def test_calibrate_cli_folds_the_fit_into_the_logits(adaptable_dir: Path, site_d
     e = Explainer(cal_model).explain_file(paths[0], n_layers=1)
     assert e.probabilities == pytest.approx(dict(zip(CLASSES, p_cal[0].tolist())), abs=1e-4)
     # Calibration leaves the features alone, so the validity statistics travel unchanged.
-    assert cal_model.validity is not None and cal_model.validity.threshold == base.validity.threshold
+    assert cal_model.validity_stats is not None and cal_model.validity_stats.threshold == base.validity_stats.threshold
     assert e.validity.ood_score == pytest.approx(Explainer(base).explain_file(paths[0]).validity.ood_score, rel=1e-4)
 
 
@@ -316,7 +316,7 @@ def test_a_hub_model_brings_its_training_statistics(adaptable_dir: Path, darker_
         loaded = load_predictor(repo_id="org/pneumocam", revision=commit, cache_dir=tmp_path / "hub")
     finally:
         mp.undo()
-    assert loaded.from_hub and loaded.directory == snap and loaded.validity is not None
+    assert loaded.from_hub and loaded.directory == snap and loaded.validity_stats is not None
     model, info = adapted_site(loaded, sorted(darker_site.glob("*.png")), batch_size=6)
     model = model.model
     assert info["n_images"] == 12 and model is not loaded.model

@@ -68,12 +68,12 @@ def test_the_sure_checks_read_colour_and_the_dicom_header() -> None:
 def test_every_entry_point_gives_one_image_the_same_score(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Batch scoring, one-image probabilities and Grad-CAM compute the same validity."""
     loaded = load_predictor(tiny_model_dir)
-    assert loaded.validity is not None and loaded.meta.validity["validation"]["accepted"] >= 0.95
+    assert loaded.validity_stats is not None and loaded.meta.validity["validation"]["accepted"] >= 0.95
     files = [save_gray(tmp_path / f"x{i}.png", xray_like(64, 64, seed=3000 + i)) for i in range(3)]
     files.append(tmp_path / "photo.jpg")
     shutil.copy(SAMPLE_DATA / "grace_hopper.jpg", files[-1])
     scores = loaded.score(files, batch_size=2)
-    batch = scores.validity()
+    batch = scores.verdicts()
     decoded = [read_image_and_header(f) for f in files]
     single = [v for _, v in loaded.score_images([d[0] for d in decoded], [d[1] for d in decoded])]
     explained = [
@@ -121,13 +121,13 @@ def test_fit_validity_adds_statistics_to_an_older_model(tiny_model_dir: Path, tm
     meta.pop("validity")
     (folder / "model.json").write_text(json.dumps(meta))
     (folder / VALIDITY_FILE).unlink()
-    assert load_predictor(folder).validity is None
+    assert load_predictor(folder).validity_stats is None
     data = tmp_path / "train"
     make_dataset(data, per_class=8)
     out = run("fit-validity", data, "--model-dir", folder)
     loaded = load_predictor(folder)
     record = loaded.meta.validity
-    assert loaded.validity is not None and record["layer"] == loaded.validity.layer
+    assert loaded.validity_stats is not None and record["layer"] == loaded.validity_stats.layer
     assert record["n_train"] + record["validation"]["n_images"] == 8 * 3 + 3
     assert record["validation"]["accepted"] >= 0.95 and "threshold accepts" in out.output
 
@@ -145,13 +145,13 @@ def test_adapting_rematches_the_statistics_to_the_site(tiny_model_dir: Path, tmp
     meta = adapt_to_site(base, site, tmp_path / "adapted")
     adapted = load_predictor(tmp_path / "adapted")
     assert meta.validity["rematched"] == {"folder": "site", "n_images": 12}
-    assert not np.allclose(adapted.validity.scale, 1.0)
-    _, raw = adapted.summaries(paths, adapted.validity.layer)
-    mapped = raw * adapted.validity.scale + adapted.validity.shift
-    live = (raw.std(0) > 1e-3) & (base.validity.train_std > 1e-3)
+    assert not np.allclose(adapted.validity_stats.scale, 1.0)
+    _, raw = adapted.summaries(paths, adapted.validity_stats.layer)
+    mapped = raw * adapted.validity_stats.scale + adapted.validity_stats.shift
+    live = (raw.std(0) > 1e-3) & (base.validity_stats.train_std > 1e-3)
     assert live.sum() > 100  # the site's summaries now have the training X-rays' mean and spread
-    assert np.allclose(mapped.mean(0)[live], base.validity.train_mean[live], atol=1e-3, rtol=1e-3)
-    assert np.allclose(mapped.std(0)[live], base.validity.train_std[live], atol=1e-3, rtol=1e-2)
+    assert np.allclose(mapped.mean(0)[live], base.validity_stats.train_mean[live], atol=1e-3, rtol=1e-3)
+    assert np.allclose(mapped.std(0)[live], base.validity_stats.train_std[live], atol=1e-3, rtol=1e-2)
 
 
 def test_a_dicom_of_another_body_part_is_flagged_by_evaluate(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -259,11 +259,11 @@ def test_fit_validity_with_a_proxy_folder_adds_a_discriminator_every_entry_point
     loaded = load_predictor(folder)
     record = loaded.meta.validity
     assert record["discriminator"]["against"] == {"images": 8, "folder": "proxy"}
-    assert loaded.validity.has_discriminator and loaded.validity.layer.endswith("+block_16_expand_relu")
+    assert loaded.validity_stats.has_discriminator and loaded.validity_stats.layer.endswith("+block_16_expand_relu")
     assert record["validation"]["accepted"] >= 0.95
     files = [save_gray(tmp_path / "new" / f"x{i}.png", xray_like(64, 64, seed=4000 + i)) for i in range(2)]
     files += sorted((proxy / "other").glob("*.png"))[:2]
-    batch = loaded.score(files).validity()
+    batch = loaded.score(files).verdicts()
     explained = [e.validity for e in Explainer(loaded).explain([read_image_and_header(f)[0] for f in files])]
     for a, b in zip(batch, explained):
         assert a.ood_score == pytest.approx(b.ood_score, rel=1e-4)

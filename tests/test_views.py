@@ -115,7 +115,7 @@ def test_every_entry_point_gives_one_image_the_same_averaged_call(viewed_model: 
     plain = compile_forward(loaded.model, summary_layer=VALIDITY_LAYER)(loaded.model_input(rgb)[None])
     assert np.abs(plain[0].numpy()[0] - row).max() > 1e-5  # the views moved the call's probabilities
     # the validity score is the image's own, whatever the views
-    assert validity.ood_score == pytest.approx(float(loaded.validity.scores(plain[1].numpy())[0]), rel=1e-4)
+    assert validity.ood_score == pytest.approx(float(loaded.validity_stats.scores(plain[1].numpy())[0]), rel=1e-4)
 
 
 def test_every_path_gives_an_original_size_upload_one_call_validity_and_heatmap(

@@ -220,7 +220,7 @@ class Explainer:
         x = np.stack([self.predictor.model_input(img) for img in images])
         layers = list(dict.fromkeys([*default, *shown]))
         result = self.cam(layers, method)(x, targets)
-        stats = self.predictor.validity
+        stats = self.predictor.validity_stats
         ood = stats.scores(result.summaries) if stats is not None else [None] * len(x)
         headers = headers or [Header()] * len(x)
         title = map_title(meta, method, self.score)

@@ -70,7 +70,7 @@ class BaseCAM:
     @classmethod
     def serving(cls, predictor: Predictor, layer_names: list[str], score: str | None = None) -> BaseCAM:
         """This CAM of ``predictor`` as it serves: its views, its validity summary, its explained score by default."""
-        stats = predictor.validity
+        stats = predictor.validity_stats
         return cls(
             predictor.model,
             layer_names,

@@ -161,7 +161,7 @@ class LoadedModel:
     source: str
     directory: Path
     hub: HubRef | None = None
-    validity: ValidityStats | None = None  # None: a model trained before validity statistics were kept
+    validity_stats: ValidityStats | None = None  # None: a model trained before validity statistics were kept
 
     @property
     def from_hub(self) -> bool:
@@ -188,13 +188,13 @@ def save_artifact(
     meta: ModelMeta,
     directory: str | Path,
     source_stats: Any = None,
-    validity: ValidityStats | None = None,
+    validity_stats: ValidityStats | None = None,
 ) -> Path:
     """Write ``model.keras`` and ``model.json`` (with the weights' hash) into a folder.
 
     ``source_stats`` (a :class:`pneumocam.site.adaptation.LayerStats`) goes beside them as
     ``source_stats.npz``, its hash and image count recorded in the metadata;
-    ``validity`` as ``validity.npz``, its hash in ``meta.validity``.
+    ``validity_stats`` as ``validity.npz``, its hash in ``meta.validity``.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,8 +204,8 @@ def save_artifact(
     meta.weights_sha256 = file_sha256(out / MODEL_FILE)
     if source_stats is not None:
         store_source_stats(out, meta, source_stats)
-    if validity is not None:
-        store_validity(out, meta, validity)
+    if validity_stats is not None:
+        store_validity(out, meta, validity_stats)
     write_json(out / META_FILE, meta.to_dict())
     return out
 
@@ -223,9 +223,9 @@ def store_source_stats(directory: Path, meta: ModelMeta, stats: Any) -> Path:
     return path
 
 
-def store_validity(directory: Path, meta: ModelMeta, validity: ValidityStats) -> Path:
+def store_validity(directory: Path, meta: ModelMeta, stats: ValidityStats) -> Path:
     """Write ``validity.npz`` into a model folder and record its hash in ``meta`` (the caller writes model.json)."""
-    path = validity.save(Path(directory) / VALIDITY_FILE)
+    path = stats.save(Path(directory) / VALIDITY_FILE)
     meta.validity = {**meta.validity, "file": VALIDITY_FILE, "sha256": file_sha256(path)}
     return path
 
@@ -351,8 +351,8 @@ def load_artifact(directory: str | Path, source: str | None = None, hub: HubRef 
         check_views(meta.predict.views)
     except InputError as exc:
         raise ModelLoadError(f"{META_FILE} predict.views: {exc}") from exc
-    validity = load_validity(d, meta)
+    stats = load_validity(d, meta)
     names = {layer.name for layer in model.layers}
-    if validity is not None and not set(validity.layer.split("+")) <= names:
-        raise ModelLoadError(f"{VALIDITY_FILE} summarises layer {validity.layer}, which the model lacks")
-    return LoadedModel(model=model, meta=meta, source=source or str(d), directory=d, hub=hub, validity=validity)
+    if stats is not None and not set(stats.layer.split("+")) <= names:
+        raise ModelLoadError(f"{VALIDITY_FILE} summarises layer {stats.layer}, which the model lacks")
+    return LoadedModel(model=model, meta=meta, source=source or str(d), directory=d, hub=hub, validity_stats=stats)

@@ -121,9 +121,9 @@ def evaluate_scored(scored: Scored, scan: Scan, protocol: Protocol, engine: dict
     site = protocol.fit(scored, labels, groups, names)
     metrics = classification_metrics(y_true, site.probabilities, classes)
     metrics["ci95"] = bootstrap_ci(y_true, site.probabilities, classes, groups)
-    validity = scores.validity()
+    validity = scores.verdicts()
     metrics["validity"] = validity_block(
-        validity, y_true, site.probabilities, classes, scored.predictor.validity is not None
+        validity, y_true, site.probabilities, classes, scored.predictor.validity_stats is not None
     )
     rule = scored.predictor.sets
     if site.member is not None:

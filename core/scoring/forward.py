@@ -153,12 +153,12 @@ class Scores:
     ood_scores: np.ndarray | None = None  # (n,)
     notes: list[str] | None = None  # (n,), "" where no sure check fired
 
-    def validity(self) -> list[Validity]:
-        """Each readable file's validity."""
+    def verdicts(self) -> list[Validity]:
+        """Each readable file's validity verdict."""
         return verdicts(self.ood_scores, self.notes or [""] * len(self.paths))
 
     def in_order(self, paths: Sequence[str | Path]) -> list[tuple[np.ndarray, Validity] | str]:
         """Each of ``paths``, in that order: its (probabilities, validity), or the reason it was not read."""
-        readable = dict(zip(self.paths, zip(self.probabilities, self.validity())))
+        readable = dict(zip(self.paths, zip(self.probabilities, self.verdicts())))
         reasons = dict(self.skipped)
         return [readable.get(Path(p)) or reasons[Path(p)] for p in paths]

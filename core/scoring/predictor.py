@@ -59,9 +59,10 @@ class Predictor:
         return cls(loaded, check_views(loaded.meta.predict.views) if use_views else NO_VIEWS)
 
     @classmethod
-    def in_memory(cls, model: Any, meta: ModelMeta, validity: ValidityStats | None = None) -> Predictor:
+    def in_memory(cls, model: Any, meta: ModelMeta, validity_stats: ValidityStats | None = None) -> Predictor:
         """A model not yet written to a folder (training's own), served as its metadata says."""
-        return cls.of(LoadedModel(model=model, meta=meta, source="(in memory)", directory=Path("."), validity=validity))
+        loaded = LoadedModel(model, meta, source="(in memory)", directory=Path("."), validity_stats=validity_stats)
+        return cls.of(loaded)
 
     # What the loaded model holds, read through here so consumers never reach past the predictor.
     @property
@@ -81,8 +82,8 @@ class Predictor:
         return self.loaded.meta.input
 
     @property
-    def validity(self) -> ValidityStats | None:
-        return self.loaded.validity
+    def validity_stats(self) -> ValidityStats | None:
+        return self.loaded.validity_stats
 
     @property
     def sets(self) -> PredictionSets | None:
@@ -116,9 +117,9 @@ class Predictor:
     def from_hub(self) -> bool:
         return self.loaded.from_hub
 
-    def derived(self, model: Any = _KEEP, validity: Any = _KEEP, meta: Any = _KEEP) -> Predictor:
+    def derived(self, model: Any = _KEEP, validity_stats: Any = _KEEP, meta: Any = _KEEP) -> Predictor:
         """A new predictor for a site model: the given parts replaced, the pipeline and views kept."""
-        parts = {"model": model, "validity": validity, "meta": meta}
+        parts = {"model": model, "validity_stats": validity_stats, "meta": meta}
         loaded = dataclasses.replace(self.loaded, **{k: v for k, v in parts.items() if v is not _KEEP})
         return Predictor(loaded, self.views)
 
@@ -141,7 +142,7 @@ class Predictor:
 
     def forward(self, features: bool = False, summary: bool = False, per_view: bool = False) -> Callable:
         """The compiled forward pass over this predictor's views; ``summary``: the validity summary too."""
-        layer = self.validity.layer if summary and self.validity is not None else None
+        layer = self.validity_stats.layer if summary and self.validity_stats is not None else None
         return compile_forward(self.model, features, layer, self.views, per_view)
 
     def score(
@@ -155,7 +156,7 @@ class Predictor:
 
         ``on_batch(n)`` is called after each batch of ``n`` files; unreadable files are listed, never fatal.
         """
-        stats = self.validity
+        stats = self.validity_stats
         forward = self.forward(features, summary=stats is not None)
         kept: list[Path] = []
         outs: list[list[np.ndarray]] = []
@@ -184,7 +185,7 @@ class Predictor:
         if not len(images):
             return []
         x = np.stack([self.model_input(img) for img in images])
-        stats = self.validity
+        stats = self.validity_stats
         out = self.forward(summary=stats is not None)(x)
         p, ood = (out[0].numpy(), stats.scores(out[1].numpy())) if stats else (out.numpy(), [None] * len(x))
         headers = headers or [Header()] * len(x)

@@ -160,10 +160,10 @@ def worker_path(path: str | Path) -> str:
     return str(Path(path).absolute())
 
 
-def merge_rows(paths: Sequence[Path], rows: dict[str, tuple], n_classes: int, validity: bool = False) -> Scores:
+def merge_rows(paths: Sequence[Path], rows: dict[str, tuple], n_classes: int, has_stats: bool = False) -> Scores:
     """Rows keyed by worker path back into a :class:`Scores` of ``paths``, in their order; a missing file fails.
 
-    A row is ``(error, probabilities, ood_score, notes)``; ``validity``: the model has validity statistics.
+    A row is ``(error, probabilities, ood_score, notes)``; ``has_stats``: the model has validity statistics.
     """
     from pneumocam.scoring.forward import Scores
 
@@ -185,7 +185,7 @@ def merge_rows(paths: Sequence[Path], rows: dict[str, tuple], n_classes: int, va
             ood.append(score)
             notes.append(note)
     arr = np.stack(probs).astype(np.float32) if probs else np.zeros((0, n_classes), np.float32)
-    scores = np.array(ood, np.float32) if validity else None
+    scores = np.array(ood, np.float32) if has_stats else None
     return Scores(kept, arr, skipped, ood_scores=scores, notes=notes)
 
 
@@ -267,7 +267,7 @@ class RayEngine:
                     on_batch(len(out[PATH]))
         except ray.exceptions.RayError as exc:
             raise known_worker_error(exc) from exc
-        return merge_rows(paths, rows, len(predictor.meta.classes), predictor.validity is not None)
+        return merge_rows(paths, rows, len(predictor.meta.classes), predictor.validity_stats is not None)
 
     def info(self) -> dict[str, Any]:
         return {

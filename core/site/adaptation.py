@@ -358,9 +358,9 @@ def adapted_site(
     """
     source = check_adaptable(predictor)
     site = predictor.derived(model=clone(predictor.model))
-    layer = predictor.validity.layer if predictor.validity is not None else None
+    layer = predictor.validity_stats.layer if predictor.validity_stats is not None else None
     target = adapt_model(site, source, paths, method, batch_size, on_batch, layer)
-    validity = predictor.validity
+    validity = predictor.validity_stats
     if validity is not None:
         validity = validity.rematched(target.mean[VALIDITY_SUMMARY], target.std[VALIDITY_SUMMARY])
     info = {
@@ -371,4 +371,4 @@ def adapted_site(
         "source_images": source.n_images,
         "labels_read": False,
     }
-    return site.derived(validity=validity), info
+    return site.derived(validity_stats=validity), info

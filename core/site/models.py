@@ -70,9 +70,9 @@ def adapt_to_site(
     meta = _derived_meta(predictor, "adapted")
     site = Path(folder).resolve().name
     meta.adaptation = {**meta.adaptation, "applied": {**info, "folder": site, "date": _now()}}
-    if adapted.validity is not None:
+    if adapted.validity_stats is not None:
         meta.validity = {**meta.validity, "rematched": {"folder": site, "n_images": info["n_images"]}}
-    return _write_site_model(adapted.model, meta, out, overwrite, adapted.validity)
+    return _write_site_model(adapted.model, meta, out, overwrite, adapted.validity_stats)
 
 
 CALIBRATE, TUNE = "calibrate", "tune"
@@ -116,7 +116,7 @@ def fit_to_site(
     else:
         meta.tuning = record
     meta.conformal = _site_sets(predictor, unseen, y, f"{scan.root.resolve().name} ({len(y)} labelled images)")
-    return _write_site_model(model, meta, out, overwrite, predictor.validity)
+    return _write_site_model(model, meta, out, overwrite, predictor.validity_stats)
 
 
 def _site_sets(predictor: Predictor, probabilities: np.ndarray, y: np.ndarray, where: str) -> dict[str, Any]:
@@ -183,7 +183,7 @@ def _site_record(
 def _write_site_model(model: Any, meta: ModelMeta, out: str | Path, overwrite: bool, validity: Any) -> ModelMeta:
     """A site model's folder, written whole (built beside ``out`` and swapped in)."""
     with replace_folder(out, is_model_entry, overwrite) as staging:
-        save_artifact(model, meta, staging, validity=validity)
+        save_artifact(model, meta, staging, validity_stats=validity)
     return meta
 
 

@@ -63,7 +63,7 @@ class TrainResult:
     history: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     source_stats: LayerStats | None = None
     validation_files: list[str] = field(default_factory=list)  # relative to the data folder
-    validity: ValidityStats | None = None
+    validity_stats: ValidityStats | None = None
 
 
 def train_model(
@@ -223,7 +223,11 @@ def train_to_folder(
             )
             log.info("validation under perturbation %s", json.dumps(metrics["validation_shift"]))
             save_artifact(
-                result.model, result.meta, staging, source_stats=result.source_stats, validity=result.validity
+                result.model,
+                result.meta,
+                staging,
+                source_stats=result.source_stats,
+                validity_stats=result.validity_stats,
             )
             write_json(staging / history_file, result.history)
             save_figure(training_curves_figure(result.history), staging / curves_file)
