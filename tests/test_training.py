@@ -192,6 +192,7 @@ def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:
     assert f"| **mean under perturbation** | **{100 * shift['mean_accuracy']:.1f}** |" in card
     assert meta.training["config"]["augment"] == "invariance"  # the published recipe's, in the card's words:
     assert "blur, gamma, contrast and noise changes; resampling filters, scale and JPEG quality" in card
+    assert meta.training["config"]["views"] == 10 and "10 augmented copies per image" in card  # the older name
     for key in ("test", "test:site-adapted", "test:site-calibrated"):
         m = meta.metrics[key]
         lo, hi = m["ci95"]["per_class"]["VIRUS"]["precision"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import jinja2
 
+from pneumocam.config import TrainConfig
 from pneumocam.model.artifact import ModelMeta
 from pneumocam.reports.card_confidence import confidence_text, pct, site_curve_sets
 from pneumocam.reports.card_serving import audit_table, views_clause, views_text
@@ -310,7 +311,7 @@ def model_card(meta: ModelMeta) -> str:
     shift = meta.metrics.get("validation_shift")
     curve = meta.metrics.get(metrics_key("test", SITE_CURVE))
     training = meta.training
-    cfg = training.get("config", {})
+    cfg = TrainConfig.current_names(training.get("config", {}))  # a model.json written before a rename too
     context = {
         "meta": meta,
         "front_matter": _front_matter(meta, test),
