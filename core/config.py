@@ -130,6 +130,35 @@ class ExplainDefaults(Stored):
 
 
 @dataclass(frozen=True)
+class TrainingData(Stored):
+    """Where a model's training images came from, their counts, and how validation was split off them."""
+
+    source: str
+    train_dir: str
+    layout: str
+    counts: dict[str, int]
+    split: str
+    n_train: int
+    n_val: int
+
+
+@dataclass(frozen=True)
+class Temperature(Stored):
+    """The validation temperature (:mod:`pneumocam.training.confidence`): folded into the logits when ``used``.
+
+    ``ece_after_cross_fitted``: validation's calibration error with each patient half scaled by the temperature
+    fitted on the other half; the temperature is used only when that is below ``ece_before``.
+    """
+
+    value: float
+    used: bool
+    fitted_on: str
+    ece_before: float
+    ece_after_cross_fitted: float
+    rule: str = ""
+
+
+@dataclass(frozen=True)
 class PredictDefaults(Stored):
     """How every entry point scores an image: the test-time views averaged (:mod:`pneumocam.model.views`).
 

@@ -71,7 +71,7 @@ def test_two_stages_train_only_what_they_should(plain, tiny_backbone_file: Path)
         assert {"loss", "val_loss", "accuracy", "precision", "recall", "auc", "val_auc"} <= set(h)
     assert len(result.history["fine-tuning"]["loss"]) == BASE["fine_tune_epochs"]
     val = result.meta.metrics["validation"]
-    assert val["n_images"] == result.meta.data["n_val"] > 0
+    assert val["n_images"] == result.meta.data.n_val > 0
     assert result.meta.training["config"]["fine_tune_from"] == 145
     assert result.meta.training["class_weights"] is not None
     assert result.meta.training["config"]["augment"] == "acquisition"
@@ -139,7 +139,7 @@ def test_train_cli_writes_a_loadable_model_from_a_recipe_and_flags(
 
 
 def loaded_n_val(folder: Path) -> int:
-    return load_predictor(folder).meta.data["n_val"]
+    return load_predictor(folder).meta.data.n_val
 
 
 def test_publish_dry_run_lists_exactly_the_model_files(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumocam.atomic import write_json
-from pneumocam.config import LOGITS_LAYER, ArchConfig, ExplainDefaults, InputSpec, PredictDefaults
+from pneumocam.config import (
+    LOGITS_LAYER,
+    ArchConfig,
+    ExplainDefaults,
+    InputSpec,
+    PredictDefaults,
+    Temperature,
+    TrainingData,
+)
 from pneumocam.errors import InputError, ModelLoadError
 from pneumocam.images.data import CLASSES
 from pneumocam.model.validity import ValidityStats
@@ -56,13 +64,13 @@ class ModelMeta:
     name: str = "pneumocam-mobilenetv2"
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
+    data: TrainingData | None = None  # None: a model that was not trained here
     adaptation: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
     validity: dict[str, Any] = field(default_factory=dict)
     conformal: dict[str, Any] = field(default_factory=dict)  # the prediction-set rule (pneumocam.model.conformal)
-    temperature: dict[str, Any] = field(default_factory=dict)  # the validation temperature (training.confidence)
+    temperature: Temperature | None = None  # None: a model trained before the temperature was fitted
     weights_sha256: str = ""
     explain: ExplainDefaults = field(default_factory=ExplainDefaults)
     predict: PredictDefaults = field(default_factory=PredictDefaults)
@@ -82,12 +90,12 @@ class ModelMeta:
             "weights_sha256": self.weights_sha256,
             "training": self.training,
             "metrics": self.metrics,
-            "data": self.data,
+            "data": self.data.to_dict() if self.data else {},
             "adaptation": self.adaptation,
             "calibration": self.calibration,
             **({"tuning": self.tuning} if self.tuning else {}),
             **({"validity": self.validity} if self.validity else {}),
-            **({"temperature": self.temperature} if self.temperature else {}),
+            **({"temperature": self.temperature.to_dict()} if self.temperature else {}),
             **({"conformal": self.conformal} if self.conformal else {}),
         }
 
@@ -113,13 +121,13 @@ class ModelMeta:
                 weights_sha256=d.get("weights_sha256", ""),
                 training=d.get("training", {}),
                 metrics=d.get("metrics", {}),
-                data=d.get("data", {}),
+                data=TrainingData.from_dict(d["data"]) if d.get("data") else None,
                 adaptation=d.get("adaptation", {}),
                 calibration=d.get("calibration", {}),
                 tuning=d.get("tuning", {}),
                 validity=d.get("validity", {}),
                 conformal=d.get("conformal", {}),
-                temperature=d.get("temperature", {}),
+                temperature=Temperature.from_dict(d["temperature"]) if d.get("temperature") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"model metadata is incomplete or invalid: {exc}") from exc

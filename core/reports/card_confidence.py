@@ -35,16 +35,16 @@ def temperature_text(meta: ModelMeta) -> str:
     if not t:
         return ""
     test = meta.metrics.get("test", {})
-    if not t["used"]:
+    if not t.used:
         return (
-            f"A temperature fitted on validation ({t['value']:.3f}) did not lower the cross-fitted validation "
-            f"calibration error ({t['ece_before']:.3f} -> {t['ece_after_cross_fitted']:.3f}), so none is used."
+            f"A temperature fitted on validation ({t.value:.3f}) did not lower the cross-fitted validation "
+            f"calibration error ({t.ece_before:.3f} -> {t.ece_after_cross_fitted:.3f}), so none is used."
         )
     after_test = f"; on the test split the ECE is now {test['ece']:.3f}" if "ece" in test else ""
     return (
-        f"**Calibrated percentages.** The trained model was underconfident: a temperature of {t['value']:.3f}, "
+        f"**Calibrated percentages.** The trained model was underconfident: a temperature of {t.value:.3f}, "
         f"fitted on the validation split's served probabilities, lowers its calibration error from "
-        f"{t['ece_before']:.3f} to {t['ece_after_cross_fitted']:.3f} (cross-fitted on two patient halves), so it is "
+        f"{t.ece_before:.3f} to {t.ece_after_cross_fitted:.3f} (cross-fitted on two patient halves), so it is "
         f"folded into the logits and every entry point serves it{after_test}."
     )
 

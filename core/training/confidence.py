@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pneumocam.atomic import write_json
+from pneumocam.config import Temperature
 from pneumocam.errors import DataError
 from pneumocam.images.data import Sample, Scan, class_indices, labels_of, patient_id
 from pneumocam.model import conformal
@@ -44,7 +45,7 @@ def served_validation(
     return scores.probabilities, y, [patient_id(p) for p in scores.paths]
 
 
-def temperature_choice(probabilities: np.ndarray, y: np.ndarray, groups: Sequence[str]) -> dict[str, Any]:
+def temperature_choice(probabilities: np.ndarray, y: np.ndarray, groups: Sequence[str]) -> Temperature:
     """The temperature fitted on all of validation, and whether its cross-fitted calibration error is lower."""
     fold = calibration.folds([str(v) for v in y], groups, 2, DEFAULT_SPLIT_SEED)
     crossed = np.zeros_like(probabilities, dtype=np.float32)
@@ -56,15 +57,15 @@ def temperature_choice(probabilities: np.ndarray, y: np.ndarray, groups: Sequenc
         )
     value = calibration.fit_temperature(probabilities, y)
     before, after = reliability(y, probabilities)["ece"], reliability(y, crossed)["ece"]
-    return {
-        "value": value,
-        "used": bool(after < before),
-        "fitted_on": f"{VALIDATION} ({len(y)} images), served probabilities",
-        "ece_before": before,
-        "ece_after_cross_fitted": after,
-        "rule": "kept when the validation ECE, each patient-grouped half scored with the other half's temperature, "
+    return Temperature(
+        value=value,
+        used=bool(after < before),
+        fitted_on=f"{VALIDATION} ({len(y)} images), served probabilities",
+        ece_before=before,
+        ece_after_cross_fitted=after,
+        rule="kept when the validation ECE, each patient-grouped half scored with the other half's temperature, "
         "is below the ECE without it",
-    }
+    )
 
 
 def folded(predictor: Predictor, temperature: float) -> Any:
@@ -90,8 +91,8 @@ def fit_confidence(
     p, y, groups = served_validation(predictor, val, on_batch)
     temperature = temperature_choice(p, y, groups)
     served = predictor
-    if temperature["used"]:
-        served = predictor.derived(model=folded(predictor, temperature["value"]))
+    if temperature.used:
+        served = predictor.derived(model=folded(predictor, temperature.value))
         p, y, groups = served_validation(served, val, on_batch)
         served.meta.metrics["validation"] = classification_metrics(y, p, served.classes)
     served.meta.temperature = temperature
@@ -109,7 +110,7 @@ def fit_confidence(
 def add_confidence(predictor: Predictor, scan: Scan, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Complete a model folder trained before: the temperature folded into ``model.keras`` and the set rule."""
 
-    if predictor.meta.temperature.get("used"):
+    if predictor.meta.temperature and predictor.meta.temperature.used:
         raise DataError(f"{predictor.source} already serves a validation temperature; fit the rule on the original")
     _, val = split_by_patient(scan.samples, *recorded_split(predictor.meta.training))
     served, record = fit_confidence(predictor, val, on_batch)
@@ -126,10 +127,10 @@ def add_confidence(predictor: Predictor, scan: Scan, on_batch: Callable[[int], N
 def format_record(record: dict[str, Any]) -> str:
     """What ``fit-conformal`` prints: the temperature and its effect, the scores' simulated figures, the rule."""
     t, sets = record["temperature"], record["sets"]
-    verdict = "folded into the logits" if t["used"] else "not used"
+    verdict = "folded into the logits" if t.used else "not used"
     lines = [
-        f"temperature {t['value']:.3f} ({verdict}): validation ECE {t['ece_before']:.3f} -> "
-        f"{t['ece_after_cross_fitted']:.3f} cross-fitted"
+        f"temperature {t.value:.3f} ({verdict}): validation ECE {t.ece_before:.3f} -> "
+        f"{t.ece_after_cross_fitted:.3f} cross-fitted"
     ]
     for method, row in sets["choice"]["table"].items():
         if row["sites"]:

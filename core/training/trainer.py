@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from pneumocam.atomic import replace_folder, save_figure, write_json, write_text
-from pneumocam.config import ArchConfig, InputSpec, TrainConfig
+from pneumocam.config import ArchConfig, InputSpec, TrainConfig, TrainingData
 from pneumocam.images.data import Sample, Scan, relative_name
 from pneumocam.model.artifact import DEFAULT_CLASSES, TRAINING_FILES, is_model_entry, new_meta, save_artifact
 from pneumocam.model.network import FEATURES_LAYER, build_model, set_fine_tuning
@@ -118,15 +118,15 @@ def train_model(
         "keras": keras.__version__,
         "tensorflow": tf.__version__,
     }
-    meta.data = {
-        "source": "Kermany et al. 2018, Mendeley Data doi:10.17632/rscbjbr9sj.2 (CC BY 4.0)",
-        "train_dir": scan.root.name,
-        "layout": scan.layout,
-        "counts": scan.counts(),
-        "split": "validation taken from train, stratified by class, grouped by patient",
-        "n_train": int(len(y_train)),
-        "n_val": int(len(y_val)),
-    }
+    meta.data = TrainingData(
+        source="Kermany et al. 2018, Mendeley Data doi:10.17632/rscbjbr9sj.2 (CC BY 4.0)",
+        train_dir=scan.root.name,
+        layout=scan.layout,
+        counts=scan.counts(),
+        split="validation taken from train, stratified by class, grouped by patient",
+        n_train=int(len(y_train)),
+        n_val=int(len(y_val)),
+    )
     served, stats, validity = complete(served, train, val, classes)
     files = [relative_name(s.path, scan.root) for s in val]
     return TrainResult(served.model, served.meta, history, stats, files, validity)
