@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from helpers import make_dataset, run, save_gray, xray_like
 from pneumocam.cli.app import main
+from pneumocam.errors import ModelLoadError
 from pneumocam.paths import REPO_ROOT
 
 CLASSES = ["BACTERIA", "NORMAL", "VIRUS"]
@@ -235,13 +236,11 @@ def test_debug_shows_the_library_error_behind_ours(tiny_model_dir: Path, tmp_pat
     broken = tmp_path / "model"
     broken.mkdir()
     (broken / "model.json").write_text("{not json")
-    save_gray(tmp_path / "x.png", xray_like(64, 64))
-    args = [sys.executable, "-m", "cli", "predict", str(tmp_path / "x.png"), "--model", str(broken)]
-    quiet = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert quiet.returncode == 1 and "is not valid JSON" in quiet.stderr and "Traceback" not in quiet.stderr
-    env = {**os.environ, "PNEUMOCAM_DEBUG": "1"}
-    loud = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert "json.decoder.JSONDecodeError" in loud.stderr and "direct cause" in loud.stderr
+    args = ["predict", str(save_gray(tmp_path / "x.png", xray_like(64, 64))), "--model", str(broken)]
+    quiet = run(*args, code=1)
+    assert "is not valid JSON" in quiet.stderr and "Traceback" not in quiet.output and quiet.exc_info[0] is SystemExit
+    loud = CliRunner().invoke(main, args, env={"PNEUMOCAM_DEBUG": "1"})  # raised, so Python prints both tracebacks
+    assert isinstance(loud.exception, ModelLoadError) and isinstance(loud.exception.__cause__, json.JSONDecodeError)
 
 
 def test_predict_a_folder_lists_failures_and_skips_gradcam_without_cam_out(tiny_model_dir: Path, tmp_path: Path):
