@@ -124,8 +124,10 @@ def set_model(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
 def test_fit_conformal_records_the_rule_and_every_call_carries_its_set(set_model: tuple[Path, Path]) -> None:
     folder, data = set_model
     meta = read_meta(folder)
-    assert meta.conformal["method"] in conformal.METHODS and meta.conformal["level"] == 0.9
-    assert "validation split" in meta.conformal["fitted_on"] and meta.conformal["choice"]["table"]
+    rule = meta.conformal.rule
+    assert rule.method in conformal.METHODS and rule.level == 0.9
+    assert "validation split" in rule.fitted_on and meta.conformal.choice["table"]
+    assert 0 < meta.conformal.validation["coverage"] <= 1 and not meta.conformal.previous
     t = meta.temperature
     assert t is not None and t.value > 0 and t.used == (t.ece_after_cross_fitted < t.ece_before)
     predictor = load_predictor(folder)  # the hash still matches if the temperature was folded in
@@ -169,9 +171,11 @@ def test_calibrating_at_a_site_refits_the_sets_there(set_model: tuple[Path, Path
     folder, data = set_model
     run("calibrate", data, "--model", folder, "--out", tmp_path / "site")
     meta = read_meta(tmp_path / "site")
-    assert "labelled site sample" in meta.conformal["fitted_on"] and meta.conformal["n_images"] == 12 * 3 + 3
-    assert meta.conformal["method"] == read_meta(folder).conformal["method"]
-    assert meta.conformal["previous"]["fitted_on"] == read_meta(folder).conformal["fitted_on"]
+    rule, before = meta.conformal.rule, read_meta(folder).conformal.rule
+    assert "labelled site sample" in rule.fitted_on and rule.n_images == 12 * 3 + 3 and rule.method == before.method
+    assert meta.conformal.previous["fitted_on"] == before.fitted_on and not meta.conformal.choice
+    raw = json.loads((tmp_path / "site" / "model.json").read_text())["conformal"]  # as written: None for "all"
+    assert raw["previous"]["thresholds"] == [None if np.isinf(t) else t for t in before.thresholds]
 
 
 def test_a_re_fitted_head_is_surer_of_its_own_images_than_of_unseen_ones() -> None:
@@ -202,7 +206,7 @@ def test_tuning_fits_its_sets_on_images_its_head_did_not_see(set_model: tuple[Pa
     unseen = fitted.out_of_fold
     assert unseen.shape == scores.probabilities.shape and np.allclose(unseen.sum(1), 1.0, atol=1e-4)
     run("tune", data, "--model", folder, "--out", tmp_path / "tuned")
-    sets = read_meta(tmp_path / "tuned").conformal
-    expected = conformal.fit(unseen, y, sets["method"], sets["level"])
-    assert sets["thresholds"] == [None if t == np.inf else t for t in expected.thresholds]
-    assert "labelled site sample" in sets["fitted_on"]
+    sets = read_meta(tmp_path / "tuned").conformal.rule
+    expected = conformal.fit(unseen, y, sets.method, sets.level)
+    assert sets.thresholds == expected.thresholds
+    assert "labelled site sample" in sets.fitted_on

@@ -77,9 +77,9 @@ def test_predict_endpoint_through_gradio_client(server: str, xray: Path, tmp_pat
         assert Image.open(item["image"]).size == size
     assert "out_relu" in gallery[-1]["caption"]  # the deepest layer, after its activation
     assert summary.startswith(f"## {label['label']} (")
-    from pneumocam.model.conformal import CLASS_WORDS, PredictionSets
+    from pneumocam.model.conformal import CLASS_WORDS
 
-    rule = PredictionSets.from_dict(meta.conformal)  # the set, in words, above the probabilities
+    rule = meta.conformal.rule  # the set, in words, above the probabilities
     named = rule.names([confidences[c] for c in meta.classes], meta.classes)
     assert "90% prediction set" in summary and all(CLASS_WORDS[c].split()[0] in summary.lower() for c in named)
     shown, heat = (Image.open(p) for p in slider)  # the X-ray itself against the default map

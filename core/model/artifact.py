@@ -28,6 +28,7 @@ from pneumocam.config import (
 )
 from pneumocam.errors import InputError, ModelLoadError
 from pneumocam.images.data import CLASSES
+from pneumocam.model.conformal import SetRecord
 from pneumocam.model.validity import ValidityStats
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class ModelMeta:
     calibration: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
     validity: dict[str, Any] = field(default_factory=dict)
-    conformal: dict[str, Any] = field(default_factory=dict)  # the prediction-set rule (pneumocam.model.conformal)
+    conformal: SetRecord | None = None  # the prediction-set rule; None: a model fitted before sets
     temperature: Temperature | None = None  # None: a model trained before the temperature was fitted
     weights_sha256: str = ""
     explain: ExplainDefaults = field(default_factory=ExplainDefaults)
@@ -96,7 +97,7 @@ class ModelMeta:
             **({"tuning": self.tuning} if self.tuning else {}),
             **({"validity": self.validity} if self.validity else {}),
             **({"temperature": self.temperature.to_dict()} if self.temperature else {}),
-            **({"conformal": self.conformal} if self.conformal else {}),
+            **({"conformal": self.conformal.to_dict()} if self.conformal else {}),
         }
 
     @classmethod
@@ -126,7 +127,7 @@ class ModelMeta:
                 calibration=d.get("calibration", {}),
                 tuning=d.get("tuning", {}),
                 validity=d.get("validity", {}),
-                conformal=d.get("conformal", {}),
+                conformal=SetRecord.from_dict(d["conformal"]) if d.get("conformal") else None,
                 temperature=Temperature.from_dict(d["temperature"]) if d.get("temperature") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:

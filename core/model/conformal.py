@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -89,6 +89,10 @@ class PredictionSets:
         p = np.asarray(probabilities, np.float64)
         return member_names(p, self.member(p[None])[0], classes)
 
+    def threshold_text(self) -> str:
+        """The thresholds in class order, "all" where a class is always in the set."""
+        return ", ".join("all" if math.isinf(t) else f"{t:.3f}" for t in self.thresholds)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
@@ -102,6 +106,33 @@ class PredictionSets:
     def from_dict(cls, d: dict[str, Any]) -> PredictionSets:
         thresholds = tuple(math.inf if t is None else float(t) for t in d["thresholds"])
         return cls(d["method"], float(d["level"]), thresholds, d.get("fitted_on", ""), int(d.get("n_images", 0)))
+
+
+@dataclass(frozen=True)
+class SetRecord:
+    """``model.json`` ``conformal``: the rule every call's set comes from, and what is known about it.
+
+    ``choice``: how the score was chosen (training's simulated sites); ``validation``: its coverage and mean size
+    there; ``previous``: the rule a site refit replaced (method, level, thresholds, where it was fitted).
+    """
+
+    rule: PredictionSets
+    choice: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, float] = field(default_factory=dict)
+    previous: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        extra = {"choice": self.choice, "validation": self.validation, "previous": self.previous}
+        return self.rule.to_dict() | {k: v for k, v in extra.items() if v}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SetRecord:
+        return cls(PredictionSets.from_dict(d), d.get("choice", {}), d.get("validation", {}), d.get("previous", {}))
+
+    def replaced_by(self, rule: PredictionSets) -> SetRecord:
+        """A site's refit rule, remembering this one."""
+        kept = {k: v for k, v in self.rule.to_dict().items() if k != "n_images"}
+        return SetRecord(rule, previous=kept)
 
 
 def fit(

@@ -50,15 +50,14 @@ def temperature_text(meta: ModelMeta) -> str:
 
 
 def sets_text(meta: ModelMeta) -> str:
-    c = meta.conformal
-    if not c:
+    if not meta.conformal:
         return ""
+    c = meta.conformal.rule
     rows = [(key, title, how) for key, title, how in SET_ROWS if "sets" in meta.metrics.get(key, {})]
-    thresholds = ", ".join("all" if v is None else f"{v:.3f}" for v in c["thresholds"])
     lines = [
-        f"**Prediction sets.** Every call carries the classes the X-ray may belong to at the {c['level']:.0%} level "
-        f"(split conformal, score `{c['method']}`, thresholds {thresholds} in class order; fitted on "
-        f"{c['fitted_on']}, chosen by the rule in `pneumocam.model.conformal`). On images like the validation "
+        f"**Prediction sets.** Every call carries the classes the X-ray may belong to at the {c.level:.0%} level "
+        f"(split conformal, score `{c.method}`, thresholds {c.threshold_text()} in class order; fitted on "
+        f"{c.fitted_on}, chosen by the rule in `pneumocam.model.conformal`). On images like the validation "
         "ones the set holds the true class at least that often; two classes in the set mean the model cannot tell "
         "them apart for this X-ray.",
     ]

@@ -89,7 +89,7 @@ class Predictor:
     def sets(self) -> PredictionSets | None:
         """The model's prediction-set rule (``model.json`` ``conformal``); None for a model fitted before sets."""
         block = self.loaded.meta.conformal
-        return PredictionSets.from_dict(block) if block else None
+        return block.rule if block else None
 
     def prediction_set(self, probabilities: dict[str, float]) -> list[str] | None:
         """One call's prediction set, most probable class first; None for a model without a set rule."""

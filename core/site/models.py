@@ -119,7 +119,7 @@ def fit_to_site(
     return _write_site_model(model, meta, out, overwrite, predictor.validity_stats)
 
 
-def _site_sets(predictor: Predictor, probabilities: np.ndarray, y: np.ndarray, where: str) -> dict[str, Any]:
+def _site_sets(predictor: Predictor, probabilities: np.ndarray, y: np.ndarray, where: str) -> conformal.SetRecord:
     """The set rule refitted on the site's labelled sample, after the fit: the score and level stay the model's.
 
     Here the guarantee holds for the site's images (the threshold of a rule fitted on train's validation does
@@ -130,9 +130,7 @@ def _site_sets(predictor: Predictor, probabilities: np.ndarray, y: np.ndarray, w
     method, level = (rule.method, rule.level) if rule else (conformal.METHODS[0], SET_LEVEL)
     fitted = conformal.fit(probabilities, y, method, level, f"the labelled site sample {where}, after the fit")
     previous = predictor.meta.conformal
-    return fitted.to_dict() | (
-        {"previous": {k: previous[k] for k in ("method", "level", "thresholds", "fitted_on")}} if previous else {}
-    )
+    return previous.replaced_by(fitted) if previous else conformal.SetRecord(fitted)
 
 
 def _calibrated(

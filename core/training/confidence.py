@@ -99,11 +99,8 @@ def fit_confidence(
     rule, choice = conformal.choose(p, y, groups, SET_LEVEL, f"{VALIDATION} ({len(y)} images)")
     keep = rule.member(p)
     covered = keep[np.arange(len(y)), y]
-    served.meta.conformal = {
-        **rule.to_dict(),
-        "choice": choice,
-        "validation": {"coverage": float(covered.mean()), "mean_size": float(keep.sum(1).mean())},
-    }
+    figures = {"coverage": float(covered.mean()), "mean_size": float(keep.sum(1).mean())}
+    served.meta.conformal = conformal.SetRecord(rule, choice, figures)
     return served, {"temperature": temperature, "sets": served.meta.conformal}
 
 
@@ -132,15 +129,15 @@ def format_record(record: dict[str, Any]) -> str:
         f"temperature {t.value:.3f} ({verdict}): validation ECE {t.ece_before:.3f} -> "
         f"{t.ece_after_cross_fitted:.3f} cross-fitted"
     ]
-    for method, row in sets["choice"]["table"].items():
+    for method, row in sets.choice["table"].items():
         if row["sites"]:
             lines.append(
                 f"  {method:<10} coverage in 90 % of simulated sites >= {row['p10_coverage']:.1%}, "
                 f"mean size {row['mean_size']:.2f}{'' if row['passes'] else ' (fails the rule)'}"
             )
-    thresholds = ", ".join("all" if v is None else f"{v:.3f}" for v in sets["thresholds"])
+    rule = sets.rule
     lines.append(
-        f"prediction sets: {sets['method']} at {sets['level']:.0%}, thresholds {thresholds}; validation coverage "
-        f"{sets['validation']['coverage']:.1%}, mean size {sets['validation']['mean_size']:.2f}"
+        f"prediction sets: {rule.method} at {rule.level:.0%}, thresholds {rule.threshold_text()}; validation "
+        f"coverage {sets.validation['coverage']:.1%}, mean size {sets.validation['mean_size']:.2f}"
     )
     return "\n".join(lines)
