@@ -86,7 +86,7 @@ def adapt(
         passes = stat_passes(method, predictor.validity_stats is not None)
         with progress(n * passes, "measuring site statistics") as bar:
             meta = adapt_to_site(predictor, image_dir, out, method, batch_size, bar.update, overwrite)
-        info = meta.adaptation["applied"]
+        info = meta.adaptation.applied
         click.echo(
             f"adapted to {info['n_images']} image(s) of {image_dir} ({method}, {info['layers']} layers); "
             f"model written to {out}/"

@@ -1,4 +1,5 @@
-"""The recipes stored with a model: input, architecture, training. Plain dataclasses, no heavy imports.
+"""What a model stores: its recipes (input, architecture, training) and the typed blocks of ``model.json`` that
+record what was fitted for it (data, temperature, adaptation statistics). Plain dataclasses, no heavy imports.
 
 ``model.json`` holds them; the command line shows their defaults in
 ``--help`` (so each default is written here once) before TensorFlow loads.
@@ -231,3 +232,31 @@ class TrainConfig(Stored):
             raise InputError("the consistency weight must be at least 0")
         if self.consistency > 0 and (self.fine_tune_from is None or self.copies < 3):
             raise InputError("consistency training needs the fine-tuning stage and at least 3 cached copies (--copies)")
+
+
+@dataclass(frozen=True)
+class StatsFile(Stored):
+    """A statistics file beside the model: its name, its hash, and the images it summarises."""
+
+    file: str
+    sha256: str
+    n_images: int = 0
+    images: str = ""
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """``model.json`` ``adaptation``: the training statistics adaptation maps a site back to, and the adaptation
+    this model carries (``applied``: the method's figures, the site folder, the date); empty for neither."""
+
+    source_stats: StatsFile | None = None
+    applied: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source_stats": self.source_stats.to_dict()} if self.source_stats else {}
+        return out | ({"applied": self.applied} if self.applied else {})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Adaptation:
+        stats = d.get("source_stats")
+        return cls(StatsFile.from_dict(stats) if stats else None, d.get("applied", {}))

@@ -188,7 +188,7 @@ def test_adapt_cli_writes_a_model_every_entry_point_serves(
     result = run("adapt", darker_site, "--out", out, "--model", adaptable_dir, "--batch-size", 4)
     assert "adapted to 12 image(s)" in result.output
     loaded = load_predictor(out)  # safe mode, hash and consistency checks pass
-    applied = loaded.meta.adaptation["applied"]
+    applied = loaded.meta.adaptation.applied
     assert applied["folder"] == darker_site.name and applied["n_images"] == 12 and applied["method"] == "bn+features"
     assert applied["date"] and loaded.meta.name.endswith("-adapted") and "test" not in loaded.meta.metrics
     base = load_predictor(adaptable_dir)

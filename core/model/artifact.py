@@ -12,17 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumocam.atomic import write_json
 from pneumocam.config import (
     LOGITS_LAYER,
+    Adaptation,
     ArchConfig,
     ExplainDefaults,
     InputSpec,
     PredictDefaults,
+    StatsFile,
     Temperature,
     TrainingData,
 )
@@ -66,7 +68,7 @@ class ModelMeta:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     data: TrainingData | None = None  # None: a model that was not trained here
-    adaptation: dict[str, Any] = field(default_factory=dict)
+    adaptation: Adaptation = field(default_factory=Adaptation)
     calibration: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
     validity: dict[str, Any] = field(default_factory=dict)
@@ -92,7 +94,7 @@ class ModelMeta:
             "training": self.training,
             "metrics": self.metrics,
             "data": self.data.to_dict() if self.data else {},
-            "adaptation": self.adaptation,
+            "adaptation": self.adaptation.to_dict(),
             "calibration": self.calibration,
             **({"tuning": self.tuning} if self.tuning else {}),
             **({"validity": self.validity} if self.validity else {}),
@@ -123,7 +125,7 @@ class ModelMeta:
                 training=d.get("training", {}),
                 metrics=d.get("metrics", {}),
                 data=TrainingData.from_dict(d["data"]) if d.get("data") else None,
-                adaptation=d.get("adaptation", {}),
+                adaptation=Adaptation.from_dict(d.get("adaptation", {})),
                 calibration=d.get("calibration", {}),
                 tuning=d.get("tuning", {}),
                 validity=d.get("validity", {}),
@@ -223,12 +225,13 @@ def store_source_stats(directory: Path, meta: ModelMeta, stats: Any) -> Path:
     """Write ``source_stats.npz`` (a :class:`pneumocam.site.adaptation.LayerStats`) into a model folder and record
     its hash and images in ``meta`` (the caller writes model.json)."""
     path = stats.save(Path(directory) / SOURCE_STATS_FILE)
-    meta.adaptation["source_stats"] = {
-        "file": SOURCE_STATS_FILE,
-        "sha256": file_sha256(path),
-        "n_images": stats.n_images,
-        "images": "the training split (validation excluded), clean, no augmentation",
-    }
+    recorded = StatsFile(
+        SOURCE_STATS_FILE,
+        file_sha256(path),
+        stats.n_images,
+        "the training split (validation excluded), clean, no augmentation",
+    )
+    meta.adaptation = replace(meta.adaptation, source_stats=recorded)
     return path
 
 

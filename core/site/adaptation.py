@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pneumocam.config import Adaptation
 from pneumocam.errors import InputError, ModelLoadError, none_readable
 from pneumocam.model.artifact import SOURCE_STATS_FILE, file_sha256
 from pneumocam.model.hub import download_optional
@@ -305,26 +306,25 @@ def stat_passes(method: str, validity: bool = False) -> int:
     return bn + (features or validity)
 
 
-def load_source_stats(directory: str | Path, recorded: dict) -> LayerStats:
+def load_source_stats(directory: str | Path, recorded: Adaptation) -> LayerStats:
     """The training statistics stored beside a model, checked against the hash in its metadata."""
-    info = recorded.get("source_stats")
+    info = recorded.source_stats
     path = Path(directory) / SOURCE_STATS_FILE
     if not info or not path.is_file():
         raise ModelLoadError(
             f"the model in {directory} has no training statistics ({SOURCE_STATS_FILE}), so it cannot be adapted; "
             "retrain it with this version, which stores them"
         )
-    if file_sha256(path) != info.get("sha256"):
+    if file_sha256(path) != info.sha256:
         raise ModelLoadError(f"{path} does not match the SHA-256 recorded in model.json")
     return LayerStats.load(path)
 
 
 def check_adaptable(predictor: Predictor) -> LayerStats:
     """Refuse, before any work, a model that cannot be adapted; returns its training statistics."""
-    if predictor.meta.adaptation.get("applied"):
+    if applied := predictor.meta.adaptation.applied:
         raise ModelLoadError(
-            f"{predictor.source} is already adapted to {predictor.meta.adaptation['applied'].get('folder')}; "
-            "adapt the original model instead"
+            f"{predictor.source} is already adapted to {applied.get('folder')}; adapt the original model instead"
         )
     if predictor.meta.calibration:
         raise ModelLoadError(f"{predictor.source} is calibrated; adapt the uncalibrated model first, then calibrate")

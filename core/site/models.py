@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ def adapt_to_site(
     adapted, info = adapted_site(predictor, paths, method, batch_size, on_batch)
     meta = _derived_meta(predictor, "adapted")
     site = Path(folder).resolve().name
-    meta.adaptation = {**meta.adaptation, "applied": {**info, "folder": site, "date": _now()}}
+    meta.adaptation = replace(meta.adaptation, applied={**info, "folder": site, "date": _now()})
     if adapted.validity_stats is not None:
         meta.validity = {**meta.validity, "rematched": {"folder": site, "n_images": info["n_images"]}}
     return _write_site_model(adapted.model, meta, out, overwrite, adapted.validity_stats)
