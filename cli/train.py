@@ -273,9 +273,9 @@ def fit_validity(data_dir: Path, model_dir: Path, proxy: Path | None) -> None:
     predictor = load_predictor(model_dir)
     v = add_validity(predictor, scan, proxy).validity
     click.echo(
-        f"validity statistics of {v['layer']} from {v['n_train']} training images; the threshold accepts "
-        f"{v['validation']['accepted']:.1%} of {v['validation']['n_images']} validation images"
-        + (f"; a discriminator against {v['discriminator']['against']['images']} proxy radiographs" if proxy else "")
+        f"validity statistics of {v.layer} from {v.n_train} training images; the threshold accepts "
+        f"{v.validation['accepted']:.1%} of {v.validation['n_images']} validation images"
+        + (f"; a discriminator against {v.discriminator['against']['images']} proxy radiographs" if proxy else "")
         + f"; written to {model_dir}/"
     )
 

@@ -260,3 +260,37 @@ class Adaptation:
     def from_dict(cls, d: dict[str, Any]) -> Adaptation:
         stats = d.get("source_stats")
         return cls(StatsFile.from_dict(stats) if stats else None, d.get("applied", {}))
+
+
+@dataclass(frozen=True)
+class ValidityRecord:
+    """``model.json`` ``validity``: what the validity statistics are (:mod:`pneumocam.model.validity`), the
+    threshold and what it accepted, the sure checks, the file they are in, and the site they were re-matched to.
+
+    ``discriminator``: its settings and the proxy images it was fitted against, for statistics that have one.
+    """
+
+    method: str
+    layer: str
+    summary: str
+    accept: float
+    threshold: float
+    images: str
+    n_train: int
+    validation: dict[str, Any]  # n_images, accepted
+    train_accepted: float
+    checks: dict[str, Any]
+    discriminator: dict[str, Any] = field(default_factory=dict)
+    file: str = ""
+    sha256: str = ""
+    rematched: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        disc, rematched = out.pop("discriminator"), out.pop("rematched")
+        first = {"method": out.pop("method")} | ({"discriminator": disc} if disc else {})
+        return first | out | ({"rematched": rematched} if rematched else {})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ValidityRecord:
+        return cls(**d)

@@ -107,8 +107,8 @@ def test_train_cli_writes_a_loadable_model_from_a_recipe_and_flags(
     listed = (out / "validation.txt").read_text().splitlines()
     assert len(listed) == loaded_n_val(out) and all((tiny_data / f).is_file() for f in listed)
     trained = load_predictor(out)  # training fits the validity statistics: the threshold accepts 95 % of validation
-    assert trained.validity_stats is not None and trained.meta.validity["validation"]["n_images"] == len(listed)
-    assert trained.meta.validity["validation"]["accepted"] >= 0.95
+    assert trained.validity_stats is not None and trained.meta.validity.validation["n_images"] == len(listed)
+    assert trained.meta.validity.validation["accepted"] >= 0.95
     chosen = trained.meta.predict  # training chose the test-time views on its validation split, and serves them
     assert trained.views == chosen.views and len(chosen.choice["table"]) == 8
     assert f"test-time views (chosen on validation): {', '.join(chosen.views)}" in result.output
@@ -279,7 +279,7 @@ def test_consistency_training_pulls_the_copies_of_an_image_together(
     val = [tiny_data / f for f in (out / "validation.txt").read_text().split()]
     _, summaries = reloaded.summaries(val, reloaded.validity_stats.layer)
     accepted = float(np.mean(reloaded.validity_stats.scores(summaries) <= 1.0))
-    assert accepted == pytest.approx(reloaded.meta.validity["validation"]["accepted"]) and accepted >= 0.95
+    assert accepted == pytest.approx(reloaded.meta.validity.validation["accepted"]) and accepted >= 0.95
 
     def spread(model) -> float:
         paths = [s.path for s in scan.samples]

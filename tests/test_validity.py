@@ -68,7 +68,7 @@ def test_the_sure_checks_read_colour_and_the_dicom_header() -> None:
 def test_every_entry_point_gives_one_image_the_same_score(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Batch scoring, one-image probabilities and Grad-CAM compute the same validity."""
     loaded = load_predictor(tiny_model_dir)
-    assert loaded.validity_stats is not None and loaded.meta.validity["validation"]["accepted"] >= 0.95
+    assert loaded.validity_stats is not None and loaded.meta.validity.validation["accepted"] >= 0.95
     files = [save_gray(tmp_path / f"x{i}.png", xray_like(64, 64, seed=3000 + i)) for i in range(3)]
     files.append(tmp_path / "photo.jpg")
     shutil.copy(SAMPLE_DATA / "grace_hopper.jpg", files[-1])
@@ -127,9 +127,9 @@ def test_fit_validity_adds_statistics_to_an_older_model(tiny_model_dir: Path, tm
     out = run("fit-validity", data, "--model-dir", folder)
     loaded = load_predictor(folder)
     record = loaded.meta.validity
-    assert loaded.validity_stats is not None and record["layer"] == loaded.validity_stats.layer
-    assert record["n_train"] + record["validation"]["n_images"] == 8 * 3 + 3
-    assert record["validation"]["accepted"] >= 0.95 and "threshold accepts" in out.output
+    assert loaded.validity_stats is not None and record.layer == loaded.validity_stats.layer
+    assert record.n_train + record.validation["n_images"] == 8 * 3 + 3
+    assert record.validation["accepted"] >= 0.95 and "threshold accepts" in out.output
 
 
 def test_adapting_rematches_the_statistics_to_the_site(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -144,7 +144,7 @@ def test_adapting_rematches_the_statistics_to_the_site(tiny_model_dir: Path, tmp
     paths = sorted(site.glob("*.png"))
     meta = adapt_to_site(base, site, tmp_path / "adapted")
     adapted = load_predictor(tmp_path / "adapted")
-    assert meta.validity["rematched"] == {"folder": "site", "n_images": 12}
+    assert meta.validity.rematched == {"folder": "site", "n_images": 12}
     assert not np.allclose(adapted.validity_stats.scale, 1.0)
     _, raw = adapted.summaries(paths, adapted.validity_stats.layer)
     mapped = raw * adapted.validity_stats.scale + adapted.validity_stats.shift
@@ -258,9 +258,9 @@ def test_fit_validity_with_a_proxy_folder_adds_a_discriminator_every_entry_point
     run("fit-validity", data, "--model-dir", folder, "--proxy", proxy)
     loaded = load_predictor(folder)
     record = loaded.meta.validity
-    assert record["discriminator"]["against"] == {"images": 8, "folder": "proxy"}
+    assert record.discriminator["against"] == {"images": 8, "folder": "proxy"}
     assert loaded.validity_stats.has_discriminator and loaded.validity_stats.layer.endswith("+block_16_expand_relu")
-    assert record["validation"]["accepted"] >= 0.95
+    assert record.validation["accepted"] >= 0.95
     files = [save_gray(tmp_path / "new" / f"x{i}.png", xray_like(64, 64, seed=4000 + i)) for i in range(2)]
     files += sorted((proxy / "other").glob("*.png"))[:2]
     batch = loaded.score(files).verdicts()

@@ -27,6 +27,7 @@ from pneumocam.config import (
     StatsFile,
     Temperature,
     TrainingData,
+    ValidityRecord,
 )
 from pneumocam.errors import InputError, ModelLoadError
 from pneumocam.images.data import CLASSES
@@ -71,7 +72,7 @@ class ModelMeta:
     adaptation: Adaptation = field(default_factory=Adaptation)
     calibration: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
-    validity: dict[str, Any] = field(default_factory=dict)
+    validity: ValidityRecord | None = None  # None: a model trained before validity statistics were kept
     conformal: SetRecord | None = None  # the prediction-set rule; None: a model fitted before sets
     temperature: Temperature | None = None  # None: a model trained before the temperature was fitted
     weights_sha256: str = ""
@@ -97,7 +98,7 @@ class ModelMeta:
             "adaptation": self.adaptation.to_dict(),
             "calibration": self.calibration,
             **({"tuning": self.tuning} if self.tuning else {}),
-            **({"validity": self.validity} if self.validity else {}),
+            **({"validity": self.validity.to_dict()} if self.validity else {}),
             **({"temperature": self.temperature.to_dict()} if self.temperature else {}),
             **({"conformal": self.conformal.to_dict()} if self.conformal else {}),
         }
@@ -128,7 +129,7 @@ class ModelMeta:
                 adaptation=Adaptation.from_dict(d.get("adaptation", {})),
                 calibration=d.get("calibration", {}),
                 tuning=d.get("tuning", {}),
-                validity=d.get("validity", {}),
+                validity=ValidityRecord.from_dict(d["validity"]) if d.get("validity") else None,
                 conformal=SetRecord.from_dict(d["conformal"]) if d.get("conformal") else None,
                 temperature=Temperature.from_dict(d["temperature"]) if d.get("temperature") else None,
             )
@@ -238,18 +239,18 @@ def store_source_stats(directory: Path, meta: ModelMeta, stats: Any) -> Path:
 def store_validity(directory: Path, meta: ModelMeta, stats: ValidityStats) -> Path:
     """Write ``validity.npz`` into a model folder and record its hash in ``meta`` (the caller writes model.json)."""
     path = stats.save(Path(directory) / VALIDITY_FILE)
-    meta.validity = {**meta.validity, "file": VALIDITY_FILE, "sha256": file_sha256(path)}
+    meta.validity = replace(meta.validity, file=VALIDITY_FILE, sha256=file_sha256(path))
     return path
 
 
 def load_validity(directory: Path, meta: ModelMeta) -> ValidityStats | None:
     """The validity statistics a model folder holds, checked against their hash; None for a model without them."""
-    if not meta.validity.get("sha256"):
+    if meta.validity is None or not meta.validity.sha256:
         return None
     path = Path(directory) / VALIDITY_FILE
     if not path.is_file():
         raise ModelLoadError(f"model.json names {VALIDITY_FILE} but {directory} lacks it")
-    if file_sha256(path) != meta.validity["sha256"]:
+    if file_sha256(path) != meta.validity.sha256:
         raise ModelLoadError(f"{path} does not match the SHA-256 recorded in {META_FILE}")
     return ValidityStats.load(path)
 

@@ -41,7 +41,7 @@ def download_from_hub(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot get {repo_id}@{revision} from the Hugging Face Hub: {first}") from exc
     folder = Path(paths[0]).parent
-    if read_meta(folder).validity.get("sha256"):
+    if (record := read_meta(folder).validity) and record.sha256:
         download_optional(HubRef(repo_id, revision, cache_dir), VALIDITY_FILE)
     return folder
 

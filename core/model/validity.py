@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumocam.config import ValidityRecord
 from pneumocam.errors import InputError
 from pneumocam.images.readers import Header
 from pneumocam.options import (
@@ -242,41 +243,32 @@ def describe(stats: ValidityStats) -> str:
 
 def record(
     stats: ValidityStats, train: np.ndarray, validation: np.ndarray, images: str, proxy: dict[str, Any] | None = None
-) -> dict[str, Any]:
+) -> ValidityRecord:
     """What ``model.json`` says about the statistics (the file's hash is added on saving).
 
     ``proxy``: what the discriminator was fitted against (folder, images), for statistics that have one.
     """
-    extra = {}
-    if stats.has_discriminator:
-        extra["discriminator"] = {
-            "C": DISCRIMINATOR_C,
-            "threshold": stats.disc_threshold,
-            "joint": stats.joint,
-            "against": proxy or {},
-        }
-    return {
-        "method": describe(stats),
-        **extra,
-        "layer": stats.layer,
-        "summary": "std",
-        "accept": VALIDITY_ACCEPT,
-        "threshold": stats.threshold,
-        "images": images,
-        "n_train": int(len(train)),
-        "validation": {
-            "n_images": int(len(validation)),
-            "accepted": float(np.mean(stats.scores(validation) <= 1.0)),
-        },
-        "train_accepted": float(np.mean(stats.scores(train) <= 1.0)),
-        "checks": {
-            "colour_max": COLOUR_MAX,
-            "modalities": list(RADIOGRAPH_MODALITIES),
-            "body_parts": list(CHEST_BODY_PARTS),
-            "views": list(FRONTAL_VIEWS),
-            "adult_age": ADULT_AGE,
-        },
+    disc = {"C": DISCRIMINATOR_C, "threshold": stats.disc_threshold, "joint": stats.joint, "against": proxy or {}}
+    checks = {
+        "colour_max": COLOUR_MAX,
+        "modalities": list(RADIOGRAPH_MODALITIES),
+        "body_parts": list(CHEST_BODY_PARTS),
+        "views": list(FRONTAL_VIEWS),
+        "adult_age": ADULT_AGE,
     }
+    return ValidityRecord(
+        method=describe(stats),
+        layer=stats.layer,
+        summary="std",
+        accept=VALIDITY_ACCEPT,
+        threshold=stats.threshold,
+        images=images,
+        n_train=int(len(train)),
+        validation={"n_images": int(len(validation)), "accepted": float(np.mean(stats.scores(validation) <= 1.0))},
+        train_accepted=float(np.mean(stats.scores(train) <= 1.0)),
+        checks=checks,
+        discriminator=disc if stats.has_discriminator else {},
+    )
 
 
 def colourfulness(image: np.ndarray) -> float:

@@ -265,20 +265,20 @@ def validity_text(meta: ModelMeta) -> str:
     """The validity score in a few lines: what it is, its threshold, and what it flagged where measured."""
     v = meta.validity
     lines = [
-        f"Every call carries `in_distribution` and `ood_score`. The score: the {v['method']}; `ood_score` is it "
-        f"over the threshold that accepts {v['accept']:.0%} of the validation split (fitted on {v['n_train']} "
-        f"training images; validation accepted {pct(v['validation']['accepted'])} % of "
-        f"{v['validation']['n_images']})."
+        f"Every call carries `in_distribution` and `ood_score`. The score: the {v.method}; `ood_score` is it "
+        f"over the threshold that accepts {v.accept:.0%} of the validation split (fitted on {v.n_train} "
+        f"training images; validation accepted {pct(v.validation['accepted'])} % of "
+        f"{v.validation['n_images']})."
         + (
-            f" The discriminator was fitted against {v['discriminator']['against']['images']} radiographs of adults, "
+            f" The discriminator was fitted against {v.discriminator['against']['images']} radiographs of adults, "
             "lateral views and other body parts from public collections (never shipped); left out one collection "
             "at a time it flagged the left-out adults and every lateral and other-body-part film it was checked "
             "on (docs/validity.md)."
-            if "discriminator" in v
+            if v.discriminator
             else ""
         )
         + " Above 1, or a sure check (a colour image; a DICOM of another modality, body part or view, or of a "
-        f"patient {v['checks'].get('adult_age', 18)} or older), flags the call as not meaningful; the image is "
+        f"patient {v.checks.get('adult_age', 18)} or older), flags the call as not meaningful; the image is "
         "scored anyway. `validity.npz` holds the statistics (SHA-256 in `model.json`); `adapt` re-matches them to "
         "the site.",
     ]
@@ -299,8 +299,8 @@ def validity_text(meta: ModelMeta) -> str:
                 f"| {name} | {b['n_images']} | {b['n_flagged']} ({pct(b['share_flagged'])}) | "
                 f"{pct(b.get('accuracy_all'))} | {pct(acc)} |"
             )
-    if "rematched" in v:
-        lines.append(f"\nRe-matched to {v['rematched']['folder']} ({v['rematched']['n_images']} images).")
+    if v.rematched:
+        lines.append(f"\nRe-matched to {v.rematched['folder']} ({v.rematched['n_images']} images).")
     return "\n".join(lines)
 
 

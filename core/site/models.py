@@ -72,7 +72,7 @@ def adapt_to_site(
     site = Path(folder).resolve().name
     meta.adaptation = replace(meta.adaptation, applied={**info, "folder": site, "date": _now()})
     if adapted.validity_stats is not None:
-        meta.validity = {**meta.validity, "rematched": {"folder": site, "n_images": info["n_images"]}}
+        meta.validity = replace(meta.validity, rematched={"folder": site, "n_images": info["n_images"]})
     return _write_site_model(adapted.model, meta, out, overwrite, adapted.validity_stats)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pneumocam.config import ValidityRecord
 from pneumocam.images.data import Sample, Scan, class_indices, labels_of, list_images
 from pneumocam.model import validity
 from pneumocam.model.artifact import ModelMeta, store_validity, update
@@ -61,7 +62,7 @@ def validity_statistics(
     images: str,
     layer: str = VALIDITY_LAYER,
     proxy: Path | None = None,
-) -> tuple[ValidityStats, dict[str, Any]]:
+) -> tuple[ValidityStats, ValidityRecord]:
     """Fit the validity statistics on the training split, the threshold on validation; and their record.
 
     ``proxy``: a folder of radiographs that are not pediatric frontal chest X-rays (adult, lateral, other body
