@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,6 +16,9 @@ from pneumocam.options import (
     SITE_CURVE_REPEATS,
     SITE_CURVE_SIZES,
 )
+
+if TYPE_CHECKING:
+    from pneumocam.config import SiteFit
 
 from .common import (
     IntList,
@@ -131,16 +134,16 @@ def calibrate(
       python -m cli calibrate data/site-b-sample --model models/site-b --out models/site-b-final
     """
     with _labelled_site_run("calibrate", data_dir, out, model, batch_size, overwrite, mlflow_uri) as (meta, run):
-        cal = meta.calibration
+        cal, fit = meta.calibration, meta.calibration.params
         click.echo(
-            f"temperature {cal['temperature']:.3f}, biases "
-            + ", ".join(f"{c} {v:+.3f}" for c, v in zip(meta.classes, cal["biases"]))
+            f"temperature {fit['temperature']:.3f}, biases "
+            + ", ".join(f"{c} {v:+.3f}" for c, v in zip(meta.classes, fit["biases"]))
         )
         click.echo(_in_sample_line(cal))
         if run:
             run.params({"batch_size": batch_size, "data_dir": data_dir.resolve().name})
-            figures = {"temperature": float(cal["temperature"]), "n_images": float(cal["n_images"])}
-            figures |= {f"bias.{c}": float(v) for c, v in zip(meta.classes, cal["biases"])}
+            figures = {"temperature": float(fit["temperature"]), "n_images": float(cal.n_images)}
+            figures |= {f"bias.{c}": float(v) for c, v in zip(meta.classes, fit["biases"])}
             run.metrics(figures | _in_sample_figures(cal))
 
 
@@ -168,19 +171,19 @@ def tune(
       python -m cli tune data/site-b-labelled --model models/site-b --out models/site-b-tuned
     """
     with _labelled_site_run("tune", data_dir, out, model, batch_size, overwrite, mlflow_uri) as (meta, run):
-        t = meta.tuning
-        losses = t["inner_cv"]["log_loss"]
-        chosen = "the model untouched" if t["kind"] == "untouched" else t["kind"]
-        if t["kind"] == "tune":
-            chosen += f" (penalty {t['penalty']:g})"
+        t, fit = meta.tuning, meta.tuning.params
+        losses = fit["inner_cv"]["log_loss"]
+        chosen = "the model untouched" if t.kind == "untouched" else t.kind
+        if t.kind == "tune":
+            chosen += f" (penalty {fit['penalty']:g})"
         click.echo(
-            f"inner {t['inner_cv']['folds']}-fold cross-validation chose {chosen}: log loss "
+            f"inner {fit['inner_cv']['folds']}-fold cross-validation chose {chosen}: log loss "
             f"{min(losses.values()):.3f} (untouched {losses['untouched']:.3f}, calibrate {losses['calibrate']:.3f})"
         )
         click.echo(_in_sample_line(t))
         if run:
-            run.params({"batch_size": batch_size, "data_dir": data_dir.resolve().name, "kind": t["kind"]})
-            figures = {"n_images": float(t["n_images"]), "temperature": float(t["temperature"])}
+            run.params({"batch_size": batch_size, "data_dir": data_dir.resolve().name, "kind": t.kind})
+            figures = {"n_images": float(t.n_images), "temperature": float(fit["temperature"])}
             figures |= {f"inner_log_loss.{k}": float(v) for k, v in losses.items()}
             run.metrics(figures | _in_sample_figures(t))
 
@@ -214,17 +217,17 @@ def _labelled_site_run(
             run.artifacts(out, under="model")
 
 
-def _in_sample_line(record: dict[str, Any]) -> str:
-    b, a = record["in_sample"]["before"], record["in_sample"]["after"]
+def _in_sample_line(record: SiteFit) -> str:
+    b, a = record.in_sample["before"], record.in_sample["after"]
     return (
-        f"on {record['n_images']} images (in-sample): accuracy {b['accuracy']:.1%} -> {a['accuracy']:.1%}, "
+        f"on {record.n_images} images (in-sample): accuracy {b['accuracy']:.1%} -> {a['accuracy']:.1%}, "
         f"ECE {b['ece']:.3f} -> {a['ece']:.3f}"
     )
 
 
-def _in_sample_figures(record: dict[str, Any]) -> dict[str, float]:
+def _in_sample_figures(record: SiteFit) -> dict[str, float]:
     return {
-        f"in_sample.{when}.{k}": float(record["in_sample"][when][k])
+        f"in_sample.{when}.{k}": float(record.in_sample[when][k])
         for when in ("before", "after")
         for k in ("accuracy", "ece")
     }

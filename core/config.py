@@ -294,3 +294,36 @@ class ValidityRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ValidityRecord:
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class SiteFit:
+    """``model.json`` ``calibration`` or ``tuning``: a fit on a labelled site folder (:mod:`pneumocam.site.models`).
+
+    ``params``: the fit's own (calibration: temperature and biases; tuning: its choice, penalty, temperature,
+    biases, weights' norm and inner cross-validation); ``in_sample``: the sample's figures before and after;
+    ``previous``: the calibration this one was stacked on.
+    """
+
+    OWN: ClassVar[tuple[str, ...]] = ("kind", "folder", "n_images", "counts", "date", "in_sample", "previous")
+
+    kind: str
+    params: dict[str, Any]
+    folder: str
+    n_images: int
+    counts: dict[str, int]
+    date: str
+    in_sample: dict[str, Any]
+    previous: SiteFit | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"kind": self.kind, **self.params, "folder": self.folder, "n_images": self.n_images}
+        out |= {"counts": self.counts, "date": self.date, "in_sample": self.in_sample}
+        return out | ({"previous": self.previous.to_dict()} if self.previous else {})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SiteFit:
+        params = {k: v for k, v in d.items() if k not in cls.OWN}
+        previous = cls.from_dict(d["previous"]) if d.get("previous") else None
+        own = [d[k] for k in cls.OWN[:-1]]
+        return cls(own[0], params, *own[1:], previous=previous)

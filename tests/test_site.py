@@ -229,8 +229,9 @@ def test_calibrate_cli_folds_the_fit_into_the_logits(adaptable_dir: Path, site_d
     assert "temperature" in result.output and "in-sample" in result.output
     base, cal_model = load_predictor(adaptable_dir), load_predictor(out)
     rec = cal_model.meta.calibration
-    cal = calibration.Calibration(rec["temperature"], tuple(rec["biases"]))
-    assert rec["n_images"] == sum(scan_dataset(site_data).counts().values()) and rec["folder"] == site_data.name
+    cal = calibration.Calibration(rec.params["temperature"], tuple(rec.params["biases"]))
+    assert rec.n_images == sum(scan_dataset(site_data).counts().values()) and rec.folder == site_data.name
+    assert rec.previous is None and "labelled site calibration" in rec.kind
     paths = [s.path for s in scan_dataset(site_data).samples]
     p_base = base.score(paths).probabilities
     p_cal = cal_model.score(paths).probabilities
@@ -320,3 +321,16 @@ def test_a_hub_model_brings_its_training_statistics(adaptable_dir: Path, darker_
     model, info = adapted_site(loaded, sorted(darker_site.glob("*.png")), batch_size=6)
     model = model.model
     assert info["n_images"] == 12 and model is not loaded.model
+
+
+def test_a_stacked_calibration_record_reads_and_writes_key_for_key() -> None:
+    """model.json's calibration block, a calibration stacked on another: typed, and written back unchanged."""
+    from pneumocam.config import SiteFit
+
+    first = {"kind": "labelled site calibration", "temperature": 1.2, "biases": [0.1, 0.0, -0.1], "folder": "a"}
+    first |= {"n_images": 30, "counts": {"NORMAL": 30}, "date": "2026-12-04", "in_sample": {"before": {}}}
+    second = {**first, "temperature": 0.9, "folder": "b", "previous": first}
+    fit = SiteFit.from_dict(second)
+    assert fit.params == {"temperature": 0.9, "biases": [0.1, 0.0, -0.1]} and fit.folder == "b"
+    assert fit.previous is not None and fit.previous.folder == "a" and fit.previous.previous is None
+    assert list(fit.to_dict().items()) == list(second.items())

@@ -103,17 +103,15 @@ def test_tune_cli_writes_a_model_whose_logits_are_the_tuned_ones(
     assert "inner 3-fold cross-validation chose" in result.output and "in-sample" in result.output
     base, tuned = load_predictor(adaptable_dir), load_predictor(out)  # reloaded: safe mode, hash, layers
     rec = tuned.meta.tuning
-    assert (
-        rec["folder"] == site_data.name and rec["n_images"] == 39 and rec["counts"] == dict(zip(CLASSES, [12, 13, 14]))
-    )
-    assert set(rec["inner_cv"]["log_loss"]) >= {"untouched", "calibrate"} and rec["date"]
+    assert rec.folder == site_data.name and rec.n_images == 39 and rec.counts == dict(zip(CLASSES, [12, 13, 14]))
+    assert set(rec.params["inner_cv"]["log_loss"]) >= {"untouched", "calibrate"} and rec.date
     assert tuned.meta.name.endswith("-tuned") and "test" not in tuned.meta.metrics
     scan = scan_dataset(site_data)
     paths = [s.path for s in scan.samples]
     s = base.score(paths, features=True)
     y = class_indices(labels_of(scan.samples, s.paths), CLASSES)
     again = tuning.fit(s.probabilities, s.features, y, [patient_id(q) for q in s.paths], 3)
-    assert again.tuning.kind == rec["kind"]
+    assert again.tuning.kind == rec.kind
     p_tuned = tuned.score(paths).probabilities
     np.testing.assert_allclose(p_tuned, again.tuning.apply(s.probabilities, s.features), atol=2e-4)
     e = Explainer(tuned).explain_file(paths[0], n_layers=2)

@@ -24,6 +24,7 @@ from pneumocam.config import (
     ExplainDefaults,
     InputSpec,
     PredictDefaults,
+    SiteFit,
     StatsFile,
     Temperature,
     TrainingData,
@@ -70,8 +71,8 @@ class ModelMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     data: TrainingData | None = None  # None: a model that was not trained here
     adaptation: Adaptation = field(default_factory=Adaptation)
-    calibration: dict[str, Any] = field(default_factory=dict)
-    tuning: dict[str, Any] = field(default_factory=dict)
+    calibration: SiteFit | None = None  # a labelled site calibration this model carries
+    tuning: SiteFit | None = None  # a labelled site tuning this model carries
     validity: ValidityRecord | None = None  # None: a model trained before validity statistics were kept
     conformal: SetRecord | None = None  # the prediction-set rule; None: a model fitted before sets
     temperature: Temperature | None = None  # None: a model trained before the temperature was fitted
@@ -96,8 +97,8 @@ class ModelMeta:
             "metrics": self.metrics,
             "data": self.data.to_dict() if self.data else {},
             "adaptation": self.adaptation.to_dict(),
-            "calibration": self.calibration,
-            **({"tuning": self.tuning} if self.tuning else {}),
+            "calibration": self.calibration.to_dict() if self.calibration else {},
+            **({"tuning": self.tuning.to_dict()} if self.tuning else {}),
             **({"validity": self.validity.to_dict()} if self.validity else {}),
             **({"temperature": self.temperature.to_dict()} if self.temperature else {}),
             **({"conformal": self.conformal.to_dict()} if self.conformal else {}),
@@ -127,8 +128,8 @@ class ModelMeta:
                 metrics=d.get("metrics", {}),
                 data=TrainingData.from_dict(d["data"]) if d.get("data") else None,
                 adaptation=Adaptation.from_dict(d.get("adaptation", {})),
-                calibration=d.get("calibration", {}),
-                tuning=d.get("tuning", {}),
+                calibration=SiteFit.from_dict(d["calibration"]) if d.get("calibration") else None,
+                tuning=SiteFit.from_dict(d["tuning"]) if d.get("tuning") else None,
                 validity=ValidityRecord.from_dict(d["validity"]) if d.get("validity") else None,
                 conformal=SetRecord.from_dict(d["conformal"]) if d.get("conformal") else None,
                 temperature=Temperature.from_dict(d["temperature"]) if d.get("temperature") else None,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pneumocam.atomic import replace_folder
-from pneumocam.config import FEATURES_LAYER
+from pneumocam.config import FEATURES_LAYER, SiteFit
 from pneumocam.errors import DataError, none_readable
 from pneumocam.images.data import Scan, check_labels, class_indices, labels_of, list_images, patient_id
 from pneumocam.model import conformal
@@ -112,8 +112,7 @@ def fit_to_site(
     meta = _derived_meta(predictor, {CALIBRATE: "calibrated", TUNE: "tuned"}[kind])
     record = _site_record(text, fitted, scan, len(y), counts, _in_sample(y, scores.probabilities, after, classes))
     if kind == CALIBRATE:
-        previous = predictor.meta.calibration or None
-        meta.calibration = record | ({"previous": previous} if previous else {})
+        meta.calibration = replace(record, previous=predictor.meta.calibration)
     else:
         meta.tuning = record
     meta.conformal = _site_sets(predictor, unseen, y, f"{scan.root.resolve().name} ({len(y)} labelled images)")
@@ -166,17 +165,14 @@ def _tuned(
 
 def _site_record(
     kind: str, fitted: dict[str, Any], scan: Scan, n_images: int, counts: dict[str, int], in_sample: dict[str, Any]
-) -> dict[str, Any]:
-    """What model.json says about a fit on a labelled site folder: its parameters, the folder, the counts, when."""
-    return {
-        "kind": kind,
-        **fitted,
-        "folder": scan.root.resolve().name,
-        "n_images": n_images,
-        "counts": counts,
-        "date": _now(),
-        "in_sample": in_sample,
-    }
+) -> SiteFit:
+    """What model.json says about a fit on a labelled site folder: its parameters, the folder, the counts, when.
+
+    A fit that names its own kind (tuning: untouched, calibrate or tune) is recorded as that kind.
+    """
+    params = {k: v for k, v in fitted.items() if k != "kind"}
+    folder = scan.root.resolve().name
+    return SiteFit(fitted.get("kind", kind), params, folder, n_images, counts, _now(), in_sample)
 
 
 def _write_site_model(model: Any, meta: ModelMeta, out: str | Path, overwrite: bool, validity: Any) -> ModelMeta:
