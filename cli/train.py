@@ -199,7 +199,7 @@ def train(
 def _say(meta: Any, out: Path) -> None:
     """What the terminal shows of a trained model: its validation figures, with and without perturbation."""
     val, shift = meta.metrics["validation"], meta.metrics["validation_shift"]
-    minutes = meta.training["wall_minutes"]
+    minutes = meta.training.wall_minutes
     click.echo(
         f"validation accuracy {val['accuracy']:.1%}, macro F1 {val['macro_f1']:.3f} "
         f"({val['n_images']} images); {minutes:.1f} min; model written to {out}/"
@@ -219,7 +219,7 @@ def _track_trained(run: Any, meta: Any, out: Path) -> None:
     shift = meta.metrics["validation_shift"]
     final = {f"final.validation.{k}": v for k, v in report_metrics(meta.metrics["validation"]).items()}
     run.metrics({**final, "final.validation_shift.mean_accuracy": shift["mean_accuracy"]})
-    run.metrics({"wall_minutes": float(meta.training["wall_minutes"])})
+    run.metrics({"wall_minutes": float(meta.training.wall_minutes)})
     run.tags({"model.sha256": meta.weights_sha256})
     record_run(out, run.describe())
     run.artifacts(out, under="model")

@@ -327,3 +327,40 @@ class SiteFit:
         previous = cls.from_dict(d["previous"]) if d.get("previous") else None
         own = [d[k] for k in cls.OWN[:-1]]
         return cls(own[0], params, *own[1:], previous=previous)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """``model.json`` ``training``: how the model was trained, as recorded when it was.
+
+    ``config`` is the :class:`TrainConfig` as written then (read it through :meth:`TrainConfig.current_names`);
+    ``recipe``, ``wall_minutes``, ``mlflow`` (the run that trained it) and ``base_model`` (what a site model was
+    derived from) are there when they apply. ``extra``: keys this version does not know, written back as read.
+    """
+
+    procedure: str = ""
+    recipe: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    augment_params: dict[str, Any] | None = None
+    cached_at: str = ""
+    class_weights: dict[Any, float] | None = None
+    epochs_run: dict[str, int] = field(default_factory=dict)
+    best_val_loss: dict[str, float] = field(default_factory=dict)
+    backbone_weights: str = ""
+    keras: str = ""
+    tensorflow: str = ""
+    wall_minutes: float | None = None
+    mlflow: dict[str, Any] = field(default_factory=dict)
+    base_model: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields set (a model not trained here has none: ``{}``), in the order training writes them."""
+        empty = TrainingRun()
+        kept = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {k: v for k, v in kept.items() if v != getattr(empty, k)} | self.extra
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainingRun:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in d.items() if k in known}, extra={k: v for k, v in d.items() if k not in known})

@@ -72,9 +72,9 @@ def test_two_stages_train_only_what_they_should(plain, tiny_backbone_file: Path)
     assert len(result.history["fine-tuning"]["loss"]) == BASE["fine_tune_epochs"]
     val = result.meta.metrics["validation"]
     assert val["n_images"] == result.meta.data.n_val > 0
-    assert result.meta.training["config"]["fine_tune_from"] == 145
-    assert result.meta.training["class_weights"] is not None
-    assert result.meta.training["config"]["augment"] == "acquisition"
+    assert result.meta.training.config["fine_tune_from"] == 145
+    assert result.meta.training.class_weights is not None
+    assert result.meta.training.config["augment"] == "acquisition"
     shift = result.meta.metrics["validation_shift"]
     assert list(shift["perturbations"]) == [CLEAN, *PERTURBATIONS]
     assert shift["perturbations"][CLEAN]["accuracy"] == pytest.approx(val["accuracy"], abs=1e-6)
@@ -125,11 +125,11 @@ def test_train_cli_writes_a_loadable_model_from_a_recipe_and_flags(
     log = (out / "train.log").read_text()
     assert "stage head" in log and "stage fine_tuning" in log and '"seed": 42' in log
     training = loaded.meta.training  # the recipe file's settings, the command line's over them, both recorded
-    assert training["config"]["epochs"] == 2 and training["config"]["copies"] == 2  # from the file
-    assert training["config"]["fine_tune_epochs"] == 1 and loaded.meta.arch.dropout == 0.25  # the flags win
-    assert training["recipe"]["name"] == str(recipe)
-    assert training["recipe"]["sha256"] == hashlib.sha256(recipe.read_bytes()).hexdigest()
-    assert training["recipe"]["overrides"]["arch"] == {"alpha": 0.35, "dropout": 0.25}
+    assert training.config["epochs"] == 2 and training.config["copies"] == 2  # from the file
+    assert training.config["fine_tune_epochs"] == 1 and loaded.meta.arch.dropout == 0.25  # the flags win
+    assert training.recipe["name"] == str(recipe)
+    assert training.recipe["sha256"] == hashlib.sha256(recipe.read_bytes()).hexdigest()
+    assert training.recipe["overrides"]["arch"] == {"alpha": 0.35, "dropout": 0.25}
     assert f"recipe `{recipe}` with" in model_card(loaded.meta)
     again = run(*args, code=2)
     assert "--overwrite" in again.output
@@ -190,9 +190,9 @@ def test_model_card_front_matter_and_tables_follow_the_metadata() -> None:
     shift = meta.metrics["validation_shift"]
     assert "## Robustness" in card
     assert f"| **mean under perturbation** | **{100 * shift['mean_accuracy']:.1f}** |" in card
-    assert meta.training["config"]["augment"] == "invariance"  # the published recipe's, in the card's words:
+    assert meta.training.config["augment"] == "invariance"  # the published recipe's, in the card's words:
     assert "blur, gamma, contrast and noise changes; resampling filters, scale and JPEG quality" in card
-    assert meta.training["config"]["views"] == 10 and "10 augmented copies per image" in card  # the older name
+    assert meta.training.config["views"] == 10 and "10 augmented copies per image" in card  # the older name
     for key in ("test", "test:site-adapted", "test:site-calibrated"):
         m = meta.metrics[key]
         lo, hi = m["ci95"]["per_class"]["VIRUS"]["precision"]
@@ -225,10 +225,10 @@ def test_the_shipped_recipes_are_the_seed_defaults_and_the_published_model() -> 
     seed = load_recipe(SEED_RECIPE)
     assert (seed.train, seed.arch, seed.input) == (TrainConfig(), ArchConfig(), InputSpec())
     published, meta = load_recipe(PUBLISHED_RECIPE), read_meta(DEFAULT_WEIGHTS_DIR)
-    assert meta.training["recipe"]["name"] == PUBLISHED_RECIPE
-    assert meta.training["recipe"]["sha256"] == published.sha256  # the file the model was trained from, unchanged
+    assert meta.training.recipe["name"] == PUBLISHED_RECIPE
+    assert meta.training.recipe["sha256"] == published.sha256  # the file the model was trained from, unchanged
     # the recorded config, read through today's names ("views" is "copies" now)
-    assert published.train == TrainConfig.from_dict(meta.training["config"]) and published.arch == meta.arch
+    assert published.train == TrainConfig.from_dict(meta.training.config) and published.arch == meta.arch
     with pytest.raises(InputError, match="pneumocam, seed"):
         load_recipe("no-such-recipe")
     with pytest.raises(InputError, match="left PneumoCAM; load it at"):
@@ -272,7 +272,7 @@ def test_consistency_training_pulls_the_copies_of_an_image_together(
         scan, out, TrainConfig(consistency=50.0, **BASE), TINY_ARCH, TINY_SPEC, str(tiny_backbone_file)
     )
     assert (out / "training_curves.png").stat().st_size > 1000 and load_predictor(out).views[0] == "identity"
-    assert result.meta.training["config"]["consistency"] == 50.0
+    assert result.meta.training.config["consistency"] == 50.0
     assert len(result.history["fine-tuning"]["loss"]) == 3 and "val_accuracy" in result.history["fine-tuning"]
     # The validity statistics training stored fit the model it saved: reloaded, they accept its validation images.
     reloaded = load_predictor(out)

@@ -28,6 +28,7 @@ from pneumocam.config import (
     StatsFile,
     Temperature,
     TrainingData,
+    TrainingRun,
     ValidityRecord,
 )
 from pneumocam.errors import InputError, ModelLoadError
@@ -67,7 +68,7 @@ class ModelMeta:
     gradcam_layers: list[str]
     logits_layer: str = LOGITS_LAYER
     name: str = "pneumocam-mobilenetv2"
-    training: dict[str, Any] = field(default_factory=dict)
+    training: TrainingRun = field(default_factory=TrainingRun)
     metrics: dict[str, Any] = field(default_factory=dict)
     data: TrainingData | None = None  # None: a model that was not trained here
     adaptation: Adaptation = field(default_factory=Adaptation)
@@ -93,7 +94,7 @@ class ModelMeta:
             "predict": self.predict.to_dict(),
             "weights_file": MODEL_FILE,
             "weights_sha256": self.weights_sha256,
-            "training": self.training,
+            "training": self.training.to_dict(),
             "metrics": self.metrics,
             "data": self.data.to_dict() if self.data else {},
             "adaptation": self.adaptation.to_dict(),
@@ -124,7 +125,7 @@ class ModelMeta:
                 explain=ExplainDefaults.from_dict(d.get("explain", {})),
                 predict=PredictDefaults.from_dict(d.get("predict", {})),
                 weights_sha256=d.get("weights_sha256", ""),
-                training=d.get("training", {}),
+                training=TrainingRun.from_dict(d.get("training", {})),
                 metrics=d.get("metrics", {}),
                 data=TrainingData.from_dict(d["data"]) if d.get("data") else None,
                 adaptation=Adaptation.from_dict(d.get("adaptation", {})),
@@ -309,7 +310,11 @@ def record_metrics(directory: str | Path, split: str, metrics: dict[str, Any]) -
 
 def record_run(directory: str | Path, run: dict[str, str]) -> ModelMeta:
     """Name the MLflow run that trained a model in its metadata (and so in its model card)."""
-    return update(directory, lambda meta: meta.training.update(mlflow=dict(run)))
+
+    def change(meta: ModelMeta) -> None:
+        meta.training = replace(meta.training, mlflow=dict(run))
+
+    return update(directory, change)
 
 
 def record_explain(directory: str | Path, gradcam_layers: list[str], explain: ExplainDefaults) -> ModelMeta:

@@ -13,7 +13,7 @@ from typing import Any
 
 import jinja2
 
-from pneumocam.config import TrainConfig
+from pneumocam.config import TrainConfig, TrainingRun
 from pneumocam.model.artifact import ModelMeta
 from pneumocam.reports.card_confidence import confidence_text, pct, site_curve_sets
 from pneumocam.reports.card_serving import audit_table, views_clause, views_text
@@ -220,11 +220,11 @@ _AUGMENT_TEXT = {
 }
 
 
-def _recipe_text(training: dict[str, Any]) -> str:
+def _recipe_text(training: TrainingRun) -> str:
     """The recipe a model was trained from (``train --recipe``) and what the command line changed, if recorded."""
-    procedure = training.get("procedure", "two stages on cached activations")
-    recipe = training.get("recipe")
-    if not isinstance(recipe, dict):
+    procedure = training.procedure or "two stages on cached activations"
+    recipe = training.recipe
+    if not recipe:
         return procedure
     changed = "; ".join(f"{k}: {v}" for section in recipe.get("overrides", {}).values() for k, v in section.items())
     return f"recipe `{recipe['name']}`" + (f" with {changed}" if changed else "") + f" ({procedure})"
@@ -311,7 +311,7 @@ def model_card(meta: ModelMeta) -> str:
     shift = meta.metrics.get("validation_shift")
     curve = meta.metrics.get(metrics_key("test", SITE_CURVE))
     training = meta.training
-    cfg = TrainConfig.current_names(training.get("config", {}))  # a model.json written before a rename too
+    cfg = TrainConfig.current_names(training.config)  # a model.json written before a rename too
     context = {
         "meta": meta,
         "front_matter": _front_matter(meta, test),

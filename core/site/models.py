@@ -52,7 +52,7 @@ def _derived_meta(predictor: Predictor, suffix: str) -> ModelMeta:
     meta.name = f"{predictor.meta.name}-{suffix}"
     meta.metrics = {k: v for k, v in meta.metrics.items() if k != "test"}
     base = {"name": predictor.meta.name, "sha256": predictor.meta.weights_sha256}
-    meta.training = {**meta.training, "base_model": base}
+    meta.training = replace(meta.training, base_model=base)
     return meta
 
 

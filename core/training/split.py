@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from pneumocam.config import TrainConfig
+from pneumocam.config import TrainConfig, TrainingRun
 from pneumocam.errors import InputError
 from pneumocam.images.data import Sample, patient_id
 
@@ -27,9 +26,9 @@ def split_by_patient(
     return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
 
 
-def recorded_split(training: dict[str, Any]) -> tuple[float, int]:
+def recorded_split(training: TrainingRun) -> tuple[float, int]:
     """The validation share and seed a model was trained with (``model.json`` ``training``), for its split again."""
-    cfg, defaults = training.get("config", {}), TrainConfig()
+    cfg, defaults = training.config, TrainConfig()
     return cfg.get("val_fraction", defaults.val_fraction), cfg.get("seed", defaults.seed)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from pneumocam.atomic import replace_folder, save_figure, write_json, write_text
-from pneumocam.config import ArchConfig, InputSpec, TrainConfig, TrainingData
+from pneumocam.config import ArchConfig, InputSpec, TrainConfig, TrainingData, TrainingRun
 from pneumocam.images.data import Sample, Scan, relative_name
 from pneumocam.model.artifact import DEFAULT_CLASSES, TRAINING_FILES, is_model_entry, new_meta, save_artifact
 from pneumocam.model.network import FEATURES_LAYER, build_model, set_fine_tuning
@@ -106,18 +106,18 @@ def train_model(
     a_val, y_val = activations(val, 1)
     weights = class_weights(y_train, len(classes)) if cfg.class_weight == "balanced" else None
     history = _two_stages(model, cut, cfg, (a_train, y_train), (a_val[0], y_val), weights, callbacks, verbose)
-    meta.training = {
-        "procedure": "two stages on cached activations: head on a frozen backbone, then fine-tuning",
-        "config": cfg.to_dict(),
-        "augment_params": asdict(params) if (params := augment_params(cfg.augment)) else None,
-        "cached_at": cut,
-        "class_weights": weights,
-        "epochs_run": {stage: len(h.get("loss", [])) for stage, h in history.items()},
-        "best_val_loss": {stage: min(h["val_loss"]) for stage, h in history.items()},
-        "backbone_weights": "imagenet" if backbone_weights == "imagenet" else Path(str(backbone_weights)).name,
-        "keras": keras.__version__,
-        "tensorflow": tf.__version__,
-    }
+    meta.training = TrainingRun(
+        procedure="two stages on cached activations: head on a frozen backbone, then fine-tuning",
+        config=cfg.to_dict(),
+        augment_params=asdict(params) if (params := augment_params(cfg.augment)) else None,
+        cached_at=cut,
+        class_weights=weights,
+        epochs_run={stage: len(h.get("loss", [])) for stage, h in history.items()},
+        best_val_loss={stage: min(h["val_loss"]) for stage, h in history.items()},
+        backbone_weights="imagenet" if backbone_weights == "imagenet" else Path(str(backbone_weights)).name,
+        keras=keras.__version__,
+        tensorflow=tf.__version__,
+    )
     meta.data = TrainingData(
         source="Kermany et al. 2018, Mendeley Data doi:10.17632/rscbjbr9sj.2 (CC BY 4.0)",
         train_dir=scan.root.name,
@@ -213,9 +213,7 @@ def train_to_folder(
             callbacks = [EpochLog(log), *([EpochReport(on_epoch)] if on_epoch else [])]
             result = train_model(scan, cfg, arch, spec, backbone_weights, cache_dir, on_batch, callbacks)
             minutes = (time.perf_counter() - started) / 60
-            result.meta.training["wall_minutes"] = round(minutes, 1)
-            if recipe:
-                result.meta.training["recipe"] = recipe
+            result.meta.training = replace(result.meta.training, wall_minutes=round(minutes, 1), recipe=recipe or {})
             metrics = result.meta.metrics
             log.info("done in %.1f min", minutes)
             log.info(
