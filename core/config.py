@@ -325,8 +325,7 @@ class SiteFit:
     def from_dict(cls, d: dict[str, Any]) -> SiteFit:
         params = {k: v for k, v in d.items() if k not in cls.OWN}
         previous = cls.from_dict(d["previous"]) if d.get("previous") else None
-        own = [d[k] for k in cls.OWN[:-1]]
-        return cls(own[0], params, *own[1:], previous=previous)
+        return cls(d["kind"], params, d["folder"], d["n_images"], d["counts"], d["date"], d["in_sample"], previous)
 
 
 @dataclass(frozen=True)

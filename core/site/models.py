@@ -175,10 +175,10 @@ def _site_record(
     return SiteFit(fitted.get("kind", kind), params, folder, n_images, counts, _now(), in_sample)
 
 
-def _write_site_model(model: Any, meta: ModelMeta, out: str | Path, overwrite: bool, validity: Any) -> ModelMeta:
+def _write_site_model(model: Any, meta: ModelMeta, out: str | Path, overwrite: bool, validity_stats: Any) -> ModelMeta:
     """A site model's folder, written whole (built beside ``out`` and swapped in)."""
     with replace_folder(out, is_model_entry, overwrite) as staging:
-        save_artifact(model, meta, staging, validity_stats=validity)
+        save_artifact(model, meta, staging, validity_stats=validity_stats)
     return meta
 
 
